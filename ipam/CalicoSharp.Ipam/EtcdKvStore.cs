@@ -1,0 +1,255 @@
+using System.Net.Sockets;
+using Etcdserverpb;
+using Google.Protobuf;
+using Grpc.Core;
+using Grpc.Net.Client;
+
+namespace CalicoSharp.Ipam;
+
+/// <summary>Where etcd is and how long to wait for it.</summary>
+public sealed record EtcdOptions
+{
+    public const string EnvironmentVariable = "ETCD_ENDPOINTS";
+
+    /// <summary>Endpoints as "http://host:port", "host:port" or "unix:///path"; tried in order.</summary>
+    public IReadOnlyList<string> Endpoints { get; init; } = ["http://127.0.0.1:2379"];
+
+    /// <summary>Bound on every call: dead, quorum-less or frozen etcd fails within this time.</summary>
+    public TimeSpan Timeout { get; init; } = TimeSpan.FromSeconds(5);
+
+    /// <summary>Parses a comma-separated endpoint list, as ETCD_ENDPOINTS and --etcd-endpoints give it.</summary>
+    public static IReadOnlyList<string> ParseEndpoints(string? text)
+    {
+        var list = (text ?? string.Empty).Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries);
+        if (list.Length == 0)
+        {
+            throw new IpamException(IpamErrorKind.InvalidArgument, "no etcd endpoints given (set --etcd-endpoints or ETCD_ENDPOINTS)");
+        }
+
+        foreach (var e in list)
+        {
+            _ = ToUri(e);
+        }
+
+        return list;
+    }
+
+    internal static Uri ToUri(string endpoint)
+    {
+        string text = endpoint.Contains("://", StringComparison.Ordinal) ? endpoint : "http://" + endpoint;
+        if (!Uri.TryCreate(text, UriKind.Absolute, out var uri) || uri.Scheme is not ("http" or "https" or "unix"))
+        {
+            throw new IpamException(IpamErrorKind.InvalidArgument, $"etcd endpoint '{endpoint}' is not http://host:port, https://host:port or unix:///path");
+        }
+
+        return uri;
+    }
+}
+
+/// <summary><see cref="IKvStore"/> over etcd's v3 gRPC API (dotnet-etcd's generated client), with
+/// fail-over across the endpoints of a cluster and a hard deadline on every call.</summary>
+public sealed class EtcdKvStore : IKvStore
+{
+    private readonly EtcdOptions options;
+    private readonly GrpcChannel[] channels;
+    private readonly KV.KVClient[] clients;
+    private int current;
+
+    public EtcdKvStore(EtcdOptions options)
+    {
+        ArgumentNullException.ThrowIfNull(options);
+        this.options = options;
+        channels = [.. options.Endpoints.Select(e => CreateChannel(EtcdOptions.ToUri(e), options.Timeout))];
+        clients = [.. channels.Select(c => new KV.KVClient(c))];
+    }
+
+    public EtcdOptions Options => options;
+
+    public Task<IReadOnlyList<IReadOnlyList<KvEntry>>> ReadAsync(IReadOnlyList<KvRead> reads, CancellationToken ct)
+    {
+        ArgumentNullException.ThrowIfNull(reads);
+        if (reads.Count == 1)
+        {
+            return CallAsync(async (kv, callOptions) =>
+            {
+                var response = await kv.RangeAsync(ToRange(reads[0]), callOptions).ConfigureAwait(false);
+                return (IReadOnlyList<IReadOnlyList<KvEntry>>)[ToEntries(response)];
+            }, "read", ct);
+        }
+
+        // Several reads in one round trip, at one revision: a transaction with no compares.
+        var txn = new TxnRequest();
+        foreach (var read in reads)
+        {
+            txn.Success.Add(new RequestOp { RequestRange = ToRange(read) });
+        }
+
+        return CallAsync(async (kv, callOptions) =>
+        {
+            var response = await kv.TxnAsync(txn, callOptions).ConfigureAwait(false);
+            return (IReadOnlyList<IReadOnlyList<KvEntry>>)[.. response.Responses.Select(r => ToEntries(r.ResponseRange))];
+        }, "read", ct);
+    }
+
+    public Task<KvTxnResult> TxnAsync(IReadOnlyList<KvCompare> compares, IReadOnlyList<KvOp> ops, CancellationToken ct)
+    {
+        ArgumentNullException.ThrowIfNull(compares);
+        ArgumentNullException.ThrowIfNull(ops);
+        var txn = new TxnRequest();
+        foreach (var c in compares)
+        {
+            txn.Compare.Add(new Compare
+            {
+                Key = ByteString.CopyFromUtf8(c.Key),
+                Target = Compare.Types.CompareTarget.Mod,
+                Result = Compare.Types.CompareResult.Equal,
+                ModRevision = c.ModRevision,
+            });
+        }
+
+        foreach (var op in ops)
+        {
+            txn.Success.Add(op.Value is null
+                ? new RequestOp { RequestDeleteRange = new DeleteRangeRequest { Key = ByteString.CopyFromUtf8(op.Key) } }
+                : new RequestOp { RequestPut = new PutRequest { Key = ByteString.CopyFromUtf8(op.Key), Value = ByteString.CopyFrom(op.Value) } });
+        }
+
+        return CallAsync(async (kv, callOptions) =>
+        {
+            var response = await kv.TxnAsync(txn, callOptions).ConfigureAwait(false);
+            return new KvTxnResult(response.Succeeded, response.Header.Revision);
+        }, "transaction", ct);
+    }
+
+    public void Dispose()
+    {
+        foreach (var c in channels)
+        {
+            c.Dispose();
+        }
+    }
+
+    private async Task<T> CallAsync<T>(Func<KV.KVClient, CallOptions, Task<T>> call, string what, CancellationToken ct)
+    {
+        var deadline = DateTime.UtcNow + options.Timeout;
+        var errors = new List<string>();
+        int start = Volatile.Read(ref current);
+        for (int i = 0; i < clients.Length; i++)
+        {
+            int index = (start + i) % clients.Length;
+            try
+            {
+                var result = await call(clients[index], new CallOptions(deadline: deadline, cancellationToken: ct)).ConfigureAwait(false);
+                Volatile.Write(ref current, index);
+                return result;
+            }
+            catch (RpcException e) when (e.StatusCode == StatusCode.Unavailable && DateTime.UtcNow < deadline && !ct.IsCancellationRequested)
+            {
+                // Not reached (refused, reset, no leader): the next member may answer.
+                errors.Add($"{options.Endpoints[index]}: {Describe(e)}");
+            }
+            catch (RpcException e) when (e.StatusCode is StatusCode.DeadlineExceeded or StatusCode.Cancelled || ct.IsCancellationRequested)
+            {
+                throw new IpamException(IpamErrorKind.DatastoreUnavailable,
+                    $"etcd did not answer the {what} within {options.Timeout.TotalSeconds:0.###} s (endpoint {options.Endpoints[index]}); is it running and does it have quorum?", e);
+            }
+            catch (RpcException e)
+            {
+                throw new IpamException(IpamErrorKind.DatastoreUnavailable, $"etcd {what} failed at {options.Endpoints[index]}: {Describe(e)}", e);
+            }
+            catch (OperationCanceledException e)
+            {
+                throw new IpamException(IpamErrorKind.DatastoreUnavailable,
+                    $"etcd did not answer the {what} in time (endpoint {options.Endpoints[index]})", e);
+            }
+        }
+
+        throw new IpamException(IpamErrorKind.DatastoreUnavailable, $"etcd is unreachable: {string.Join("; ", errors)}");
+    }
+
+    private static string Describe(RpcException e)
+    {
+        var inner = e.Status.DebugException?.InnerException?.Message ?? e.Status.DebugException?.Message;
+        return string.IsNullOrEmpty(e.Status.Detail) || e.Status.Detail == "Error starting gRPC call."
+            ? $"{e.StatusCode}: {inner ?? e.Message}"
+            : $"{e.StatusCode}: {e.Status.Detail}";
+    }
+
+    private static RangeRequest ToRange(KvRead read)
+    {
+        var key = ByteString.CopyFromUtf8(read.Key);
+        var range = new RangeRequest { Key = key, KeysOnly = read.KeysOnly };
+        if (read.Prefix)
+        {
+            range.RangeEnd = PrefixEnd(read.Key);
+        }
+
+        return range;
+    }
+
+    private static ByteString PrefixEnd(string prefix)
+    {
+        var bytes = System.Text.Encoding.UTF8.GetBytes(prefix);
+        for (int i = bytes.Length - 1; i >= 0; i--)
+        {
+            if (bytes[i] < 0xff)
+            {
+                bytes[i]++;
+                return ByteString.CopyFrom(bytes, 0, i + 1);
+            }
+        }
+
+        return ByteString.CopyFrom(0);
+    }
+
+    private static List<KvEntry> ToEntries(RangeResponse response)
+    {
+        var list = new List<KvEntry>(response.Kvs.Count);
+        foreach (var kv in response.Kvs)
+        {
+            list.Add(new KvEntry(kv.Key.ToStringUtf8(), kv.Value.ToByteArray(), kv.ModRevision));
+        }
+
+        return list;
+    }
+
+    private static GrpcChannel CreateChannel(Uri uri, TimeSpan timeout)
+    {
+        var handler = new SocketsHttpHandler
+        {
+            ConnectTimeout = timeout,
+            PooledConnectionIdleTimeout = Timeout.InfiniteTimeSpan,
+            KeepAlivePingDelay = TimeSpan.FromSeconds(30),
+            KeepAlivePingTimeout = timeout,
+            EnableMultipleHttp2Connections = true,
+        };
+        Uri address = uri;
+        if (uri.Scheme == "unix")
+        {
+            var path = uri.AbsolutePath;
+            handler.ConnectCallback = async (_, token) =>
+            {
+                var socket = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);
+                try
+                {
+                    await socket.ConnectAsync(new UnixDomainSocketEndPoint(path), token).ConfigureAwait(false);
+                    return new NetworkStream(socket, ownsSocket: true);
+                }
+                catch
+                {
+                    socket.Dispose();
+                    throw;
+                }
+            };
+            address = new Uri("http://localhost");
+        }
+
+        return GrpcChannel.ForAddress(address, new GrpcChannelOptions
+        {
+            HttpHandler = handler,
+            Credentials = address.Scheme == "https" ? ChannelCredentials.SecureSsl : ChannelCredentials.Insecure,
+            MaxRetryAttempts = 0,
+            DisposeHttpClient = true,
+        });
+    }
+}

@@ -1,0 +1,570 @@
+using System.Net;
+using System.Text;
+
+namespace CalicoSharp.Ipam;
+
+public sealed partial class IpamClient
+{
+    /// <summary>Everything an allocation needs to know about its node, read in one round trip.</summary>
+    private sealed class NodeView
+    {
+        public required string Node { get; init; }
+
+        public required IpamConfig Config { get; init; }
+
+        public required List<IpPool> Pools { get; init; }
+
+        public required Dictionary<string, string> Labels { get; init; }
+
+        /// <summary>This node's affinities: block → (state, revision).</summary>
+        public required Dictionary<IpNet, (BlockAffinity Affinity, long Rev)> Affinities { get; init; }
+
+        /// <summary>Blocks read so far (the hinted ones in the first round trip, the rest on demand).</summary>
+        public Dictionary<IpNet, BlockState> Blocks { get; } = [];
+    }
+
+    /// <summary>Auto-assigns addresses. On any failure every address this call took is given back.</summary>
+    public Task<IReadOnlyList<AssignedAddress>> AutoAssignAsync(AutoAssignRequest request, CancellationToken ct = default)
+    {
+        ArgumentNullException.ThrowIfNull(request);
+        ValidateHandle(request.HandleId);
+        ValidateNode(request.Node);
+        if (request.Num4 < 0 || request.Num6 < 0 || request.Num4 + request.Num6 == 0)
+        {
+            throw new IpamException(IpamErrorKind.InvalidArgument, "ask for at least one address: the IPv4 and IPv6 counts must be non-negative and not both 0");
+        }
+
+        return RunAsync("IP assignment", t => AutoAssignCoreAsync(request, t), ct);
+    }
+
+    private async Task<IReadOnlyList<AssignedAddress>> AutoAssignCoreAsync(AutoAssignRequest request, CancellationToken ct)
+    {
+        var hint4 = request.Num4 > 0 ? GetHint(request.Node, false) : null;
+        var hint6 = request.Num6 > 0 ? GetHint(request.Node, true) : null;
+        var (view, handle) = await ReadNodeViewAsync(request.Node, request.HandleId, [hint4, hint6], ct).ConfigureAwait(false);
+        var attrs = new Dictionary<string, string>(request.Attributes ?? new Dictionary<string, string>(), StringComparer.Ordinal)
+        {
+            ["node"] = request.Node,
+            ["timestamp"] = BlockLogic.FormatGoTime(Now),
+        };
+
+        // Validate the pool choice of both families before anything is written.
+        var pools4 = request.Num4 > 0 ? SelectPools(view, false, request.Ipv4Pools) : [];
+        var pools6 = request.Num6 > 0 ? SelectPools(view, true, request.Ipv6Pools) : [];
+        var assigned = new List<AssignedAddress>(request.Num4 + request.Num6);
+        try
+        {
+            if (request.Num4 > 0)
+            {
+                await AssignFamilyAsync(view, handle, pools4, request.Num4, attrs, assigned, ct).ConfigureAwait(false);
+            }
+
+            if (request.Num6 > 0)
+            {
+                await AssignFamilyAsync(view, handle, pools6, request.Num6, attrs, assigned, ct).ConfigureAwait(false);
+            }
+        }
+        catch (Exception) when (assigned.Count > 0)
+        {
+            // Give back what this call took, guarded by the sequence numbers it recorded.
+            using var cts = new CancellationTokenSource(options.Timeout);
+            try
+            {
+                await ReleaseCoreAsync([.. assigned.Select(a => new ReleaseRequest(a.Address, a.SequenceNumber))], cts.Token).ConfigureAwait(false);
+            }
+            catch (IpamException)
+            {
+                // The handle still records them: a DEL by handle or 'ipam check' finds them.
+            }
+
+            throw;
+        }
+
+        return assigned;
+    }
+
+    private async Task<(NodeView View, HandleState Handle)> ReadNodeViewAsync(string node, string? handleId, IpNet?[] hintBlocks, CancellationToken ct)
+    {
+        var reads = new List<KvRead>
+        {
+            KvRead.One(Keys.Config),
+            KvRead.Under(Keys.PoolPrefix),
+            KvRead.One(Keys.Node(node)),
+            KvRead.Under(Keys.HostAffinityPrefix(node)),
+            KvRead.One(handleId is null ? Keys.HandlePrefix : Keys.Handle(handleId)),
+        };
+        var hinted = hintBlocks.OfType<IpNet>().ToList();
+        reads.AddRange(hinted.Select(h => KvRead.One(Keys.Block(h))));
+        var r = await store.ReadAsync(reads, ct).ConfigureAwait(false);
+        var affinities = new Dictionary<IpNet, (BlockAffinity, long)>();
+        foreach (var e in r[3])
+        {
+            if (Keys.TryParseAffinityKey(e.Key, out _, out var cidr))
+            {
+                affinities[cidr] = (RecordJson.DecodeAffinity(e.Value, e.Key), e.ModRevision);
+            }
+        }
+
+        var view = new NodeView
+        {
+            Node = node,
+            Config = ConfigFrom(r[0]),
+            Pools = PoolsFrom(r[1]),
+            Labels = LabelsFrom(r[2]),
+            Affinities = affinities,
+        };
+        for (int i = 0; i < hinted.Count; i++)
+        {
+            view.Blocks[hinted[i]] = BlockState.From(hinted[i], r[5 + i].FirstOrDefault());
+        }
+
+        var handle = HandleState.From(handleId ?? string.Empty, handleId is null ? null : r[4].FirstOrDefault());
+        return (view, handle);
+    }
+
+    /// <summary>The pools a family may allocate from on this node, in the order to try them.</summary>
+    private static List<IpPool> SelectPools(NodeView view, bool v6, IReadOnlyList<string>? requested)
+    {
+        string family = v6 ? "IPv6" : "IPv4";
+        if (requested is { Count: > 0 })
+        {
+            var chosen = new List<IpPool>(requested.Count);
+            foreach (var want in requested)
+            {
+                var pool = view.Pools.FirstOrDefault(p => p.Name == want || p.Cidr.ToString() == want)
+                    ?? throw new IpamException(IpamErrorKind.InvalidArgument,
+                        $"unknown {family} pool '{want}' (pools: {(view.Pools.Count == 0 ? "none" : string.Join(", ", view.Pools))})");
+                if (pool.IsIPv6 != v6)
+                {
+                    throw new IpamException(IpamErrorKind.InvalidArgument, $"pool {pool} is not an {family} pool");
+                }
+
+                if (pool.Disabled)
+                {
+                    throw new IpamException(IpamErrorKind.InvalidArgument, $"pool {pool} is disabled");
+                }
+
+                if (!pool.Selector.Matches(view.Labels))
+                {
+                    throw new IpamException(IpamErrorKind.InvalidArgument, $"pool {pool} does not select node {view.Node} (nodeSelector {pool.Selector})");
+                }
+
+                chosen.Add(pool);
+            }
+
+            return chosen;
+        }
+
+        var pools = view.Pools.Where(p => p.IsIPv6 == v6 && !p.Disabled && p.Selector.Matches(view.Labels)).ToList();
+        if (pools.Count == 0)
+        {
+            throw new IpamException(IpamErrorKind.PoolExhausted, $"no enabled {family} pool selects node {view.Node}");
+        }
+
+        return pools;
+    }
+
+    private async Task AssignFamilyAsync(NodeView view, HandleState handle, List<IpPool> pools, int count, Dictionary<string, string> attrs, List<AssignedAddress> assigned, CancellationToken ct)
+    {
+        bool v6 = pools[0].IsIPv6;
+        int need = count;
+
+        // 1. This node's own blocks: the hinted one first (already read), then the others in one read.
+        var affine = view.Affinities.Keys.Where(c => c.IsIPv6 == v6 && pools.Any(p => p.Cidr.Contains(c))).ToList();
+        affine.Sort((a, b) => (view.Blocks.ContainsKey(b) ? 1 : 0) - (view.Blocks.ContainsKey(a) ? 1 : 0) is var c and not 0 ? c : a.CompareTo(b));
+        for (int i = 0; i < affine.Count && need > 0; i++)
+        {
+            var cidr = affine[i];
+            if (!view.Blocks.ContainsKey(cidr))
+            {
+                await LoadBlocksAsync(view, affine.Skip(i).Where(c => !view.Blocks.ContainsKey(c)), ct).ConfigureAwait(false);
+            }
+
+            var bs = view.Blocks[cidr];
+            if (!await EnsureOwnedAsync(view, bs, ct).ConfigureAwait(false))
+            {
+                continue;
+            }
+
+            need -= await AllocateFromAsync(view, bs, handle, need, attrs, ownOnly: true, assigned, ct).ConfigureAwait(false);
+        }
+
+        // 2. Claim new blocks while the node may hold more.
+        bool limitHit = false;
+        while (need > 0 && view.Config.AutoAllocateBlocks)
+        {
+            int held = view.Affinities.Keys.Count(c => c.IsIPv6 == v6);
+            if (held >= view.Config.EffectiveMaxBlocksPerHost)
+            {
+                limitHit = true;
+                break;
+            }
+
+            var bs = await ClaimBlockAsync(view, pools, ct).ConfigureAwait(false);
+            if (bs is null)
+            {
+                break;
+            }
+
+            need -= await AllocateFromAsync(view, bs, handle, need, attrs, ownOnly: true, assigned, ct).ConfigureAwait(false);
+        }
+
+        // 3. Borrow from other nodes' blocks, unless affinity is strict.
+        if (need > 0 && !view.Config.StrictAffinity)
+        {
+            foreach (var bs in await ReadAllBlocksAsync(v6, ct).ConfigureAwait(false))
+            {
+                if (need == 0)
+                {
+                    break;
+                }
+
+                if (bs.Block is { } b && b.Unallocated.Count > 0 && pools.Any(p => p.Cidr.Contains(bs.Cidr)))
+                {
+                    need -= await AllocateFromAsync(view, bs, handle, need, attrs, ownOnly: false, assigned, ct).ConfigureAwait(false);
+                }
+            }
+        }
+
+        if (need > 0)
+        {
+            string family = v6 ? "IPv6" : "IPv4";
+            if (limitHit)
+            {
+                throw new IpamException(IpamErrorKind.BlockLimitReached,
+                    $"node {view.Node} already holds the maximum of {view.Config.EffectiveMaxBlocksPerHost} {family} blocks (maxBlocksPerHost), all full" +
+                    (view.Config.StrictAffinity ? ", and strict affinity forbids borrowing" : ", and no other block has a free address"));
+            }
+
+            throw new IpamException(IpamErrorKind.PoolExhausted,
+                $"no free {family} address for node {view.Node} in pools {string.Join(", ", pools)}" +
+                (view.Config.AutoAllocateBlocks ? string.Empty : " (auto_allocate_blocks is off)") +
+                (view.Config.StrictAffinity ? " (strict affinity: no borrowing)" : string.Empty));
+        }
+    }
+
+    private async Task LoadBlocksAsync(NodeView view, IEnumerable<IpNet> cidrs, CancellationToken ct)
+    {
+        var list = cidrs.ToList();
+        var r = await store.ReadAsync([.. list.Select(c => KvRead.One(Keys.Block(c)))], ct).ConfigureAwait(false);
+        for (int i = 0; i < list.Count; i++)
+        {
+            view.Blocks[list[i]] = BlockState.From(list[i], r[i].FirstOrDefault());
+        }
+    }
+
+    /// <summary>True when the block exists and is this node's; finishes an interrupted claim (pending
+    /// affinity whose block was created) by confirming it.</summary>
+    private async Task<bool> EnsureOwnedAsync(NodeView view, BlockState bs, CancellationToken ct)
+    {
+        if (bs.Block is null || bs.Block.Affinity != Keys.AffinityOf(view.Node) || !view.Affinities.TryGetValue(bs.Cidr, out var aff))
+        {
+            return false;
+        }
+
+        if (aff.Affinity.State == BlockAffinity.Pending)
+        {
+            var key = Keys.Affinity(view.Node, bs.Cidr);
+            var r = await store.TxnAsync([new(key, aff.Rev)], [KvOp.Put(key, RecordJson.Encode(new BlockAffinity { State = BlockAffinity.Confirmed }))], ct).ConfigureAwait(false);
+            if (r.Succeeded)
+            {
+                view.Affinities[bs.Cidr] = (new BlockAffinity { State = BlockAffinity.Confirmed }, r.Revision);
+            }
+        }
+
+        return aff.Affinity.State != BlockAffinity.PendingDeletion;
+    }
+
+    /// <summary>Allocates up to <paramref name="want"/> addresses from one block, block and handle written
+    /// in one transaction; a lost compare re-reads both and retries with jitter.</summary>
+    private async Task<int> AllocateFromAsync(NodeView view, BlockState bs, HandleState handle, int want, Dictionary<string, string> attrs, bool ownOnly, List<AssignedAddress> assigned, CancellationToken ct)
+    {
+        for (int attempt = 0; attempt < options.MaxAttempts; attempt++)
+        {
+            var block = bs.Block;
+            if (block is null || block.Unallocated.Count == 0 || (ownOnly && block.Affinity != Keys.AffinityOf(view.Node)))
+            {
+                return 0;
+            }
+
+            var saved = handle.Handle is null ? null : CloneHandle(handle.Handle);
+            var ordinals = BlockLogic.Allocate(block, want, handle.Id, attrs);
+            handle.Add(bs.Cidr, ordinals.Count);
+            if (await CommitAsync(bs, [handle], [], [], ct).ConfigureAwait(false))
+            {
+                foreach (int o in ordinals)
+                {
+                    assigned.Add(new AssignedAddress(bs.Cidr.AddressAt((UInt128)o), bs.Cidr, block.SequenceNumber));
+                }
+
+                if (ownOnly)
+                {
+                    SetHint(view.Node, bs.Cidr);
+                }
+
+                return ordinals.Count;
+            }
+
+            handle.Handle = saved;
+            await RefreshAsync(bs, [handle], ct).ConfigureAwait(false);
+            await BackoffAsync(attempt, ct).ConfigureAwait(false);
+        }
+
+        throw Conflict($"allocating from block {bs.Cidr}");
+    }
+
+    /// <summary>Claims a free block for the node: one keys-only range read finds it, then the two-phase
+    /// claim (affinity pending → block created → affinity confirmed). Falls back to reclaiming an
+    /// empty block whose claim has aged. Null when no block can be had.</summary>
+    private async Task<BlockState?> ClaimBlockAsync(NodeView view, List<IpPool> pools, CancellationToken ct)
+    {
+        bool v6 = pools[0].IsIPv6;
+
+        // An interrupted claim of ours (pending affinity, no block) is resumed first.
+        foreach (var (cidr, aff) in view.Affinities.Where(a => a.Key.IsIPv6 == v6 && a.Value.Affinity.State == BlockAffinity.Pending).ToList())
+        {
+            if (!view.Blocks.ContainsKey(cidr))
+            {
+                await LoadBlocksAsync(view, [cidr], ct).ConfigureAwait(false);
+            }
+
+            if (view.Blocks[cidr].Block is null && pools.Any(p => p.Cidr.Contains(cidr)) && await ClaimSpecificAsync(view, cidr, ct).ConfigureAwait(false) is { } resumed)
+            {
+                return resumed;
+            }
+        }
+
+        for (int attempt = 0; attempt < options.MaxAttempts; attempt++)
+        {
+            var existing = await ListBlockCidrsAsync(v6, ct).ConfigureAwait(false);
+            IpNet? free = null;
+            foreach (var pool in pools)
+            {
+                free = FindFreeBlock(pool, existing, view.Node);
+                if (free is not null)
+                {
+                    break;
+                }
+            }
+
+            if (free is null)
+            {
+                return await ReclaimBlockAsync(view, pools, ct).ConfigureAwait(false);
+            }
+
+            if (await ClaimSpecificAsync(view, free.Value, ct).ConfigureAwait(false) is { } claimed)
+            {
+                return claimed;
+            }
+
+            await BackoffAsync(attempt, ct).ConfigureAwait(false);
+        }
+
+        throw Conflict("claiming a block");
+    }
+
+    /// <summary>Two-phase claim of one block; null when another node created it first.</summary>
+    private async Task<BlockState?> ClaimSpecificAsync(NodeView view, IpNet cidr, CancellationToken ct)
+    {
+        var affKey = Keys.Affinity(view.Node, cidr);
+        long affRev = view.Affinities.TryGetValue(cidr, out var a) ? a.Rev : 0;
+        var pending = RecordJson.Encode(new BlockAffinity { State = BlockAffinity.Pending });
+        var r = await store.TxnAsync([new(affKey, affRev)], [KvOp.Put(affKey, pending)], ct).ConfigureAwait(false);
+        if (!r.Succeeded)
+        {
+            var e = await store.GetAsync(affKey, ct).ConfigureAwait(false);
+            r = await store.TxnAsync([new(affKey, e?.ModRevision ?? 0)], [KvOp.Put(affKey, pending)], ct).ConfigureAwait(false);
+            if (!r.Succeeded)
+            {
+                return null;
+            }
+        }
+
+        affRev = r.Revision;
+        view.Affinities[cidr] = (new BlockAffinity { State = BlockAffinity.Pending }, affRev);
+
+        var block = BlockLogic.Create(cidr, view.Node, Now);
+        var bs = new BlockState(cidr, block, 0);
+        var created = await store.TxnAsync([new(Keys.Block(cidr), 0)], [KvOp.Put(Keys.Block(cidr), RecordJson.Encode(block))], ct).ConfigureAwait(false);
+        if (!created.Succeeded)
+        {
+            // Another node got there first: withdraw our pending claim.
+            await store.TxnAsync([new(affKey, affRev)], [KvOp.Delete(affKey)], ct).ConfigureAwait(false);
+            view.Affinities.Remove(cidr);
+            view.Blocks.Remove(cidr);
+            return null;
+        }
+
+        bs.Rev = created.Revision;
+        view.Blocks[cidr] = bs;
+        var confirmed = await store.TxnAsync([new(affKey, affRev)], [KvOp.Put(affKey, RecordJson.Encode(new BlockAffinity { State = BlockAffinity.Confirmed }))], ct).ConfigureAwait(false);
+        if (confirmed.Succeeded)
+        {
+            view.Affinities[cidr] = (new BlockAffinity { State = BlockAffinity.Confirmed }, confirmed.Revision);
+        }
+
+        return bs;
+    }
+
+    /// <summary>Takes over an empty block that belongs to no node, or to another node whose claim is at
+    /// least <see cref="IpamClientOptions.ReclaimAge"/> old.</summary>
+    private async Task<BlockState?> ReclaimBlockAsync(NodeView view, List<IpPool> pools, CancellationToken ct)
+    {
+        bool v6 = pools[0].IsIPv6;
+        var now = Now;
+        foreach (var bs in await ReadAllBlocksAsync(v6, ct).ConfigureAwait(false))
+        {
+            var b = bs.Block!;
+            var owner = Keys.NodeOfAffinity(b.Affinity);
+            if (owner == view.Node || !pools.Any(p => p.Cidr.Contains(bs.Cidr)) || !BlockLogic.IsEmpty(b))
+            {
+                continue;
+            }
+
+            if (owner is not null && BlockLogic.ParseClaimTime(b.AffinityClaimTime) is { } claimed && now - claimed < options.ReclaimAge)
+            {
+                continue;
+            }
+
+            var ourKey = Keys.Affinity(view.Node, bs.Cidr);
+            b.Affinity = Keys.AffinityOf(view.Node);
+            b.AffinityClaimTime = BlockLogic.FormatClaimTime(now);
+            b.SequenceNumber++;
+            var extra = new List<KvOp> { KvOp.Put(ourKey, RecordJson.Encode(new BlockAffinity { State = BlockAffinity.Pending })) };
+            if (owner is not null)
+            {
+                extra.Add(KvOp.Delete(Keys.Affinity(owner, bs.Cidr)));
+            }
+
+            if (!await CommitAsync(bs, [], extra, [new(ourKey, 0)], ct).ConfigureAwait(false))
+            {
+                continue;
+            }
+
+            var confirmed = await store.TxnAsync([new(ourKey, bs.Rev)], [KvOp.Put(ourKey, RecordJson.Encode(new BlockAffinity { State = BlockAffinity.Confirmed }))], ct).ConfigureAwait(false);
+            view.Affinities[bs.Cidr] = (new BlockAffinity { State = confirmed.Succeeded ? BlockAffinity.Confirmed : BlockAffinity.Pending }, confirmed.Succeeded ? confirmed.Revision : bs.Rev);
+            view.Blocks[bs.Cidr] = bs;
+            return bs;
+        }
+
+        return null;
+    }
+
+    /// <summary>The first block of the pool, from a position given by the node name's hash, that no
+    /// existing block overlaps. Skips over existing blocks, so it costs at most one step per existing block.</summary>
+    internal static IpNet? FindFreeBlock(IpPool pool, IReadOnlyList<IpNet> existingSorted, string node)
+    {
+        UInt128 total = pool.BlockCount;
+        UInt128 start = Fnv1a(node) % total;
+        int hostBits = pool.Cidr.AddressBits - pool.BlockSize;
+        foreach (var (from, to) in new[] { (start, total), (UInt128.Zero, start) })
+        {
+            UInt128 i = from;
+            while (i < to)
+            {
+                var cand = pool.Cidr.Subnet(pool.BlockSize, i);
+                UInt128 candEnd = cand.Value + (cand.Size - 1);
+                var hit = FirstEndingAtOrAfter(existingSorted, cand.Value);
+                if (hit is { } h && h.Value <= candEnd)
+                {
+                    UInt128 hEnd = h.Value + (h.Size - 1);
+                    UInt128 next = ((hEnd - pool.Cidr.Value) >> hostBits) + 1;
+                    i = next > i ? next : i + 1;
+                    continue;
+                }
+
+                return cand;
+            }
+        }
+
+        return null;
+    }
+
+    private static IpNet? FirstEndingAtOrAfter(IReadOnlyList<IpNet> sorted, UInt128 value)
+    {
+        int lo = 0, hi = sorted.Count;
+        while (lo < hi)
+        {
+            int mid = (lo + hi) >>> 1;
+            var m = sorted[mid];
+            if (m.Value + (m.Size - 1) < value)
+            {
+                lo = mid + 1;
+            }
+            else
+            {
+                hi = mid;
+            }
+        }
+
+        return lo < sorted.Count ? sorted[lo] : null;
+    }
+
+    private static ulong Fnv1a(string text)
+    {
+        ulong h = 14695981039346656037UL;
+        foreach (byte b in Encoding.UTF8.GetBytes(text))
+        {
+            h = (h ^ b) * 1099511628211UL;
+        }
+
+        return h;
+    }
+
+    /// <summary>Assigns one given address to a handle. Claims its block for the node when nobody holds it.</summary>
+    public Task<AssignedAddress> AssignIpAsync(IPAddress address, string handleId, string node, IReadOnlyDictionary<string, string>? attributes = null, CancellationToken ct = default)
+    {
+        ArgumentNullException.ThrowIfNull(address);
+        ValidateHandle(handleId);
+        ValidateNode(node);
+        return RunAsync($"assigning {address}", t => AssignIpCoreAsync(address, handleId, node, attributes, t), ct);
+    }
+
+    private async Task<AssignedAddress> AssignIpCoreAsync(IPAddress address, string handleId, string node, IReadOnlyDictionary<string, string>? attributes, CancellationToken ct)
+    {
+        var (view, handle) = await ReadNodeViewAsync(node, handleId, [], ct).ConfigureAwait(false);
+        var pool = view.Pools.FirstOrDefault(p => p.Cidr.Contains(address))
+            ?? throw new IpamException(IpamErrorKind.InvalidArgument, $"{address} is in no IP pool");
+        var cidr = IpNet.Enclosing(address, pool.BlockSize);
+        await LoadBlocksAsync(view, [cidr], ct).ConfigureAwait(false);
+        var bs = view.Blocks[cidr];
+        if (bs.Block is null)
+        {
+            bs = await ClaimSpecificAsync(view, cidr, ct).ConfigureAwait(false) ?? view.Blocks.GetValueOrDefault(cidr) ?? bs;
+            if (bs.Block is null)
+            {
+                await LoadBlocksAsync(view, [cidr], ct).ConfigureAwait(false);
+                bs = view.Blocks[cidr];
+            }
+        }
+
+        var attrs = new Dictionary<string, string>(attributes ?? new Dictionary<string, string>(), StringComparer.Ordinal)
+        {
+            ["node"] = node,
+            ["timestamp"] = BlockLogic.FormatGoTime(Now),
+        };
+        int ordinal = (int)cidr.OffsetOf(address);
+        for (int attempt = 0; attempt < options.MaxAttempts; attempt++)
+        {
+            var block = bs.Block ?? throw new IpamException(IpamErrorKind.Conflict, $"block {cidr} vanished while assigning {address}; try again");
+            var saved = handle.Handle is null ? null : CloneHandle(handle.Handle);
+            if (!BlockLogic.AllocateOrdinal(block, ordinal, handleId, attrs))
+            {
+                var holder = BlockLogic.AttributeOf(block, ordinal)?.HandleId;
+                throw new IpamException(IpamErrorKind.AddressInUse, $"{address} is already allocated{(holder is null ? string.Empty : $" to handle {holder}")}");
+            }
+
+            handle.Add(cidr, 1);
+            if (await CommitAsync(bs, [handle], [], [], ct).ConfigureAwait(false))
+            {
+                return new AssignedAddress(address, cidr, block.SequenceNumber);
+            }
+
+            handle.Handle = saved;
+            await RefreshAsync(bs, [handle], ct).ConfigureAwait(false);
+            await BackoffAsync(attempt, ct).ConfigureAwait(false);
+        }
+
+        throw Conflict($"assigning {address}");
+    }
+}

@@ -1,0 +1,332 @@
+using System.Net;
+
+namespace CalicoSharp.Ipam;
+
+public sealed record IpamClientOptions
+{
+    /// <summary>Bound on one whole operation, retries included.</summary>
+    public TimeSpan Timeout { get; init; } = TimeSpan.FromSeconds(5);
+
+    /// <summary>How many times a lost compare-and-swap is retried before giving up.</summary>
+    public int MaxAttempts { get; init; } = 16;
+
+    /// <summary>An empty block of another node may be reclaimed once its claim is this old.</summary>
+    public TimeSpan ReclaimAge { get; init; } = TimeSpan.FromMinutes(1);
+
+    public TimeProvider Time { get; init; } = TimeProvider.System;
+
+    /// <summary>Where to remember each node's last-used block between processes (the CNI plugin runs
+    /// once per pod), so that a warm allocation is one read and one transaction. Null: in memory only.</summary>
+    public string? HintDirectory { get; init; }
+}
+
+/// <summary>What to allocate: N IPv4 and/or M IPv6 addresses for a handle on a node.</summary>
+public sealed record AutoAssignRequest
+{
+    public required string HandleId { get; init; }
+
+    public required string Node { get; init; }
+
+    public int Num4 { get; init; }
+
+    public int Num6 { get; init; }
+
+    /// <summary>Allocation attributes (namespace, pod, container id...). "node" and "timestamp" are added.</summary>
+    public IReadOnlyDictionary<string, string>? Attributes { get; init; }
+
+    /// <summary>Pool names or CIDRs to take IPv4 addresses from; empty: every enabled pool that selects the node.</summary>
+    public IReadOnlyList<string>? Ipv4Pools { get; init; }
+
+    public IReadOnlyList<string>? Ipv6Pools { get; init; }
+}
+
+/// <summary>One address handed out: the address, its block, and the block sequence number that guards its release.</summary>
+public sealed record AssignedAddress(IPAddress Address, IpNet Block, ulong SequenceNumber);
+
+/// <summary>An address to release; with a sequence number, only if it is still that allocation.</summary>
+public readonly record struct ReleaseRequest(IPAddress Address, ulong? SequenceNumber = null);
+
+/// <summary>The IPAM allocator: Calico's block-affinity algorithm over an <see cref="IKvStore"/>.</summary>
+public sealed partial class IpamClient : IDisposable
+{
+    private readonly IKvStore store;
+    private readonly IpamClientOptions options;
+    private readonly Dictionary<string, IpNet> hints = new(StringComparer.Ordinal);
+    private readonly Lock hintGate = new();
+
+    public IpamClient(IKvStore store, IpamClientOptions? options = null)
+    {
+        ArgumentNullException.ThrowIfNull(store);
+        this.store = store;
+        this.options = options ?? new IpamClientOptions();
+    }
+
+    public IKvStore Store => store;
+
+    public IpamClientOptions Options => options;
+
+    private DateTimeOffset Now => options.Time.GetUtcNow();
+
+    public void Dispose() => store.Dispose();
+
+    /// <summary>Runs one operation under the client's time bound, mapping the bound to a clear error.</summary>
+    private async Task<T> RunAsync<T>(string what, Func<CancellationToken, Task<T>> body, CancellationToken ct)
+    {
+        using var cts = CancellationTokenSource.CreateLinkedTokenSource(ct);
+        cts.CancelAfter(options.Timeout);
+        try
+        {
+            return await body(cts.Token).ConfigureAwait(false);
+        }
+        catch (OperationCanceledException e) when (!ct.IsCancellationRequested)
+        {
+            throw new IpamException(IpamErrorKind.DatastoreUnavailable,
+                $"{what} did not finish within {options.Timeout.TotalSeconds:0.###} s: etcd is slow or unreachable", e);
+        }
+        catch (IpamException e) when (e.Kind == IpamErrorKind.DatastoreUnavailable && !e.Message.StartsWith(what, StringComparison.Ordinal))
+        {
+            throw new IpamException(IpamErrorKind.DatastoreUnavailable, $"{what} failed: {e.Message}", e);
+        }
+    }
+
+    private static Task BackoffAsync(int attempt, CancellationToken ct) =>
+        Task.Delay(TimeSpan.FromMilliseconds(Random.Shared.Next(1, 2 << Math.Min(attempt, 6))), ct);
+
+    private IpamException Conflict(string what) =>
+        new(IpamErrorKind.Conflict, $"{what}: lost the compare-and-swap {options.MaxAttempts} times in a row to other writers; try again");
+
+    internal static void ValidateHandle(string handleId)
+    {
+        if (string.IsNullOrEmpty(handleId) || handleId.Contains('/', StringComparison.Ordinal) || handleId.Length > 512)
+        {
+            throw new IpamException(IpamErrorKind.InvalidArgument, $"invalid handle '{handleId}': it must be non-empty, at most 512 characters, without '/'");
+        }
+    }
+
+    internal static void ValidateNode(string node)
+    {
+        if (string.IsNullOrEmpty(node) || node.Contains('/', StringComparison.Ordinal) || node.Length > 253)
+        {
+            throw new IpamException(IpamErrorKind.InvalidArgument, $"invalid node name '{node}': it must be non-empty, at most 253 characters, without '/'");
+        }
+    }
+
+    // ---- block and handle state held during an operation -------------------------------------------
+
+    /// <summary>A block as read, with the revision to compare against when writing it back.</summary>
+    private sealed class BlockState(IpNet cidr, AllocationBlock? block, long rev)
+    {
+        public IpNet Cidr { get; } = cidr;
+
+        public AllocationBlock? Block { get; set; } = block;
+
+        public long Rev { get; set; } = rev;
+
+        public static BlockState From(IpNet cidr, KvEntry? e) =>
+            new(cidr, e is null ? null : RecordJson.DecodeBlock(e.Value, e.Key), e?.ModRevision ?? 0);
+    }
+
+    /// <summary>A handle as read (absent: rev 0), edited in memory and written with its block.</summary>
+    private sealed class HandleState(string id, IpamHandle? handle, long rev)
+    {
+        public string Id { get; } = id;
+
+        public string Key { get; } = Keys.Handle(id);
+
+        public IpamHandle? Handle { get; set; } = handle;
+
+        public long Rev { get; set; } = rev;
+
+        public static HandleState From(string id, KvEntry? e) =>
+            new(id, e is null ? null : RecordJson.DecodeHandle(e.Value, e.Key), e?.ModRevision ?? 0);
+
+        public void Add(IpNet block, int delta)
+        {
+            Handle ??= new IpamHandle();
+            var map = Handle.Block ??= new Dictionary<string, int>(StringComparer.Ordinal);
+            var key = block.ToString();
+            int n = (map.TryGetValue(key, out var have) ? have : 0) + delta;
+            if (n > 0)
+            {
+                map[key] = n;
+            }
+            else
+            {
+                map.Remove(key);
+            }
+        }
+
+        /// <summary>The op that writes this handle: a put, or a delete once it holds nothing.</summary>
+        public KvOp Op() => Handle?.Block is { Count: > 0 } ? KvOp.Put(Key, RecordJson.Encode(Handle)) : KvOp.Delete(Key);
+    }
+
+    private static IpamHandle CloneHandle(IpamHandle h) => new()
+    {
+        Block = h.Block is null ? null : new Dictionary<string, int>(h.Block, StringComparer.Ordinal),
+        Deleted = h.Deleted,
+    };
+
+    /// <summary>Writes a block and the handles it touched in one transaction that compares them all.</summary>
+    private async Task<bool> CommitAsync(BlockState bs, IReadOnlyList<HandleState> handles, IReadOnlyList<KvOp> extraOps, IReadOnlyList<KvCompare> extraCompares, CancellationToken ct)
+    {
+        var compares = new List<KvCompare>(2 + handles.Count + extraCompares.Count) { new(Keys.Block(bs.Cidr), bs.Rev) };
+        var ops = new List<KvOp>(2 + handles.Count + extraOps.Count);
+        ops.Add(bs.Block is null ? KvOp.Delete(Keys.Block(bs.Cidr)) : KvOp.Put(Keys.Block(bs.Cidr), RecordJson.Encode(bs.Block)));
+        foreach (var h in handles)
+        {
+            compares.Add(new KvCompare(h.Key, h.Rev));
+            ops.Add(h.Op());
+        }
+
+        compares.AddRange(extraCompares);
+        ops.AddRange(extraOps);
+        var result = await store.TxnAsync(compares, ops, ct).ConfigureAwait(false);
+        if (result.Succeeded)
+        {
+            bs.Rev = bs.Block is null ? 0 : result.Revision;
+            foreach (var h in handles)
+            {
+                h.Rev = h.Handle?.Block is { Count: > 0 } ? result.Revision : 0;
+            }
+        }
+
+        return result.Succeeded;
+    }
+
+    /// <summary>Re-reads a block and handles after a lost compare, in one round trip.</summary>
+    private async Task RefreshAsync(BlockState bs, IReadOnlyList<HandleState> handles, CancellationToken ct)
+    {
+        var reads = new List<KvRead>(1 + handles.Count) { KvRead.One(Keys.Block(bs.Cidr)) };
+        reads.AddRange(handles.Select(h => KvRead.One(h.Key)));
+        var r = await store.ReadAsync(reads, ct).ConfigureAwait(false);
+        var fresh = BlockState.From(bs.Cidr, r[0].FirstOrDefault());
+        bs.Block = fresh.Block;
+        bs.Rev = fresh.Rev;
+        for (int i = 0; i < handles.Count; i++)
+        {
+            var h = HandleState.From(handles[i].Id, r[i + 1].FirstOrDefault());
+            handles[i].Handle = h.Handle;
+            handles[i].Rev = h.Rev;
+        }
+    }
+
+    // ---- hints: the block a node used last ----------------------------------------------------------
+
+    private static string HintKey(string node, bool v6) => $"{node}.{Keys.Version(v6)}";
+
+    private IpNet? GetHint(string node, bool v6)
+    {
+        var key = HintKey(node, v6);
+        lock (hintGate)
+        {
+            if (hints.TryGetValue(key, out var h))
+            {
+                return h;
+            }
+        }
+
+        if (options.HintDirectory is null)
+        {
+            return null;
+        }
+
+        try
+        {
+            var text = File.ReadAllText(Path.Combine(options.HintDirectory, key)).Trim();
+            return IpNet.TryParse(text, strict: true, out var net, out _) && net.IsIPv6 == v6 ? net : null;
+        }
+        catch (IOException)
+        {
+            return null;
+        }
+        catch (UnauthorizedAccessException)
+        {
+            return null;
+        }
+    }
+
+    private void SetHint(string node, IpNet block)
+    {
+        var key = HintKey(node, block.IsIPv6);
+        lock (hintGate)
+        {
+            if (hints.TryGetValue(key, out var old) && old == block)
+            {
+                return;
+            }
+
+            hints[key] = block;
+        }
+
+        if (options.HintDirectory is null)
+        {
+            return;
+        }
+
+        try
+        {
+            Directory.CreateDirectory(options.HintDirectory);
+            var tmp = Path.Combine(options.HintDirectory, $".{key}.{Environment.ProcessId}");
+            File.WriteAllText(tmp, block.ToString());
+            File.Move(tmp, Path.Combine(options.HintDirectory, key), overwrite: true);
+        }
+        catch (IOException)
+        {
+            // A hint is only an optimisation.
+        }
+        catch (UnauthorizedAccessException)
+        {
+        }
+    }
+
+    // ---- shared reads --------------------------------------------------------------------------------
+
+    private static IpamConfig ConfigFrom(IReadOnlyList<KvEntry> entries) =>
+        entries.Count == 0 ? IpamConfig.Defaults : RecordJson.DecodeConfig(entries[0].Value, entries[0].Key);
+
+    private static List<IpPool> PoolsFrom(IReadOnlyList<KvEntry> entries)
+    {
+        var list = new List<IpPool>(entries.Count);
+        foreach (var e in entries)
+        {
+            list.Add(IpPool.FromResource(RecordJson.DecodePool(e.Value, e.Key), e.ModRevision));
+        }
+
+        return list;
+    }
+
+    private static Dictionary<string, string> LabelsFrom(IReadOnlyList<KvEntry> entries) =>
+        entries.Count == 0 ? [] : RecordJson.DecodeNode(entries[0].Value, entries[0].Key).Metadata.Labels ?? [];
+
+    /// <summary>Existing blocks of one family, from one keys-only range read, sorted by address.</summary>
+    private async Task<List<IpNet>> ListBlockCidrsAsync(bool v6, CancellationToken ct)
+    {
+        var keys = await store.ListAsync(Keys.BlockPrefix(v6), keysOnly: true, ct).ConfigureAwait(false);
+        var list = new List<IpNet>(keys.Count);
+        foreach (var k in keys)
+        {
+            if (Keys.TryParseBlockKey(k.Key, out var cidr))
+            {
+                list.Add(cidr);
+            }
+        }
+
+        list.Sort();
+        return list;
+    }
+
+    private async Task<List<BlockState>> ReadAllBlocksAsync(bool v6, CancellationToken ct)
+    {
+        var entries = await store.ListAsync(Keys.BlockPrefix(v6), keysOnly: false, ct).ConfigureAwait(false);
+        var list = new List<BlockState>(entries.Count);
+        foreach (var e in entries)
+        {
+            if (Keys.TryParseBlockKey(e.Key, out var cidr))
+            {
+                list.Add(BlockState.From(cidr, e));
+            }
+        }
+
+        return list;
+    }
+}
