@@ -1,0 +1,152 @@
+using System.Diagnostics;
+using System.Globalization;
+using System.Net;
+using System.Net.Sockets;
+
+namespace CalicoSharp.Testing;
+
+/// <summary>A real etcd (Debian's etcd-server) on a free loopback port with a temporary data directory.
+/// Can be stopped, restarted on the same port and data, frozen (SIGSTOP) and thawed.</summary>
+public sealed class EtcdServer : IDisposable
+{
+    public const string NamePrefix = "calicosharp-test-etcd";
+
+    private readonly string dataDir;
+    private readonly int clientPort;
+    private readonly int peerPort;
+    private readonly string name;
+    private Process? process;
+
+    private EtcdServer()
+    {
+        dataDir = Directory.CreateTempSubdirectory("calicosharp-etcd-").FullName;
+        clientPort = FreePort();
+        peerPort = FreePort();
+        name = $"{NamePrefix}-{clientPort.ToString(CultureInfo.InvariantCulture)}";
+    }
+
+    public string Endpoint => $"http://127.0.0.1:{clientPort.ToString(CultureInfo.InvariantCulture)}";
+
+    public static string Binary => File.Exists("/usr/bin/etcd") ? "/usr/bin/etcd" : "etcd";
+
+    public static EtcdServer Start()
+    {
+        var s = new EtcdServer();
+        try
+        {
+            s.Launch();
+            return s;
+        }
+        catch
+        {
+            s.Dispose();
+            throw;
+        }
+    }
+
+    public void Launch()
+    {
+        var psi = new ProcessStartInfo(Binary)
+        {
+            RedirectStandardOutput = true,
+            RedirectStandardError = true,
+            UseShellExecute = false,
+        };
+        foreach (var a in new[]
+        {
+            "--name", name, "--data-dir", dataDir,
+            "--listen-client-urls", Endpoint, "--advertise-client-urls", Endpoint,
+            "--listen-peer-urls", $"http://127.0.0.1:{peerPort}", "--initial-advertise-peer-urls", $"http://127.0.0.1:{peerPort}",
+            "--initial-cluster", $"{name}=http://127.0.0.1:{peerPort}",
+            "--log-level", "error", "--logger", "zap",
+        })
+        {
+            psi.ArgumentList.Add(a);
+        }
+
+        process = Process.Start(psi) ?? throw new InvalidOperationException("could not start etcd");
+        process.OutputDataReceived += (_, _) => { };
+        process.ErrorDataReceived += (_, _) => { };
+        process.BeginOutputReadLine();
+        process.BeginErrorReadLine();
+        WaitReady(TimeSpan.FromSeconds(20));
+    }
+
+    private void WaitReady(TimeSpan timeout)
+    {
+        var sw = Stopwatch.StartNew();
+        using var http = new HttpClient { Timeout = TimeSpan.FromSeconds(1) };
+        while (sw.Elapsed < timeout)
+        {
+            if (process!.HasExited)
+            {
+                throw new InvalidOperationException($"etcd exited with code {process.ExitCode}");
+            }
+
+            try
+            {
+                var r = http.GetAsync(new Uri(Endpoint + "/health")).GetAwaiter().GetResult();
+                if (r.IsSuccessStatusCode && r.Content.ReadAsStringAsync().GetAwaiter().GetResult().Contains("true", StringComparison.Ordinal))
+                {
+                    return;
+                }
+            }
+            catch (HttpRequestException)
+            {
+            }
+            catch (TaskCanceledException)
+            {
+            }
+
+            Thread.Sleep(50);
+        }
+
+        throw new TimeoutException($"etcd at {Endpoint} was not healthy within {timeout}");
+    }
+
+    /// <summary>Kills etcd; the data stays for <see cref="Launch"/>.</summary>
+    public void Stop()
+    {
+        if (process is { HasExited: false })
+        {
+            Thaw();
+            process.Kill(entireProcessTree: true);
+            process.WaitForExit();
+        }
+
+        process?.Dispose();
+        process = null;
+    }
+
+    public void Freeze() => Signal("STOP");
+
+    public void Thaw() => Signal("CONT");
+
+    private void Signal(string sig)
+    {
+        if (process is { HasExited: false })
+        {
+            using var kill = Process.Start("kill", ["-" + sig, process.Id.ToString(CultureInfo.InvariantCulture)]);
+            kill.WaitForExit();
+        }
+    }
+
+    public void Dispose()
+    {
+        Stop();
+        try
+        {
+            Directory.Delete(dataDir, recursive: true);
+        }
+        catch (IOException)
+        {
+        }
+    }
+
+    public static int FreePort()
+    {
+        using var l = new TcpListener(IPAddress.Loopback, 0);
+        l.Start();
+        return ((IPEndPoint)l.LocalEndpoint).Port;
+    }
+}
