@@ -336,11 +336,20 @@ public sealed partial class IpamClient
 
         for (int attempt = 0; attempt < options.MaxAttempts; attempt++)
         {
-            var existing = await ListBlockCidrsAsync(v6, ct).ConfigureAwait(false);
             IpNet? free = null;
             foreach (var pool in pools)
             {
-                free = FindFreeBlock(pool, existing, view.Node);
+                foreach (var region in BlockRegion.Walk(pool, Fnv1a(view.Node)))
+                {
+                    // One keys-only range read per region; the first region nearly always has room.
+                    var existing = await ListBlockCidrsAsync(v6, ct, region.KeyPrefix).ConfigureAwait(false);
+                    free = region.FindFree(pool, existing);
+                    if (free is not null)
+                    {
+                        break;
+                    }
+                }
+
                 if (free is not null)
                 {
                     break;
@@ -450,37 +459,7 @@ public sealed partial class IpamClient
         return null;
     }
 
-    /// <summary>The first block of the pool, from a position given by the node name's hash, that no
-    /// existing block overlaps. Skips over existing blocks, so it costs at most one step per existing block.</summary>
-    internal static IpNet? FindFreeBlock(IpPool pool, IReadOnlyList<IpNet> existingSorted, string node)
-    {
-        UInt128 total = pool.BlockCount;
-        UInt128 start = Fnv1a(node) % total;
-        int hostBits = pool.Cidr.AddressBits - pool.BlockSize;
-        foreach (var (from, to) in new[] { (start, total), (UInt128.Zero, start) })
-        {
-            UInt128 i = from;
-            while (i < to)
-            {
-                var cand = pool.Cidr.Subnet(pool.BlockSize, i);
-                UInt128 candEnd = cand.Value + (cand.Size - 1);
-                var hit = FirstEndingAtOrAfter(existingSorted, cand.Value);
-                if (hit is { } h && h.Value <= candEnd)
-                {
-                    UInt128 hEnd = h.Value + (h.Size - 1);
-                    UInt128 next = ((hEnd - pool.Cidr.Value) >> hostBits) + 1;
-                    i = next > i ? next : i + 1;
-                    continue;
-                }
-
-                return cand;
-            }
-        }
-
-        return null;
-    }
-
-    private static IpNet? FirstEndingAtOrAfter(IReadOnlyList<IpNet> sorted, UInt128 value)
+    internal static IpNet? FirstEndingAtOrAfter(IReadOnlyList<IpNet> sorted, UInt128 value)
     {
         int lo = 0, hi = sorted.Count;
         while (lo < hi)
@@ -500,7 +479,7 @@ public sealed partial class IpamClient
         return lo < sorted.Count ? sorted[lo] : null;
     }
 
-    private static ulong Fnv1a(string text)
+    internal static ulong Fnv1a(string text)
     {
         ulong h = 14695981039346656037UL;
         foreach (byte b in Encoding.UTF8.GetBytes(text))

@@ -167,17 +167,35 @@ public sealed partial class IpamClient
         return freed;
     }
 
-    /// <summary>Finds the block of each address from one keys-only read of the block keys.</summary>
+    /// <summary>Finds the block of each address: where a pool holds it, the block its block size gives
+    /// (one batched read); otherwise (pool deleted or resized) from a keys-only read of the block keys.</summary>
     private async Task<List<(ReleaseRequest Req, IpNet Block)>> GroupByBlockAsync(IReadOnlyList<ReleaseRequest> addresses, CancellationToken ct)
     {
-        var result = new List<(ReleaseRequest, IpNet)>(addresses.Count);
-        var byFamily = new Dictionary<bool, List<IpNet>>();
-        foreach (var req in addresses)
+        var pools = PoolsFrom(await store.ListAsync(Keys.PoolPrefix, keysOnly: false, ct).ConfigureAwait(false));
+        var guesses = addresses.Select(a => pools.FirstOrDefault(p => p.Cidr.Contains(a.Address)) is { } p ? IpNet.Enclosing(a.Address, p.BlockSize) : (IpNet?)null).ToList();
+        var probe = guesses.OfType<IpNet>().Distinct().ToList();
+        var found = new HashSet<IpNet>();
+        if (probe.Count > 0)
         {
-            bool v6 = req.Address.AddressFamily == System.Net.Sockets.AddressFamily.InterNetworkV6;
-            if (!byFamily.TryGetValue(v6, out var blocks))
+            var r = await store.ReadAsync([.. probe.Select(c => new KvRead(Keys.Block(c), KeysOnly: true))], ct).ConfigureAwait(false);
+            found.UnionWith(probe.Where((c, i) => r[i].Count > 0));
+        }
+
+        var result = new List<(ReleaseRequest, IpNet)>(addresses.Count);
+        var scanned = new Dictionary<bool, List<IpNet>>();
+        for (int i = 0; i < addresses.Count; i++)
+        {
+            var req = addresses[i];
+            if (guesses[i] is { } g && found.Contains(g))
             {
-                blocks = byFamily[v6] = await ListBlockCidrsAsync(v6, ct).ConfigureAwait(false);
+                result.Add((req, g));
+                continue;
+            }
+
+            bool v6 = req.Address.AddressFamily == System.Net.Sockets.AddressFamily.InterNetworkV6;
+            if (!scanned.TryGetValue(v6, out var blocks))
+            {
+                blocks = scanned[v6] = await ListBlockCidrsAsync(v6, ct).ConfigureAwait(false);
             }
 
             if (FindBlock(blocks, req.Address) is { } b)
@@ -289,21 +307,19 @@ public sealed partial class IpamClient
 
     private async Task<IpLookup?> LookupCoreAsync(IPAddress address, CancellationToken ct)
     {
-        bool v6 = address.AddressFamily == System.Net.Sockets.AddressFamily.InterNetworkV6;
-        var blocks = await ListBlockCidrsAsync(v6, ct).ConfigureAwait(false);
-        var r = await store.ReadAsync([KvRead.Under(Keys.PoolPrefix)], ct).ConfigureAwait(false);
-        var pool = PoolsFrom(r[0]).FirstOrDefault(p => p.Cidr.Contains(address))?.Name;
-        if (FindBlock(blocks, address) is not { } cidr)
+        if ((await GroupByBlockAsync([new ReleaseRequest(address)], ct).ConfigureAwait(false)) is not [var (_, cidr)])
         {
             return null;
         }
 
-        var bs = BlockState.From(cidr, await store.GetAsync(Keys.Block(cidr), ct).ConfigureAwait(false));
+        var r = await store.ReadAsync([KvRead.One(Keys.Block(cidr)), KvRead.Under(Keys.PoolPrefix)], ct).ConfigureAwait(false);
+        var bs = BlockState.From(cidr, r[0].FirstOrDefault());
         if (bs.Block is null)
         {
             return null;
         }
 
+        var pool = PoolsFrom(r[1]).FirstOrDefault(p => p.Cidr.Contains(address))?.Name;
         int o = (int)cidr.OffsetOf(address);
         var attr = BlockLogic.AttributeOf(bs.Block, o);
         bool allocated = bs.Block.Allocations[o] is not null;

@@ -298,10 +298,11 @@ public sealed partial class IpamClient : IDisposable
     private static Dictionary<string, string> LabelsFrom(IReadOnlyList<KvEntry> entries) =>
         entries.Count == 0 ? [] : RecordJson.DecodeNode(entries[0].Value, entries[0].Key).Metadata.Labels ?? [];
 
-    /// <summary>Existing blocks of one family, from one keys-only range read, sorted by address.</summary>
-    private async Task<List<IpNet>> ListBlockCidrsAsync(bool v6, CancellationToken ct)
+    /// <summary>Existing blocks whose keys start with <paramref name="keyPrefix"/> (after the family's block
+    /// prefix), from one keys-only range read, sorted by address.</summary>
+    private async Task<List<IpNet>> ListBlockCidrsAsync(bool v6, CancellationToken ct, string keyPrefix = "")
     {
-        var keys = await store.ListAsync(Keys.BlockPrefix(v6), keysOnly: true, ct).ConfigureAwait(false);
+        var keys = await store.ListAsync(Keys.BlockPrefix(v6) + keyPrefix, keysOnly: true, ct).ConfigureAwait(false);
         var list = new List<IpNet>(keys.Count);
         foreach (var k in keys)
         {

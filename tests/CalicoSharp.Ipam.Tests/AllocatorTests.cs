@@ -278,16 +278,53 @@ public sealed class AllocatorTests : IDisposable
         Assert.Empty(await store.ListAsync(Keys.IpamRoot, true, default));
     }
 
+    private static IpPool Pool(string cidr, int blockSize) =>
+        IpPool.FromResource(new IpPoolResource { Metadata = new() { Name = "p" }, Spec = new() { Cidr = cidr, BlockSize = blockSize } }, 0);
+
+    private static IpNet? FirstFree(IpPool pool, List<IpNet> existing, ulong hash) =>
+        BlockRegion.Walk(pool, hash).Select(r => r.FindFree(pool, [.. existing.Where(e => e.ToString().StartsWith(r.KeyPrefix, StringComparison.Ordinal))])).FirstOrDefault(f => f is not null);
+
     [Fact]
     public void Free_block_search_skips_existing_blocks_and_wraps()
     {
-        var pool = IpPool.FromResource(new IpPoolResource { Metadata = new() { Name = "p" }, Spec = new() { Cidr = "10.0.0.0/24", BlockSize = 26 } }, 0);
+        var pool = Pool("10.0.0.0/24", 26);
         var all = new List<IpNet> { IpNet.Parse("10.0.0.0/26"), IpNet.Parse("10.0.0.64/26"), IpNet.Parse("10.0.0.192/26") };
-        Assert.Equal("10.0.0.128/26", IpamClient.FindFreeBlock(pool, all, "any-node").ToString());
+        for (ulong h = 0; h < 4; h++)
+        {
+            Assert.Equal("10.0.0.128/26", FirstFree(pool, all, h).ToString());
+        }
+
         all.Insert(2, IpNet.Parse("10.0.0.128/25"));
-        Assert.Null(IpamClient.FindFreeBlock(pool, all, "any-node"));
-        var big = IpPool.FromResource(new IpPoolResource { Metadata = new() { Name = "v6" }, Spec = new() { Cidr = "fd00::/48", BlockSize = 122 } }, 0);
-        Assert.NotNull(IpamClient.FindFreeBlock(big, [], "node1"));
+        Assert.Null(FirstFree(pool, all, 1));
+    }
+
+    [Fact]
+    public void Regions_are_key_prefixes_that_cover_the_pool_once()
+    {
+        var pool = Pool("10.0.0.0/14", 26);
+        var regions = BlockRegion.Walk(pool, 77).ToList();
+        Assert.Equal(4, regions.Count); // four /16s
+        Assert.Equal(["10.0.", "10.1.", "10.2.", "10.3."], regions.Select(r => r.KeyPrefix).Order(StringComparer.Ordinal));
+        Assert.Equal(77UL, (ulong)regions[0].Start);
+        Assert.Equal(4096UL, (ulong)regions.Sum(r => (long)(r.End - r.First)));
+
+        // A pool inside one /24 is searched with that /24's prefix.
+        Assert.Equal("10.9.8.", Assert.Single(BlockRegion.Walk(Pool("10.9.8.0/24", 26), 3)).KeyPrefix);
+
+        // IPv6: the pool's non-zero leading hextets; a zero hextet cannot be a key prefix.
+        Assert.Equal("fd00:10:244:", Assert.Single(BlockRegion.Walk(Pool("fd00:10:244::/56", 122), 5)).KeyPrefix);
+        Assert.Equal("fd00:", Assert.Single(BlockRegion.Walk(Pool("fd00:0:244::/48", 122), 5)).KeyPrefix);
+        Assert.StartsWith("fd00:10:244:", IpNet.Parse("fd00:10:244:0:1::/122").ToKeyString(), StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public void A_full_region_moves_the_search_to_the_next()
+    {
+        var pool = Pool("10.0.0.0/15", 26);
+        var first = BlockRegion.Walk(pool, 0).First();
+        var full = Enumerable.Range(0, 1024).Select(i => pool.Cidr.Subnet(26, (UInt128)i)).ToList();
+        Assert.Equal("10.0.", first.KeyPrefix);
+        Assert.Equal("10.1.0.0/26", FirstFree(pool, full, 0).ToString());
     }
 }
 

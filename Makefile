@@ -1,0 +1,79 @@
+# CalicoSharp — entry points. Run as root on Debian: the targets install what they need.
+SHELL := /bin/bash
+.DEFAULT_GOAL := build
+
+CONFIG      ?= Release
+RID         ?= linux-x64
+OUT         ?= $(CURDIR)/out
+BIN         := $(OUT)/bin
+RESULTS     := $(OUT)/test-results
+DEB_PACKAGES := etcd-server etcd-client bird2 containernetworking-plugins iproute2
+PREFIX      ?= /usr/local
+CNI_BIN_DIR ?= /opt/cni/bin
+CNI_NET_DIR ?= /etc/cni/net.d
+# Test selection, e.g. make test FILTER='Category!=Etcd'
+FILTER      ?=
+
+.PHONY: deps restore build publish test test-unit bench demo install clean
+
+## deps: install the Debian packages the lab, tests and benchmarks use (apt-get update once, only when something is missing)
+deps:
+	@missing=""; for p in $(DEB_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  apt-get update -q && apt-get install -y -q --no-install-recommends $$missing; \
+	fi
+	@command -v etcd >/dev/null || { echo "etcd not found after installing etcd-server" >&2; exit 1; }
+
+restore:
+	dotnet restore CalicoSharp.sln
+
+build: restore
+	dotnet build CalicoSharp.sln -c $(CONFIG) --no-restore -nologo -clp:ErrorsOnly
+
+## publish: NativeAOT executables into out/bin
+publish: restore
+	dotnet publish ipam/calicosharpctl/calicosharpctl.csproj -c Release -r $(RID) -o $(BIN) -nologo -clp:ErrorsOnly
+
+## test: every test, unit and lab; prints 'N passed, N failed'
+test: deps build
+	@rm -rf $(RESULTS); mkdir -p $(RESULTS)
+	@status=0; \
+	dotnet test CalicoSharp.sln -c $(CONFIG) --no-build -nologo \
+	  --logger "trx" --logger "console;verbosity=minimal" --results-directory $(RESULTS) \
+	  $(if $(FILTER),--filter "$(FILTER)") || status=$$?; \
+	pkill -f 'calicosharp-test-etcd' 2>/dev/null || true; \
+	passed=0; failed=0; skipped=0; \
+	for f in $(RESULTS)/*.trx; do \
+	  [ -f "$$f" ] || continue; \
+	  c=$$(grep -o '<Counters [^>]*>' "$$f"); \
+	  p=$$(sed -n 's/.* passed="\([0-9]*\)".*/\1/p' <<<"$$c"); \
+	  fl=$$(sed -n 's/.* failed="\([0-9]*\)".*/\1/p' <<<"$$c"); \
+	  n=$$(sed -n 's/.* notExecuted="\([0-9]*\)".*/\1/p' <<<"$$c"); \
+	  passed=$$((passed+$${p:-0})); failed=$$((failed+$${fl:-0})); skipped=$$((skipped+$${n:-0})); \
+	done; \
+	echo "$$passed passed, $$failed failed, $$skipped skipped"; \
+	if [ $$status -ne 0 ] && [ $$failed -eq 0 ]; then echo "dotnet test exited $$status" >&2; fi; \
+	exit $$status
+
+## test-unit: the tests that need neither root nor etcd
+test-unit: build
+	dotnet test CalicoSharp.sln -c $(CONFIG) --no-build -nologo --filter "Category!=Etcd&Category!=Privileged"
+
+## bench: benchmarks (printed, never asserted), against the reference implementations in the same run
+bench: deps build
+	dotnet tests/CalicoSharp.Bench/bin/$(CONFIG)/net10.0/CalicoSharp.Bench.dll
+
+## demo: build, start etcd on loopback, show IPAM at work, clean up
+demo: deps publish
+	bash tests/demo/demo.sh $(BIN)
+
+## install: NativeAOT binaries into $(PREFIX)/bin
+install: publish
+	install -d $(DESTDIR)$(PREFIX)/bin
+	install -m 0755 $(BIN)/calicosharpctl $(DESTDIR)$(PREFIX)/bin/calicosharpctl
+
+clean:
+	rm -rf $(OUT)
+	dotnet clean CalicoSharp.sln -nologo -v q
