@@ -62,7 +62,8 @@ test-unit: build
 	dotnet test CalicoSharp.sln -c $(CONFIG) --no-build -nologo --filter "Category!=Etcd&Category!=Privileged"
 
 ## bench: benchmarks (printed, never asserted), against the reference implementations in the same run
-bench: deps build
+bench: deps build publish
+	dotnet publish tests/CalicoSharp.IpamLoad/CalicoSharp.IpamLoad.csproj -c Release -r $(RID) -o $(OUT)/bench -nologo -clp:ErrorsOnly
 	dotnet tests/CalicoSharp.Bench/bin/$(CONFIG)/net10.0/CalicoSharp.Bench.dll
 
 ## demo: build, start etcd on loopback, show IPAM at work, clean up

@@ -40,7 +40,7 @@ var latencies = new List<long>(count);
 var total = Stopwatch.StartNew();
 for (int i = 0; i < count; i++)
 {
-    string handle = $"load.{node}.{i}";
+    string handle = $"load.{node}.{args[4]}.{i}";
     var t = Stopwatch.GetTimestamp();
     var got = await ipam.AutoAssignAsync(new AutoAssignRequest
     {
