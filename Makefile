@@ -43,7 +43,7 @@ test: deps build
 	dotnet test CalicoSharp.sln -c $(CONFIG) --no-build -nologo \
 	  --logger "trx" --logger "console;verbosity=minimal" --results-directory $(RESULTS) \
 	  $(if $(FILTER),--filter "$(FILTER)") || status=$$?; \
-	pkill -f 'calicosharp-test-etcd' 2>/dev/null || true; \
+	pkill -f -- '--name [c]alicosharp-test-etcd' 2>/dev/null || true; \
 	passed=0; failed=0; skipped=0; \
 	for f in $(RESULTS)/*.trx; do \
 	  [ -f "$$f" ] || continue; \
