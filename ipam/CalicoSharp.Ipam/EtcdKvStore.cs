@@ -167,12 +167,18 @@ public sealed class EtcdKvStore : IKvStore
         throw new IpamException(IpamErrorKind.DatastoreUnavailable, $"etcd is unreachable: {string.Join("; ", errors)}");
     }
 
+    /// <summary>The most specific reason gRPC knows: etcd's own message, else the innermost socket error
+    /// ("Connection refused"), not "Error connecting to subchannel."</summary>
     private static string Describe(RpcException e)
     {
-        var inner = e.Status.DebugException?.InnerException?.Message ?? e.Status.DebugException?.Message;
-        return string.IsNullOrEmpty(e.Status.Detail) || e.Status.Detail == "Error starting gRPC call."
-            ? $"{e.StatusCode}: {inner ?? e.Message}"
-            : $"{e.StatusCode}: {e.Status.Detail}";
+        Exception? inner = e.Status.DebugException;
+        while (inner?.InnerException is not null)
+        {
+            inner = inner.InnerException;
+        }
+
+        bool generic = string.IsNullOrEmpty(e.Status.Detail) || e.Status.Detail.StartsWith("Error ", StringComparison.Ordinal);
+        return generic ? $"{e.StatusCode}: {inner?.Message ?? e.Status.Detail}" : $"{e.StatusCode}: {e.Status.Detail}";
     }
 
     private static RangeRequest ToRange(KvRead read)

@@ -185,23 +185,13 @@ internal static class Cli
     {
         if (json)
         {
-            Output.Json(o, w =>
+            Output.JsonList(o, "pools", pools, (w, p) =>
             {
-                w.WriteStartObject();
-                w.WriteStartArray("pools");
-                foreach (var p in pools)
-                {
-                    w.WriteStartObject();
-                    w.WriteString("name", p.Name);
-                    w.WriteString("cidr", p.Cidr.ToString());
-                    w.WriteNumber("blockSize", p.BlockSize);
-                    w.WriteString("nodeSelector", p.Selector.Text);
-                    w.WriteBoolean("disabled", p.Disabled);
-                    w.WriteEndObject();
-                }
-
-                w.WriteEndArray();
-                w.WriteEndObject();
+                w.WriteString("name", p.Name);
+                w.WriteString("cidr", p.Cidr.ToString());
+                w.WriteNumber("blockSize", p.BlockSize);
+                w.WriteString("nodeSelector", p.Selector.Text);
+                w.WriteBoolean("disabled", p.Disabled);
             });
             return;
         }
@@ -404,7 +394,10 @@ internal static class Cli
             }
             else
             {
-                var poolList = p.GetValue(pools) ?? [];
+                // --pool takes names or CIDRs of either family: sort them by the pool's family.
+                var named = p.GetValue(pools) ?? [];
+                var known = named.Length == 0 ? [] : await c.ListPoolsAsync(ct).ConfigureAwait(false);
+                bool IsV6(string x) => known.FirstOrDefault(k => k.Name == x)?.IsIPv6 ?? x.Contains(':', StringComparison.Ordinal);
                 int n4 = p.GetValue(num4), n6 = p.GetValue(num6);
                 got = await c.AutoAssignAsync(new AutoAssignRequest
                 {
@@ -413,8 +406,8 @@ internal static class Cli
                     Num4 = n4 == 0 && n6 == 0 ? 1 : n4,
                     Num6 = n6,
                     Attributes = attributes,
-                    Ipv4Pools = [.. poolList.Where(x => !x.Contains(':', StringComparison.Ordinal))],
-                    Ipv6Pools = [.. poolList.Where(x => x.Contains(':', StringComparison.Ordinal))],
+                    Ipv4Pools = [.. named.Where(x => !IsV6(x))],
+                    Ipv6Pools = [.. named.Where(IsV6)],
                 }, ct).ConfigureAwait(false);
             }
 
@@ -428,21 +421,11 @@ internal static class Cli
     {
         if (json)
         {
-            Output.Json(o, w =>
+            Output.JsonList(o, "addresses", list, (w, a) =>
             {
-                w.WriteStartObject();
-                w.WriteStartArray("addresses");
-                foreach (var a in list)
-                {
-                    w.WriteStartObject();
-                    w.WriteString("ip", a.Address.ToString());
-                    w.WriteString("block", a.Block.ToString());
-                    w.WriteNumber("sequenceNumber", a.SequenceNumber);
-                    w.WriteEndObject();
-                }
-
-                w.WriteEndArray();
-                w.WriteEndObject();
+                w.WriteString("ip", a.Address.ToString());
+                w.WriteString("block", a.Block.ToString());
+                w.WriteNumber("sequenceNumber", a.SequenceNumber);
             });
             return;
         }

@@ -44,6 +44,22 @@ internal static class Output
         w.WriteLine(Encoding.UTF8.GetString(ms.ToArray()));
     }
 
+    /// <summary>Writes {"name":[{...},...]}: one object per item, its fields written by <paramref name="fields"/>.</summary>
+    public static void JsonList<T>(TextWriter w, string name, IEnumerable<T> items, Action<Utf8JsonWriter, T> fields) => Json(w, jw =>
+    {
+        jw.WriteStartObject();
+        jw.WriteStartArray(name);
+        foreach (var item in items)
+        {
+            jw.WriteStartObject();
+            fields(jw, item);
+            jw.WriteEndObject();
+        }
+
+        jw.WriteEndArray();
+        jw.WriteEndObject();
+    });
+
     /// <summary>Writes an unsigned 128-bit count as a JSON number.</summary>
     public static void WriteNumber(this Utf8JsonWriter w, string name, UInt128 value)
     {
