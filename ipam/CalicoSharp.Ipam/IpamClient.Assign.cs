@@ -83,7 +83,7 @@ public sealed partial class IpamClient
         return assigned;
     }
 
-    private async Task<(NodeView View, HandleState Handle)> ReadNodeViewAsync(string node, string? handleId, IpNet?[] hintBlocks, CancellationToken ct)
+    private async Task<(NodeView View, HandleState Handle)> ReadNodeViewAsync(string node, string handleId, IpNet?[] hintBlocks, CancellationToken ct)
     {
         var reads = new List<KvRead>
         {
@@ -91,7 +91,7 @@ public sealed partial class IpamClient
             KvRead.Under(Keys.PoolPrefix),
             KvRead.One(Keys.Node(node)),
             KvRead.Under(Keys.HostAffinityPrefix(node)),
-            KvRead.One(handleId is null ? Keys.HandlePrefix : Keys.Handle(handleId)),
+            KvRead.One(Keys.Handle(handleId)),
         };
         var hinted = hintBlocks.OfType<IpNet>().ToList();
         reads.AddRange(hinted.Select(h => KvRead.One(Keys.Block(h))));
@@ -118,7 +118,7 @@ public sealed partial class IpamClient
             view.Blocks[hinted[i]] = BlockState.From(hinted[i], r[5 + i].FirstOrDefault());
         }
 
-        var handle = HandleState.From(handleId ?? string.Empty, handleId is null ? null : r[4].FirstOrDefault());
+        var handle = HandleState.From(handleId, r[4].FirstOrDefault());
         return (view, handle);
     }
 
@@ -170,8 +170,11 @@ public sealed partial class IpamClient
         int need = count;
 
         // 1. This node's own blocks: the hinted one first (already read), then the others in one read.
-        var affine = view.Affinities.Keys.Where(c => c.IsIPv6 == v6 && pools.Any(p => p.Cidr.Contains(c))).ToList();
-        affine.Sort((a, b) => (view.Blocks.ContainsKey(b) ? 1 : 0) - (view.Blocks.ContainsKey(a) ? 1 : 0) is var c and not 0 ? c : a.CompareTo(b));
+        var affine = view.Affinities.Keys
+            .Where(c => c.IsIPv6 == v6 && pools.Any(p => p.Cidr.Contains(c)))
+            .OrderByDescending(view.Blocks.ContainsKey)
+            .ThenBy(c => c)
+            .ToList();
         for (int i = 0; i < affine.Count && need > 0; i++)
         {
             var cidr = affine[i];

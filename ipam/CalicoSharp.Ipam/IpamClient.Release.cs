@@ -34,15 +34,11 @@ public sealed partial class IpamClient
         }
 
         int freed = 0;
-        var cidrs = blocks.Keys.Select(k => IpNet.TryParse(k, true, out var c, out _) ? c : (IpNet?)null).ToList();
-        var r = await store.ReadAsync([.. cidrs.Select(c => KvRead.One(c is { } x ? Keys.Block(x) : handle.Key + "/invalid"))], ct).ConfigureAwait(false);
+        var cidrs = blocks.Keys.Select(k => IpNet.TryParse(k, true, out var c, out _) ? c : (IpNet?)null).OfType<IpNet>().ToList();
+        var r = await store.ReadAsync([.. cidrs.Select(c => KvRead.One(Keys.Block(c)))], ct).ConfigureAwait(false);
         for (int i = 0; i < cidrs.Count; i++)
         {
-            if (cidrs[i] is not { } cidr)
-            {
-                continue;
-            }
-
+            var cidr = cidrs[i];
             var bs = BlockState.From(cidr, r[i].FirstOrDefault());
             for (int attempt = 0; ; attempt++)
             {
