@@ -1,0 +1,532 @@
+using System.Buffers.Binary;
+using System.Net;
+using System.Net.NetworkInformation;
+using System.Net.Sockets;
+
+namespace CalicoSharp.Netlink;
+
+/// <summary>rtnetlink operations on links, addresses, routes and neighbours, in the namespace the
+/// socket was opened in.</summary>
+public sealed class RtNetlink : IDisposable
+{
+    private readonly NetlinkSocket socket;
+
+    public RtNetlink(NetlinkSocket socket) => this.socket = socket ?? throw new ArgumentNullException(nameof(socket));
+
+    /// <summary>Opens rtnetlink in the calling thread's namespace.</summary>
+    public static RtNetlink Open() => new(NetlinkSocket.Open());
+
+    /// <summary>Opens rtnetlink inside a namespace.</summary>
+    public static RtNetlink Open(NetNs ns) => new(NetlinkSocket.Open(ns));
+
+    public void Dispose() => socket.Dispose();
+
+    // ---- links ----------------------------------------------------------------------------------
+
+    /// <summary>Creates a veth pair. The peer is placed straight into <paramref name="peerNs"/> (no
+    /// window in which it is visible here) when given.</summary>
+    public void CreateVeth(string name, string peerName, NetNs? peerNs, int mtu = 0, PhysicalAddress? mac = null, PhysicalAddress? peerMac = null)
+    {
+        ArgumentNullException.ThrowIfNull(name);
+        ArgumentNullException.ThrowIfNull(peerName);
+        var m = new MessageBuilder(Rt.RTM_NEWLINK, Nl.NLM_F_REQUEST | Nl.NLM_F_CREATE | Nl.NLM_F_EXCL);
+        m.IfInfo(Rt.AF_UNSPEC, 0);
+        m.AttrString(Rt.IFLA_IFNAME, name);
+        if (mtu > 0)
+        {
+            m.AttrU32(Rt.IFLA_MTU, (uint)mtu);
+        }
+
+        if (mac is not null)
+        {
+            m.Attr(Rt.IFLA_ADDRESS, mac.GetAddressBytes());
+        }
+
+        using (m.Nested(Rt.IFLA_LINKINFO))
+        {
+            m.AttrString(Rt.IFLA_INFO_KIND, "veth");
+            using (m.Nested(Rt.IFLA_INFO_DATA))
+            {
+                using (m.Nested(Rt.VETH_INFO_PEER))
+                {
+                    m.IfInfo(Rt.AF_UNSPEC, 0);
+                    m.AttrString(Rt.IFLA_IFNAME, peerName);
+                    if (mtu > 0)
+                    {
+                        m.AttrU32(Rt.IFLA_MTU, (uint)mtu);
+                    }
+
+                    if (peerMac is not null)
+                    {
+                        m.Attr(Rt.IFLA_ADDRESS, peerMac.GetAddressBytes());
+                    }
+
+                    if (peerNs is not null)
+                    {
+                        m.AttrU32(Rt.IFLA_NET_NS_FD, (uint)peerNs.Fd);
+                    }
+                }
+            }
+        }
+
+        socket.Request(m, $"creating veth {name} (peer {peerName}{(peerNs is null ? string.Empty : $" in {peerNs.Path}")})");
+    }
+
+    /// <summary>The link with this name, or null.</summary>
+    public Link? GetLink(string name)
+    {
+        ArgumentNullException.ThrowIfNull(name);
+        var m = new MessageBuilder(Rt.RTM_GETLINK, Nl.NLM_F_REQUEST);
+        m.IfInfo(Rt.AF_UNSPEC, 0);
+        m.AttrString(Rt.IFLA_IFNAME, name);
+        try
+        {
+            var reply = socket.Query(m, $"getting link {name}");
+            return reply.Count == 0 ? null : ParseLink(reply[0].Payload);
+        }
+        catch (NetlinkException e) when (e.NotFound)
+        {
+            return null;
+        }
+    }
+
+    public Link? GetLink(int index)
+    {
+        var m = new MessageBuilder(Rt.RTM_GETLINK, Nl.NLM_F_REQUEST);
+        m.IfInfo(Rt.AF_UNSPEC, index);
+        try
+        {
+            var reply = socket.Query(m, $"getting link #{index}");
+            return reply.Count == 0 ? null : ParseLink(reply[0].Payload);
+        }
+        catch (NetlinkException e) when (e.NotFound)
+        {
+            return null;
+        }
+    }
+
+    public List<Link> ListLinks()
+    {
+        var m = new MessageBuilder(Rt.RTM_GETLINK, Nl.NLM_F_REQUEST | Nl.NLM_F_DUMP);
+        m.IfInfo(Rt.AF_UNSPEC, 0);
+        return [.. socket.Query(m, "listing links").Where(x => x.Type == Rt.RTM_NEWLINK).Select(x => ParseLink(x.Payload))];
+    }
+
+    public void SetLinkUp(int index, bool up = true)
+    {
+        var m = new MessageBuilder(Rt.RTM_NEWLINK, Nl.NLM_F_REQUEST);
+        m.IfInfo(Rt.AF_UNSPEC, index, up ? Rt.IFF_UP : 0, Rt.IFF_UP);
+        socket.Request(m, $"setting link #{index} {(up ? "up" : "down")}");
+    }
+
+    public void SetMtu(int index, int mtu)
+    {
+        var m = new MessageBuilder(Rt.RTM_NEWLINK, Nl.NLM_F_REQUEST);
+        m.IfInfo(Rt.AF_UNSPEC, index);
+        m.AttrU32(Rt.IFLA_MTU, (uint)mtu);
+        socket.Request(m, $"setting MTU {mtu} on link #{index}");
+    }
+
+    public void SetMac(int index, PhysicalAddress mac)
+    {
+        ArgumentNullException.ThrowIfNull(mac);
+        var m = new MessageBuilder(Rt.RTM_NEWLINK, Nl.NLM_F_REQUEST);
+        m.IfInfo(Rt.AF_UNSPEC, index);
+        m.Attr(Rt.IFLA_ADDRESS, mac.GetAddressBytes());
+        socket.Request(m, $"setting MAC {mac} on link #{index}");
+    }
+
+    /// <summary>Deletes a link; false when it does not exist.</summary>
+    public bool DeleteLink(string name)
+    {
+        ArgumentNullException.ThrowIfNull(name);
+        var m = new MessageBuilder(Rt.RTM_DELLINK, Nl.NLM_F_REQUEST);
+        m.IfInfo(Rt.AF_UNSPEC, 0);
+        m.AttrString(Rt.IFLA_IFNAME, name);
+        try
+        {
+            socket.Request(m, $"deleting link {name}");
+            return true;
+        }
+        catch (NetlinkException e) when (e.NotFound)
+        {
+            return false;
+        }
+    }
+
+    // ---- addresses --------------------------------------------------------------------------------
+
+    public void AddAddress(int index, IPAddress address, int prefixLength, bool noDad = false, bool replace = false)
+    {
+        ArgumentNullException.ThrowIfNull(address);
+        var m = AddressMessage(replace ? Rt.RTM_NEWADDR : Rt.RTM_NEWADDR, (ushort)(Nl.NLM_F_REQUEST | Nl.NLM_F_CREATE | (replace ? Nl.NLM_F_REPLACE : Nl.NLM_F_EXCL)), index, address, prefixLength);
+        if (noDad)
+        {
+            m.AttrU32(Rt.IFA_FLAGS, Rt.IFA_F_NODAD);
+        }
+
+        socket.Request(m, $"adding address {address}/{prefixLength} to link #{index}");
+    }
+
+    public bool DeleteAddress(int index, IPAddress address, int prefixLength)
+    {
+        ArgumentNullException.ThrowIfNull(address);
+        try
+        {
+            socket.Request(AddressMessage(Rt.RTM_DELADDR, Nl.NLM_F_REQUEST, index, address, prefixLength), $"deleting address {address}/{prefixLength} from link #{index}");
+            return true;
+        }
+        catch (NetlinkException e) when (e.NotFound || e.Errno == 99) // EADDRNOTAVAIL
+        {
+            return false;
+        }
+    }
+
+    public List<InterfaceAddress> ListAddresses(int index = 0, AddressFamily family = AddressFamily.Unspecified)
+    {
+        var m = new MessageBuilder(Rt.RTM_GETADDR, Nl.NLM_F_REQUEST | Nl.NLM_F_DUMP);
+        m.IfAddr(Family(family), 0, 0, 0, index);
+        var list = new List<InterfaceAddress>();
+        foreach (var msg in socket.Query(m, "listing addresses"))
+        {
+            if (msg.Type != Rt.RTM_NEWADDR)
+            {
+                continue;
+            }
+
+            var p = msg.Payload;
+            int idx = BinaryPrimitives.ReadInt32LittleEndian(p.AsSpan(4));
+            if (index != 0 && idx != index)
+            {
+                continue;
+            }
+
+            IPAddress? addr = null, local = null;
+            uint flags = p[2];
+            var a = new AttributeReader(p.AsSpan(Rt.IfAddrMsgSize));
+            while (a.Next())
+            {
+                switch (a.Type)
+                {
+                    case Rt.IFA_ADDRESS: addr = a.Address; break;
+                    case Rt.IFA_LOCAL: local = a.Address; break;
+                    case Rt.IFA_FLAGS: flags = a.U32; break;
+                }
+            }
+
+            if ((local ?? addr) is { } ip)
+            {
+                list.Add(new InterfaceAddress(idx, ip, p[1], p[3], flags));
+            }
+        }
+
+        return list;
+    }
+
+    private static MessageBuilder AddressMessage(ushort type, ushort flags, int index, IPAddress address, int prefixLength)
+    {
+        var m = new MessageBuilder(type, flags);
+        bool v6 = address.AddressFamily == AddressFamily.InterNetworkV6;
+        m.IfAddr(v6 ? Rt.AF_INET6 : Rt.AF_INET, (byte)prefixLength, 0, Rt.RT_SCOPE_UNIVERSE, index);
+        m.AttrAddress(Rt.IFA_LOCAL, address);
+        m.AttrAddress(Rt.IFA_ADDRESS, address);
+        return m;
+    }
+
+    // ---- routes -----------------------------------------------------------------------------------
+
+    /// <summary>Adds a route; with <paramref name="replace"/>, adds or replaces (ip route replace).</summary>
+    public void AddRoute(Route route, bool replace = false)
+    {
+        ArgumentNullException.ThrowIfNull(route);
+        var flags = (ushort)(Nl.NLM_F_REQUEST | Nl.NLM_F_CREATE | (replace ? Nl.NLM_F_REPLACE : Nl.NLM_F_EXCL));
+        socket.Request(RouteMessage(Rt.RTM_NEWROUTE, flags, route), $"{(replace ? "replacing" : "adding")} route {route}");
+    }
+
+    /// <summary>Deletes a route; false when it does not exist.</summary>
+    public bool DeleteRoute(Route route)
+    {
+        ArgumentNullException.ThrowIfNull(route);
+        try
+        {
+            socket.Request(RouteMessage(Rt.RTM_DELROUTE, Nl.NLM_F_REQUEST, route), $"deleting route {route}");
+            return true;
+        }
+        catch (NetlinkException e) when (e.NotFound)
+        {
+            return false;
+        }
+    }
+
+    /// <summary>Routes of one family, optionally of one table (0: all tables).</summary>
+    public List<Route> ListRoutes(AddressFamily family, uint table = Rt.RT_TABLE_MAIN)
+    {
+        var m = new MessageBuilder(Rt.RTM_GETROUTE, Nl.NLM_F_REQUEST | Nl.NLM_F_DUMP);
+        m.RtMsg(Family(family), 0, 0, 0, 0, 0);
+        var list = new List<Route>();
+        foreach (var msg in socket.Query(m, "listing routes"))
+        {
+            if (msg.Type == Rt.RTM_NEWROUTE && ParseRoute(msg.Payload) is { } r && (table == 0 || r.Table == table))
+            {
+                list.Add(r);
+            }
+        }
+
+        return list;
+    }
+
+    /// <summary>What the kernel would do with a packet to <paramref name="destination"/> (ip route get).</summary>
+    public Route? GetRoute(IPAddress destination)
+    {
+        ArgumentNullException.ThrowIfNull(destination);
+        bool v6 = destination.AddressFamily == AddressFamily.InterNetworkV6;
+        var m = new MessageBuilder(Rt.RTM_GETROUTE, Nl.NLM_F_REQUEST);
+        m.RtMsg(v6 ? Rt.AF_INET6 : Rt.AF_INET, (byte)(v6 ? 128 : 32), 0, 0, 0, 0);
+        m.AttrAddress(Rt.RTA_DST, destination);
+        try
+        {
+            var reply = socket.Query(m, $"getting the route to {destination}");
+            return reply.Count == 0 ? null : ParseRoute(reply[0].Payload);
+        }
+        catch (NetlinkException e) when (e.Errno is 101 or 113 or 22) // ENETUNREACH, EHOSTUNREACH, EINVAL
+        {
+            return null;
+        }
+    }
+
+    private static MessageBuilder RouteMessage(ushort type, ushort flags, Route r)
+    {
+        var m = new MessageBuilder(type, flags);
+        bool v6 = r.IsIPv6;
+        byte table = r.Table < 256 ? (byte)r.Table : (byte)252; // RT_TABLE_COMPAT, the real one in RTA_TABLE
+        m.RtMsg(v6 ? Rt.AF_INET6 : Rt.AF_INET, (byte)r.PrefixLength, table, r.Protocol, r.Scope, r.Type, r.Flags);
+        m.AttrAddress(Rt.RTA_DST, r.Destination);
+        m.AttrU32(Rt.RTA_TABLE, r.Table);
+        if (r.Gateway is not null)
+        {
+            m.AttrAddress(Rt.RTA_GATEWAY, r.Gateway);
+        }
+
+        if (r.OutIndex != 0)
+        {
+            m.AttrU32(Rt.RTA_OIF, (uint)r.OutIndex);
+        }
+
+        if (r.Priority != 0)
+        {
+            m.AttrU32(Rt.RTA_PRIORITY, r.Priority);
+        }
+
+        if (r.PreferredSource is not null)
+        {
+            m.AttrAddress(Rt.RTA_PREFSRC, r.PreferredSource);
+        }
+
+        if (r.MultiPath.Count > 0)
+        {
+            using (m.Nested(Rt.RTA_MULTIPATH))
+            {
+                foreach (var hop in r.MultiPath)
+                {
+                    using var nh = m.Sized(Rt.RtNextHopSize);
+                    var header = m.At(nh.Start, Rt.RtNextHopSize);
+                    header[2] = (byte)hop.Flags;
+                    header[3] = (byte)Math.Max(0, hop.Weight - 1);
+                    BinaryPrimitives.WriteInt32LittleEndian(header[4..], hop.OutIndex);
+                    if (hop.Gateway is not null)
+                    {
+                        m.AttrAddress(Rt.RTA_GATEWAY, hop.Gateway);
+                    }
+                }
+            }
+        }
+
+        return m;
+    }
+
+    private static Route? ParseRoute(byte[] p)
+    {
+        if (p.Length < Rt.RtMsgSize)
+        {
+            return null;
+        }
+
+        byte family = p[0], dstLen = p[1], protocol = p[5], scope = p[6], type = p[7];
+        uint table = p[4];
+        uint flags = BinaryPrimitives.ReadUInt32LittleEndian(p.AsSpan(8));
+        IPAddress? dst = null, gw = null, src = null;
+        int oif = 0;
+        uint prio = 0;
+        var hops = new List<NextHop>();
+        var a = new AttributeReader(p.AsSpan(Rt.RtMsgSize));
+        while (a.Next())
+        {
+            switch (a.Type)
+            {
+                case Rt.RTA_DST: dst = a.Address; break;
+                case Rt.RTA_GATEWAY: gw = a.Address; break;
+                case Rt.RTA_OIF: oif = (int)a.U32; break;
+                case Rt.RTA_TABLE: table = a.U32; break;
+                case Rt.RTA_PRIORITY: prio = a.U32; break;
+                case Rt.RTA_PREFSRC: src = a.Address; break;
+                case Rt.RTA_MULTIPATH: hops = ParseNextHops(a.Value); break;
+            }
+        }
+
+        dst ??= family == Rt.AF_INET6 ? IPAddress.IPv6Any : IPAddress.Any;
+        return new Route
+        {
+            Destination = dst,
+            PrefixLength = dstLen,
+            Gateway = gw,
+            OutIndex = oif,
+            Protocol = protocol,
+            Scope = scope,
+            Table = table,
+            Type = type,
+            Priority = prio,
+            Flags = flags,
+            PreferredSource = src,
+            MultiPath = hops,
+        };
+    }
+
+    private static List<NextHop> ParseNextHops(ReadOnlySpan<byte> data)
+    {
+        var hops = new List<NextHop>();
+        while (data.Length >= Rt.RtNextHopSize)
+        {
+            int len = BinaryPrimitives.ReadUInt16LittleEndian(data);
+            if (len < Rt.RtNextHopSize || len > data.Length)
+            {
+                break;
+            }
+
+            byte flags = data[2], hops1 = data[3];
+            int ifindex = BinaryPrimitives.ReadInt32LittleEndian(data[4..]);
+            IPAddress? gw = null;
+            var a = new AttributeReader(data[Rt.RtNextHopSize..len]);
+            while (a.Next())
+            {
+                if (a.Type == Rt.RTA_GATEWAY)
+                {
+                    gw = a.Address;
+                }
+            }
+
+            hops.Add(new NextHop(gw, ifindex, (byte)(hops1 + 1), flags));
+            data = data[Math.Min(data.Length, MessageBuilder.Align(len))..];
+        }
+
+        return hops;
+    }
+
+    // ---- neighbours -------------------------------------------------------------------------------
+
+    /// <summary>Adds (or replaces) a neighbour entry; permanent by default.</summary>
+    public void AddNeighbour(int index, IPAddress address, PhysicalAddress mac, ushort state = Rt.NUD_PERMANENT)
+    {
+        ArgumentNullException.ThrowIfNull(address);
+        ArgumentNullException.ThrowIfNull(mac);
+        var m = new MessageBuilder(Rt.RTM_NEWNEIGH, Nl.NLM_F_REQUEST | Nl.NLM_F_CREATE | Nl.NLM_F_REPLACE);
+        m.NdMsg(address.AddressFamily == AddressFamily.InterNetworkV6 ? Rt.AF_INET6 : Rt.AF_INET, index, state);
+        m.AttrAddress(Rt.NDA_DST, address);
+        m.Attr(Rt.NDA_LLADDR, mac.GetAddressBytes());
+        socket.Request(m, $"adding neighbour {address} lladdr {mac} on link #{index}");
+    }
+
+    public bool DeleteNeighbour(int index, IPAddress address)
+    {
+        ArgumentNullException.ThrowIfNull(address);
+        var m = new MessageBuilder(Rt.RTM_DELNEIGH, Nl.NLM_F_REQUEST);
+        m.NdMsg(address.AddressFamily == AddressFamily.InterNetworkV6 ? Rt.AF_INET6 : Rt.AF_INET, index, 0);
+        m.AttrAddress(Rt.NDA_DST, address);
+        try
+        {
+            socket.Request(m, $"deleting neighbour {address} on link #{index}");
+            return true;
+        }
+        catch (NetlinkException e) when (e.NotFound)
+        {
+            return false;
+        }
+    }
+
+    public List<Neighbour> ListNeighbours(int index = 0, AddressFamily family = AddressFamily.Unspecified)
+    {
+        // Strict dump checking wants a zero index in the header; the filter is applied here.
+        var m = new MessageBuilder(Rt.RTM_GETNEIGH, Nl.NLM_F_REQUEST | Nl.NLM_F_DUMP);
+        m.NdMsg(Family(family), 0, 0);
+        var list = new List<Neighbour>();
+        foreach (var msg in socket.Query(m, "listing neighbours"))
+        {
+            if (msg.Type != Rt.RTM_NEWNEIGH || msg.Payload.Length < Rt.NdMsgSize)
+            {
+                continue;
+            }
+
+            var p = msg.Payload;
+            int idx = BinaryPrimitives.ReadInt32LittleEndian(p.AsSpan(4));
+            ushort state = BinaryPrimitives.ReadUInt16LittleEndian(p.AsSpan(8));
+            IPAddress? dst = null;
+            PhysicalAddress? mac = null;
+            var a = new AttributeReader(p.AsSpan(Rt.NdMsgSize));
+            while (a.Next())
+            {
+                switch (a.Type)
+                {
+                    case Rt.NDA_DST: dst = a.Address; break;
+                    case Rt.NDA_LLADDR: mac = new PhysicalAddress(a.Value.ToArray()); break;
+                }
+            }
+
+            if (dst is not null && (index == 0 || idx == index))
+            {
+                list.Add(new Neighbour(idx, dst, mac, state));
+            }
+        }
+
+        return list;
+    }
+
+    private static byte Family(AddressFamily f) => f switch
+    {
+        AddressFamily.InterNetwork => Rt.AF_INET,
+        AddressFamily.InterNetworkV6 => Rt.AF_INET6,
+        _ => Rt.AF_UNSPEC,
+    };
+
+    private static Link ParseLink(byte[] p)
+    {
+        int index = BinaryPrimitives.ReadInt32LittleEndian(p.AsSpan(4));
+        uint flags = BinaryPrimitives.ReadUInt32LittleEndian(p.AsSpan(8));
+        string name = string.Empty;
+        int mtu = 0, parent = 0;
+        PhysicalAddress? mac = null;
+        string? kind = null;
+        var a = new AttributeReader(p.AsSpan(Rt.IfInfoMsgSize));
+        while (a.Next())
+        {
+            switch (a.Type)
+            {
+                case Rt.IFLA_IFNAME: name = a.Text; break;
+                case Rt.IFLA_MTU: mtu = (int)a.U32; break;
+                case Rt.IFLA_ADDRESS: mac = new PhysicalAddress(a.Value.ToArray()); break;
+                case Rt.IFLA_LINK: parent = (int)a.U32; break;
+                case Rt.IFLA_LINKINFO:
+                    var info = new AttributeReader(a.Value);
+                    while (info.Next())
+                    {
+                        if (info.Type == Rt.IFLA_INFO_KIND)
+                        {
+                            kind = info.Text;
+                        }
+                    }
+
+                    break;
+            }
+        }
+
+        return new Link(index, name, flags, mtu, mac, kind, parent);
+    }
+}
