@@ -255,6 +255,8 @@ public sealed class EtcdKvStore : IKvStore
             HttpHandler = handler,
             Credentials = address.Scheme == "https" ? ChannelCredentials.SecureSsl : ChannelCredentials.Insecure,
             MaxRetryAttempts = 0,
+            // A whole-IPAM read (check, usage) of a large cluster is tens of megabytes: 10,000 blocks are 13 MB.
+            MaxReceiveMessageSize = 1 << 30,
             DisposeHttpClient = true,
         });
     }

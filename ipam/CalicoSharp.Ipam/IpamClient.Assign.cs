@@ -42,6 +42,15 @@ public sealed partial class IpamClient
         var hint4 = request.Num4 > 0 ? GetHint(request.Node, false) : null;
         var hint6 = request.Num6 > 0 ? GetHint(request.Node, true) : null;
         var (view, handle) = await ReadNodeViewAsync(request.Node, request.HandleId, [hint4, hint6], ct).ConfigureAwait(false);
+        if (request.ReuseExisting && handle.Handle?.Block is { Count: > 0 })
+        {
+            var held = await AddressesOfHandleAsync(request.HandleId, ct).ConfigureAwait(false);
+            if (held.Count(a => !a.Block.IsIPv6) == request.Num4 && held.Count(a => a.Block.IsIPv6) == request.Num6)
+            {
+                return held;
+            }
+        }
+
         var attrs = new Dictionary<string, string>(request.Attributes ?? new Dictionary<string, string>(), StringComparer.Ordinal)
         {
             ["node"] = request.Node,

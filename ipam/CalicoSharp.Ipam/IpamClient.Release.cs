@@ -323,6 +323,52 @@ public sealed partial class IpamClient
             allocated ? BlockLogic.SequenceOf(bs.Block, o) : null, pool);
     }
 
+    /// <summary>Handles whose id starts with <paramref name="prefix"/> and that hold an address allocated
+    /// for <paramref name="node"/> (per the allocation's "node" attribute).</summary>
+    public Task<IReadOnlyList<string>> HandlesOnNodeAsync(string prefix, string node, CancellationToken ct = default)
+    {
+        ArgumentNullException.ThrowIfNull(prefix);
+        ValidateNode(node);
+        return RunAsync("listing handles", async t =>
+        {
+            var handles = await store.ListAsync(Keys.HandlePrefix + prefix, keysOnly: false, t).ConfigureAwait(false);
+            var byBlock = new Dictionary<IpNet, List<string>>();
+            foreach (var h in handles)
+            {
+                var id = h.Key[Keys.HandlePrefix.Length..];
+                foreach (var b in RecordJson.DecodeHandle(h.Value, h.Key).Block?.Keys ?? Enumerable.Empty<string>())
+                {
+                    if (IpNet.TryParse(b, true, out var cidr, out _))
+                    {
+                        (byBlock.TryGetValue(cidr, out var l) ? l : byBlock[cidr] = []).Add(id);
+                    }
+                }
+            }
+
+            var cidrs = byBlock.Keys.ToList();
+            var r = await store.ReadAsync([.. cidrs.Select(c => KvRead.One(Keys.Block(c)))], t).ConfigureAwait(false);
+            var found = new SortedSet<string>(StringComparer.Ordinal);
+            for (int i = 0; i < cidrs.Count; i++)
+            {
+                if (r[i].FirstOrDefault() is not { } e)
+                {
+                    continue;
+                }
+
+                var block = RecordJson.DecodeBlock(e.Value, e.Key);
+                foreach (var a in block.Attributes)
+                {
+                    if (a.HandleId is { } id && byBlock[cidrs[i]].Contains(id) && a.Secondary?.GetValueOrDefault("node") == node)
+                    {
+                        found.Add(id);
+                    }
+                }
+            }
+
+            return (IReadOnlyList<string>)[.. found];
+        }, ct);
+    }
+
     /// <summary>Addresses a handle holds, with their sequence numbers.</summary>
     public Task<IReadOnlyList<AssignedAddress>> AddressesOfHandleAsync(string handleId, CancellationToken ct = default)
     {

@@ -38,6 +38,10 @@ public sealed record AutoAssignRequest
     public IReadOnlyList<string>? Ipv4Pools { get; init; }
 
     public IReadOnlyList<string>? Ipv6Pools { get; init; }
+
+    /// <summary>When the handle already holds exactly the asked-for number of addresses of each family
+    /// (a retried ADD), return those instead of allocating more.</summary>
+    public bool ReuseExisting { get; init; }
 }
 
 /// <summary>One address handed out: the address, its block, and the block sequence number that guards its release.</summary>

@@ -1,0 +1,294 @@
+using System.Net;
+using System.Net.NetworkInformation;
+using System.Net.Sockets;
+using System.Security.Cryptography;
+using System.Text;
+using CalicoSharp.Ipam;
+using CalicoSharp.Netlink;
+
+namespace CalicoSharp.Cni;
+
+/// <summary>Wires a pod to its node. Implementations: <see cref="LinuxDataplane"/> (netlink), and fakes in tests.</summary>
+public interface IDataplane
+{
+    /// <summary>Creates the pod's interfaces, addresses and routes; returns the result's interfaces.
+    /// Calls <paramref name="afterStep"/> after each step (tests inject failures there).</summary>
+    List<CniInterface> Setup(PluginContext ctx, IReadOnlyList<CniIp> ips, Action<string> afterStep);
+
+    /// <summary>Removes what Setup made; a missing namespace or link is not an error.</summary>
+    void Teardown(PluginContext ctx);
+
+    /// <summary>Verifies the pod's wiring against a previous result; throws naming what differs.</summary>
+    void Check(PluginContext ctx, CniResult prev);
+}
+
+/// <summary>The dataplane conventions (Calico's): host veth "cali" + 11 hex of sha1(namespace.pod),
+/// MAC ee:ee:ee:ee:ee:ee, proxy ARP, /32 host route; in the pod a /32 (or /128), a link route to
+/// 169.254.1.1, default via it, and a permanent neighbour entry for it.</summary>
+public sealed class LinuxDataplane(NetNs? hostNs = null) : IDataplane
+{
+    public static readonly PhysicalAddress HostMac = PhysicalAddress.Parse("EE-EE-EE-EE-EE-EE");
+    public static readonly IPAddress GatewayV4 = IPAddress.Parse("169.254.1.1");
+    public static readonly IPAddress GatewayV6 = IPAddress.Parse("fe80::ecee:eeff:feee:eeee");
+    public const string MacText = "ee:ee:ee:ee:ee:ee";
+
+    public static string HostVethName(CniEnv env)
+    {
+        ArgumentNullException.ThrowIfNull(env);
+        if (!string.IsNullOrEmpty(env.PodNamespace) && !string.IsNullOrEmpty(env.PodName))
+        {
+#pragma warning disable CA5350 // not security: Calico's interface naming, which must match
+            var hash = SHA1.HashData(Encoding.UTF8.GetBytes($"{env.PodNamespace}.{env.PodName}"));
+#pragma warning restore CA5350
+            return "cali" + Convert.ToHexStringLower(hash)[..11];
+        }
+
+        return "cali" + env.ContainerId[..Math.Min(11, env.ContainerId.Length)];
+    }
+
+    public List<CniInterface> Setup(PluginContext ctx, IReadOnlyList<CniIp> ips, Action<string> afterStep)
+    {
+        ArgumentNullException.ThrowIfNull(ctx);
+        ArgumentNullException.ThrowIfNull(ips);
+        ArgumentNullException.ThrowIfNull(afterStep);
+        var env = ctx.Env;
+        var hostName = HostVethName(env);
+        bool v4 = ips.Any(i => !i.IsIPv6), v6 = ips.Any(i => i.IsIPv6);
+        using var ns = OpenNetns(env.Netns);
+        using var host = OpenHost();
+        using var pod = RtNetlink.Open(ns);
+
+        // A leftover host veth of the same name (a crashed ADD of this pod) would make creation fail.
+        if (host.GetLink(hostName) is { } stale)
+        {
+            ctx.Log.Warning($"removing stale {hostName} (#{stale.Index}) before ADD");
+            host.DeleteLink(hostName);
+        }
+
+        if (pod.GetLink(env.IfName) is not null)
+        {
+            throw new CniException(CniCode.DataplaneFailure, $"interface {env.IfName} already exists in {env.Netns}");
+        }
+
+        host.CreateVeth(hostName, env.IfName, ns, ctx.Conf.Mtu, HostMac);
+        afterStep("veth");
+        var hostLink = host.GetLink(hostName) ?? throw new CniException(CniCode.DataplaneFailure, $"{hostName} vanished after creation");
+        var podLink = pod.GetLink(env.IfName) ?? throw new CniException(CniCode.DataplaneFailure, $"{env.IfName} vanished after creation");
+
+        // Host side: sysctls before the link goes up (IPv6 DAD must be off before it starts).
+        if (v4)
+        {
+            HostSysctl($"net/ipv4/conf/{hostName}/proxy_arp", "1");
+            HostSysctl($"net/ipv4/conf/{hostName}/forwarding", "1");
+            WriteIfDifferent("net/ipv4/ip_forward", "1");
+        }
+
+        if (v6)
+        {
+            HostSysctl($"net/ipv6/conf/{hostName}/accept_dad", "0");
+            HostSysctl($"net/ipv6/conf/{hostName}/proxy_ndp", "1");
+            HostSysctl($"net/ipv6/conf/{hostName}/forwarding", "1");
+            WriteIfDifferent("net/ipv6/conf/all/forwarding", "1");
+        }
+
+        afterStep("host-sysctls");
+        host.SetLinkUp(hostLink.Index);
+        afterStep("host-up");
+
+        if (v6)
+        {
+            ns.WriteSysctl($"net/ipv6/conf/{env.IfName}/accept_dad", "0");
+            afterStep("pod-sysctls");
+        }
+
+        pod.SetLinkUp(podLink.Index);
+        afterStep("pod-up");
+        foreach (var ip in ips)
+        {
+            pod.AddAddress(podLink.Index, ip.Address, ip.IsIPv6 ? 128 : 32, noDad: ip.IsIPv6);
+        }
+
+        afterStep("pod-addresses");
+        if (v4)
+        {
+            pod.AddRoute(new Route { Destination = GatewayV4, PrefixLength = 32, OutIndex = podLink.Index, Scope = Netlink.Rt.RT_SCOPE_LINK });
+            pod.AddRoute(new Route { Destination = IPAddress.Any, PrefixLength = 0, Gateway = GatewayV4, OutIndex = podLink.Index });
+        }
+
+        if (v6)
+        {
+            pod.AddRoute(new Route { Destination = IPAddress.IPv6Any, PrefixLength = 0, Gateway = GatewayV6, OutIndex = podLink.Index });
+        }
+
+        afterStep("pod-routes");
+        if (v4)
+        {
+            pod.AddNeighbour(podLink.Index, GatewayV4, HostMac);
+        }
+
+        if (v6)
+        {
+            pod.AddNeighbour(podLink.Index, GatewayV6, HostMac);
+        }
+
+        afterStep("pod-neighbours");
+        foreach (var ip in ips)
+        {
+            host.AddRoute(HostRoute(ip, hostLink.Index), replace: true);
+        }
+
+        afterStep("host-routes");
+        return
+        [
+            new CniInterface(hostName, MacText, null, ctx.Conf.Mtu),
+            new CniInterface(env.IfName, podLink.Mac is { } m ? FormatMac(m) : null, env.Netns, ctx.Conf.Mtu),
+        ];
+    }
+
+    public void Teardown(PluginContext ctx)
+    {
+        ArgumentNullException.ThrowIfNull(ctx);
+        var hostName = HostVethName(ctx.Env);
+        using var host = OpenHost();
+
+        // Deleting either end of a veth deletes both, and the kernel drops the routes through it.
+        if (host.DeleteLink(hostName))
+        {
+            ctx.Log.Info($"deleted {hostName}");
+            return;
+        }
+
+        if (string.IsNullOrEmpty(ctx.Env.Netns))
+        {
+            return;
+        }
+
+        try
+        {
+            using var ns = NetNs.Open(ctx.Env.Netns);
+            using var pod = RtNetlink.Open(ns);
+            if (pod.GetLink(ctx.Env.IfName) is { Kind: "veth" })
+            {
+                pod.DeleteLink(ctx.Env.IfName);
+            }
+        }
+        catch (NetlinkException e) when (e.NotFound)
+        {
+            // The namespace is gone: so is everything in it.
+        }
+    }
+
+    public void Check(PluginContext ctx, CniResult prev)
+    {
+        ArgumentNullException.ThrowIfNull(ctx);
+        ArgumentNullException.ThrowIfNull(prev);
+        var env = ctx.Env;
+        var hostName = HostVethName(env);
+        using var ns = OpenNetns(env.Netns);
+        using var host = OpenHost();
+        using var pod = RtNetlink.Open(ns);
+        var hostLink = host.GetLink(hostName) ?? throw Mismatch($"host interface {hostName} does not exist");
+        Expect(hostLink.IsUp, $"host interface {hostName} is down");
+        Expect(hostLink.Mac?.Equals(HostMac) == true, $"host interface {hostName} has MAC {hostLink.Mac}, expected {MacText}");
+        Expect(hostLink.Mtu == ctx.Conf.Mtu, $"host interface {hostName} has MTU {hostLink.Mtu}, expected {ctx.Conf.Mtu}");
+        var podLink = pod.GetLink(env.IfName) ?? throw Mismatch($"interface {env.IfName} does not exist in {env.Netns}");
+        Expect(podLink.IsUp, $"interface {env.IfName} is down");
+        Expect(podLink.Mtu == ctx.Conf.Mtu, $"interface {env.IfName} has MTU {podLink.Mtu}, expected {ctx.Conf.Mtu}");
+        if (prev.Interfaces.FirstOrDefault(i => i.Name == env.IfName && i.Sandbox is not null) is { Mac: { } mac })
+        {
+            Expect(podLink.Mac is { } m && string.Equals(FormatMac(m), mac, StringComparison.OrdinalIgnoreCase), $"interface {env.IfName} has MAC {podLink.Mac}, the result says {mac}");
+        }
+
+        var addrs = pod.ListAddresses(podLink.Index);
+        var hostRoutes = host.ListRoutes(AddressFamily.Unspecified, 0);
+        foreach (var ip in prev.Ips)
+        {
+            int len = ip.IsIPv6 ? 128 : 32;
+            Expect(addrs.Any(a => a.Address.Equals(ip.Address) && a.PrefixLength == len), $"address {ip.Address}/{len} is missing from {env.IfName}");
+            Expect(hostRoutes.Any(r => r.Destination.Equals(ip.Address) && r.PrefixLength == len && r.OutIndex == hostLink.Index),
+                $"host route {ip.Address}/{len} dev {hostName} is missing");
+        }
+
+        var podRoutes = pod.ListRoutes(AddressFamily.Unspecified, 0);
+        var neigh = pod.ListNeighbours(podLink.Index);
+        if (prev.Ips.Any(i => !i.IsIPv6))
+        {
+            Expect(podRoutes.Any(r => r.Destination.Equals(GatewayV4) && r.PrefixLength == 32 && r.OutIndex == podLink.Index),
+                $"route 169.254.1.1 dev {env.IfName} is missing in the pod");
+            Expect(podRoutes.Any(r => r.PrefixLength == 0 && !r.IsIPv6 && GatewayV4.Equals(r.Gateway)),
+                "default route via 169.254.1.1 is missing in the pod");
+            Expect(neigh.Any(n => n.Address.Equals(GatewayV4) && HostMac.Equals(n.Mac) && (n.State & Netlink.Rt.NUD_PERMANENT) != 0),
+                $"permanent neighbour 169.254.1.1 lladdr {MacText} is missing in the pod");
+        }
+
+        if (prev.Ips.Any(i => i.IsIPv6))
+        {
+            Expect(podRoutes.Any(r => r.PrefixLength == 0 && r.IsIPv6 && GatewayV6.Equals(r.Gateway)),
+                $"default route via {GatewayV6} is missing in the pod");
+        }
+    }
+
+    public static Route HostRoute(CniIp ip, int hostIndex)
+    {
+        ArgumentNullException.ThrowIfNull(ip);
+        return new Route
+        {
+            Destination = ip.Address,
+            PrefixLength = ip.IsIPv6 ? 128 : 32,
+            OutIndex = hostIndex,
+            Scope = Netlink.Rt.RT_SCOPE_LINK,
+        };
+    }
+
+    private static NetNs OpenNetns(string path)
+    {
+        try
+        {
+            return NetNs.Open(path);
+        }
+        catch (NetlinkException e) when (e.NotFound)
+        {
+            throw new CniException(CniCode.UnknownContainer, $"network namespace {path} does not exist", e.Message);
+        }
+    }
+
+    /// <summary>rtnetlink in the node's namespace: the given one, else the calling thread's.</summary>
+    private RtNetlink OpenHost() => hostNs is null ? RtNetlink.Open() : RtNetlink.Open(hostNs);
+
+    private void HostSysctl(string name, string value)
+    {
+        if (hostNs is null)
+        {
+            Sysctl.Write(name, value);
+        }
+        else
+        {
+            hostNs.WriteSysctl(name, value);
+        }
+    }
+
+    private void WriteIfDifferent(string name, string value)
+    {
+        var current = hostNs is null ? Sysctl.Read(name) : hostNs.Run(() => Sysctl.Read(name));
+        if (current != value)
+        {
+            HostSysctl(name, value);
+        }
+    }
+
+    private static void Expect(bool ok, string what)
+    {
+        if (!ok)
+        {
+            throw Mismatch(what);
+        }
+    }
+
+    private static CniException Mismatch(string what) => new(CniCode.CheckFailed, "CHECK failed: " + what);
+
+    public static string FormatMac(PhysicalAddress mac)
+    {
+        ArgumentNullException.ThrowIfNull(mac);
+        return string.Join(':', mac.GetAddressBytes().Select(b => b.ToString("x2", System.Globalization.CultureInfo.InvariantCulture)));
+    }
+}

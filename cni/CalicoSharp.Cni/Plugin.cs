@@ -1,0 +1,300 @@
+using System.Text;
+using System.Text.Json;
+
+namespace CalicoSharp.Cni;
+
+/// <summary>Everything one invocation knows.</summary>
+public sealed class PluginContext
+{
+    public required CniEnv Env { get; init; }
+
+    public required NetConf Conf { get; init; }
+
+    public required string Node { get; init; }
+
+    public Log Log { get; init; } = Log.None;
+}
+
+/// <summary>What the process boundary provides, injected so the dispatcher runs without a process.</summary>
+public sealed class PluginOptions
+{
+    public Func<NetConf, IIpamBackend>? Ipam { get; init; }
+
+    public Func<IDataplane>? Dataplane { get; init; }
+
+    /// <summary>Called after each ADD step ("ipam", "veth", ...); tests throw here to inject failures.</summary>
+    public Action<string>? AfterStep { get; init; }
+
+    public Func<string>? HostName { get; init; }
+}
+
+public enum PluginKind
+{
+    /// <summary>calicosharp: the interface plugin (veth, routes) with IPAM.</summary>
+    Network,
+
+    /// <summary>calicosharp-ipam: the standalone IPAM plugin.</summary>
+    Ipam,
+}
+
+/// <summary>The CNI dispatcher (spec 1.1): env and stdin in, result or error JSON out, exit code back.</summary>
+public static class Plugin
+{
+    public const string NetworkType = "calicosharp";
+    public const string IpamType = "calicosharp-ipam";
+
+    public static bool SupportsCheck(string version) => version is "0.4.0" or "1.0.0" or "1.1.0";
+
+    public static bool SupportsGcAndStatus(string version) => version == "1.1.0";
+
+    public static async Task<int> RunAsync(PluginKind kind, IReadOnlyDictionary<string, string> env, byte[] stdin, Stream stdout, PluginOptions? options = null)
+    {
+        ArgumentNullException.ThrowIfNull(env);
+        ArgumentNullException.ThrowIfNull(stdin);
+        ArgumentNullException.ThrowIfNull(stdout);
+        options ??= new PluginOptions();
+        string version = GuessVersion(stdin);
+        Log log = Log.None;
+        try
+        {
+            var cniEnv = CniEnv.Parse(env);
+            if (cniEnv.Command == "VERSION")
+            {
+                await WriteAsync(stdout, VersionJson(version)).ConfigureAwait(false);
+                return 0;
+            }
+
+            var conf = NetConf.Parse(stdin);
+            version = conf.CniVersion;
+            log = new Log(conf.LogFilePath, conf.LogLevel, $"{(kind == PluginKind.Ipam ? IpamType : NetworkType)} {cniEnv.Command} {cniEnv.ContainerId} ");
+            var ctx = new PluginContext { Env = cniEnv, Conf = conf, Node = NodeName(conf, options), Log = log };
+            if (kind == PluginKind.Network && conf.Type != NetworkType)
+            {
+                log.Warning($"config type is '{conf.Type}', running as {NetworkType}");
+            }
+
+            switch (cniEnv.Command)
+            {
+                case "CHECK" when !SupportsCheck(version):
+                case "STATUS" or "GC" when !SupportsGcAndStatus(version):
+                    throw new CniException(CniCode.IncompatibleVersion, $"{cniEnv.Command} is not defined for CNI version {version}",
+                        cniEnv.Command == "CHECK" ? "CHECK needs cniVersion 0.4.0 or later" : $"{cniEnv.Command} needs cniVersion 1.1.0");
+            }
+
+            using var ipam = (options.Ipam ?? DefaultIpam)(conf);
+            var dataplane = kind == PluginKind.Network ? (options.Dataplane ?? (() => new LinuxDataplane()))() : null;
+            var result = cniEnv.Command switch
+            {
+                "ADD" => await AddAsync(ctx, ipam, dataplane, options.AfterStep ?? (_ => { })).ConfigureAwait(false),
+                "DEL" => await DelAsync(ctx, ipam, dataplane).ConfigureAwait(false),
+                "CHECK" => await CheckAsync(ctx, ipam, dataplane).ConfigureAwait(false),
+                "GC" => await GcAsync(ctx, ipam).ConfigureAwait(false),
+                _ => await StatusAsync(ctx, ipam).ConfigureAwait(false),
+            };
+            if (result is not null)
+            {
+                await WriteAsync(stdout, result.ToJson(version)).ConfigureAwait(false);
+            }
+
+            log.Info("done");
+            return 0;
+        }
+        catch (CniException e)
+        {
+            log.Error($"code {e.Code}: {e.Message}{(e.Details is null ? string.Empty : $" ({e.Details})")}");
+            await WriteAsync(stdout, ErrorJson(version, e.Code, e.Message, e.Details)).ConfigureAwait(false);
+            return 1;
+        }
+        catch (Netlink.NetlinkException e)
+        {
+            log.Error(e.Message);
+            await WriteAsync(stdout, ErrorJson(version, CniCode.DataplaneFailure, e.Message, null)).ConfigureAwait(false);
+            return 1;
+        }
+        catch (IOException e)
+        {
+            log.Error(e.ToString());
+            await WriteAsync(stdout, ErrorJson(version, CniCode.IoFailure, e.Message, null)).ConfigureAwait(false);
+            return 1;
+        }
+    }
+
+    private static IIpamBackend DefaultIpam(NetConf conf) =>
+        conf.Ipam.Type == IpamType ? CalicoIpamBackend.Create(conf) : new ExecIpamBackend();
+
+    private static async Task<CniResult> AddAsync(PluginContext ctx, IIpamBackend ipam, IDataplane? dataplane, Action<string> step)
+    {
+        var ips = await ipam.AddAsync(ctx).ConfigureAwait(false);
+        if (dataplane is null)
+        {
+            return ips;
+        }
+
+        try
+        {
+            step("ipam");
+            var interfaces = dataplane.Setup(ctx, ips.Ips, step);
+            var routes = new List<CniRoute>();
+            if (ips.Ips.Any(i => !i.IsIPv6))
+            {
+                routes.Add(new CniRoute(Ipam.IpNet.Parse("0.0.0.0/0"), LinuxDataplane.GatewayV4));
+            }
+
+            if (ips.Ips.Any(i => i.IsIPv6))
+            {
+                routes.Add(new CniRoute(Ipam.IpNet.Parse("::/0"), LinuxDataplane.GatewayV6));
+            }
+
+            return new CniResult
+            {
+                Interfaces = interfaces,
+                Ips = [.. ips.Ips.Select(i => i with { Interface = 1 })],
+                Routes = routes,
+                Dns = ips.Dns,
+            };
+        }
+        catch (Exception e)
+        {
+            // ADD compensates: nothing of this pod stays in the kernel or in IPAM.
+            ctx.Log.Error($"ADD failed, undoing: {e.Message}");
+            Undo(() => dataplane.Teardown(ctx), ctx);
+            await UndoAsync(() => ipam.DelAsync(ctx), ctx).ConfigureAwait(false);
+            throw;
+        }
+    }
+
+    private static void Undo(Action action, PluginContext ctx)
+    {
+        try
+        {
+            action();
+        }
+        catch (Exception e) when (e is Netlink.NetlinkException or CniException or IOException)
+        {
+            ctx.Log.Error($"undo failed: {e.Message}");
+        }
+    }
+
+    private static async Task UndoAsync(Func<Task> action, PluginContext ctx)
+    {
+        try
+        {
+            await action().ConfigureAwait(false);
+        }
+        catch (CniException e)
+        {
+            ctx.Log.Error($"undo failed: {e.Message}");
+        }
+    }
+
+    private static async Task<CniResult?> DelAsync(PluginContext ctx, IIpamBackend ipam, IDataplane? dataplane)
+    {
+        // DEL forgives: a missing netns, link or handle is success. The dataplane goes first, so that
+        // a released address is never still routed to this pod.
+        dataplane?.Teardown(ctx);
+        await ipam.DelAsync(ctx).ConfigureAwait(false);
+        return null;
+    }
+
+    private static async Task<CniResult?> CheckAsync(PluginContext ctx, IIpamBackend ipam, IDataplane? dataplane)
+    {
+        var prev = ctx.Conf.PrevResult ?? throw new CniException(CniCode.InvalidConfig, "invalid network config: CHECK needs prevResult");
+        await ipam.CheckAsync(ctx, prev).ConfigureAwait(false);
+        dataplane?.Check(ctx, prev);
+        return null;
+    }
+
+    private static async Task<CniResult?> GcAsync(PluginContext ctx, IIpamBackend ipam)
+    {
+        if (ctx.Conf.ValidAttachments is { } valid)
+        {
+            await ipam.GcAsync(ctx, valid).ConfigureAwait(false);
+        }
+        else
+        {
+            ctx.Log.Info("GC without cni.dev/valid-attachments: nothing released");
+        }
+
+        return null;
+    }
+
+    private static async Task<CniResult?> StatusAsync(PluginContext ctx, IIpamBackend ipam)
+    {
+        await ipam.StatusAsync(ctx).ConfigureAwait(false);
+        return null;
+    }
+
+    private static string NodeName(NetConf conf, PluginOptions options)
+    {
+        if (!string.IsNullOrWhiteSpace(conf.NodeName))
+        {
+            return conf.NodeName.Trim();
+        }
+
+        try
+        {
+            if (File.Exists(conf.NodeNameFile) && File.ReadAllText(conf.NodeNameFile).Trim() is { Length: > 0 } fromFile)
+            {
+                return fromFile;
+            }
+        }
+        catch (IOException)
+        {
+        }
+        catch (UnauthorizedAccessException)
+        {
+        }
+
+        return (options.HostName ?? (() => Environment.MachineName))().Trim().ToLowerInvariant();
+    }
+
+    /// <summary>The cniVersion on stdin if it can be read, for VERSION and for early errors.</summary>
+    private static string GuessVersion(byte[] stdin)
+    {
+        try
+        {
+            using var doc = JsonDocument.Parse(stdin);
+            return doc.RootElement.ValueKind == JsonValueKind.Object && doc.RootElement.TryGetProperty("cniVersion", out var v) && v.ValueKind == JsonValueKind.String
+                && NetConf.SupportedVersions.Contains(v.GetString()) ? v.GetString()! : "1.1.0";
+        }
+        catch (JsonException)
+        {
+            return "1.1.0";
+        }
+    }
+
+    public static byte[] VersionJson(string version)
+    {
+        var sb = new StringBuilder();
+        sb.Append("{\"cniVersion\":\"").Append(version).Append("\",\"supportedVersions\":[");
+        sb.Append(string.Join(',', NetConf.SupportedVersions.Select(v => $"\"{v}\"")));
+        sb.Append("]}\n");
+        return Encoding.UTF8.GetBytes(sb.ToString());
+    }
+
+    public static byte[] ErrorJson(string version, int code, string msg, string? details)
+    {
+        using var ms = new MemoryStream();
+        using (var w = new Utf8JsonWriter(ms, new JsonWriterOptions { Indented = true, Encoder = System.Text.Encodings.Web.JavaScriptEncoder.UnsafeRelaxedJsonEscaping }))
+        {
+            w.WriteStartObject();
+            w.WriteString("cniVersion", version);
+            w.WriteNumber("code", code);
+            w.WriteString("msg", msg);
+            if (details is not null)
+            {
+                w.WriteString("details", details);
+            }
+
+            w.WriteEndObject();
+        }
+
+        return ms.ToArray();
+    }
+
+    private static async Task WriteAsync(Stream stdout, byte[] bytes)
+    {
+        await stdout.WriteAsync(bytes).ConfigureAwait(false);
+        await stdout.FlushAsync().ConfigureAwait(false);
+    }
+}
