@@ -20,14 +20,17 @@ public interface IIpamBackend : IDisposable
 /// <summary>The built-in IPAM: CalicoSharp's allocator against etcd. Handle "&lt;network&gt;.&lt;container id&gt;".</summary>
 public sealed class CalicoIpamBackend(IpamClient client) : IIpamBackend
 {
-    public static CalicoIpamBackend Create(NetConf conf)
+    /// <summary>Where the allocator keeps its per-node block hints (CALICOSHARP_STATE_DIR overrides).</summary>
+    public const string DefaultStateDirectory = "/var/lib/calicosharp";
+
+    public static CalicoIpamBackend Create(NetConf conf, string? stateDirectory = null)
     {
         ArgumentNullException.ThrowIfNull(conf);
         var endpoints = conf.EtcdEndpoints.Count > 0 ? conf.EtcdEndpoints : ["http://127.0.0.1:2379"];
         try
         {
             var store = new EtcdKvStore(new EtcdOptions { Endpoints = EtcdOptions.ParseEndpoints(string.Join(',', endpoints)), Timeout = conf.EtcdTimeout });
-            return new CalicoIpamBackend(new IpamClient(store, new IpamClientOptions { Timeout = conf.EtcdTimeout, HintDirectory = "/var/lib/calicosharp/ipam" }));
+            return new CalicoIpamBackend(new IpamClient(store, new IpamClientOptions { Timeout = conf.EtcdTimeout, HintDirectory = Path.Combine(stateDirectory ?? DefaultStateDirectory, "ipam") }));
         }
         catch (IpamException e)
         {

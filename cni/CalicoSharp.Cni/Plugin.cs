@@ -81,7 +81,8 @@ public static class Plugin
                         cniEnv.Command == "CHECK" ? "CHECK needs cniVersion 0.4.0 or later" : $"{cniEnv.Command} needs cniVersion 1.1.0");
             }
 
-            using var ipam = (options.Ipam ?? DefaultIpam)(conf);
+            var stateDir = env.GetValueOrDefault("CALICOSHARP_STATE_DIR");
+            using var ipam = (options.Ipam ?? (c => DefaultIpam(c, stateDir)))(conf);
             var dataplane = kind == PluginKind.Network ? (options.Dataplane ?? (() => new LinuxDataplane()))() : null;
             var result = cniEnv.Command switch
             {
@@ -119,8 +120,8 @@ public static class Plugin
         }
     }
 
-    private static IIpamBackend DefaultIpam(NetConf conf) =>
-        conf.Ipam.Type == IpamType ? CalicoIpamBackend.Create(conf) : new ExecIpamBackend();
+    private static IIpamBackend DefaultIpam(NetConf conf, string? stateDir) =>
+        conf.Ipam.Type == IpamType ? CalicoIpamBackend.Create(conf, stateDir) : new ExecIpamBackend();
 
     private static async Task<CniResult> AddAsync(PluginContext ctx, IIpamBackend ipam, IDataplane? dataplane, Action<string> step)
     {

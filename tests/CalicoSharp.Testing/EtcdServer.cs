@@ -30,6 +30,9 @@ public sealed class EtcdServer : IDisposable
 
     public string Endpoint => $"http://127.0.0.1:{clientPort.ToString(CultureInfo.InvariantCulture)}";
 
+    /// <summary>The same etcd on a Unix socket, which every network namespace can reach.</summary>
+    public string UnixEndpoint => $"unix://{dataDir}/etcd.sock:0";
+
     public static string Binary => File.Exists("/usr/bin/etcd") ? "/usr/bin/etcd" : "etcd";
 
     public static EtcdServer Start()
@@ -54,11 +57,12 @@ public sealed class EtcdServer : IDisposable
             RedirectStandardOutput = true,
             RedirectStandardError = true,
             UseShellExecute = false,
+            WorkingDirectory = dataDir, // etcd makes its unix socket relative to it
         };
         foreach (var a in new[]
         {
             "--name", name, "--data-dir", dataDir,
-            "--listen-client-urls", Endpoint, "--advertise-client-urls", Endpoint,
+            "--listen-client-urls", $"{Endpoint},unix://etcd.sock:0", "--advertise-client-urls", Endpoint,
             "--listen-peer-urls", $"http://127.0.0.1:{peerPort}", "--initial-advertise-peer-urls", $"http://127.0.0.1:{peerPort}",
             "--initial-cluster", $"{name}=http://127.0.0.1:{peerPort}",
             "--log-level", "error", "--logger", "zap",

@@ -1,0 +1,335 @@
+using System.Net;
+using System.Net.Sockets;
+using System.Text;
+using System.Text.Json;
+using CalicoSharp.Cni;
+using CalicoSharp.Ipam;
+using CalicoSharp.Netlink;
+using CalicoSharp.Testing;
+
+namespace CalicoSharp.Cni.Tests;
+
+/// <summary>The plugin against the kernel and a real etcd, as root, in throwaway namespaces: a node
+/// namespace (where the plugin runs) and one namespace per pod. Everything is removed, pass or fail.</summary>
+[Trait("Category", "Privileged")]
+public sealed class PodLabTests : IDisposable
+{
+    private readonly EtcdServer etcd = EtcdServer.Start();
+    private readonly string prefix = TestNetns.NewLabPrefix();
+    private readonly TestNetns node;
+    private readonly NetNs nodeNs;
+    private readonly List<TestNetns> pods = [];
+    private readonly string stateDir = Directory.CreateTempSubdirectory("calicosharp-cni-state-").FullName;
+    private readonly IpamClient ipam;
+    private int podCount;
+
+    public PodLabTests()
+    {
+        node = TestNetns.Create(prefix + "-node1");
+        nodeNs = NetNs.Open(node.Path);
+        ipam = new IpamClient(new EtcdKvStore(new EtcdOptions { Endpoints = [etcd.Endpoint] }));
+        ipam.AddPoolAsync(new PoolRequest { Cidr = "10.77.0.0/16", Name = "lab-v4" }).GetAwaiter().GetResult();
+        ipam.AddPoolAsync(new PoolRequest { Cidr = "fd77:1:2::/48", Name = "lab-v6" }).GetAwaiter().GetResult();
+    }
+
+    public void Dispose()
+    {
+        foreach (var p in pods)
+        {
+            p.Dispose();
+        }
+
+        nodeNs.Dispose();
+        node.Dispose();
+        ipam.Dispose();
+        etcd.Dispose();
+        Directory.Delete(stateDir, true);
+    }
+
+    private TestNetns NewPod()
+    {
+        var p = TestNetns.Create($"{prefix}-pod{++podCount}");
+        pods.Add(p);
+        return p;
+    }
+
+    private string Conf(string version = "1.1.0", string extra = "", string ipamExtra = "\"assign_ipv6\":\"true\"", string name = "k8s-pod-network", string nodeName = "node1") =>
+        $$"""{"cniVersion":"{{version}}","name":"{{name}}","type":"calicosharp","mtu":1400,"etcd_endpoints":"{{etcd.UnixEndpoint}}","nodename":"{{nodeName}}","ipam":{"type":"calicosharp-ipam",{{ipamExtra}}}{{extra}}}""";
+
+    private Dictionary<string, string> Env(string command, string containerId, TestNetns? pod, string? netns = null) => new()
+    {
+        ["CNI_COMMAND"] = command,
+        ["CNI_CONTAINERID"] = containerId,
+        ["CNI_NETNS"] = netns ?? pod?.Path ?? string.Empty,
+        ["CNI_IFNAME"] = "eth0",
+        ["CNI_PATH"] = "/usr/lib/cni",
+        ["CNI_ARGS"] = $"IgnoreUnknown=1;K8S_POD_NAMESPACE=lab;K8S_POD_NAME={containerId}",
+        ["CALICOSHARP_STATE_DIR"] = stateDir,
+    };
+
+    private async Task<(int Code, JsonElement Out)> Run(Dictionary<string, string> env, string conf, PluginKind kind = PluginKind.Network, Action<string>? afterStep = null)
+    {
+        using var stdout = new MemoryStream();
+        int code = await Plugin.RunAsync(kind, env, Encoding.UTF8.GetBytes(conf), stdout, new PluginOptions
+        {
+            Dataplane = () => new LinuxDataplane(nodeNs),
+            AfterStep = afterStep,
+        });
+        return (code, Parse(stdout.ToArray()));
+    }
+
+    /// <summary>The plugin as a process in the node namespace, as a runtime runs it.</summary>
+    private async Task<(int Code, JsonElement Out)> RunProcess(Dictionary<string, string> env, string conf)
+    {
+        var dll = RepoPaths.ProjectDll("cni/calicosharp", "calicosharp");
+        var r = await ProcessRunner.RunAsync("ip", ["netns", "exec", node.Name, "dotnet", dll], TimeSpan.FromSeconds(60), env.ToDictionary(k => k.Key, k => (string?)k.Value), conf);
+        return (r.ExitCode, Parse(Encoding.UTF8.GetBytes(r.Stdout)));
+    }
+
+    private static JsonElement Parse(byte[] b) => b.Length == 0 ? default : JsonDocument.Parse(b).RootElement.Clone();
+
+    private static string WithPrev(string conf, JsonElement result) => conf[..^1] + ",\"prevResult\":" + result.GetRawText() + "}";
+
+    /// <summary>Nothing of the pod is left: no host veth, no interface in the pod, no host route, no handle, no address.</summary>
+    private async Task AssertNothingLeft(string containerId, TestNetns? pod)
+    {
+        var links = TestNetns.Ip("-n", node.Name, "-o", "link");
+        Assert.DoesNotContain("cali", links, StringComparison.Ordinal);
+        Assert.DoesNotContain("10.77.", TestNetns.Ip("-n", node.Name, "route"), StringComparison.Ordinal);
+        if (pod is not null)
+        {
+            Assert.DoesNotContain("eth0", TestNetns.Ip("-n", pod.Name, "-o", "link"), StringComparison.Ordinal);
+        }
+
+        Assert.Null(await ipam.Store.GetAsync(Keys.Handle("k8s-pod-network." + containerId), default));
+        Assert.All(await ipam.GetUsageAsync(), u => Assert.Equal(0, u.InUse));
+        Assert.Empty((await ipam.CheckAsync()).Problems);
+    }
+
+    [Theory]
+    [InlineData("0.3.0")]
+    [InlineData("0.3.1")]
+    [InlineData("0.4.0")]
+    [InlineData("1.0.0")]
+    [InlineData("1.1.0")]
+    public async Task ADD_CHECK_DEL_as_a_process_for_every_version(string version)
+    {
+        var pod = NewPod();
+        var conf = Conf(version);
+        var (code, result) = await RunProcess(Env("ADD", "c" + version.Replace(".", string.Empty, StringComparison.Ordinal), pod), conf);
+        Assert.True(code == 0, result.ToString());
+        Assert.Equal(version, result.GetProperty("cniVersion").GetString());
+        var v4 = result.GetProperty("ips").EnumerateArray().Select(i => i.GetProperty("address").GetString()!).Single(a => a.StartsWith("10.77.", StringComparison.Ordinal));
+        Assert.EndsWith("/32", v4, StringComparison.Ordinal);
+        Assert.Contains(v4[..^3], TestNetns.Ip("-n", pod.Name, "addr", "show", "eth0"), StringComparison.Ordinal);
+        Assert.Contains($"{v4[..^3]} dev cali", TestNetns.Ip("-n", node.Name, "route"), StringComparison.Ordinal);
+        var id = "c" + version.Replace(".", string.Empty, StringComparison.Ordinal);
+        if (Plugin.SupportsCheck(version))
+        {
+            var (check, output) = await RunProcess(Env("CHECK", id, pod), WithPrev(conf, result));
+            Assert.True(check == 0, output.ToString());
+        }
+
+        if (Plugin.SupportsGcAndStatus(version))
+        {
+            Assert.Equal(0, (await RunProcess(Env("STATUS", id, pod), conf)).Code);
+            Assert.Equal(0, (await RunProcess(Env("GC", id, pod), conf[..^1] + $",\"cni.dev/valid-attachments\":[{{\"containerID\":\"{id}\",\"ifname\":\"eth0\"}}]}}")).Code);
+            Assert.NotNull(await ipam.Store.GetAsync(Keys.Handle("k8s-pod-network." + id), default));
+        }
+
+        Assert.Equal(0, (await RunProcess(Env("DEL", id, pod), conf)).Code);
+        Assert.Equal(0, (await RunProcess(Env("DEL", id, pod), conf)).Code);
+        await AssertNothingLeft(id, pod);
+    }
+
+    [Fact]
+    public async Task Two_pods_on_one_node_exchange_tcp_over_ipv4_and_ipv6()
+    {
+        var a = NewPod();
+        var b = NewPod();
+        var (ca, ra) = await Run(Env("ADD", "pod-a", a), Conf());
+        var (cb, rb) = await Run(Env("ADD", "pod-b", b), Conf());
+        Assert.True(ca == 0 && cb == 0, $"{ra} {rb}");
+        using var nsA = NetNs.Open(a.Path);
+        using var nsB = NetNs.Open(b.Path);
+        foreach (var family in new[] { AddressFamily.InterNetwork, AddressFamily.InterNetworkV6 })
+        {
+            var addrB = Address(rb, family);
+            var addrA = Address(ra, family);
+            Assert.Equal("pong", await Exchange(nsB, addrB, nsA));
+            Assert.Equal("pong", await Exchange(nsA, addrA, nsB));
+        }
+
+        Assert.Equal(0, (await Run(Env("DEL", "pod-a", a), Conf())).Code);
+        Assert.Equal(0, (await Run(Env("DEL", "pod-b", b), Conf())).Code);
+        await AssertNothingLeft("pod-a", a);
+    }
+
+    private static IPAddress Address(JsonElement result, AddressFamily family) =>
+        result.GetProperty("ips").EnumerateArray().Select(i => IPAddress.Parse(i.GetProperty("address").GetString()!.Split('/')[0])).Single(x => x.AddressFamily == family);
+
+    /// <summary>A TCP round trip: a listener created inside <paramref name="serverNs"/>, a client inside
+    /// <paramref name="clientNs"/> (a socket stays in the namespace it was created in).</summary>
+    private static async Task<string> Exchange(NetNs serverNs, IPAddress serverAddress, NetNs clientNs)
+    {
+        using var listener = serverNs.Run(() =>
+        {
+            var s = new Socket(serverAddress.AddressFamily, SocketType.Stream, ProtocolType.Tcp);
+            s.Bind(new IPEndPoint(serverAddress, 0));
+            s.Listen();
+            return s;
+        });
+        using var client = clientNs.Run(() => new Socket(serverAddress.AddressFamily, SocketType.Stream, ProtocolType.Tcp));
+        using var cts = new CancellationTokenSource(TimeSpan.FromSeconds(10));
+        var accept = listener.AcceptAsync(cts.Token).AsTask();
+        await client.ConnectAsync(listener.LocalEndPoint!, cts.Token);
+        using var server = await accept;
+        await client.SendAsync(Encoding.ASCII.GetBytes("ping"), cts.Token);
+        var buf = new byte[4];
+        Assert.Equal(4, await server.ReceiveAsync(buf, cts.Token));
+        Assert.Equal("ping", Encoding.ASCII.GetString(buf));
+        await server.SendAsync(Encoding.ASCII.GetBytes("pong"), cts.Token);
+        int n = await client.ReceiveAsync(buf, cts.Token);
+        return Encoding.ASCII.GetString(buf, 0, n);
+    }
+
+    public static TheoryData<string> AddSteps() =>
+        ["ipam", "veth", "host-sysctls", "host-up", "pod-sysctls", "pod-up", "pod-addresses", "pod-routes", "pod-neighbours", "host-routes"];
+
+    [Theory]
+    [MemberData(nameof(AddSteps))]
+    public async Task A_failure_after_any_ADD_step_leaves_nothing_behind(string failAfter)
+    {
+        var pod = NewPod();
+        var seen = new List<string>();
+        var (code, err) = await Run(Env("ADD", "failing", pod), Conf(), afterStep: s =>
+        {
+            seen.Add(s);
+            if (s == failAfter)
+            {
+                throw new CniException(CniCode.DataplaneFailure, $"injected failure after {s}");
+            }
+        });
+        Assert.Equal(1, code);
+        Assert.Equal($"injected failure after {failAfter}", err.GetProperty("msg").GetString());
+        Assert.Equal(failAfter, seen[^1]);
+        await AssertNothingLeft("failing", pod);
+    }
+
+    public static TheoryData<string, string> Tamperings() => new()
+    {
+        { "address", "address 10.77." },
+        { "pod-route", "default route via 169.254.1.1 is missing" },
+        { "host-route", "host route 10.77." },
+        { "link-down", "is down" },
+        { "neighbour", "permanent neighbour 169.254.1.1" },
+        { "mtu", "has MTU 1300, expected 1400" },
+    };
+
+    [Theory]
+    [MemberData(nameof(Tamperings))]
+    public async Task CHECK_names_what_was_tampered_with(string tamper, string expected)
+    {
+        var pod = NewPod();
+        var conf = Conf(ipamExtra: "\"assign_ipv4\":\"true\"");
+        var (code, result) = await Run(Env("ADD", "checked", pod), conf);
+        Assert.Equal(0, code);
+        Assert.Equal(0, (await Run(Env("CHECK", "checked", pod), WithPrev(conf, result))).Code);
+        var ip = Address(result, AddressFamily.InterNetwork).ToString();
+        var host = LinuxDataplane.HostVethName(CniEnv.Parse(Env("ADD", "checked", pod)));
+        switch (tamper)
+        {
+            case "address": TestNetns.Ip("-n", pod.Name, "addr", "del", ip + "/32", "dev", "eth0"); break;
+            case "pod-route": TestNetns.Ip("-n", pod.Name, "route", "del", "default"); break;
+            case "host-route": TestNetns.Ip("-n", node.Name, "route", "del", ip + "/32"); break;
+            case "link-down": TestNetns.Ip("-n", pod.Name, "link", "set", "eth0", "down"); break;
+            case "neighbour": TestNetns.Ip("-n", pod.Name, "neigh", "del", "169.254.1.1", "dev", "eth0"); break;
+            case "mtu": TestNetns.Ip("-n", node.Name, "link", "set", host, "mtu", "1300"); break;
+        }
+
+        var (bad, err) = await Run(Env("CHECK", "checked", pod), WithPrev(conf, result));
+        Assert.Equal(1, bad);
+        Assert.Equal(CniCode.CheckFailed, err.GetProperty("code").GetInt32());
+        Assert.Contains(expected, err.GetProperty("msg").GetString(), StringComparison.Ordinal);
+        Assert.Equal(0, (await Run(Env("DEL", "checked", pod), conf)).Code);
+        await AssertNothingLeft("checked", pod);
+    }
+
+    [Fact]
+    public async Task GC_releases_only_this_networks_stale_allocations_on_this_node()
+    {
+        async Task Add(string net, string nodeName, string id) =>
+            Assert.Equal(0, (await Run(Env("ADD", id, null, "/none"), Conf(name: net, nodeName: nodeName, ipamExtra: "\"assign_ipv4\":true"), PluginKind.Ipam)).Code);
+        await Add("net-a", "node1", "a1");
+        await Add("net-a", "node1", "a2");
+        await Add("net-b", "node1", "b1");
+        await Add("net-a", "node2", "a3");
+        var gc = Conf(name: "net-a", nodeName: "node1")[..^1] + ",\"cni.dev/valid-attachments\":[{\"containerID\":\"a1\",\"ifname\":\"eth0\"}]}";
+        Assert.Equal(0, (await Run(Env("GC", "x", null, "/none"), gc, PluginKind.Ipam)).Code);
+        Assert.NotNull(await ipam.Store.GetAsync(Keys.Handle("net-a.a1"), default));
+        Assert.Null(await ipam.Store.GetAsync(Keys.Handle("net-a.a2"), default));
+        Assert.NotNull(await ipam.Store.GetAsync(Keys.Handle("net-b.b1"), default));
+        Assert.NotNull(await ipam.Store.GetAsync(Keys.Handle("net-a.a3"), default));
+        Assert.Empty((await ipam.CheckAsync()).Problems);
+    }
+
+    [Fact]
+    public async Task DEL_twice_and_DEL_of_a_missing_netns_succeed_and_ADD_to_one_fails_cleanly()
+    {
+        var pod = NewPod();
+        Assert.Equal(0, (await Run(Env("ADD", "gone", pod), Conf())).Code);
+        TestNetns.Ip("netns", "del", pod.Name); // the runtime lost the namespace
+        Assert.Equal(0, (await Run(Env("DEL", "gone", pod), Conf())).Code);
+        Assert.Equal(0, (await Run(Env("DEL", "gone", pod), Conf())).Code);
+        await AssertNothingLeft("gone", null);
+
+        var (code, err) = await Run(Env("ADD", "nowhere", null, $"/var/run/netns/{prefix}-missing"), Conf());
+        Assert.Equal(1, code);
+        Assert.Equal(CniCode.UnknownContainer, err.GetProperty("code").GetInt32());
+        await AssertNothingLeft("nowhere", null);
+    }
+
+    [Fact]
+    public async Task Exhausted_pool_is_error_100_and_leaves_nothing()
+    {
+        await ipam.AddPoolAsync(new PoolRequest { Cidr = "10.78.0.0/30", Name = "tiny", BlockSize = 30 });
+        await ipam.ConfigureAsync(strictAffinity: true, null);
+        var conf = Conf(ipamExtra: "\"ipv4_pools\":[\"tiny\"]");
+        var pods4 = Enumerable.Range(0, 4).Select(_ => NewPod()).ToList();
+        for (int i = 0; i < 4; i++)
+        {
+            Assert.Equal(0, (await Run(Env("ADD", $"t{i}", pods4[i]), conf)).Code);
+        }
+
+        var extra = NewPod();
+        var (code, err) = await Run(Env("ADD", "t4", extra), conf);
+        Assert.Equal(1, code);
+        Assert.Equal(CniCode.PoolExhausted, err.GetProperty("code").GetInt32());
+        Assert.Contains("tiny (10.78.0.0/30)", err.GetProperty("msg").GetString(), StringComparison.Ordinal);
+        Assert.DoesNotContain("eth0", TestNetns.Ip("-n", extra.Name, "-o", "link"), StringComparison.Ordinal);
+        for (int i = 0; i < 4; i++)
+        {
+            Assert.Equal(0, (await Run(Env("DEL", $"t{i}", pods4[i]), conf)).Code);
+        }
+
+        await AssertNothingLeft("t4", extra);
+    }
+
+    [Fact]
+    public async Task Host_local_delegation_gives_the_pod_a_host_route_and_DEL_releases_it()
+    {
+        var pod = NewPod();
+        var dataDir = Path.Combine(stateDir, "host-local");
+        var conf = $$$"""{"cniVersion":"1.0.0","name":"hl-net","type":"calicosharp","mtu":1400,"ipam":{"type":"host-local","ranges":[[{"subnet":"10.79.0.0/24"}]],"dataDir":"{{{dataDir}}}"}}""";
+        var (code, result) = await Run(Env("ADD", "hl1", pod), conf);
+        Assert.True(code == 0, result.ToString());
+        var ip = Address(result, AddressFamily.InterNetwork);
+        Assert.StartsWith("10.79.0.", ip.ToString(), StringComparison.Ordinal);
+        Assert.Contains($"{ip}/32", TestNetns.Ip("-n", pod.Name, "addr", "show", "eth0"), StringComparison.Ordinal);
+        Assert.True(File.Exists(Path.Combine(dataDir, "hl-net", ip.ToString())));
+        Assert.Equal(0, (await Run(Env("CHECK", "hl1", pod), WithPrev(conf, result))).Code);
+        Assert.Equal(0, (await Run(Env("DEL", "hl1", pod), conf)).Code);
+        Assert.False(File.Exists(Path.Combine(dataDir, "hl-net", ip.ToString())));
+        Assert.DoesNotContain("cali", TestNetns.Ip("-n", node.Name, "-o", "link"), StringComparison.Ordinal);
+    }
+}
