@@ -33,8 +33,9 @@ build: restore
 	dotnet build CalicoSharp.sln -c $(CONFIG) --no-restore -nologo -clp:ErrorsOnly
 
 ## publish: NativeAOT executables into out/bin
+EXES := ipam/calicosharpctl/calicosharpctl.csproj cni/calicosharp/calicosharp.csproj cni/calicosharp-ipam/calicosharp-ipam.csproj
 publish: restore
-	dotnet publish ipam/calicosharpctl/calicosharpctl.csproj -c Release -r $(RID) -o $(BIN) -nologo -clp:ErrorsOnly
+	@for p in $(EXES); do dotnet publish $$p -c Release -r $(RID) -o $(BIN) -nologo -clp:ErrorsOnly -p:DebugType=none -p:StripSymbols=true || exit 1; done
 
 ## test: every test, unit and lab; prints 'N passed, N failed'
 test: deps build
@@ -70,10 +71,12 @@ bench: deps build publish
 demo: deps publish
 	bash tests/demo/demo.sh $(BIN)
 
-## install: NativeAOT binaries into $(PREFIX)/bin
+## install: NativeAOT binaries: the CLI into $(PREFIX)/bin, the CNI plugins into $(CNI_BIN_DIR), the sample conflist into $(CNI_NET_DIR)
 install: publish
-	install -d $(DESTDIR)$(PREFIX)/bin
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(CNI_BIN_DIR) $(DESTDIR)$(CNI_NET_DIR)
 	install -m 0755 $(BIN)/calicosharpctl $(DESTDIR)$(PREFIX)/bin/calicosharpctl
+	install -m 0755 $(BIN)/calicosharp $(BIN)/calicosharp-ipam $(DESTDIR)$(CNI_BIN_DIR)/
+	install -m 0644 cni/10-calicosharp.conflist $(DESTDIR)$(CNI_NET_DIR)/10-calicosharp.conflist
 
 clean:
 	rm -rf $(OUT)

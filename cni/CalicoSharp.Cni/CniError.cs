@@ -20,6 +20,7 @@ public static class CniCode
     public const int IpamFailure = 104;
     public const int CheckFailed = 105;
     public const int DelegateFailed = 106;
+    public const int InternalError = 199;
 }
 
 /// <summary>A failure reported to the runtime as the spec's error JSON.</summary>

@@ -30,7 +30,7 @@ public sealed class CalicoIpamBackend(IpamClient client) : IIpamBackend
         try
         {
             var store = new EtcdKvStore(new EtcdOptions { Endpoints = EtcdOptions.ParseEndpoints(string.Join(',', endpoints)), Timeout = conf.EtcdTimeout });
-            return new CalicoIpamBackend(new IpamClient(store, new IpamClientOptions { Timeout = conf.EtcdTimeout, HintDirectory = Path.Combine(stateDirectory ?? DefaultStateDirectory, "ipam") }));
+            return new CalicoIpamBackend(new IpamClient(store, new IpamClientOptions { Timeout = conf.EtcdTimeout, HintDirectory = Path.Combine(stateDirectory ?? DefaultStateDirectory, "ipam"), LockDirectory = Path.Combine(stateDirectory ?? DefaultStateDirectory, "locks") }));
         }
         catch (IpamException e)
         {
@@ -55,6 +55,7 @@ public sealed class CalicoIpamBackend(IpamClient client) : IIpamBackend
             attrs["pod"] = pod;
         }
 
+        using var hostLock = await Map(() => client.LockNodeAsync(ctx.Node)).ConfigureAwait(false);
         var got = await Map(() => client.AutoAssignAsync(new AutoAssignRequest
         {
             HandleId = HandleOf(ctx),
@@ -73,6 +74,7 @@ public sealed class CalicoIpamBackend(IpamClient client) : IIpamBackend
     public async Task DelAsync(PluginContext ctx)
     {
         ArgumentNullException.ThrowIfNull(ctx);
+        using var hostLock = await Map(() => client.LockNodeAsync(ctx.Node)).ConfigureAwait(false);
         int n = await Map(() => client.ReleaseByHandleAsync(HandleOf(ctx))).ConfigureAwait(false);
         ctx.Log.Info($"released {n} address(es) of {HandleOf(ctx)}");
     }

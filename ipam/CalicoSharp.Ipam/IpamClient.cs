@@ -18,6 +18,9 @@ public sealed record IpamClientOptions
     /// <summary>Where to remember each node's last-used block between processes (the CNI plugin runs
     /// once per pod), so that a warm allocation is one read and one transaction. Null: in memory only.</summary>
     public string? HintDirectory { get; init; }
+
+    /// <summary>Where <see cref="IpamClient.LockNodeAsync"/> keeps one lock file per node. Null: no lock.</summary>
+    public string? LockDirectory { get; init; }
 }
 
 /// <summary>What to allocate: N IPv4 and/or M IPv6 addresses for a handle on a node.</summary>
@@ -90,6 +93,74 @@ public sealed partial class IpamClient : IDisposable
         catch (IpamException e) when (e.Kind == IpamErrorKind.DatastoreUnavailable && !e.Message.StartsWith(what, StringComparison.Ordinal))
         {
             throw new IpamException(IpamErrorKind.DatastoreUnavailable, $"{what} failed: {e.Message}", e);
+        }
+    }
+
+    /// <summary>Takes this host's lock for a node (an exclusive flock on a file) so that the processes of one
+    /// host that allocate for the same node take turns instead of racing for the same block. Measured: 110
+    /// concurrent CNI ADDs on one node lose the compare-and-swap 16 times in a row without it; with 20
+    /// library processes it costs 10-20 %, so only the CNI plugin takes it. Waits within the client's bound.</summary>
+    public async Task<IDisposable?> LockNodeAsync(string node, CancellationToken ct = default)
+    {
+        ValidateNode(node);
+        if (options.LockDirectory is null)
+        {
+            return null;
+        }
+
+        // Connect first (one cheap read): the lock is then held for round trips only, not for a handshake.
+        await RunAsync("connecting to etcd", t => store.GetAsync(Keys.Config, t), ct).ConfigureAwait(false);
+        Directory.CreateDirectory(options.LockDirectory);
+        var path = Path.Combine(options.LockDirectory, node + ".lock");
+        var handle = HostLock.Open(path);
+        int fd = (int)handle.DangerousGetHandle();
+        if (HostLock.Flock(fd, HostLock.LockEx | HostLock.LockNb) == 0)
+        {
+            return handle;
+        }
+
+        // Wait in the kernel (no polling), on a thread of its own; a lock won after we gave up is let go.
+        var won = new TaskCompletionSource<bool>(TaskCreationOptions.RunContinuationsAsynchronously);
+        var gate = new Lock();
+        bool abandoned = false;
+        var waiter = new Thread(() =>
+        {
+            bool ok = HostLock.Flock(fd, HostLock.LockEx) == 0;
+            lock (gate)
+            {
+                if (abandoned)
+                {
+                    handle.Dispose();
+                    return;
+                }
+
+                won.TrySetResult(ok);
+            }
+        }, 64 * 1024)
+        { IsBackground = true, Name = "host-lock" };
+        waiter.Start();
+        try
+        {
+            if (await won.Task.WaitAsync(options.Timeout, ct).ConfigureAwait(false))
+            {
+                return handle;
+            }
+
+            handle.Dispose();
+            throw new IpamException(IpamErrorKind.Conflict, $"could not take the host lock of node {node} ({path})");
+        }
+        catch (Exception e) when (e is TimeoutException or OperationCanceledException)
+        {
+            lock (gate)
+            {
+                abandoned = true;
+                if (won.Task.IsCompletedSuccessfully)
+                {
+                    handle.Dispose();
+                }
+            }
+
+            throw new IpamException(IpamErrorKind.Conflict, $"waited {options.Timeout.TotalSeconds:0.###} s for the host lock of node {node} ({path}); try again", e);
         }
     }
 

@@ -4,7 +4,23 @@ using CalicoSharp.Bench;
 
 // make bench: prints figures, asserts nothing. Every figure is measured in this run, beside its
 // reference where one runs here.
+if (args.Length > 0 && args[0] == "cni-inner")
+{
+    return await CniBench.InnerAsync(args[1], args[2], args[3], Console.Out).ConfigureAwait(false);
+}
+
+var only = args.Length > 0 ? args[0] : "all";
 var sw = Stopwatch.StartNew();
 Console.WriteLine($"CalicoSharp benchmarks, {DateTime.UtcNow:yyyy-MM-dd HH:mm} UTC, {Environment.ProcessorCount} cores");
-await IpamBench.RunAsync(Console.Out).ConfigureAwait(false);
+if (only is "all" or "ipam")
+{
+    await IpamBench.RunAsync(Console.Out).ConfigureAwait(false);
+}
+
+if (only is "all" or "cni")
+{
+    await CniBench.RunAsync(Console.Out).ConfigureAwait(false);
+}
+
 Console.WriteLine(string.Create(CultureInfo.InvariantCulture, $"benchmarks took {sw.Elapsed.TotalSeconds:0} s"));
+return 0;

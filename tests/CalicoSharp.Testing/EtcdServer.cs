@@ -15,6 +15,7 @@ public sealed class EtcdServer : IDisposable
     private readonly int clientPort;
     private readonly int peerPort;
     private readonly string name;
+    private readonly List<string> log = [];
     private Process? process;
 
     private EtcdServer()
@@ -52,6 +53,8 @@ public sealed class EtcdServer : IDisposable
 
     public void Launch()
     {
+        // A killed etcd leaves its unix socket behind; a new one cannot bind over it.
+        File.Delete(Path.Combine(dataDir, "etcd.sock:0"));
         var psi = new ProcessStartInfo(Binary)
         {
             RedirectStandardOutput = true,
@@ -73,7 +76,16 @@ public sealed class EtcdServer : IDisposable
 
         process = Process.Start(psi) ?? throw new InvalidOperationException("could not start etcd");
         process.OutputDataReceived += (_, _) => { };
-        process.ErrorDataReceived += (_, _) => { };
+        process.ErrorDataReceived += (_, e) =>
+        {
+            if (e.Data is not null)
+            {
+                lock (log)
+                {
+                    log.Add(e.Data);
+                }
+            }
+        };
         process.BeginOutputReadLine();
         process.BeginErrorReadLine();
         WaitReady(TimeSpan.FromSeconds(20));
@@ -87,7 +99,10 @@ public sealed class EtcdServer : IDisposable
         {
             if (process!.HasExited)
             {
-                throw new InvalidOperationException($"etcd exited with code {process.ExitCode}");
+                lock (log)
+                {
+                    throw new InvalidOperationException($"etcd exited with code {process.ExitCode}: {string.Join(" | ", log.TakeLast(5))}");
+                }
             }
 
             try

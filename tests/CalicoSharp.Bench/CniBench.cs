@@ -1,0 +1,176 @@
+using System.Diagnostics;
+using System.Globalization;
+using System.Text;
+using System.Text.RegularExpressions;
+using CalicoSharp.Ipam;
+using CalicoSharp.Testing;
+
+namespace CalicoSharp.Bench;
+
+/// <summary>CNI ADD and DEL of the published NativeAOT plugin against the reference ptp + host-local
+/// plugins, same procedure in one run: a fresh namespace per pod, the plugins run as processes inside a
+/// node namespace (the timing harness runs there too, so no 'ip netns exec' is timed).</summary>
+internal static partial class CniBench
+{
+    private const int Pods = 60;
+    private const int Concurrent = 110;
+    private static readonly CultureInfo Inv = CultureInfo.InvariantCulture;
+
+    public static async Task RunAsync(TextWriter o)
+    {
+        var bin = Path.Combine(RepoPaths.Root, "out", "bin");
+        if (!File.Exists(Path.Combine(bin, "calicosharp")) || !File.Exists("/usr/lib/cni/ptp"))
+        {
+            o.WriteLine("CNI benchmark skipped: needs out/bin/calicosharp (make publish) and /usr/lib/cni/ptp (containernetworking-plugins)");
+            return;
+        }
+
+        using var etcd = EtcdServer.Start();
+        using (var ipam = new IpamClient(new EtcdKvStore(new EtcdOptions { Endpoints = [etcd.Endpoint] })))
+        {
+            await ipam.AddPoolAsync(new PoolRequest { Cidr = "10.88.0.0/16", Name = "bench" });
+        }
+
+        var prefix = TestNetns.NewLabPrefix();
+        var work = Directory.CreateTempSubdirectory("calicosharp-cnibench-").FullName;
+        var namespaces = new List<TestNetns>();
+        try
+        {
+            var node = TestNetns.Create(prefix + "-node");
+            namespaces.Add(node);
+            var names = new List<string>();
+            for (int i = 0; i < 2 * Pods + Concurrent; i++)
+            {
+                var ns = TestNetns.Create($"{prefix}-p{i}");
+                namespaces.Add(ns);
+                names.Add(ns.Name);
+            }
+
+            await File.WriteAllLinesAsync(Path.Combine(work, "pods"), names);
+            var self = typeof(CniBench).Assembly.Location;
+            var r = await ProcessRunner.RunAsync("ip", ["netns", "exec", node.Name, "dotnet", self, "cni-inner", bin, etcd.UnixEndpoint, work], TimeSpan.FromMinutes(10));
+            o.Write(r.Stdout);
+            if (r.ExitCode != 0)
+            {
+                o.WriteLine($"CNI benchmark failed: {r.Stderr.Trim()}");
+            }
+        }
+        finally
+        {
+            foreach (var ns in namespaces)
+            {
+                ns.Dispose();
+            }
+
+            Directory.Delete(work, true);
+        }
+    }
+
+    /// <summary>Runs inside the node namespace.</summary>
+    public static async Task<int> InnerAsync(string bin, string etcdEndpoint, string work, TextWriter o)
+    {
+        var pods = await File.ReadAllLinesAsync(Path.Combine(work, "pods"));
+        var log = Path.Combine(work, "cni.log");
+        var ours = $$$"""{"cniVersion":"1.0.0","name":"bench","type":"calicosharp","mtu":1500,"etcd_endpoints":"{{{etcdEndpoint}}}","nodename":"bench-node","log_level":"debug","log_file_path":"{{{log}}}","ipam":{"type":"calicosharp-ipam"}}""";
+        var reference = $$$"""{"cniVersion":"1.0.0","name":"ref","type":"ptp","ipMasq":false,"mtu":1500,"ipam":{"type":"host-local","subnet":"10.89.0.0/16","dataDir":"{{{Path.Combine(work, "host-local")}}}"}}""";
+        var state = Path.Combine(work, "state");
+
+        // Warm the file cache for both, then measure.
+        await Exec(Path.Combine(bin, "calicosharp"), "VERSION", "x", "/none", "{}", state);
+        await Exec("/usr/lib/cni/ptp", "VERSION", "x", "/none", "{}", state);
+        var start = new List<double>();
+        for (int i = 0; i < 20; i++)
+        {
+            start.Add((await Exec(Path.Combine(bin, "calicosharp"), "VERSION", "x", "/none", "{\"cniVersion\":\"1.0.0\"}", state)).Ms);
+        }
+
+        var (ourAdd, ourDel) = await Sequential(Path.Combine(bin, "calicosharp"), ours, pods[..Pods], "c", state);
+        var (refAdd, refDel) = await Sequential("/usr/lib/cni/ptp", reference, pods[Pods..(2 * Pods)], "r", state);
+        double oa = Median(ourAdd), od = Median(ourDel), ra = Median(refAdd), rd = Median(refDel);
+        o.WriteLine($"CNI ADD ({Pods} pods, fresh netns each): calicosharp median {oa:0.0} ms; ptp+host-local median {ra:0.0} ms; ratio {oa / ra:0.00} (aim <= 0.5)");
+        o.WriteLine($"CNI DEL: calicosharp median {od:0.0} ms; ptp+host-local median {rd:0.0} ms; ratio {od / rd:0.00} (aim <= 0.8)");
+
+        // Where ADD's time goes: process start (a VERSION call), IPAM (etcd connection and round trips), netlink.
+        var timings = TimingLine().Matches(await File.ReadAllTextAsync(log)).Select(m => (Ipam: double.Parse(m.Groups[1].Value, Inv), Netlink: double.Parse(m.Groups[2].Value, Inv))).ToList();
+        o.WriteLine($"  ADD breakdown (medians): process start+exit {Median(start):0.0} ms, IPAM incl. etcd connect {Median(timings.Select(t => t.Ipam)):0.0} ms, netlink {Median(timings.Select(t => t.Netlink)):0.0} ms");
+
+        // 110 pods at once on one node.
+        var batch = pods[(2 * Pods)..];
+        var sw = Stopwatch.StartNew();
+        var runs = batch.Select((ns, i) => Exec(Path.Combine(bin, "calicosharp"), "ADD", $"burst{i}", "/var/run/netns/" + ns, ours, state)).ToList();
+        var results = await Task.WhenAll(runs);
+        var wall = sw.Elapsed;
+        var failed = results.Count(r => r.Code != 0);
+        var ips = results.Where(r => r.Code == 0).Select(r => AddressLine().Match(r.Stdout).Groups[1].Value).ToList();
+        o.WriteLine($"{Concurrent} concurrent ADDs on one node: {wall.TotalSeconds:0.00} s wall (aim < 2 s), {failed} failed, {ips.Count - ips.Distinct().Count()} duplicate addresses");
+        if (failed > 0)
+        {
+            o.WriteLine("  first failure: " + results.First(r => r.Code != 0).Stdout.Replace('\n', ' '));
+        }
+
+        await Task.WhenAll(batch.Select((ns, i) => Exec(Path.Combine(bin, "calicosharp"), "DEL", $"burst{i}", "/var/run/netns/" + ns, ours, state)));
+        return 0;
+    }
+
+    private static async Task<(List<double> Add, List<double> Del)> Sequential(string plugin, string conf, string[] pods, string idPrefix, string state)
+    {
+        var add = new List<double>();
+        var del = new List<double>();
+        for (int i = 0; i < pods.Length; i++)
+        {
+            var a = await Exec(plugin, "ADD", $"{idPrefix}{i}", "/var/run/netns/" + pods[i], conf, state);
+            if (a.Code != 0)
+            {
+                throw new InvalidOperationException($"{plugin} ADD failed: {a.Stdout}");
+            }
+
+            add.Add(a.Ms);
+        }
+
+        for (int i = 0; i < pods.Length; i++)
+        {
+            var d = await Exec(plugin, "DEL", $"{idPrefix}{i}", "/var/run/netns/" + pods[i], conf, state);
+            if (d.Code != 0)
+            {
+                throw new InvalidOperationException($"{plugin} DEL failed: {d.Stdout}");
+            }
+
+            del.Add(d.Ms);
+        }
+
+        return (add, del);
+    }
+
+    private static async Task<(int Code, double Ms, string Stdout)> Exec(string plugin, string command, string id, string netns, string conf, string state)
+    {
+        var psi = new ProcessStartInfo(plugin) { RedirectStandardInput = true, RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
+        psi.Environment["CNI_COMMAND"] = command;
+        psi.Environment["CNI_CONTAINERID"] = id;
+        psi.Environment["CNI_NETNS"] = netns;
+        psi.Environment["CNI_IFNAME"] = "eth0";
+        psi.Environment["CNI_PATH"] = "/usr/lib/cni";
+        psi.Environment["CALICOSHARP_STATE_DIR"] = state;
+        var sw = Stopwatch.StartNew();
+        using var p = Process.Start(psi)!;
+        var output = p.StandardOutput.ReadToEndAsync();
+        var err = p.StandardError.ReadToEndAsync();
+        await p.StandardInput.WriteAsync(conf);
+        p.StandardInput.Close();
+        await p.WaitForExitAsync();
+        var ms = sw.Elapsed.TotalMilliseconds;
+        await err;
+        return (p.ExitCode, ms, await output);
+    }
+
+    private static double Median(IEnumerable<double> values)
+    {
+        var s = values.Order().ToList();
+        return s.Count == 0 ? double.NaN : s.Count % 2 == 1 ? s[s.Count / 2] : (s[(s.Count / 2) - 1] + s[s.Count / 2]) / 2;
+    }
+
+    [GeneratedRegex(@"timing ipam=([0-9.]+)ms netlink=([0-9.]+)ms")]
+    private static partial Regex TimingLine();
+
+    [GeneratedRegex("\"address\": \"([0-9.]+)/32\"")]
+    private static partial Regex AddressLine();
+}
