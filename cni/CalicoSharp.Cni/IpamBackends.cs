@@ -68,7 +68,15 @@ public sealed class CalicoIpamBackend(IpamClient client) : IIpamBackend
             ReuseExisting = true,
         })).ConfigureAwait(false);
         ctx.Log.Info($"assigned {string.Join(", ", got.Select(a => a.Address))} to {HandleOf(ctx)} on {ctx.Node}");
-        return new CniResult { Ips = [.. got.Select(a => new CniIp(a.Address, a.Address.AddressFamily == System.Net.Sockets.AddressFamily.InterNetworkV6 ? 128 : 32, null, null))] };
+
+        // As a standalone IPAM plugin the result suits interface plugins such as ptp: the address with
+        // its block's prefix and a gateway (the link-local one every pod uses, which ptp puts on the host
+        // end). No routes: a gateway outside the prefix is not reachable before ptp adds its link route.
+        // The calicosharp plugin itself gives the pod a /32 or /128 instead.
+        return new CniResult
+        {
+            Ips = [.. got.Select(a => new CniIp(a.Address, a.Block.PrefixLength, a.Block.IsIPv6 ? LinuxDataplane.GatewayV6 : LinuxDataplane.GatewayV4, null))],
+        };
     }
 
     public async Task DelAsync(PluginContext ctx)

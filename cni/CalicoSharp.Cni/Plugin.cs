@@ -163,7 +163,7 @@ public static class Plugin
             return new CniResult
             {
                 Interfaces = interfaces,
-                Ips = [.. ips.Ips.Select(i => i with { Interface = 1 })],
+                Ips = [.. ips.Ips.Select(i => i with { PrefixLength = i.IsIPv6 ? 128 : 32, Gateway = null, Interface = 1 })],
                 Routes = routes,
                 Dns = ips.Dns,
             };

@@ -332,4 +332,40 @@ public sealed class PodLabTests : IDisposable
         Assert.False(File.Exists(Path.Combine(dataDir, "hl-net", ip.ToString())));
         Assert.DoesNotContain("cali", TestNetns.Ip("-n", node.Name, "-o", "link"), StringComparison.Ordinal);
     }
+
+    [Fact]
+    public async Task STATUS_is_error_50_while_etcd_is_unreachable()
+    {
+        Assert.Equal(0, (await Run(Env("STATUS", "s", null), Conf())).Code);
+        etcd.Stop();
+        var (code, err) = await Run(Env("STATUS", "s", null), Conf()[..^1] + ",\"etcd_timeout\":1}");
+        etcd.Launch();
+        Assert.Equal(1, code);
+        Assert.Equal(CniCode.NotAvailable, err.GetProperty("code").GetInt32());
+        Assert.Contains("etcd", err.GetProperty("msg").GetString(), StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task The_reference_ptp_plugin_takes_its_address_from_calicosharp_ipam()
+    {
+        // CNI_PATH holds the reference plugins and calicosharp-ipam (the built one, through a wrapper).
+        var cniPath = Path.Combine(stateDir, "cni-bin");
+        Directory.CreateDirectory(cniPath);
+        var wrapper = Path.Combine(cniPath, "calicosharp-ipam");
+        await File.WriteAllTextAsync(wrapper, $"#!/bin/sh\nexec dotnet {RepoPaths.ProjectDll("cni/calicosharp-ipam", "calicosharp-ipam")} \"$@\"\n");
+        File.SetUnixFileMode(wrapper, UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute);
+        var pod = NewPod();
+        var conf = $$$"""{"cniVersion":"1.0.0","name":"ptp-net","type":"ptp","ipMasq":false,"ipam":{"type":"calicosharp-ipam","etcd_endpoints":"{{{etcd.UnixEndpoint}}}","nodename":"node1"},"etcd_endpoints":"{{{etcd.UnixEndpoint}}}","nodename":"node1"}""";
+        var env = Env("ADD", "ptp1", pod);
+        env["CNI_PATH"] = $"{cniPath}:/usr/lib/cni";
+        var r = await ProcessRunner.RunAsync("ip", ["netns", "exec", node.Name, "/usr/lib/cni/ptp"], TimeSpan.FromSeconds(60), env.ToDictionary(k => k.Key, k => (string?)k.Value), conf);
+        Assert.True(r.ExitCode == 0, r.Stdout + r.Stderr);
+        var ip = Address(Parse(Encoding.UTF8.GetBytes(r.Stdout)), AddressFamily.InterNetwork);
+        Assert.True(IpNet.Parse("10.77.0.0/16").Contains(ip), ip.ToString());
+        Assert.Equal("ptp-net.ptp1", (await ipam.LookupAsync(ip))!.HandleId);
+        env["CNI_COMMAND"] = "DEL";
+        r = await ProcessRunner.RunAsync("ip", ["netns", "exec", node.Name, "/usr/lib/cni/ptp"], TimeSpan.FromSeconds(60), env.ToDictionary(k => k.Key, k => (string?)k.Value), conf);
+        Assert.True(r.ExitCode == 0, r.Stdout + r.Stderr);
+        Assert.False((await ipam.LookupAsync(ip))?.Allocated ?? false);
+    }
 }
