@@ -43,6 +43,22 @@ public static class Plugin
     public const string NetworkType = "calicosharp";
     public const string IpamType = "calicosharp-ipam";
 
+    /// <summary>The process boundary, kept thin: this process's environment, stdin and stdout.</summary>
+    public static async Task<int> MainAsync(PluginKind kind)
+    {
+        var env = new Dictionary<string, string>(StringComparer.Ordinal);
+        foreach (System.Collections.DictionaryEntry e in Environment.GetEnvironmentVariables())
+        {
+            env[(string)e.Key] = (string?)e.Value ?? string.Empty;
+        }
+
+        using var stdin = Console.OpenStandardInput();
+        using var buffer = new MemoryStream();
+        await stdin.CopyToAsync(buffer).ConfigureAwait(false);
+        using var stdout = Console.OpenStandardOutput();
+        return await RunAsync(kind, env, buffer.ToArray(), stdout).ConfigureAwait(false);
+    }
+
     public static bool SupportsCheck(string version) => version is "0.4.0" or "1.0.0" or "1.1.0";
 
     public static bool SupportsGcAndStatus(string version) => version == "1.1.0";
