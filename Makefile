@@ -41,7 +41,7 @@ publish: restore
 test: deps build
 	@rm -rf $(RESULTS); mkdir -p $(RESULTS)
 	@status=0; \
-	dotnet test CalicoSharp.sln -c $(CONFIG) --no-build -nologo \
+	dotnet test CalicoSharp.sln -c $(CONFIG) --no-build -nologo -m:1 \
 	  --logger "trx" --logger "console;verbosity=minimal" --results-directory $(RESULTS) \
 	  $(if $(FILTER),--filter "$(FILTER)") || status=$$?; \
 	pkill -f -- '--name [c]alicosharp-test-etcd' 2>/dev/null || true; \

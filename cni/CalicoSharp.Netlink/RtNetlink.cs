@@ -159,7 +159,7 @@ public sealed class RtNetlink : IDisposable
     public void AddAddress(int index, IPAddress address, int prefixLength, bool noDad = false, bool replace = false)
     {
         ArgumentNullException.ThrowIfNull(address);
-        var m = AddressMessage(replace ? Rt.RTM_NEWADDR : Rt.RTM_NEWADDR, (ushort)(Nl.NLM_F_REQUEST | Nl.NLM_F_CREATE | (replace ? Nl.NLM_F_REPLACE : Nl.NLM_F_EXCL)), index, address, prefixLength);
+        var m = AddressMessage(Rt.RTM_NEWADDR, (ushort)(Nl.NLM_F_REQUEST | Nl.NLM_F_CREATE | (replace ? Nl.NLM_F_REPLACE : Nl.NLM_F_EXCL)), index, address, prefixLength);
         if (noDad)
         {
             m.AttrU32(Rt.IFA_FLAGS, Rt.IFA_F_NODAD);

@@ -1,0 +1,105 @@
+using System.Net;
+using System.Net.NetworkInformation;
+using System.Net.Sockets;
+using CalicoSharp.Netlink;
+using CalicoSharp.Testing;
+
+namespace CalicoSharp.Cni.Tests;
+
+/// <summary>The netlink layer against the kernel, in a throwaway namespace.</summary>
+[Trait("Category", "Privileged")]
+public sealed class NetlinkTests : IDisposable
+{
+    private readonly TestNetns ns = TestNetns.Create(TestNetns.NewLabPrefix() + "-nl");
+    private readonly NetNs handle;
+    private readonly RtNetlink nl;
+
+    public NetlinkTests()
+    {
+        handle = NetNs.Open(ns.Path);
+        nl = RtNetlink.Open(handle);
+    }
+
+    public void Dispose()
+    {
+        nl.Dispose();
+        handle.Dispose();
+        ns.Dispose();
+    }
+
+    private Link Veth(string name, string peer, string address)
+    {
+        nl.CreateVeth(name, peer, null, 1400, PhysicalAddress.Parse("02-00-00-00-00-0" + name[^1]));
+        var link = nl.GetLink(name)!;
+        nl.SetLinkUp(link.Index);
+        nl.SetLinkUp(nl.GetLink(peer)!.Index);
+        nl.AddAddress(link.Index, IPAddress.Parse(address), 24);
+        return nl.GetLink(name)!;
+    }
+
+    [Fact]
+    public void Links_addresses_and_errors_that_name_the_operation()
+    {
+        var a = Veth("vetha1", "vethb1", "10.90.1.1");
+        Assert.Equal("veth", a.Kind);
+        Assert.Equal(1400, a.Mtu);
+        Assert.True(a.IsUp);
+        Assert.Equal("02:00:00:00:00:01", Cni.LinuxDataplane.FormatMac(a.Mac!));
+        nl.SetMtu(a.Index, 1300);
+        Assert.Equal(1300, nl.GetLink(a.Index)!.Mtu);
+        Assert.Contains(nl.ListAddresses(a.Index, AddressFamily.InterNetwork), x => x.Address.Equals(IPAddress.Parse("10.90.1.1")) && x.PrefixLength == 24);
+        var e = Assert.Throws<NetlinkException>(() => nl.CreateVeth("vetha1", "other", null));
+        Assert.True(e.Exists);
+        Assert.Contains("creating veth vetha1", e.Message, StringComparison.Ordinal);
+        Assert.True(nl.DeleteAddress(a.Index, IPAddress.Parse("10.90.1.1"), 24));
+        Assert.False(nl.DeleteAddress(a.Index, IPAddress.Parse("10.90.1.1"), 24));
+        Assert.True(nl.DeleteLink("vetha1"));
+        Assert.False(nl.DeleteLink("vetha1"));
+        Assert.Null(nl.GetLink("vethb1")); // the peer went with it
+    }
+
+    [Fact]
+    public void Routes_blackhole_replace_multipath_and_get()
+    {
+        var a = Veth("vetha2", "vethb2", "10.90.2.1");
+        var b = Veth("vetha3", "vethb3", "10.90.3.1");
+        var blackhole = new Route { Destination = IPAddress.Parse("10.91.0.0"), PrefixLength = 26, Type = Rt.RTN_BLACKHOLE, Protocol = 80 };
+        nl.AddRoute(blackhole);
+        Assert.Contains(nl.ListRoutes(AddressFamily.InterNetwork), r => r.Type == Rt.RTN_BLACKHOLE && r.Protocol == 80 && r.PrefixLength == 26);
+        Assert.Throws<NetlinkException>(() => nl.AddRoute(blackhole));
+
+        var ecmp = new Route
+        {
+            Destination = IPAddress.Parse("10.92.0.0"),
+            PrefixLength = 24,
+            Protocol = 80,
+            MultiPath = [new NextHop(IPAddress.Parse("10.90.2.2"), a.Index), new NextHop(IPAddress.Parse("10.90.3.2"), b.Index, 2)],
+        };
+        nl.AddRoute(ecmp);
+        var listed = nl.ListRoutes(AddressFamily.InterNetwork).Single(r => r.Destination.Equals(IPAddress.Parse("10.92.0.0")));
+        Assert.Equal(2, listed.MultiPath.Count);
+        Assert.Contains(listed.MultiPath, h => h.OutIndex == b.Index && h.Weight == 2 && h.Gateway!.Equals(IPAddress.Parse("10.90.3.2")));
+
+        // Replace turns it into a single path; route get follows it.
+        nl.AddRoute(ecmp with { MultiPath = [], Gateway = IPAddress.Parse("10.90.2.2"), OutIndex = a.Index }, replace: true);
+        var got = nl.GetRoute(IPAddress.Parse("10.92.0.9"))!;
+        Assert.Equal(a.Index, got.OutIndex);
+        Assert.Equal(IPAddress.Parse("10.90.2.2"), got.Gateway);
+        Assert.True(nl.DeleteRoute(ecmp with { MultiPath = [] }));
+        Assert.True(nl.DeleteRoute(blackhole));
+        Assert.False(nl.DeleteRoute(blackhole));
+    }
+
+    [Fact]
+    public void Neighbours_and_sysctls_in_the_namespace()
+    {
+        var a = Veth("vetha4", "vethb4", "10.90.4.1");
+        nl.AddNeighbour(a.Index, IPAddress.Parse("10.90.4.9"), PhysicalAddress.Parse("EE-EE-EE-EE-EE-EE"));
+        var n = Assert.Single(nl.ListNeighbours(a.Index, AddressFamily.InterNetwork), x => x.Address.Equals(IPAddress.Parse("10.90.4.9")));
+        Assert.Equal(Rt.NUD_PERMANENT, n.State);
+        Assert.True(nl.DeleteNeighbour(a.Index, IPAddress.Parse("10.90.4.9")));
+        handle.WriteSysctl("net/ipv4/conf/vetha4/proxy_arp", "1");
+        Assert.Equal("1", handle.Run(() => Sysctl.Read("net/ipv4/conf/vetha4/proxy_arp")));
+        Assert.False(File.Exists("/proc/sys/net/ipv4/conf/vetha4/proxy_arp")); // written in the namespace, not here
+    }
+}
