@@ -55,7 +55,9 @@ public sealed class CalicoIpamBackend(IpamClient client) : IIpamBackend
             attrs["pod"] = pod;
         }
 
+        long start = System.Diagnostics.Stopwatch.GetTimestamp();
         using var hostLock = await Map(() => client.LockNodeAsync(ctx.Node)).ConfigureAwait(false);
+        ctx.Log.Debug(FormattableString.Invariant($"timing etcd-connect+lock={System.Diagnostics.Stopwatch.GetElapsedTime(start).TotalMilliseconds:0.00}ms"));
         var got = await Map(() => client.AutoAssignAsync(new AutoAssignRequest
         {
             HandleId = HandleOf(ctx),

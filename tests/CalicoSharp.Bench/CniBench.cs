@@ -92,7 +92,8 @@ internal static partial class CniBench
 
         // Where ADD's time goes: process start (a VERSION call), IPAM (etcd connection and round trips), netlink.
         var timings = TimingLine().Matches(await File.ReadAllTextAsync(log)).Select(m => (Ipam: double.Parse(m.Groups[1].Value, Inv), Netlink: double.Parse(m.Groups[2].Value, Inv))).ToList();
-        o.WriteLine($"  ADD breakdown (medians): process start+exit {Median(start):0.0} ms, IPAM incl. etcd connect {Median(timings.Select(t => t.Ipam)):0.0} ms, netlink {Median(timings.Select(t => t.Netlink)):0.0} ms");
+        var connect = ConnectLine().Matches(await File.ReadAllTextAsync(log)).Select(m => double.Parse(m.Groups[1].Value, Inv)).ToList();
+        o.WriteLine($"  ADD breakdown (medians): process start+exit {Median(start):0.0} ms, IPAM {Median(timings.Select(t => t.Ipam)):0.0} ms (of which etcd connection and host lock {Median(connect):0.0} ms), netlink {Median(timings.Select(t => t.Netlink)):0.0} ms");
 
         // 110 pods at once on one node.
         var batch = pods[(2 * Pods)..];
@@ -170,6 +171,9 @@ internal static partial class CniBench
 
     [GeneratedRegex(@"timing ipam=([0-9.]+)ms netlink=([0-9.]+)ms")]
     private static partial Regex TimingLine();
+
+    [GeneratedRegex(@"timing etcd-connect\+lock=([0-9.]+)ms")]
+    private static partial Regex ConnectLine();
 
     [GeneratedRegex("\"address\": \"([0-9.]+)/32\"")]
     private static partial Regex AddressLine();
