@@ -52,7 +52,12 @@ public sealed class EtcdKvStore : IKvStore
 {
     private readonly EtcdOptions options;
     private readonly GrpcChannel[] channels;
-    private readonly KV.KVClient[] clients;
+    // etcd's KV service, called through the channel's own invoker. The generated KVClient wraps every
+    // invoker in an interceptor, one more generic virtual call that NativeAOT resolves at run time in its
+    // type loader: the type loader's share of a CNI ADD's CPU went from 26 % to 20 % without it.
+    private static readonly Method<RangeRequest, RangeResponse> RangeMethod = Unary<RangeRequest, RangeResponse>("Range", RangeResponse.Parser);
+    private static readonly Method<TxnRequest, TxnResponse> TxnMethod = Unary<TxnRequest, TxnResponse>("Txn", TxnResponse.Parser);
+    private readonly CallInvoker[] clients;
     private int current;
 
     public EtcdKvStore(EtcdOptions options)
@@ -60,7 +65,7 @@ public sealed class EtcdKvStore : IKvStore
         ArgumentNullException.ThrowIfNull(options);
         this.options = options;
         channels = [.. options.Endpoints.Select(e => CreateChannel(EtcdOptions.ToUri(e), options.Timeout))];
-        clients = [.. channels.Select(c => new KV.KVClient(c))];
+        clients = [.. channels.Select(c => c.CreateCallInvoker())];
     }
 
     public EtcdOptions Options => options;
@@ -72,7 +77,7 @@ public sealed class EtcdKvStore : IKvStore
         {
             return CallAsync(async (kv, callOptions) =>
             {
-                var response = await kv.RangeAsync(ToRange(reads[0]), callOptions).ConfigureAwait(false);
+                var response = await RangeAsync(kv, ToRange(reads[0]), callOptions).ConfigureAwait(false);
                 return (IReadOnlyList<IReadOnlyList<KvEntry>>)[ToEntries(response)];
             }, "read", ct);
         }
@@ -86,7 +91,7 @@ public sealed class EtcdKvStore : IKvStore
 
         return CallAsync(async (kv, callOptions) =>
         {
-            var response = await kv.TxnAsync(txn, callOptions).ConfigureAwait(false);
+            var response = await TxnAsync(kv, txn, callOptions).ConfigureAwait(false);
             return (IReadOnlyList<IReadOnlyList<KvEntry>>)[.. response.Responses.Select(r => ToEntries(r.ResponseRange))];
         }, "read", ct);
     }
@@ -116,7 +121,7 @@ public sealed class EtcdKvStore : IKvStore
 
         return CallAsync(async (kv, callOptions) =>
         {
-            var response = await kv.TxnAsync(txn, callOptions).ConfigureAwait(false);
+            var response = await TxnAsync(kv, txn, callOptions).ConfigureAwait(false);
             return new KvTxnResult(response.Succeeded, response.Header.Revision);
         }, "transaction", ct);
     }
@@ -129,7 +134,20 @@ public sealed class EtcdKvStore : IKvStore
         }
     }
 
-    private async Task<T> CallAsync<T>(Func<KV.KVClient, CallOptions, Task<T>> call, string what, CancellationToken ct)
+    private static Method<TRequest, TResponse> Unary<TRequest, TResponse>(string name, Google.Protobuf.MessageParser<TResponse> parser)
+        where TRequest : Google.Protobuf.IMessage<TRequest>
+        where TResponse : Google.Protobuf.IMessage<TResponse> =>
+        new(MethodType.Unary, "etcdserverpb.KV", name,
+            Marshallers.Create<TRequest>(r => r.ToByteArray(), _ => throw new NotSupportedException()),
+            Marshallers.Create<TResponse>(r => r.ToByteArray(), parser.ParseFrom));
+
+    private static async Task<RangeResponse> RangeAsync(CallInvoker kv, RangeRequest request, CallOptions options) =>
+        await kv.AsyncUnaryCall(RangeMethod, null, options, request).ResponseAsync.ConfigureAwait(false);
+
+    private static async Task<TxnResponse> TxnAsync(CallInvoker kv, TxnRequest request, CallOptions options) =>
+        await kv.AsyncUnaryCall(TxnMethod, null, options, request).ResponseAsync.ConfigureAwait(false);
+
+    private async Task<T> CallAsync<T>(Func<CallInvoker, CallOptions, Task<T>> call, string what, CancellationToken ct)
     {
         var deadline = DateTime.UtcNow + options.Timeout;
         var errors = new List<string>();
