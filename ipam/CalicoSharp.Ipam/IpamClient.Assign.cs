@@ -44,7 +44,7 @@ public sealed partial class IpamClient
         var (view, handle) = await ReadNodeViewAsync(request.Node, request.HandleId, [hint4, hint6], ct).ConfigureAwait(false);
         if (request.ReuseExisting && handle.Handle?.Block is { Count: > 0 })
         {
-            var held = await AddressesOfHandleAsync(request.HandleId, ct).ConfigureAwait(false);
+            var held = await HeldAddressesAsync(request.HandleId, handle.Handle, ct).ConfigureAwait(false);
             if (held.Count(a => !a.Block.IsIPv6) == request.Num4 && held.Count(a => a.Block.IsIPv6) == request.Num6)
             {
                 return held;
@@ -291,38 +291,33 @@ public sealed partial class IpamClient
     /// in one transaction; a lost compare re-reads both and retries with jitter.</summary>
     private async Task<int> AllocateFromAsync(NodeView view, BlockState bs, HandleState handle, int want, Dictionary<string, string> attrs, bool ownOnly, List<AssignedAddress> assigned, CancellationToken ct)
     {
-        for (int attempt = 0; attempt < options.MaxAttempts; attempt++)
+        var ordinals = await EditAndCommitAsync(bs, handle, block =>
         {
-            var block = bs.Block;
             if (block is null || block.Unallocated.Count == 0 || (ownOnly && block.Affinity != Keys.AffinityOf(view.Node)))
             {
-                return 0;
+                return null;
             }
 
-            var saved = handle.Handle is null ? null : CloneHandle(handle.Handle);
-            var ordinals = BlockLogic.Allocate(block, want, handle.Id, attrs);
-            handle.Add(bs.Cidr, ordinals.Count);
-            if (await CommitAsync(bs, [handle], [], [], ct).ConfigureAwait(false))
-            {
-                foreach (int o in ordinals)
-                {
-                    assigned.Add(new AssignedAddress(bs.Cidr.AddressAt((UInt128)o), bs.Cidr, block.SequenceNumber));
-                }
-
-                if (ownOnly)
-                {
-                    SetHint(view.Node, bs.Cidr);
-                }
-
-                return ordinals.Count;
-            }
-
-            handle.Handle = saved;
-            await RefreshAsync(bs, [handle], ct).ConfigureAwait(false);
-            await BackoffAsync(attempt, ct).ConfigureAwait(false);
+            var taken = BlockLogic.Allocate(block, want, handle.Id, attrs);
+            handle.Add(bs.Cidr, taken.Count);
+            return taken;
+        }, $"allocating from block {bs.Cidr}", ct).ConfigureAwait(false);
+        if (ordinals is null)
+        {
+            return 0;
         }
 
-        throw Conflict($"allocating from block {bs.Cidr}");
+        foreach (int o in ordinals)
+        {
+            assigned.Add(new AssignedAddress(bs.Cidr.AddressAt((UInt128)o), bs.Cidr, bs.Block!.SequenceNumber));
+        }
+
+        if (ownOnly)
+        {
+            SetHint(view.Node, bs.Cidr);
+        }
+
+        return ordinals.Count;
     }
 
     /// <summary>Claims a free block for the node: one keys-only range read finds it, then the two-phase
@@ -535,10 +530,13 @@ public sealed partial class IpamClient
             ["timestamp"] = BlockLogic.FormatGoTime(Now),
         };
         int ordinal = (int)cidr.OffsetOf(address);
-        for (int attempt = 0; attempt < options.MaxAttempts; attempt++)
+        var written = await EditAndCommitAsync(bs, handle, block =>
         {
-            var block = bs.Block ?? throw new IpamException(IpamErrorKind.Conflict, $"block {cidr} vanished while assigning {address}; try again");
-            var saved = handle.Handle is null ? null : CloneHandle(handle.Handle);
+            if (block is null)
+            {
+                throw new IpamException(IpamErrorKind.Conflict, $"block {cidr} vanished while assigning {address}; try again");
+            }
+
             if (!BlockLogic.AllocateOrdinal(block, ordinal, handleId, attrs))
             {
                 var holder = BlockLogic.AttributeOf(block, ordinal)?.HandleId;
@@ -546,16 +544,8 @@ public sealed partial class IpamClient
             }
 
             handle.Add(cidr, 1);
-            if (await CommitAsync(bs, [handle], [], [], ct).ConfigureAwait(false))
-            {
-                return new AssignedAddress(address, cidr, block.SequenceNumber);
-            }
-
-            handle.Handle = saved;
-            await RefreshAsync(bs, [handle], ct).ConfigureAwait(false);
-            await BackoffAsync(attempt, ct).ConfigureAwait(false);
-        }
-
-        throw Conflict($"assigning {address}");
+            return block;
+        }, $"assigning {address}", ct).ConfigureAwait(false);
+        return new AssignedAddress(address, cidr, written!.SequenceNumber);
     }
 }

@@ -22,7 +22,7 @@ public sealed partial class IpamClient
     private async Task<int> ReleaseByHandleCoreAsync(string handleId, CancellationToken ct)
     {
         var handle = HandleState.From(handleId, await store.GetAsync(Keys.Handle(handleId), ct).ConfigureAwait(false));
-        if (handle.Handle?.Block is not { Count: > 0 } blocks)
+        if (handle.Handle?.Block is not { Count: > 0 })
         {
             if (handle.Rev != 0)
             {
@@ -34,7 +34,7 @@ public sealed partial class IpamClient
         }
 
         int freed = 0;
-        var cidrs = blocks.Keys.Select(k => IpNet.TryParse(k, true, out var c, out _) ? c : (IpNet?)null).OfType<IpNet>().ToList();
+        var cidrs = BlocksOf(handle.Handle);
         var r = await store.ReadAsync([.. cidrs.Select(c => KvRead.One(Keys.Block(c)))], ct).ConfigureAwait(false);
         for (int i = 0; i < cidrs.Count; i++)
         {
@@ -47,7 +47,6 @@ public sealed partial class IpamClient
                     throw Conflict($"releasing handle {handleId} in block {cidr}");
                 }
 
-                var saved = handle.Handle is null ? null : CloneHandle(handle.Handle);
                 int n = 0;
                 if (bs.Block is not null)
                 {
@@ -57,7 +56,7 @@ public sealed partial class IpamClient
                 // The handle forgets this block whatever it counted: the block is the truth.
                 handle.Handle?.Block?.Remove(cidr.ToString());
                 bool ok = n == 0
-                    ? (await store.TxnAsync([new(handle.Key, handle.Rev)], [handle.Op()], ct).ConfigureAwait(false)) is { Succeeded: true } t && SetRev(handle, t.Revision)
+                    ? await CommitHandleAsync(handle, ct).ConfigureAwait(false)
                     : await CommitAsync(bs, [handle], [], [], ct).ConfigureAwait(false);
                 if (ok)
                 {
@@ -65,7 +64,6 @@ public sealed partial class IpamClient
                     break;
                 }
 
-                handle.Handle = saved;
                 await RefreshAsync(bs, [handle], ct).ConfigureAwait(false);
                 if (handle.Handle?.Block?.ContainsKey(cidr.ToString()) != true)
                 {
@@ -83,12 +81,18 @@ public sealed partial class IpamClient
         }
 
         return freed;
+    }
 
-        static bool SetRev(HandleState h, long rev)
+    /// <summary>Writes a handle alone (its block unchanged), compared against the revision it was read at.</summary>
+    private async Task<bool> CommitHandleAsync(HandleState handle, CancellationToken ct)
+    {
+        var t = await store.TxnAsync([new(handle.Key, handle.Rev)], [handle.Op()], ct).ConfigureAwait(false);
+        if (t.Succeeded)
         {
-            h.Rev = h.Handle?.Block is { Count: > 0 } ? rev : 0;
-            return true;
+            handle.Committed(t.Revision);
         }
+
+        return t.Succeeded;
     }
 
     /// <summary>Releases given addresses. An address with a sequence number is released only if it is
@@ -102,7 +106,8 @@ public sealed partial class IpamClient
     private async Task<IReadOnlyList<IPAddress>> ReleaseCoreAsync(IReadOnlyList<ReleaseRequest> addresses, CancellationToken ct)
     {
         var freed = new List<IPAddress>();
-        foreach (var group in (await GroupByBlockAsync(addresses, ct).ConfigureAwait(false)).GroupBy(x => x.Block))
+        var pools = PoolsFrom(await store.ListAsync(Keys.PoolPrefix, keysOnly: false, ct).ConfigureAwait(false));
+        foreach (var group in (await GroupByBlockAsync(addresses, pools, ct).ConfigureAwait(false)).GroupBy(x => x.Block))
         {
             var cidr = group.Key;
             var bs = BlockState.From(cidr, await store.GetAsync(Keys.Block(cidr), ct).ConfigureAwait(false));
@@ -165,9 +170,8 @@ public sealed partial class IpamClient
 
     /// <summary>Finds the block of each address: where a pool holds it, the block its block size gives
     /// (one batched read); otherwise (pool deleted or resized) from a keys-only read of the block keys.</summary>
-    private async Task<List<(ReleaseRequest Req, IpNet Block)>> GroupByBlockAsync(IReadOnlyList<ReleaseRequest> addresses, CancellationToken ct)
+    private async Task<List<(ReleaseRequest Req, IpNet Block)>> GroupByBlockAsync(IReadOnlyList<ReleaseRequest> addresses, List<IpPool> pools, CancellationToken ct)
     {
-        var pools = PoolsFrom(await store.ListAsync(Keys.PoolPrefix, keysOnly: false, ct).ConfigureAwait(false));
         var guesses = addresses.Select(a => pools.FirstOrDefault(p => p.Cidr.Contains(a.Address)) is { } p ? IpNet.Enclosing(a.Address, p.BlockSize) : (IpNet?)null).ToList();
         var probe = guesses.OfType<IpNet>().Distinct().ToList();
         var found = new HashSet<IpNet>();
@@ -303,19 +307,19 @@ public sealed partial class IpamClient
 
     private async Task<IpLookup?> LookupCoreAsync(IPAddress address, CancellationToken ct)
     {
-        if ((await GroupByBlockAsync([new ReleaseRequest(address)], ct).ConfigureAwait(false)) is not [var (_, cidr)])
+        var pools = PoolsFrom(await store.ListAsync(Keys.PoolPrefix, keysOnly: false, ct).ConfigureAwait(false));
+        if ((await GroupByBlockAsync([new ReleaseRequest(address)], pools, ct).ConfigureAwait(false)) is not [var (_, cidr)])
         {
             return null;
         }
 
-        var r = await store.ReadAsync([KvRead.One(Keys.Block(cidr)), KvRead.Under(Keys.PoolPrefix)], ct).ConfigureAwait(false);
-        var bs = BlockState.From(cidr, r[0].FirstOrDefault());
+        var bs = BlockState.From(cidr, await store.GetAsync(Keys.Block(cidr), ct).ConfigureAwait(false));
         if (bs.Block is null)
         {
             return null;
         }
 
-        var pool = PoolsFrom(r[1]).FirstOrDefault(p => p.Cidr.Contains(address))?.Name;
+        var pool = pools.FirstOrDefault(p => p.Cidr.Contains(address))?.Name;
         int o = (int)cidr.OffsetOf(address);
         var attr = BlockLogic.AttributeOf(bs.Block, o);
         bool allocated = bs.Block.Allocations[o] is not null;
@@ -376,28 +380,39 @@ public sealed partial class IpamClient
         return RunAsync($"reading handle {handleId}", async t =>
         {
             var h = await store.GetAsync(Keys.Handle(handleId), t).ConfigureAwait(false);
-            var list = new List<AssignedAddress>();
-            if (h is null)
-            {
-                return (IReadOnlyList<AssignedAddress>)list;
-            }
-
-            var handle = RecordJson.DecodeHandle(h.Value, h.Key);
-            foreach (var key in handle.Block?.Keys ?? Enumerable.Empty<string>())
-            {
-                if (!IpNet.TryParse(key, true, out var cidr, out _) || await store.GetAsync(Keys.Block(cidr), t).ConfigureAwait(false) is not { } e)
-                {
-                    continue;
-                }
-
-                var block = RecordJson.DecodeBlock(e.Value, e.Key);
-                foreach (int o in BlockLogic.OrdinalsOf(block, handleId))
-                {
-                    list.Add(new AssignedAddress(cidr.AddressAt((UInt128)o), cidr, BlockLogic.SequenceOf(block, o) ?? 0));
-                }
-            }
-
-            return list;
+            return await HeldAddressesAsync(handleId, h is null ? null : RecordJson.DecodeHandle(h.Value, h.Key), t).ConfigureAwait(false);
         }, ct);
+    }
+
+    /// <summary>The blocks a handle names, skipping keys that are not CIDRs.</summary>
+    private static List<IpNet> BlocksOf(IpamHandle? handle) =>
+        [.. (handle?.Block?.Keys ?? Enumerable.Empty<string>()).Select(k => IpNet.TryParse(k, true, out var c, out _) ? c : (IpNet?)null).OfType<IpNet>()];
+
+    /// <summary>The addresses the blocks hold for a handle, its blocks read in one round trip.</summary>
+    private async Task<IReadOnlyList<AssignedAddress>> HeldAddressesAsync(string handleId, IpamHandle? handle, CancellationToken ct)
+    {
+        var cidrs = BlocksOf(handle);
+        var list = new List<AssignedAddress>();
+        if (cidrs.Count == 0)
+        {
+            return list;
+        }
+
+        var r = await store.ReadAsync([.. cidrs.Select(c => KvRead.One(Keys.Block(c)))], ct).ConfigureAwait(false);
+        for (int i = 0; i < cidrs.Count; i++)
+        {
+            if (r[i].FirstOrDefault() is not { } e)
+            {
+                continue;
+            }
+
+            var block = RecordJson.DecodeBlock(e.Value, e.Key);
+            foreach (int o in BlockLogic.OrdinalsOf(block, handleId))
+            {
+                list.Add(new AssignedAddress(cidrs[i].AddressAt((UInt128)o), cidrs[i], BlockLogic.SequenceOf(block, o) ?? 0));
+            }
+        }
+
+        return list;
     }
 }

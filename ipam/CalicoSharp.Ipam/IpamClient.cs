@@ -233,13 +233,10 @@ public sealed partial class IpamClient : IDisposable
 
         /// <summary>The op that writes this handle: a put, or a delete once it holds nothing.</summary>
         public KvOp Op() => Handle?.Block is { Count: > 0 } ? KvOp.Put(Key, RecordJson.Encode(Handle)) : KvOp.Delete(Key);
-    }
 
-    private static IpamHandle CloneHandle(IpamHandle h) => new()
-    {
-        Block = h.Block is null ? null : new Dictionary<string, int>(h.Block, StringComparer.Ordinal),
-        Deleted = h.Deleted,
-    };
+        /// <summary>Records a successful write of <see cref="Op"/> at <paramref name="revision"/>.</summary>
+        public void Committed(long revision) => Rev = Handle?.Block is { Count: > 0 } ? revision : 0;
+    }
 
     /// <summary>Writes a block and the handles it touched in one transaction that compares them all.</summary>
     private async Task<bool> CommitAsync(BlockState bs, IReadOnlyList<HandleState> handles, IReadOnlyList<KvOp> extraOps, IReadOnlyList<KvCompare> extraCompares, CancellationToken ct)
@@ -261,11 +258,37 @@ public sealed partial class IpamClient : IDisposable
             bs.Rev = bs.Block is null ? 0 : result.Revision;
             foreach (var h in handles)
             {
-                h.Rev = h.Handle?.Block is { Count: > 0 } ? result.Revision : 0;
+                h.Committed(result.Revision);
             }
         }
 
         return result.Succeeded;
+    }
+
+    /// <summary>Edits a block and one handle and writes both in one transaction; a lost compare re-reads
+    /// both (discarding the edit) and edits again, with jittered back-off. <paramref name="edit"/> returns
+    /// null to stop without writing.</summary>
+    private async Task<T?> EditAndCommitAsync<T>(BlockState bs, HandleState handle, Func<AllocationBlock?, T?> edit, string what, CancellationToken ct)
+        where T : class
+    {
+        for (int attempt = 0; attempt < options.MaxAttempts; attempt++)
+        {
+            var result = edit(bs.Block);
+            if (result is null)
+            {
+                return null;
+            }
+
+            if (await CommitAsync(bs, [handle], [], [], ct).ConfigureAwait(false))
+            {
+                return result;
+            }
+
+            await RefreshAsync(bs, [handle], ct).ConfigureAwait(false);
+            await BackoffAsync(attempt, ct).ConfigureAwait(false);
+        }
+
+        throw Conflict(what);
     }
 
     /// <summary>Re-reads a block and handles after a lost compare, in one round trip.</summary>
