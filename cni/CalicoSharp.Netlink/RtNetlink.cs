@@ -79,30 +79,14 @@ public sealed class RtNetlink : IDisposable
         var m = new MessageBuilder(Rt.RTM_GETLINK, Nl.NLM_F_REQUEST);
         m.IfInfo(Rt.AF_UNSPEC, 0);
         m.AttrString(Rt.IFLA_IFNAME, name);
-        try
-        {
-            var reply = socket.Query(m, $"getting link {name}");
-            return reply.Count == 0 ? null : ParseLink(reply[0].Payload);
-        }
-        catch (NetlinkException e) when (e.NotFound)
-        {
-            return null;
-        }
+        return QueryOne(m, $"getting link {name}", ParseLink, e => e.NotFound);
     }
 
     public Link? GetLink(int index)
     {
         var m = new MessageBuilder(Rt.RTM_GETLINK, Nl.NLM_F_REQUEST);
         m.IfInfo(Rt.AF_UNSPEC, index);
-        try
-        {
-            var reply = socket.Query(m, $"getting link #{index}");
-            return reply.Count == 0 ? null : ParseLink(reply[0].Payload);
-        }
-        catch (NetlinkException e) when (e.NotFound)
-        {
-            return null;
-        }
+        return QueryOne(m, $"getting link #{index}", ParseLink, e => e.NotFound);
     }
 
     public List<Link> ListLinks()
@@ -143,15 +127,7 @@ public sealed class RtNetlink : IDisposable
         var m = new MessageBuilder(Rt.RTM_DELLINK, Nl.NLM_F_REQUEST);
         m.IfInfo(Rt.AF_UNSPEC, 0);
         m.AttrString(Rt.IFLA_IFNAME, name);
-        try
-        {
-            socket.Request(m, $"deleting link {name}");
-            return true;
-        }
-        catch (NetlinkException e) when (e.NotFound)
-        {
-            return false;
-        }
+        return RequestIfPresent(m, $"deleting link {name}", e => e.NotFound);
     }
 
     // ---- addresses --------------------------------------------------------------------------------
@@ -171,15 +147,8 @@ public sealed class RtNetlink : IDisposable
     public bool DeleteAddress(int index, IPAddress address, int prefixLength)
     {
         ArgumentNullException.ThrowIfNull(address);
-        try
-        {
-            socket.Request(AddressMessage(Rt.RTM_DELADDR, Nl.NLM_F_REQUEST, index, address, prefixLength), $"deleting address {address}/{prefixLength} from link #{index}");
-            return true;
-        }
-        catch (NetlinkException e) when (e.NotFound || e.Errno == 99) // EADDRNOTAVAIL
-        {
-            return false;
-        }
+        return RequestIfPresent(AddressMessage(Rt.RTM_DELADDR, Nl.NLM_F_REQUEST, index, address, prefixLength),
+            $"deleting address {address}/{prefixLength} from link #{index}", e => e.NotFound || e.Errno == 99); // EADDRNOTAVAIL
     }
 
     public List<InterfaceAddress> ListAddresses(int index = 0, AddressFamily family = AddressFamily.Unspecified)
@@ -247,15 +216,7 @@ public sealed class RtNetlink : IDisposable
     public bool DeleteRoute(Route route)
     {
         ArgumentNullException.ThrowIfNull(route);
-        try
-        {
-            socket.Request(RouteMessage(Rt.RTM_DELROUTE, Nl.NLM_F_REQUEST, route), $"deleting route {route}");
-            return true;
-        }
-        catch (NetlinkException e) when (e.NotFound)
-        {
-            return false;
-        }
+        return RequestIfPresent(RouteMessage(Rt.RTM_DELROUTE, Nl.NLM_F_REQUEST, route), $"deleting route {route}", e => e.NotFound);
     }
 
     /// <summary>Routes of one family, optionally of one table (0: all tables).</summary>
@@ -283,15 +244,7 @@ public sealed class RtNetlink : IDisposable
         var m = new MessageBuilder(Rt.RTM_GETROUTE, Nl.NLM_F_REQUEST);
         m.RtMsg(v6 ? Rt.AF_INET6 : Rt.AF_INET, (byte)(v6 ? 128 : 32), 0, 0, 0, 0);
         m.AttrAddress(Rt.RTA_DST, destination);
-        try
-        {
-            var reply = socket.Query(m, $"getting the route to {destination}");
-            return reply.Count == 0 ? null : ParseRoute(reply[0].Payload);
-        }
-        catch (NetlinkException e) when (e.Errno is 101 or 113 or 22) // ENETUNREACH, EHOSTUNREACH, EINVAL
-        {
-            return null;
-        }
+        return QueryOne(m, $"getting the route to {destination}", ParseRoute, e => e.Errno is 101 or 113 or 22); // ENETUNREACH, EHOSTUNREACH, EINVAL
     }
 
     private static MessageBuilder RouteMessage(ushort type, ushort flags, Route r)
@@ -441,15 +394,7 @@ public sealed class RtNetlink : IDisposable
         var m = new MessageBuilder(Rt.RTM_DELNEIGH, Nl.NLM_F_REQUEST);
         m.NdMsg(address.AddressFamily == AddressFamily.InterNetworkV6 ? Rt.AF_INET6 : Rt.AF_INET, index, 0);
         m.AttrAddress(Rt.NDA_DST, address);
-        try
-        {
-            socket.Request(m, $"deleting neighbour {address} on link #{index}");
-            return true;
-        }
-        catch (NetlinkException e) when (e.NotFound)
-        {
-            return false;
-        }
+        return RequestIfPresent(m, $"deleting neighbour {address} on link #{index}", e => e.NotFound);
     }
 
     public List<Neighbour> ListNeighbours(int index = 0, AddressFamily family = AddressFamily.Unspecified)
@@ -487,6 +432,35 @@ public sealed class RtNetlink : IDisposable
         }
 
         return list;
+    }
+
+    /// <summary>A get answered by one message; null when <paramref name="absent"/> says the kernel found none.</summary>
+    private T? QueryOne<T>(MessageBuilder m, string operation, Func<byte[], T?> parse, Func<NetlinkException, bool> absent)
+        where T : class
+    {
+        try
+        {
+            var reply = socket.Query(m, operation);
+            return reply.Count == 0 ? null : parse(reply[0].Payload);
+        }
+        catch (NetlinkException e) when (absent(e))
+        {
+            return null;
+        }
+    }
+
+    /// <summary>A request on an object that may be gone already: false when <paramref name="absent"/> says so.</summary>
+    private bool RequestIfPresent(MessageBuilder m, string operation, Func<NetlinkException, bool> absent)
+    {
+        try
+        {
+            socket.Request(m, operation);
+            return true;
+        }
+        catch (NetlinkException e) when (absent(e))
+        {
+            return false;
+        }
     }
 
     private static byte Family(AddressFamily f) => f switch

@@ -98,18 +98,8 @@ public sealed class DispatcherTests : IDisposable
     private static string Conf(string version = "1.1.0", string extra = "") =>
         $$"""{"cniVersion":"{{version}}","name":"k8s-pod-network","type":"calicosharp","nodename":"node1","ipam":{"type":"calicosharp-ipam","assign_ipv6":"true"}{{extra}}}""";
 
-    private async Task<(int Code, JsonElement Out)> Run(Dictionary<string, string> env, string stdin, PluginKind kind = PluginKind.Network, Action<string>? afterStep = null)
-    {
-        using var stdout = new MemoryStream();
-        int code = await Plugin.RunAsync(kind, env, Encoding.UTF8.GetBytes(stdin), stdout, new PluginOptions
-        {
-            Ipam = _ => ipam,
-            Dataplane = () => dataplane,
-            AfterStep = afterStep,
-        });
-        var text = Encoding.UTF8.GetString(stdout.ToArray());
-        return (code, text.Length == 0 ? default : JsonDocument.Parse(text).RootElement.Clone());
-    }
+    private Task<(int Code, JsonElement Out)> Run(Dictionary<string, string> env, string stdin, PluginKind kind = PluginKind.Network, Action<string>? afterStep = null) =>
+        PluginHarness.RunAsync(kind, env, stdin, new PluginOptions { Ipam = _ => ipam, Dataplane = () => dataplane, AfterStep = afterStep });
 
     [Theory]
     [InlineData(null, "CNI_COMMAND is not set")]
@@ -181,11 +171,7 @@ public sealed class DispatcherTests : IDisposable
     }
 
     [Theory]
-    [InlineData("0.3.0")]
-    [InlineData("0.3.1")]
-    [InlineData("0.4.0")]
-    [InlineData("1.0.0")]
-    [InlineData("1.1.0")]
+    [MemberData(nameof(PluginHarness.Versions), MemberType = typeof(PluginHarness))]
     public async Task ADD_result_has_the_shape_of_the_asked_version(string version)
     {
         var (code, o) = await Run(Env("ADD", ("CNI_ARGS", "K8S_POD_NAMESPACE=default;K8S_POD_NAME=web-1")), Conf(version));

@@ -67,26 +67,16 @@ public sealed class PodLabTests : IDisposable
         ["CALICOSHARP_STATE_DIR"] = stateDir,
     };
 
-    private async Task<(int Code, JsonElement Out)> Run(Dictionary<string, string> env, string conf, PluginKind kind = PluginKind.Network, Action<string>? afterStep = null)
-    {
-        using var stdout = new MemoryStream();
-        int code = await Plugin.RunAsync(kind, env, Encoding.UTF8.GetBytes(conf), stdout, new PluginOptions
-        {
-            Dataplane = () => new LinuxDataplane(nodeNs),
-            AfterStep = afterStep,
-        });
-        return (code, Parse(stdout.ToArray()));
-    }
+    private Task<(int Code, JsonElement Out)> Run(Dictionary<string, string> env, string conf, PluginKind kind = PluginKind.Network, Action<string>? afterStep = null) =>
+        PluginHarness.RunAsync(kind, env, conf, new PluginOptions { Dataplane = () => new LinuxDataplane(nodeNs), AfterStep = afterStep });
 
     /// <summary>The plugin as a process in the node namespace, as a runtime runs it.</summary>
     private async Task<(int Code, JsonElement Out)> RunProcess(Dictionary<string, string> env, string conf)
     {
         var dll = RepoPaths.ProjectDll("cni/calicosharp", "calicosharp");
         var r = await ProcessRunner.RunAsync("ip", ["netns", "exec", node.Name, "dotnet", dll], TimeSpan.FromSeconds(60), env.ToDictionary(k => k.Key, k => (string?)k.Value), conf);
-        return (r.ExitCode, Parse(Encoding.UTF8.GetBytes(r.Stdout)));
+        return (r.ExitCode, PluginHarness.Parse(Encoding.UTF8.GetBytes(r.Stdout)));
     }
-
-    private static JsonElement Parse(byte[] b) => b.Length == 0 ? default : JsonDocument.Parse(b).RootElement.Clone();
 
     private static string WithPrev(string conf, JsonElement result) => conf[..^1] + ",\"prevResult\":" + result.GetRawText() + "}";
 
@@ -107,11 +97,7 @@ public sealed class PodLabTests : IDisposable
     }
 
     [Theory]
-    [InlineData("0.3.0")]
-    [InlineData("0.3.1")]
-    [InlineData("0.4.0")]
-    [InlineData("1.0.0")]
-    [InlineData("1.1.0")]
+    [MemberData(nameof(PluginHarness.Versions), MemberType = typeof(PluginHarness))]
     public async Task ADD_CHECK_DEL_as_a_process_for_every_version(string version)
     {
         var pod = NewPod();
@@ -360,7 +346,7 @@ public sealed class PodLabTests : IDisposable
         env["CNI_PATH"] = $"{cniPath}:/usr/lib/cni";
         var r = await ProcessRunner.RunAsync("ip", ["netns", "exec", node.Name, "/usr/lib/cni/ptp"], TimeSpan.FromSeconds(60), env.ToDictionary(k => k.Key, k => (string?)k.Value), conf);
         Assert.True(r.ExitCode == 0, r.Stdout + r.Stderr);
-        var ip = Address(Parse(Encoding.UTF8.GetBytes(r.Stdout)), AddressFamily.InterNetwork);
+        var ip = Address(PluginHarness.Parse(Encoding.UTF8.GetBytes(r.Stdout)), AddressFamily.InterNetwork);
         Assert.True(IpNet.Parse("10.77.0.0/16").Contains(ip), ip.ToString());
         Assert.Equal("ptp-net.ptp1", (await ipam.LookupAsync(ip))!.HandleId);
         env["CNI_COMMAND"] = "DEL";
