@@ -164,7 +164,7 @@ public static class Plugin
             long netlinkStart = System.Diagnostics.Stopwatch.GetTimestamp();
             var interfaces = dataplane.Setup(ctx, ips.Ips, step);
             ctx.Log.Debug(FormattableString.Invariant(
-                $"timing ipam={ipamTime.TotalMilliseconds:0.00}ms netlink={System.Diagnostics.Stopwatch.GetElapsedTime(netlinkStart).TotalMilliseconds:0.00}ms since-start={(DateTime.Now - System.Diagnostics.Process.GetCurrentProcess().StartTime).TotalMilliseconds:0.00}ms"));
+                $"timing ipam={ipamTime.TotalMilliseconds:0.00}ms netlink={System.Diagnostics.Stopwatch.GetElapsedTime(netlinkStart).TotalMilliseconds:0.00}ms"));
             var routes = new List<CniRoute>();
             if (ips.Ips.Any(i => !i.IsIPv6))
             {
