@@ -1,0 +1,784 @@
+using System.Net;
+
+namespace CalicoSharp.Bgp;
+
+/// <summary>
+/// Adj-RIB-In, Loc-RIB and Adj-RIB-Out in one table keyed by prefix. Each entry holds every peer's path
+/// for the prefix in preference order (the decision process keeps the list sorted) and, per peer, whether
+/// the prefix is advertised to it and whether a change waits for it. A change queues the entry for every
+/// established peer once; each peer's queue is turned into packed UPDATEs while that peer's output queue
+/// has room, so a slow peer only delays itself. Runs on the speaker's event loop only.
+/// </summary>
+public sealed class Rib
+{
+    private const int ExportBatch = 2048;
+
+    private readonly BgpSpeaker _speaker;
+    private readonly HashSet<RouteEntry> _table = new(RouteEntryComparer.Instance);
+    private readonly RouteEntry _probe = new(default);
+    private readonly AttributeInterner _interner = new();
+    private readonly List<RouteEntry> _changed = [];
+    private readonly HashSet<BgpPeer> _exportDue = [];
+    private bool _flushScheduled;
+
+    internal Rib(BgpSpeaker speaker)
+    {
+        _speaker = speaker;
+    }
+
+    public int Count => _table.Count;
+
+    public int AttributeSets => _interner.Count;
+
+    /// <summary>Raised (on the loop) after a batch of changes, once per changed prefix: the best path(s) may differ.</summary>
+    public event Action<IReadOnlyList<RouteEntry>>? BestChanged;
+
+    /// <summary>Raised (on the loop) when a peer sent End-of-RIB for a family.</summary>
+    public event Action<BgpPeer, Afi>? EndOfRibReceived;
+
+    public RouteEntry? Find(Prefix prefix)
+    {
+        _probe.Prefix = prefix;
+        return _table.TryGetValue(_probe, out RouteEntry? e) ? e : null;
+    }
+
+    public IEnumerable<RouteEntry> Entries => _table;
+
+    /// <summary>The longest prefix holding <paramref name="address"/> with a usable path.</summary>
+    public RouteEntry? LongestMatch(IPAddress address)
+    {
+        int max = address.AddressFamily == System.Net.Sockets.AddressFamily.InterNetwork ? 32 : 128;
+        for (int len = max; len >= 0; len--)
+        {
+            if (Find(Prefix.FromAddress(address, len)) is { Best: not null } e)
+            {
+                return e;
+            }
+        }
+        return null;
+    }
+
+    /// <summary>The paths to install: the best and those equal to it up to the tie-breakers (ECMP).</summary>
+    public IReadOnlyList<RoutePath> Multipath(RouteEntry entry)
+    {
+        ArgumentNullException.ThrowIfNull(entry);
+        var result = new List<RoutePath>(1);
+        RoutePath? best = entry.Best;
+        if (best is null)
+        {
+            return result;
+        }
+        result.Add(best);
+        for (RoutePath? p = best.Next; p is not null && result.Count < _speaker.Config.MaxPaths; p = p.Next)
+        {
+            if (p.Filtered || Decision.Compare(best, p, multipath: true).Result != 0)
+            {
+                break;
+            }
+            if (!result.Exists(r => r.Attributes.NextHop == p.Attributes.NextHop))
+            {
+                result.Add(p);
+            }
+        }
+        return result;
+    }
+
+    // ---- local routes ----
+
+    /// <summary>Announces a prefix from this speaker (next hop self toward every peer).</summary>
+    public void Originate(Prefix prefix, PathAttributes? attributes = null)
+    {
+        PathAttributes a = _interner.Intern(attributes ?? new PathAttributes { Origin = Origin.Igp });
+        Upsert(prefix, null, a, filtered: false);
+        _interner.ReleaseIfUnused(a);
+        ScheduleFlush();
+    }
+
+    public void WithdrawLocal(Prefix prefix)
+    {
+        Remove(prefix, null);
+        ScheduleFlush();
+    }
+
+    // ---- from peers ----
+
+    internal void OnUpdate(BgpPeer peer, UpdateMessage u)
+    {
+        if (u.Error is { } error && u.TreatAsWithdraw)
+        {
+            _speaker.Log(BgpLogLevel.Warning, $"peer {peer.Config.DisplayName}: malformed UPDATE handled as withdraw (RFC 7606): {NotificationMessage.Describe(error.Code, error.Subcode)}: {error.Message}");
+        }
+        foreach (string d in u.Discarded)
+        {
+            _speaker.Log(BgpLogLevel.Info, $"peer {peer.Config.DisplayName}: {d}");
+        }
+        foreach (Prefix p in u.Withdrawn)
+        {
+            Remove(p, peer);
+        }
+        foreach (Prefix p in u.MpUnreach)
+        {
+            Remove(p, peer);
+        }
+        if (u.EndOfRib is { } eor)
+        {
+            if (peer.RoutesStale)
+            {
+                FlushStale(peer, eor);
+            }
+            EndOfRibReceived?.Invoke(peer, eor);
+        }
+        if (u.Attributes is not null && u.Nlri.Count > 0)
+        {
+            Announce(peer, u.Attributes, u.Nlri);
+        }
+        if (u.MpReach.Count > 0 && u.MpAttributes() is { } mp)
+        {
+            Announce(peer, mp, u.MpReach);
+        }
+        if (peer.Config.MaxPrefixes is { } limit && peer.PrefixesReceived > limit)
+        {
+            _speaker.Log(BgpLogLevel.Warning, $"peer {peer.Config.DisplayName}: {peer.PrefixesReceived} prefixes, more than the limit of {limit}: closing the session");
+            byte[] data = new byte[7];
+            System.Buffers.Binary.BinaryPrimitives.WriteUInt16BigEndian(data, (ushort)(u.MpReach.Count > 0 ? u.MpReachAfi : Afi.IPv4));
+            data[2] = 1;
+            System.Buffers.Binary.BinaryPrimitives.WriteUInt32BigEndian(data.AsSpan(3), (uint)limit);
+            peer.Shutdown(new BgpProtocolException(ErrorCode.Cease, Subcode.MaximumPrefixesReached, $"more than {limit} prefixes", data));
+        }
+        ScheduleFlush();
+    }
+
+    private void Announce(BgpPeer peer, PathAttributes received, List<Prefix> prefixes)
+    {
+        string? reject = SessionRules(peer, received);
+        if (reject is not null)
+        {
+            // Not an error, but the routes are unusable: a previous announcement of the prefix goes (RFC 4271 §9.1.2).
+            _speaker.Log(BgpLogLevel.Debug, $"peer {peer.Config.DisplayName}: {prefixes.Count} prefixes ignored: {reject}");
+            foreach (Prefix p in prefixes)
+            {
+                Remove(p, peer);
+            }
+            return;
+        }
+        PathAttributes a = received;
+        if (peer.IsEbgp && a.LocalPref is not null)
+        {
+            // RFC 4271 §5.1.5: LOCAL_PREF from an external peer is ignored.
+            a = a with { LocalPref = null };
+        }
+        a = _interner.Intern(a);
+        RoutePolicy? import = peer.Config.Import ?? _speaker.Import;
+        foreach (Prefix p in prefixes)
+        {
+            if (!peer.Families.Contains(p.Family))
+            {
+                continue;
+            }
+            PathAttributes use = a;
+            bool filtered = false;
+            if (import is not null)
+            {
+                PathAttributes edited = a;
+                filtered = import(peer, p, ref edited) == PolicyResult.Reject;
+                if (!ReferenceEquals(edited, a))
+                {
+                    use = _interner.Intern(edited);
+                }
+            }
+            Upsert(p, peer, use, filtered);
+            if (!ReferenceEquals(use, a))
+            {
+                _interner.ReleaseIfUnused(use);
+            }
+        }
+        _interner.ReleaseIfUnused(a);
+    }
+
+    /// <summary>Loop and sanity rules that make a path unusable (RFC 4271 §9.1.2, RFC 4456 §8).</summary>
+    private string? SessionRules(BgpPeer peer, PathAttributes a)
+    {
+        if (peer.IsEbgp)
+        {
+            if (a.AsPath.Contains(peer.LocalAs))
+            {
+                return $"AS_PATH [{a.AsPath}] holds our AS {peer.LocalAs}";
+            }
+        }
+        else
+        {
+            if (a.OriginatorId == _speaker.Config.RouterId)
+            {
+                return "ORIGINATOR_ID is our router id";
+            }
+            if (Array.IndexOf(a.ClusterList, _speaker.Config.EffectiveClusterId) >= 0)
+            {
+                return "CLUSTER_LIST holds our cluster id";
+            }
+        }
+        if (a.HasNextHop && peer.SessionLocalAddress is { } local && a.NextHop.Address.Equals(local))
+        {
+            return $"NEXT_HOP {local} is our own address";
+        }
+        return null;
+    }
+
+    private void Upsert(Prefix prefix, BgpPeer? peer, PathAttributes attributes, bool filtered)
+    {
+        _probe.Prefix = prefix;
+        if (!_table.TryGetValue(_probe, out RouteEntry? entry))
+        {
+            entry = new RouteEntry(prefix);
+            _table.Add(entry);
+        }
+        RoutePath? path = Unlink(entry, peer);
+        if (path is null)
+        {
+            path = new RoutePath(peer, attributes);
+            if (peer is not null)
+            {
+                peer.PrefixesReceived++;
+            }
+        }
+        else
+        {
+            if (ReferenceEquals(path.Attributes, attributes) && path.Filtered == filtered && !path.Stale)
+            {
+                Insert(entry, path);
+                return;
+            }
+            _interner.Release(path.Attributes);
+            if (peer is not null && !path.Filtered)
+            {
+                peer.PrefixesAccepted--;
+            }
+            path.Attributes = attributes;
+        }
+        AttributeInterner.AddReference(attributes);
+        path.Filtered = filtered;
+        path.Stale = false;
+        if (peer is not null && !filtered)
+        {
+            peer.PrefixesAccepted++;
+        }
+        Insert(entry, path);
+        Changed(entry);
+    }
+
+    private void Remove(Prefix prefix, BgpPeer? peer)
+    {
+        _probe.Prefix = prefix;
+        if (!_table.TryGetValue(_probe, out RouteEntry? entry))
+        {
+            return;
+        }
+        RoutePath? path = Unlink(entry, peer);
+        if (path is null)
+        {
+            return;
+        }
+        Forget(path);
+        Changed(entry);
+    }
+
+    private void Forget(RoutePath path)
+    {
+        _interner.Release(path.Attributes);
+        if (path.Peer is { } peer)
+        {
+            peer.PrefixesReceived--;
+            if (!path.Filtered)
+            {
+                peer.PrefixesAccepted--;
+            }
+        }
+    }
+
+    private static RoutePath? Unlink(RouteEntry entry, BgpPeer? peer)
+    {
+        RoutePath? prev = null;
+        for (RoutePath? p = entry.Head; p is not null; prev = p, p = p.Next)
+        {
+            if (p.Peer == peer)
+            {
+                if (prev is null)
+                {
+                    entry.Head = p.Next;
+                }
+                else
+                {
+                    prev.Next = p.Next;
+                }
+                p.Next = null;
+                return p;
+            }
+        }
+        return null;
+    }
+
+    /// <summary>Puts the path in its place in preference order (filtered paths last).</summary>
+    private static void Insert(RouteEntry entry, RoutePath path)
+    {
+        RoutePath? prev = null;
+        RoutePath? p = entry.Head;
+        while (p is not null && Better(p, path))
+        {
+            prev = p;
+            p = p.Next;
+        }
+        path.Next = p;
+        if (prev is null)
+        {
+            entry.Head = path;
+        }
+        else
+        {
+            prev.Next = path;
+        }
+    }
+
+    private static bool Better(RoutePath a, RoutePath b)
+    {
+        if (a.Filtered != b.Filtered)
+        {
+            return !a.Filtered;
+        }
+        return Decision.Compare(a, b, multipath: false).Result <= 0;
+    }
+
+    private static void UpdateReason(RouteEntry entry)
+    {
+        RoutePath? best = entry.Best;
+        entry.Reason = best?.Next is { Filtered: false } second ? Decision.Compare(best, second, multipath: false).Reason : DecisionReason.OnlyPath;
+    }
+
+    private void Changed(RouteEntry entry)
+    {
+        UpdateReason(entry);
+        _changed.Add(entry);
+        foreach (BgpPeer peer in _speaker.EstablishedPeers)
+        {
+            Enqueue(peer, entry);
+        }
+    }
+
+    private void Enqueue(BgpPeer peer, RouteEntry entry)
+    {
+        if (!entry.Get(peer.Index, queued: true) && peer.Families.Contains(entry.Prefix.Family))
+        {
+            entry.Set(peer.Index, queued: true, true);
+            peer.Pending.Enqueue(entry);
+            _exportDue.Add(peer);
+        }
+    }
+
+    private void ScheduleFlush()
+    {
+        if (_flushScheduled)
+        {
+            return;
+        }
+        _flushScheduled = true;
+        // Runs after the messages already queued on the loop: consecutive UPDATEs are packed together.
+        _speaker.Loop.Post(Flush);
+    }
+
+    /// <summary>Exports what waits for every peer, tells listeners, removes empty entries.</summary>
+    public void Flush()
+    {
+        _flushScheduled = false;
+        foreach (BgpPeer peer in _exportDue.ToList())
+        {
+            Export(peer);
+        }
+        _exportDue.Clear();
+        if (_changed.Count > 0)
+        {
+            RouteEntry[] changed = [.. _changed];
+            _changed.Clear();
+            BestChanged?.Invoke(changed);
+            foreach (RouteEntry e in changed)
+            {
+                if (e.IsEmpty && !e.AdvertisedAnywhere && !QueuedAnywhere(e))
+                {
+                    _table.Remove(e);
+                }
+            }
+        }
+    }
+
+    private bool QueuedAnywhere(RouteEntry e)
+    {
+        foreach (BgpPeer p in _speaker.Peers)
+        {
+            if (e.Get(p.Index, queued: true))
+            {
+                return true;
+            }
+        }
+        return false;
+    }
+
+    internal void OnDrained(BgpPeer peer)
+    {
+        peer.WaitingForDrain = false;
+        Export(peer);
+        FlushEmpty();
+    }
+
+    private readonly List<RouteEntry> _emptied = [];
+
+    private void FlushEmpty()
+    {
+        foreach (RouteEntry e in _emptied)
+        {
+            if (e.IsEmpty && !e.AdvertisedAnywhere && !QueuedAnywhere(e))
+            {
+                _table.Remove(e);
+            }
+        }
+        _emptied.Clear();
+    }
+
+    /// <summary>Turns the peer's queued changes into UPDATEs while its output has room.</summary>
+    private void Export(BgpPeer peer)
+    {
+        BgpConnection? conn = peer.Connection;
+        if (conn is null || peer.WaitingForDrain)
+        {
+            return;
+        }
+        var encoder = new UpdateEncoder(conn.Options);
+        var groups = new Dictionary<PathAttributes, List<Prefix>>();
+        var withdraw4 = new List<Prefix>();
+        var withdraw6 = new List<Prefix>();
+        var cache = new Dictionary<(BgpPeer?, PathAttributes), PathAttributes?>();
+        while (peer.Pending.Count > 0)
+        {
+            if (conn.QueuedBytes >= peer.Config.OutputHighWater)
+            {
+                peer.WaitingForDrain = true;
+                conn.WantDrained();
+                return;
+            }
+            int n = Math.Min(ExportBatch, peer.Pending.Count);
+            for (int i = 0; i < n; i++)
+            {
+                RouteEntry e = peer.Pending.Dequeue();
+                e.Set(peer.Index, queued: true, false);
+                PathAttributes? out_ = ExportAttributes(peer, e, cache);
+                bool advertised = e.Get(peer.Index, queued: false);
+                if (out_ is null)
+                {
+                    if (advertised)
+                    {
+                        (e.Prefix.Family == Afi.IPv4 ? withdraw4 : withdraw6).Add(e.Prefix);
+                        e.Set(peer.Index, queued: false, false);
+                        peer.PrefixesAdvertised--;
+                    }
+                    if (e.IsEmpty)
+                    {
+                        _emptied.Add(e);
+                    }
+                    continue;
+                }
+                if (!groups.TryGetValue(out_, out List<Prefix>? list))
+                {
+                    list = [];
+                    groups[out_] = list;
+                }
+                list.Add(e.Prefix);
+                if (!advertised)
+                {
+                    e.Set(peer.Index, queued: false, true);
+                    peer.PrefixesAdvertised++;
+                }
+            }
+            Write(conn, encoder, peer, withdraw4);
+            Write(conn, encoder, peer, withdraw6);
+            foreach ((PathAttributes attrs, List<Prefix> prefixes) in groups)
+            {
+                // One attribute set may hold both families only if a policy made it so; split by family.
+                prefixes.Sort(static (x, y) => x.Family.CompareTo(y.Family));
+                int start = 0;
+                while (start < prefixes.Count)
+                {
+                    int end = start;
+                    while (end < prefixes.Count && prefixes[end].Family == prefixes[start].Family)
+                    {
+                        end++;
+                    }
+                    Span<Prefix> span = System.Runtime.InteropServices.CollectionsMarshal.AsSpan(prefixes)[start..end];
+                    while (!span.IsEmpty)
+                    {
+                        int sent = encoder.WriteAnnounce(conn.Output, attrs, span);
+                        peer.UpdatesSent++;
+                        span = span[sent..];
+                    }
+                    start = end;
+                }
+            }
+            groups.Clear();
+            cache.Clear();
+            conn.Flush();
+        }
+        if (peer.EndOfRibOwed)
+        {
+            peer.EndOfRibOwed = false;
+            foreach (Afi f in peer.Families)
+            {
+                conn.Send(UpdateEncoder.EndOfRib(f));
+            }
+        }
+    }
+
+    private static void Write(BgpConnection conn, UpdateEncoder encoder, BgpPeer peer, List<Prefix> withdrawals)
+    {
+        Span<Prefix> span = System.Runtime.InteropServices.CollectionsMarshal.AsSpan(withdrawals);
+        while (!span.IsEmpty)
+        {
+            int sent = encoder.WriteWithdraw(conn.Output, span);
+            peer.UpdatesSent++;
+            span = span[sent..];
+        }
+        withdrawals.Clear();
+    }
+
+    /// <summary>
+    /// What we announce to <paramref name="peer"/> for the entry's best path, or null for nothing
+    /// (RFC 4271 §9.2, RFC 4456 §8 reflection rules, next hop self, export policy).
+    /// </summary>
+    private PathAttributes? ExportAttributes(BgpPeer peer, RouteEntry e, Dictionary<(BgpPeer?, PathAttributes), PathAttributes?> cache)
+    {
+        RoutePath? best = e.Best;
+        if (best is null || best.Peer == peer)
+        {
+            return null;
+        }
+        RoutePolicy? policy = peer.Config.Export ?? _speaker.Export;
+        if (policy is null && cache.TryGetValue((best.Peer, best.Attributes), out PathAttributes? cached))
+        {
+            return cached;
+        }
+        PathAttributes? result = Transform(peer, best, e.Prefix.Family);
+        if (policy is not null && result is not null)
+        {
+            PathAttributes edited = result;
+            result = policy(peer, e.Prefix, ref edited) == PolicyResult.Reject ? null : edited;
+        }
+        else
+        {
+            cache[(best.Peer, best.Attributes)] = result;
+        }
+        return result;
+    }
+
+    private PathAttributes? Transform(BgpPeer peer, RoutePath best, Afi family)
+    {
+        BgpPeer? source = best.Peer;
+        PathAttributes a = best.Attributes;
+        bool reflect = false;
+        if (!peer.IsEbgp && source is { IsEbgp: false })
+        {
+            // RFC 4456 §6: from a client to everyone; from a non-client only to clients. Without reflection,
+            // iBGP-learned routes never go to iBGP peers (RFC 4271 §9.2).
+            if (!source.Config.RouteReflectorClient && !peer.Config.RouteReflectorClient)
+            {
+                return null;
+            }
+            reflect = true;
+        }
+        Prefix self = SelfNextHop(peer, family);
+        if (peer.IsEbgp)
+        {
+            if (self.Family == 0)
+            {
+                return null;
+            }
+            return new PathAttributes
+            {
+                Origin = a.Origin,
+                AsPath = a.AsPath.Prepend(peer.LocalAs),
+                NextHop = self,
+                // RFC 4271 §5.1.4: a MED learned from one AS is not passed to another.
+                Med = source is null ? a.Med : null,
+                AtomicAggregate = a.AtomicAggregate,
+                Aggregator = a.Aggregator,
+                Communities = a.Communities,
+                LargeCommunities = a.LargeCommunities,
+                Unknown = a.Unknown,
+            };
+        }
+        bool nextHopSelf = source is null || peer.Config.NextHopSelf || !a.HasNextHop;
+        if (nextHopSelf && self.Family == 0)
+        {
+            return null;
+        }
+        return new PathAttributes
+        {
+            Origin = a.Origin,
+            AsPath = a.AsPath,
+            NextHop = nextHopSelf ? self : a.NextHop,
+            LinkLocalNextHop = nextHopSelf ? default : a.LinkLocalNextHop,
+            Med = a.Med,
+            LocalPref = a.LocalPref ?? 100,
+            AtomicAggregate = a.AtomicAggregate,
+            Aggregator = a.Aggregator,
+            Communities = a.Communities,
+            LargeCommunities = a.LargeCommunities,
+            OriginatorId = reflect ? a.OriginatorId ?? source!.RemoteRouterId : null,
+            ClusterList = reflect ? [_speaker.Config.EffectiveClusterId, .. a.ClusterList] : [],
+            Unknown = a.Unknown,
+        };
+    }
+
+    private static Prefix SelfNextHop(BgpPeer peer, Afi family)
+    {
+        IPAddress? local = peer.SessionLocalAddress ?? peer.Config.LocalAddress;
+        if (local is not null && (local.AddressFamily == System.Net.Sockets.AddressFamily.InterNetwork) == (family == Afi.IPv4))
+        {
+            return Prefix.FromAddress(local, family == Afi.IPv4 ? 32 : 128);
+        }
+        IPAddress? other = peer.Config.LocalAddressOtherFamily;
+        if (other is not null && (other.AddressFamily == System.Net.Sockets.AddressFamily.InterNetwork) == (family == Afi.IPv4))
+        {
+            return Prefix.FromAddress(other, family == Afi.IPv4 ? 32 : 128);
+        }
+        return default;
+    }
+
+    // ---- peer state ----
+
+    internal void OnPeerUp(BgpPeer peer)
+    {
+        peer.Pending.Clear();
+        peer.WaitingForDrain = false;
+        peer.PrefixesAdvertised = 0;
+        peer.EndOfRibOwed = true;
+        foreach (RouteEntry e in _table)
+        {
+            e.Set(peer.Index, queued: false, false);
+            e.Set(peer.Index, queued: true, false);
+            if (e.Best is not null)
+            {
+                Enqueue(peer, e);
+            }
+        }
+        _exportDue.Add(peer);
+        ScheduleFlush();
+    }
+
+    /// <summary>The session went down: the peer's paths go, or stay as stale for a graceful restart.</summary>
+    internal void OnPeerDown(BgpPeer peer, bool keepStale)
+    {
+        peer.Pending.Clear();
+        peer.WaitingForDrain = false;
+        peer.PrefixesAdvertised = 0;
+        _exportDue.Remove(peer);
+        int stale = 0;
+        foreach (RouteEntry e in _table)
+        {
+            e.Set(peer.Index, queued: false, false);
+            e.Set(peer.Index, queued: true, false);
+            if (keepStale)
+            {
+                for (RoutePath? p = e.Head; p is not null; p = p.Next)
+                {
+                    if (p.Peer == peer)
+                    {
+                        p.Stale = true;
+                        stale++;
+                    }
+                }
+            }
+            else if (Unlink(e, peer) is { } path)
+            {
+                Forget(path);
+                Changed(e);
+            }
+        }
+        if (keepStale)
+        {
+            peer.RoutesStale = true;
+            _speaker.Log(BgpLogLevel.Info, $"peer {peer.Config.DisplayName}: graceful restart: keeping its {stale} routes as stale");
+        }
+        ScheduleFlush();
+    }
+
+    /// <summary>Removes the peer's stale paths (of one family, or all).</summary>
+    public void FlushStale(BgpPeer peer, Afi? family = null)
+    {
+        ArgumentNullException.ThrowIfNull(peer);
+        int n = 0;
+        foreach (RouteEntry e in _table)
+        {
+            if (family is { } f && e.Prefix.Family != f)
+            {
+                continue;
+            }
+            for (RoutePath? p = e.Head; p is not null; p = p.Next)
+            {
+                if (p.Peer == peer && p.Stale)
+                {
+                    Unlink(e, peer);
+                    Forget(p);
+                    Changed(e);
+                    n++;
+                    break;
+                }
+            }
+        }
+        bool anyLeft = family is not null && _table.Any(e => e.Paths.Any(p => p.Peer == peer && p.Stale));
+        if (!anyLeft)
+        {
+            peer.RoutesStale = false;
+            peer.StopRestartTimer();
+        }
+        if (n > 0)
+        {
+            _speaker.Log(BgpLogLevel.Info, $"peer {peer.Config.DisplayName}: {n} stale routes removed");
+        }
+        ScheduleFlush();
+    }
+
+    /// <summary>RFC 2918: the peer asked for our routes of one family again.</summary>
+    internal void Refresh(BgpPeer peer, Afi family)
+    {
+        foreach (RouteEntry e in _table)
+        {
+            if (e.Prefix.Family == family && e.Best is not null)
+            {
+                Enqueue(peer, e);
+            }
+        }
+        ScheduleFlush();
+    }
+
+    /// <summary>Re-runs import policy over every stored path of the peer (after a policy change).</summary>
+    public void Reimport(BgpPeer peer)
+    {
+        ArgumentNullException.ThrowIfNull(peer);
+        RoutePolicy? import = peer.Config.Import ?? _speaker.Import;
+        foreach (RouteEntry e in _table)
+        {
+            for (RoutePath? p = e.Head; p is not null; p = p.Next)
+            {
+                if (p.Peer == peer)
+                {
+                    PathAttributes a = p.Attributes;
+                    bool filtered = import is not null && import(peer, e.Prefix, ref a) == PolicyResult.Reject;
+                    if (filtered != p.Filtered)
+                    {
+                        Unlink(e, peer);
+                        peer.PrefixesAccepted += filtered ? -1 : 1;
+                        p.Filtered = filtered;
+                        Insert(e, p);
+                        Changed(e);
+                    }
+                    break;
+                }
+            }
+        }
+        ScheduleFlush();
+    }
+}
