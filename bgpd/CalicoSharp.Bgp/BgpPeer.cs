@@ -95,6 +95,9 @@ public sealed class BgpPeer
 
     public long PrefixesAdvertised { get; internal set; }
 
+    /// <summary>Time since anything arrived on the established connection.</summary>
+    public TimeSpan? SinceLastReceived => Established?.Connection.SinceLastReceived;
+
     /// <summary>The local address of the established connection (next hop self).</summary>
     public IPAddress? SessionLocalAddress { get; private set; }
 
@@ -223,7 +226,7 @@ public sealed class BgpPeer
 
     private void OnConnectRetry()
     {
-        if (!_enabled || _attempts.Count > 0)
+        if (!_enabled || _attempts.Count > 0 || _baseState == SessionState.Idle)
         {
             return;
         }
@@ -255,6 +258,9 @@ public sealed class BgpPeer
 
     private void Begin(BgpConnection conn, IPAddress? localAddress = null)
     {
+        // RFC 4271 §8.2.2 (event 16/17): the TCP connection is up, the ConnectRetryTimer stops.
+        _connectRetry?.Dispose();
+        _connectRetry = null;
         var a = new Attempt { Connection = conn, State = SessionState.OpenSent, HoldTime = OpenHoldTime };
         _attempts.Add(a);
         if (localAddress is not null)

@@ -1,0 +1,352 @@
+using System.Net;
+using CalicoSharp.Bgp;
+
+namespace CalicoSharp.Bgp.Tests;
+
+/// <summary>Decision process, export rules and Adj-RIB-Out behaviour through real sessions (in memory).</summary>
+public class RibTests
+{
+    private static PathAttributes Attrs(string nextHop, params uint[] path) => new()
+    {
+        AsPath = AsPath.Sequence(path),
+        NextHop = Prefix.Parse(nextHop + (nextHop.Contains(':', StringComparison.Ordinal) ? "/128" : "/32")),
+    };
+
+    /// <summary>Every prefix announced to the peer (net of withdrawals) with its attributes.</summary>
+    private static Dictionary<Prefix, PathAttributes> Table(Harness h, ScriptedPeer s, Dictionary<Prefix, PathAttributes>? into = null,
+        Func<Dictionary<Prefix, PathAttributes>, bool>? until = null)
+    {
+        into ??= [];
+        Take(h.Drain(s), into);
+        if (until is not null)
+        {
+            h.Until(() =>
+            {
+                var more = new List<BgpMessage>();
+                while (s.TryTake(out BgpMessage? m))
+                {
+                    more.Add(m!);
+                }
+                Take(more, into);
+                return until(into);
+            }, "the expected routes");
+        }
+        return into;
+    }
+
+    private static Prefix P(string p) => Prefix.Parse(p);
+
+    private static void Take(List<BgpMessage> messages, Dictionary<Prefix, PathAttributes> into)
+    {
+        foreach (UpdateMessage u in messages.OfType<UpdateMessage>())
+        {
+            foreach (Prefix p in u.Withdrawn.Concat(u.MpUnreach))
+            {
+                into.Remove(p);
+            }
+            foreach (Prefix p in u.Nlri)
+            {
+                into[p] = u.Attributes!;
+            }
+            foreach (Prefix p in u.MpReach)
+            {
+                into[p] = u.MpAttributes()!;
+            }
+        }
+    }
+
+    [Fact]
+    public async Task Ebgp_routes_are_relayed_with_our_as_prepended_and_next_hop_self()
+    {
+        await using var h = new Harness();
+        BgpPeer a = h.AddPeer("10.0.0.1", 65001);
+        BgpPeer b = h.AddPeer("10.0.0.2", 65002);
+        ScriptedPeer sa = h.Establish(a, "10.0.0.1");
+        ScriptedPeer sb = h.Establish(b, "10.0.0.2");
+        Table(h, sb);
+        sa.Announce(Attrs("10.0.0.1", 65001) with { Med = 5, LocalPref = 300, Communities = [42] }, "10.244.1.0/26", "10.244.2.0/26");
+        sa.Announce(Attrs("fd00::1", 65001), "fd00:10:244::/122");
+        h.Until(() => a.PrefixesAccepted == 3, "3 prefixes accepted");
+        Dictionary<Prefix, PathAttributes> got = Table(h, sb, until: t => t.Count == 3);
+        Assert.Equal(3, got.Count);
+        PathAttributes v4 = got[Prefix.Parse("10.244.1.0/26")];
+        Assert.Equal(AsPath.Sequence(64512, 65001), v4.AsPath);
+        Assert.Equal(Prefix.Parse("10.0.0.254/32"), v4.NextHop);
+        Assert.Null(v4.Med);
+        Assert.Null(v4.LocalPref);
+        Assert.Equal(new uint[] { 42 }, v4.Communities);
+        Assert.Equal(Prefix.Parse("fd00::254/128"), got[Prefix.Parse("fd00:10:244::/122")].NextHop);
+        // Both IPv4 prefixes shared one UPDATE; the source peer is not sent its own routes.
+        Assert.DoesNotContain(Table(h, sa).Keys, p => p.Family == Afi.IPv4);
+        Assert.Equal(3, b.PrefixesAdvertised);
+
+        sa.Withdraw("10.244.1.0/26");
+        h.Until(() => a.PrefixesAccepted == 2, "withdrawal");
+        Dictionary<Prefix, PathAttributes> after = Table(h, sb, got, t => !t.ContainsKey(P("10.244.1.0/26")));
+        Assert.DoesNotContain(Prefix.Parse("10.244.1.0/26"), after.Keys);
+        Assert.Equal(2, b.PrefixesAdvertised);
+    }
+
+    [Fact]
+    public async Task Decision_prefers_shorter_as_path_and_records_why()
+    {
+        await using var h = new Harness();
+        BgpPeer a = h.AddPeer("10.0.0.1", 65001);
+        BgpPeer b = h.AddPeer("10.0.0.2", 65002);
+        ScriptedPeer sa = h.Establish(a, "10.0.0.1");
+        ScriptedPeer sb = h.Establish(b, "10.0.0.2");
+        sa.Announce(Attrs("10.0.0.1", 65001, 65100, 65200), "10.50.0.0/16");
+        sb.Announce(Attrs("10.0.0.2", 65002, 65200), "10.50.0.0/16");
+        h.Until(() => a.PrefixesAccepted == 1 && b.PrefixesAccepted == 1, "both paths");
+        h.Pump();
+        RouteEntry e = h.Speaker.Rib.Find(Prefix.Parse("10.50.0.0/16"))!;
+        Assert.Same(b, e.Best!.Peer);
+        Assert.Equal(DecisionReason.AsPathLength, e.Reason);
+        Assert.Equal(2, e.Paths.Count());
+        // The loser's peer now hears the winner's route; the winner hears nothing back.
+        Assert.Equal(AsPath.Sequence(64512, 65002, 65200), Table(h, sa, until: t => t.ContainsKey(P("10.50.0.0/16")))[P("10.50.0.0/16")].AsPath);
+        sb.Withdraw("10.50.0.0/16");
+        h.Until(() => b.PrefixesAccepted == 0, "withdrawal");
+        h.Pump();
+        Assert.Same(a, e.Best!.Peer);
+        Assert.Equal(DecisionReason.OnlyPath, e.Reason);
+        Assert.Contains(P("10.50.0.0/16"), Table(h, sb, until: t => t.ContainsKey(P("10.50.0.0/16"))).Keys);
+    }
+
+    [Fact]
+    public async Task Equal_paths_form_a_multipath_set_and_lower_router_id_breaks_the_tie()
+    {
+        await using var h = new Harness();
+        BgpPeer a = h.AddPeer("10.0.0.1", 65001);
+        BgpPeer b = h.AddPeer("10.0.0.2", 65001);
+        ScriptedPeer sa = h.Establish(a, "10.0.0.21");
+        ScriptedPeer sb = h.Establish(b, "10.0.0.12");
+        sa.Announce(Attrs("10.0.0.1", 65001), "10.60.0.0/16");
+        sb.Announce(Attrs("10.0.0.2", 65001), "10.60.0.0/16");
+        h.Until(() => a.PrefixesAccepted == 1 && b.PrefixesAccepted == 1, "both paths");
+        h.Pump();
+        RouteEntry e = h.Speaker.Rib.Find(Prefix.Parse("10.60.0.0/16"))!;
+        Assert.Same(b, e.Best!.Peer);
+        Assert.Equal(DecisionReason.RouterId, e.Reason);
+        Assert.Equal(2, h.Speaker.Rib.Multipath(e).Count);
+    }
+
+    [Fact]
+    public async Task Local_pref_then_origin_then_med_decide_in_that_order()
+    {
+        await using var h = new Harness();
+        BgpPeer a = h.AddPeer("10.0.0.1", 64512);
+        BgpPeer b = h.AddPeer("10.0.0.2", 64512);
+        ScriptedPeer sa = h.Establish(a, "10.0.0.1");
+        ScriptedPeer sb = h.Establish(b, "10.0.0.2");
+        sa.Announce(Attrs("10.0.0.1", 65010, 65020) with { LocalPref = 200 }, "10.70.0.0/16");
+        sb.Announce(Attrs("10.0.0.2", 65010) with { LocalPref = 100 }, "10.70.0.0/16");
+        sa.Announce(Attrs("10.0.0.1", 65010) with { Origin = Origin.Incomplete }, "10.71.0.0/16");
+        sb.Announce(Attrs("10.0.0.2", 65010) with { Origin = Origin.Igp }, "10.71.0.0/16");
+        sa.Announce(Attrs("10.0.0.1", 65010) with { Med = 10 }, "10.72.0.0/16");
+        sb.Announce(Attrs("10.0.0.2", 65010) with { Med = 20 }, "10.72.0.0/16");
+        h.Until(() => a.PrefixesAccepted == 3 && b.PrefixesAccepted == 3, "all paths");
+        h.Pump();
+        RouteEntry lp = h.Speaker.Rib.Find(Prefix.Parse("10.70.0.0/16"))!;
+        Assert.Equal((a, DecisionReason.LocalPref), (lp.Best!.Peer!, lp.Reason));
+        RouteEntry origin = h.Speaker.Rib.Find(Prefix.Parse("10.71.0.0/16"))!;
+        Assert.Equal((b, DecisionReason.Origin), (origin.Best!.Peer!, origin.Reason));
+        RouteEntry med = h.Speaker.Rib.Find(Prefix.Parse("10.72.0.0/16"))!;
+        Assert.Equal((a, DecisionReason.Med), (med.Best!.Peer!, med.Reason));
+    }
+
+    [Fact]
+    public async Task Ibgp_routes_are_not_passed_between_ibgp_peers_unless_reflected()
+    {
+        await using var h = new Harness();
+        BgpPeer client = h.AddPeer("10.0.0.1", 64512, edit: c => Client(c));
+        BgpPeer other = h.AddPeer("10.0.0.2", 64512);
+        BgpPeer third = h.AddPeer("10.0.0.3", 64512);
+        ScriptedPeer sc = h.Establish(client, "10.0.0.1");
+        ScriptedPeer so = h.Establish(other, "10.0.0.2");
+        ScriptedPeer st = h.Establish(third, "10.0.0.3");
+        Table(h, sc);
+        Table(h, so);
+        Table(h, st);
+        // Non-client to non-client: never (RFC 4271 §9.2); non-client to client: reflected.
+        so.Announce(Attrs("10.0.0.2") with { LocalPref = 100 }, "10.80.0.0/24");
+        h.Until(() => other.PrefixesAccepted == 1, "the route");
+        Assert.Empty(Table(h, st));
+        PathAttributes reflected = Table(h, sc, until: t => t.ContainsKey(P("10.80.0.0/24")))[P("10.80.0.0/24")];
+        Assert.Equal(SpeakerConfig.ParseRouterId("10.0.0.2"), reflected.OriginatorId);
+        Assert.Equal(new[] { SpeakerConfig.ParseRouterId("10.0.0.254") }, reflected.ClusterList);
+        Assert.Equal(Prefix.Parse("10.0.0.2/32"), reflected.NextHop);
+        // Client to everyone.
+        sc.Announce(Attrs("10.0.0.1"), "10.81.0.0/24");
+        h.Until(() => client.PrefixesAccepted == 1, "the client route");
+        Assert.Contains(P("10.81.0.0/24"), Table(h, so, until: t => t.ContainsKey(P("10.81.0.0/24"))).Keys);
+        Assert.Contains(P("10.81.0.0/24"), Table(h, st, until: t => t.ContainsKey(P("10.81.0.0/24"))).Keys);
+        // A reflected route that comes back with our cluster id is a loop and is ignored.
+        st.Announce(Attrs("10.0.0.3") with { OriginatorId = 1, ClusterList = [SpeakerConfig.ParseRouterId("10.0.0.254")] }, "10.82.0.0/24");
+        h.Pump();
+        Assert.Null(h.Speaker.Rib.Find(Prefix.Parse("10.82.0.0/24"))?.Best);
+    }
+
+    private static PeerConfig Client(PeerConfig c) => new()
+    {
+        Address = c.Address,
+        RemoteAs = c.RemoteAs,
+        Passive = true,
+        LocalAddress = c.LocalAddress,
+        LocalAddressOtherFamily = c.LocalAddressOtherFamily,
+        RouteReflectorClient = true,
+    };
+
+    [Fact]
+    public async Task Routes_with_our_as_in_the_path_are_ignored()
+    {
+        await using var h = new Harness();
+        BgpPeer a = h.AddPeer("10.0.0.1", 65001);
+        ScriptedPeer sa = h.Establish(a, "10.0.0.1");
+        sa.Announce(Attrs("10.0.0.1", 65001, 64512), "10.90.0.0/24");
+        h.Pump();
+        Assert.Equal(0, a.PrefixesAccepted);
+        Assert.Null(h.Speaker.Rib.Find(Prefix.Parse("10.90.0.0/24"))?.Best);
+    }
+
+    [Fact]
+    public async Task Treat_as_withdraw_removes_a_learned_route_and_keeps_the_session()
+    {
+        await using var h = new Harness();
+        BgpPeer a = h.AddPeer("10.0.0.1", 65001);
+        ScriptedPeer sa = h.Establish(a, "10.0.0.1");
+        sa.Announce(Attrs("10.0.0.1", 65001), "10.9.9.0/24");
+        h.Until(() => a.PrefixesAccepted == 1, "the route");
+        sa.Send(Wire.Update([], [.. Wire.Origin(9), .. Wire.AsPath4(65001), .. Wire.NextHop(10, 0, 0, 1)], Wire.Nlri24(10, 9, 9)));
+        h.Until(() => a.PrefixesAccepted == 0, "treat-as-withdraw");
+        Assert.Equal(SessionState.Established, a.State);
+        Assert.Contains(h.Log, l => l.Contains("RFC 7606", StringComparison.Ordinal));
+    }
+
+    [Fact]
+    public async Task Import_policy_rejections_stay_in_adj_rib_in_but_are_never_best()
+    {
+        await using var h = new Harness();
+        var pool = Prefix.Parse("10.244.0.0/16");
+        h.Speaker.Import = (BgpPeer? _, Prefix p, ref PathAttributes a) => pool.Contains(p) ? PolicyResult.Accept : PolicyResult.Reject;
+        BgpPeer a = h.AddPeer("10.0.0.1", 65001);
+        ScriptedPeer sa = h.Establish(a, "10.0.0.1");
+        sa.Announce(Attrs("10.0.0.1", 65001), "0.0.0.0/0", "10.244.5.0/26");
+        h.Until(() => a.PrefixesReceived == 2, "both prefixes");
+        h.Pump();
+        Assert.Equal(1, a.PrefixesAccepted);
+        RouteEntry d = h.Speaker.Rib.Find(Prefix.Parse("0.0.0.0/0"))!;
+        Assert.Null(d.Best);
+        Assert.True(d.Paths.Single().Filtered);
+    }
+
+    [Fact]
+    public async Task Local_routes_go_to_every_peer_and_are_withdrawn()
+    {
+        await using var h = new Harness();
+        BgpPeer a = h.AddPeer("10.0.0.1", 65001);
+        BgpPeer i = h.AddPeer("10.0.0.2", 64512);
+        ScriptedPeer sa = h.Establish(a, "10.0.0.1");
+        ScriptedPeer si = h.Establish(i, "10.0.0.2");
+        Table(h, sa);
+        Table(h, si);
+        h.Loop.Post(() => h.Speaker.Rib.Originate(Prefix.Parse("10.244.7.0/26")));
+        Dictionary<Prefix, PathAttributes> ebgp = Table(h, sa, until: t => t.Count == 1);
+        Assert.Equal(AsPath.Sequence(64512), ebgp[Prefix.Parse("10.244.7.0/26")].AsPath);
+        PathAttributes ibgp = Table(h, si, until: t => t.Count == 1)[P("10.244.7.0/26")];
+        Assert.Equal(AsPath.Empty, ibgp.AsPath);
+        Assert.Equal(100u, ibgp.LocalPref);
+        Assert.Equal(Prefix.Parse("10.0.0.254/32"), ibgp.NextHop);
+        h.Loop.Post(() => h.Speaker.Rib.WithdrawLocal(Prefix.Parse("10.244.7.0/26")));
+        Assert.Empty(Table(h, sa, ebgp, t => t.Count == 0));
+        h.Pump();
+        Assert.Null(h.Speaker.Rib.Find(Prefix.Parse("10.244.7.0/26")));
+    }
+
+    [Fact]
+    public async Task Route_refresh_sends_the_table_again()
+    {
+        await using var h = new Harness();
+        BgpPeer a = h.AddPeer("10.0.0.1", 65001);
+        ScriptedPeer sa = h.Establish(a, "10.0.0.1");
+        h.Loop.Post(() => h.Speaker.Rib.Originate(Prefix.Parse("10.244.7.0/26")));
+        Assert.Single(Table(h, sa, until: t => t.Count == 1));
+        sa.Send(MessageEncoder.RouteRefresh(new RouteRefreshMessage(Afi.IPv4, Safi.Unicast)));
+        Assert.Single(Table(h, sa, until: t => t.Count == 1));
+        Assert.True(a.RequestRefresh(Afi.IPv4));
+        Assert.Equal(Afi.IPv4, h.Expect<RouteRefreshMessage>(sa).Afi);
+    }
+
+    [Fact]
+    public async Task Maximum_prefixes_closes_the_session_with_cease_1()
+    {
+        await using var h = new Harness();
+        BgpPeer a = h.AddPeer("10.0.0.1", 65001, edit: c => new PeerConfig
+        {
+            Address = c.Address,
+            RemoteAs = c.RemoteAs,
+            Passive = true,
+            LocalAddress = c.LocalAddress,
+            MaxPrefixes = 2,
+        });
+        ScriptedPeer sa = h.Establish(a, "10.0.0.1");
+        sa.Announce(Attrs("10.0.0.1", 65001), "10.1.0.0/24", "10.1.1.0/24", "10.1.2.0/24");
+        NotificationMessage n = h.Expect<NotificationMessage>(sa);
+        Assert.Equal((ErrorCode.Cease, Subcode.MaximumPrefixesReached), (n.Code, n.Subcode));
+        h.Until(() => a.PrefixesReceived == 0, "the peer's routes to go");
+    }
+
+    [Fact]
+    public async Task Graceful_restart_helper_keeps_routes_until_end_of_rib()
+    {
+        await using var h = new Harness();
+        BgpPeer a = h.AddPeer("10.0.0.1", 65001);
+        ScriptedPeer sa = h.Establish(a, "10.0.0.1", gracefulRestart: true);
+        sa.Announce(Attrs("10.0.0.1", 65001), "10.1.0.0/24", "10.1.1.0/24");
+        h.Until(() => a.PrefixesAccepted == 2, "routes");
+        sa.Dispose(); // TCP reset, no NOTIFICATION: the peer is restarting
+        h.Until(() => a.State != SessionState.Established, "session down");
+        h.Pump();
+        Assert.True(a.RoutesStale);
+        Assert.True(h.Speaker.Rib.Find(Prefix.Parse("10.1.0.0/24"))!.Best!.Stale);
+        // It comes back and announces one of the two again, then End-of-RIB: the other goes.
+        ScriptedPeer again = h.Establish(a, "10.0.0.1", gracefulRestart: true);
+        again.Announce(Attrs("10.0.0.1", 65001), "10.1.0.0/24");
+        again.Send(UpdateEncoder.EndOfRib(Afi.IPv4));
+        h.Until(() => !a.RoutesStale, "stale routes flushed");
+        h.Pump();
+        Assert.False(h.Speaker.Rib.Find(Prefix.Parse("10.1.0.0/24"))!.Best!.Stale);
+        Assert.Null(h.Speaker.Rib.Find(Prefix.Parse("10.1.1.0/24"))?.Best);
+    }
+
+    [Fact]
+    public async Task Graceful_restart_helper_drops_stale_routes_when_the_restart_time_ends()
+    {
+        await using var h = new Harness();
+        BgpPeer a = h.AddPeer("10.0.0.1", 65001);
+        ScriptedPeer sa = h.Establish(a, "10.0.0.1", gracefulRestart: true);
+        sa.Announce(Attrs("10.0.0.1", 65001), "10.1.0.0/24");
+        h.Until(() => a.PrefixesAccepted == 1, "routes");
+        sa.Dispose();
+        h.Until(() => a.RoutesStale, "stale");
+        h.Advance(TimeSpan.FromSeconds(60) - TimeSpan.FromTicks(1));
+        Assert.True(a.RoutesStale);
+        h.Advance(TimeSpan.FromTicks(1));
+        Assert.False(a.RoutesStale);
+        Assert.Equal(0, a.PrefixesReceived);
+    }
+
+    [Fact]
+    public void Policies_see_prefix_and_attributes()
+    {
+        RoutePolicy p = (BgpPeer? _, Prefix prefix, ref PathAttributes a) =>
+        {
+            a = a with { Communities = [7] };
+            return prefix.Length <= 26 ? PolicyResult.Accept : PolicyResult.Reject;
+        };
+        PathAttributes attrs = new();
+        Assert.Equal(PolicyResult.Reject, p(null, Prefix.Parse("10.0.0.1/32"), ref attrs));
+        Assert.Equal(new uint[] { 7 }, attrs.Communities);
+        Assert.Equal(IPAddress.Parse("10.0.0.0"), Prefix.Parse("10.0.0.1/26").Address);
+    }
+}
