@@ -50,6 +50,9 @@ public sealed class BgpSpeaker : IAsyncDisposable
     /// <summary>Opens the TCP connection to a peer; replaceable (tests use in-memory streams).</summary>
     public Func<PeerConfig, CancellationToken, Task<Stream>> Connector { get; set; }
 
+    /// <summary>Creates the TCP sockets (listening and connecting); replaceable to open them in another network namespace.</summary>
+    public Func<AddressFamily, Socket> SocketFactory { get; set; } = family => new Socket(family, SocketType.Stream, ProtocolType.Tcp);
+
     /// <summary>Applied to every TCP socket before it connects or after it is accepted (TCP MD5, TTL security).</summary>
     public Action<Socket, PeerConfig?>? ConfigureSocket { get; set; }
 
@@ -145,7 +148,7 @@ public sealed class BgpSpeaker : IAsyncDisposable
     public IPEndPoint Listen(IPEndPoint endpoint)
     {
         ArgumentNullException.ThrowIfNull(endpoint);
-        var socket = new Socket(endpoint.AddressFamily, SocketType.Stream, ProtocolType.Tcp);
+        Socket socket = SocketFactory(endpoint.AddressFamily);
         try
         {
             socket.SetSocketOption(SocketOptionLevel.Socket, SocketOptionName.ReuseAddress, true);
@@ -209,9 +212,10 @@ public sealed class BgpSpeaker : IAsyncDisposable
 
     private async Task<Stream> ConnectTcpAsync(PeerConfig peer, CancellationToken ct)
     {
-        var socket = new Socket(peer.Address.AddressFamily, SocketType.Stream, ProtocolType.Tcp) { NoDelay = true };
+        Socket socket = SocketFactory(peer.Address.AddressFamily);
         try
         {
+            socket.NoDelay = true;
             ConfigureSocket?.Invoke(socket, peer);
             if (peer.LocalAddress is { } local && local.AddressFamily == peer.Address.AddressFamily)
             {

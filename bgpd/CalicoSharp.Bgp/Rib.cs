@@ -452,7 +452,7 @@ public sealed class Rib
         var groups = new Dictionary<PathAttributes, List<Prefix>>();
         var withdraw4 = new List<Prefix>();
         var withdraw6 = new List<Prefix>();
-        var cache = new Dictionary<(BgpPeer?, PathAttributes), PathAttributes?>();
+        var cache = new Dictionary<(BgpPeer?, PathAttributes, Afi), PathAttributes?>();
         while (peer.Pending.Count > 0)
         {
             if (conn.QueuedBytes >= peer.Config.OutputHighWater)
@@ -548,7 +548,7 @@ public sealed class Rib
     /// What we announce to <paramref name="peer"/> for the entry's best path, or null for nothing
     /// (RFC 4271 §9.2, RFC 4456 §8 reflection rules, next hop self, export policy).
     /// </summary>
-    private PathAttributes? ExportAttributes(BgpPeer peer, RouteEntry e, Dictionary<(BgpPeer?, PathAttributes), PathAttributes?> cache)
+    private PathAttributes? ExportAttributes(BgpPeer peer, RouteEntry e, Dictionary<(BgpPeer?, PathAttributes, Afi), PathAttributes?> cache)
     {
         RoutePath? best = e.Best;
         if (best is null || best.Peer == peer)
@@ -556,7 +556,7 @@ public sealed class Rib
             return null;
         }
         RoutePolicy? policy = peer.Config.Export ?? _speaker.Export;
-        if (policy is null && cache.TryGetValue((best.Peer, best.Attributes), out PathAttributes? cached))
+        if (policy is null && cache.TryGetValue((best.Peer, best.Attributes, e.Prefix.Family), out PathAttributes? cached))
         {
             return cached;
         }
@@ -568,7 +568,7 @@ public sealed class Rib
         }
         else
         {
-            cache[(best.Peer, best.Attributes)] = result;
+            cache[(best.Peer, best.Attributes, e.Prefix.Family)] = result;
         }
         return result;
     }

@@ -68,6 +68,7 @@ internal sealed class ScriptedPeer : IDisposable
     private readonly Stream _stream;
     private readonly ConcurrentQueue<BgpMessage> _received = new();
     private readonly Task _reader;
+    private readonly CancellationTokenSource _cts = new();
 
     public ScriptedPeer(Stream stream, bool fourOctet = true)
     {
@@ -87,15 +88,15 @@ internal sealed class ScriptedPeer : IDisposable
         {
             while (true)
             {
-                await _stream.ReadExactlyAsync(header);
+                await _stream.ReadExactlyAsync(header, _cts.Token);
                 int len = (header[16] << 8) | header[17];
                 byte[] m = new byte[len];
                 header.CopyTo(m, 0);
-                await _stream.ReadExactlyAsync(m.AsMemory(19));
+                await _stream.ReadExactlyAsync(m.AsMemory(19), _cts.Token);
                 _received.Enqueue(MessageDecoder.DecodeMessage(m, Options with { ExtendedMessage = true }));
             }
         }
-        catch (Exception e) when (e is EndOfStreamException or IOException or ObjectDisposedException)
+        catch (Exception e) when (e is EndOfStreamException or IOException or ObjectDisposedException or OperationCanceledException)
         {
             Closed = true;
         }
@@ -135,6 +136,7 @@ internal sealed class ScriptedPeer : IDisposable
 
     public void Dispose()
     {
+        _cts.Cancel();
         _stream.Dispose();
         try
         {

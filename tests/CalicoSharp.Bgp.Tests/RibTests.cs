@@ -250,15 +250,21 @@ public class RibTests
         ScriptedPeer si = h.Establish(i, "10.0.0.2");
         Table(h, sa);
         Table(h, si);
-        h.Loop.Post(() => h.Speaker.Rib.Originate(Prefix.Parse("10.244.7.0/26")));
-        Dictionary<Prefix, PathAttributes> ebgp = Table(h, sa, until: t => t.Count == 1);
+        h.Loop.Post(() =>
+        {
+            h.Speaker.Rib.Originate(Prefix.Parse("10.244.7.0/26"));
+            h.Speaker.Rib.Originate(Prefix.Parse("fd00:244::/122"));
+        });
+        Dictionary<Prefix, PathAttributes> ebgp = Table(h, sa, until: t => t.Count == 2);
+        // One attribute set, two families: each gets the next hop of its own family.
+        Assert.Equal(P("fd00::254/128"), ebgp[P("fd00:244::/122")].NextHop);
         Assert.Equal(AsPath.Sequence(64512), ebgp[Prefix.Parse("10.244.7.0/26")].AsPath);
-        PathAttributes ibgp = Table(h, si, until: t => t.Count == 1)[P("10.244.7.0/26")];
+        PathAttributes ibgp = Table(h, si, until: t => t.Count == 2)[P("10.244.7.0/26")];
         Assert.Equal(AsPath.Empty, ibgp.AsPath);
         Assert.Equal(100u, ibgp.LocalPref);
         Assert.Equal(Prefix.Parse("10.0.0.254/32"), ibgp.NextHop);
         h.Loop.Post(() => h.Speaker.Rib.WithdrawLocal(Prefix.Parse("10.244.7.0/26")));
-        Assert.Empty(Table(h, sa, ebgp, t => t.Count == 0));
+        Assert.Single(Table(h, sa, ebgp, t => t.Count == 1));
         h.Pump();
         Assert.Null(h.Speaker.Rib.Find(Prefix.Parse("10.244.7.0/26")));
     }
