@@ -11,10 +11,12 @@ DEB_PACKAGES := etcd-server etcd-client bird2 containernetworking-plugins iprout
 PREFIX      ?= /usr/local
 CNI_BIN_DIR ?= /opt/cni/bin
 CNI_NET_DIR ?= /etc/cni/net.d
-# Test selection, e.g. make test FILTER='Category!=Etcd'
-FILTER      ?=
+# Test selection, e.g. make test FILTER='Category!=Etcd'. The long fuzz run has its own target.
+FILTER      ?= Category!=Fuzz
+# make fuzz: how many mutated BGP messages (and which seed; default: a new one each run)
+BGP_FUZZ_INPUTS ?= 1000000
 
-.PHONY: deps restore build publish test test-unit bench demo install clean
+.PHONY: deps restore build publish test test-unit fuzz bench demo install clean
 
 ## deps: install the Debian packages the lab, tests and benchmarks use (apt-get update once, only when something is missing)
 deps:
@@ -60,7 +62,11 @@ test: deps build
 
 ## test-unit: the tests that need neither root nor etcd
 test-unit: build
-	dotnet test CalicoSharp.sln -c $(CONFIG) --no-build -nologo --filter "Category!=Etcd&Category!=Privileged"
+	dotnet test CalicoSharp.sln -c $(CONFIG) --no-build -nologo --filter "Category!=Etcd&Category!=Privileged&Category!=Fuzz"
+
+## fuzz: the long BGP decoder fuzz run (BGP_FUZZ_INPUTS mutated messages, BGP_FUZZ_SEED to repeat a run)
+fuzz: build
+	BGP_FUZZ_INPUTS=$(BGP_FUZZ_INPUTS) dotnet test tests/CalicoSharp.Bgp.Tests -c $(CONFIG) --no-build -nologo --filter "Category=Fuzz" --logger "console;verbosity=normal"
 
 ## bench: benchmarks (printed, never asserted), against the reference implementations in the same run
 bench: deps build publish

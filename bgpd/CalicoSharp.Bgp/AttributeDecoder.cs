@@ -201,10 +201,11 @@ internal static class AttributeDecoder
         (uint As, uint Address)? aggregator = b.Aggregator;
         if (!options.FourOctetAs)
         {
-            // RFC 6793 §4.2.3: rebuild the real path from AS_PATH and AS4_PATH; an AGGREGATOR that is not
-            // AS_TRANS means the AS4 attributes came from an old speaker and are ignored.
+            // RFC 6793 §4.2.3: rebuild the real path from AS_PATH and AS4_PATH. An AGGREGATOR that is not
+            // AS_TRANS means the AS4 attributes came from an old speaker and are ignored; AS4_AGGREGATOR only
+            // completes an AGGREGATOR that holds AS_TRANS.
             bool useAs4 = aggregator is null || aggregator.Value.As == OpenMessage.AsTrans;
-            if (b.As4Aggregator is { } a4 && useAs4)
+            if (b.As4Aggregator is { } a4 && aggregator is { As: OpenMessage.AsTrans })
             {
                 aggregator = a4;
             }
@@ -231,7 +232,8 @@ internal static class AttributeDecoder
             LargeCommunities = b.Large ?? [],
             OriginatorId = b.OriginatorId,
             ClusterList = b.ClusterList ?? [],
-            Unknown = b.Unknown?.ToArray() ?? [],
+            // Kept in type order, the order they are sent in, so equal sets compare equal.
+            Unknown = b.Unknown is null ? [] : [.. b.Unknown.OrderBy(x => x.Code)],
         };
     }
 
