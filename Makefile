@@ -35,7 +35,7 @@ build: restore
 	dotnet build CalicoSharp.sln -c $(CONFIG) --no-restore -nologo -clp:ErrorsOnly
 
 ## publish: NativeAOT executables into out/bin
-EXES := ipam/calicosharpctl/calicosharpctl.csproj cni/calicosharp/calicosharp.csproj cni/calicosharp-ipam/calicosharp-ipam.csproj
+EXES := ipam/calicosharpctl/calicosharpctl.csproj cni/calicosharp/calicosharp.csproj cni/calicosharp-ipam/calicosharp-ipam.csproj bgpd/calicosharp-bgpd/calicosharp-bgpd.csproj
 publish: restore
 	@for p in $(EXES); do dotnet publish $$p -c Release -r $(RID) -o $(BIN) -nologo -clp:ErrorsOnly -p:DebugType=none -p:StripSymbols=true || exit 1; done
 

@@ -22,5 +22,11 @@ if (only is "all" or "cni")
     await CniBench.RunAsync(Console.Out).ConfigureAwait(false);
 }
 
+if (only is "all" or "bgp")
+{
+    int n = args.Length > 1 ? int.Parse(args[1], CultureInfo.InvariantCulture) : 1_000_000;
+    await BgpBench.RunAsync(Console.Out, n).ConfigureAwait(false);
+}
+
 Console.WriteLine(string.Create(CultureInfo.InvariantCulture, $"benchmarks took {sw.Elapsed.TotalSeconds:0} s"));
 return 0;

@@ -1,0 +1,175 @@
+using System.Diagnostics;
+using System.Globalization;
+using System.Net;
+using System.Net.Sockets;
+using CalicoSharp.Netlink;
+using CalicoSharp.Testing;
+
+namespace CalicoSharp.Bench;
+
+/// <summary>
+/// Route-server throughput: a tester peer sends N IPv4 /24s (10 per UPDATE, each UPDATE its own AS_PATH)
+/// to the speaker, which re-advertises them to a second tester peer. Measured: first UPDATE sent to last
+/// prefix received, the speaker's CPU seconds and peak RSS. The same harness runs calicosharp-bgpd and
+/// BIRD 2, each alone in its own network namespace, in the same run.
+/// </summary>
+internal static class BgpBench
+{
+    private const string Speaker = "10.255.0.1";
+    private const string SenderIp = "10.255.0.2";
+    private const string ReceiverIp = "10.255.0.3";
+
+    public static async Task RunAsync(TextWriter o, int prefixes)
+    {
+        string bin = Path.Combine(RepoPaths.Root, "out", "bin", "calicosharp-bgpd");
+        if (!File.Exists(bin))
+        {
+            o.WriteLine($"bgp: {bin} missing (make bench publishes it)");
+            return;
+        }
+        o.WriteLine();
+        o.WriteLine(string.Create(CultureInfo.InvariantCulture, $"BGP route server: {prefixes:N0} IPv4 /24s, 10 per UPDATE, each UPDATE its own AS_PATH; sender -> speaker -> receiver over a veth pair between two namespaces"));
+        byte[] updates = BgpTester.PrepareAnnouncements(65001, IPAddress.Parse(SenderIp), 0x0B000000, prefixes, 10);
+        var ours = new List<Result>();
+        var bird = new List<Result>();
+        for (int round = 0; round < 2; round++)
+        {
+            bird.Add(await RunOneAsync("bird", updates, prefixes, ns => StartBird(ns)).ConfigureAwait(false));
+            ours.Add(await RunOneAsync("calicosharp-bgpd", updates, prefixes, ns => StartOurs(ns, bin)).ConfigureAwait(false));
+        }
+        o.WriteLine("| speaker | time (s) | CPU (s) | peak RSS (MiB) |");
+        o.WriteLine("|---|---|---|---|");
+        foreach (Result r in bird.Concat(ours))
+        {
+            o.WriteLine(string.Create(CultureInfo.InvariantCulture, $"| {r.Name} | {r.Seconds:0.00} | {r.Cpu:0.00} | {r.PeakRssMiB:0} |"));
+        }
+        Result b = Best(bird);
+        Result c = Best(ours);
+        o.WriteLine(string.Create(CultureInfo.InvariantCulture,
+            $"best of 2: calicosharp-bgpd/BIRD time {c.Seconds / b.Seconds:0.00}x, CPU {c.Cpu / b.Cpu:0.00}x, peak RSS {c.PeakRssMiB / b.PeakRssMiB:0.00}x (aim: at most 1x)"));
+    }
+
+    private static Result Best(List<Result> rs) => rs.OrderBy(r => r.Seconds).First();
+
+    private sealed record Result(string Name, double Seconds, double Cpu, double PeakRssMiB);
+
+    private interface IRunning : IDisposable
+    {
+        int Pid { get; }
+    }
+
+    private sealed class OurProcess(Process p, string dir) : IRunning
+    {
+        public int Pid => p.Id;
+
+        public void Dispose()
+        {
+            if (!p.HasExited)
+            {
+                p.Kill(true);
+                p.WaitForExit(5000);
+            }
+            p.Dispose();
+            Directory.Delete(dir, true);
+        }
+    }
+
+    private sealed class Bird(BirdProcess b) : IRunning
+    {
+        public int Pid => b.Pid;
+
+        public void Dispose() => b.Dispose();
+    }
+
+    private static Bird StartBird(string ns) => new(BirdProcess.Start(ns, $$"""
+        router id {{Speaker}};
+        protocol device { scan time 1; }
+        protocol bgp sender { local {{Speaker}} as 65000; neighbor {{SenderIp}} as 65001; passive on; ipv4 { import all; export all; }; }
+        protocol bgp receiver { local {{Speaker}} as 65000; neighbor {{ReceiverIp}} as 65002; passive on; ipv4 { import all; export all; }; }
+        """));
+
+    private static OurProcess StartOurs(string ns, string bin)
+    {
+        string dir = Directory.CreateTempSubdirectory("calicosharp-bgpbench-").FullName;
+        string cfg = Path.Combine(dir, "bgpd.json");
+        File.WriteAllText(cfg, $$"""
+            {
+              "routerId": "{{Speaker}}", "asNumber": 65000, "listenAddress": "{{Speaker}}", "import": "all",
+              "peers": [
+                { "peerIP": "{{SenderIp}}", "asNumber": 65001, "passive": true },
+                { "peerIP": "{{ReceiverIp}}", "asNumber": 65002, "passive": true }
+              ]
+            }
+            """);
+        var psi = new ProcessStartInfo("ip") { UseShellExecute = false, RedirectStandardError = false };
+        foreach (string a in new[] { "netns", "exec", ns, bin, "--config", cfg, "--log-level", "warning" })
+        {
+            psi.ArgumentList.Add(a);
+        }
+        return new OurProcess(Process.Start(psi)!, dir);
+    }
+
+    private static async Task<Result> RunOneAsync(string name, byte[] updates, int prefixes, Func<string, IRunning> start)
+    {
+        string lab = TestNetns.NewLabPrefix();
+        using TestNetns ns = TestNetns.Create(lab + "-rs");
+        using TestNetns peers = TestNetns.Create(lab + "-peers");
+        TestNetns.Ip("link", "add", lab + "a", "netns", ns.Name, "type", "veth", "peer", "name", lab + "b", "netns", peers.Name);
+        TestNetns.Ip("-n", ns.Name, "addr", "add", Speaker + "/24", "dev", lab + "a");
+        TestNetns.Ip("-n", peers.Name, "addr", "add", SenderIp + "/24", "dev", lab + "b");
+        TestNetns.Ip("-n", peers.Name, "addr", "add", ReceiverIp + "/24", "dev", lab + "b");
+        TestNetns.Ip("-n", ns.Name, "link", "set", lab + "a", "up");
+        TestNetns.Ip("-n", peers.Name, "link", "set", lab + "b", "up");
+        using NetNs handle = NetNs.Open(peers.Path);
+        using IRunning speaker = start(ns.Name);
+        Func<AddressFamily, Socket> factory = f => handle.Run(() => new Socket(f, SocketType.Stream, ProtocolType.Tcp));
+        var ep = new IPEndPoint(IPAddress.Parse(Speaker), 179);
+        await using BgpTester receiver = await ConnectWithRetry(ep, ReceiverIp, 65002, factory).ConfigureAwait(false);
+        await using BgpTester sender = await ConnectWithRetry(ep, SenderIp, 65001, factory).ConfigureAwait(false);
+        await Task.Delay(500).ConfigureAwait(false);
+        double cpu0 = CpuSeconds(speaker.Pid);
+        receiver.Mark();
+        Task<TimeSpan> done = receiver.WhenAnnounced(prefixes);
+        await sender.SendAsync(updates).ConfigureAwait(false);
+        TimeSpan took = await done.WaitAsync(TimeSpan.FromMinutes(5)).ConfigureAwait(false);
+        double cpu = CpuSeconds(speaker.Pid) - cpu0;
+        double rss = PeakRssKiB(speaker.Pid) / 1024.0;
+        return new Result(name, took.TotalSeconds, cpu, rss);
+    }
+
+    private static async Task<BgpTester> ConnectWithRetry(IPEndPoint ep, string local, uint asn, Func<AddressFamily, Socket> factory)
+    {
+        var sw = Stopwatch.StartNew();
+        while (true)
+        {
+            try
+            {
+                return await BgpTester.ConnectAsync(ep, IPAddress.Parse(local), asn, 90, factory).ConfigureAwait(false);
+            }
+            catch (Exception e) when ((e is SocketException or IOException or TimeoutException) && sw.Elapsed < TimeSpan.FromSeconds(20))
+            {
+                await Task.Delay(100).ConfigureAwait(false);
+            }
+        }
+    }
+
+    private static double CpuSeconds(int pid)
+    {
+        string stat = File.ReadAllText($"/proc/{pid}/stat");
+        string[] f = stat[(stat.LastIndexOf(')') + 2)..].Split(' ');
+        // Fields 14 and 15 (utime, stime) are at 11 and 12 after the command name; clock ticks of 1/100 s.
+        return (long.Parse(f[11], CultureInfo.InvariantCulture) + long.Parse(f[12], CultureInfo.InvariantCulture)) / 100.0;
+    }
+
+    private static long PeakRssKiB(int pid)
+    {
+        foreach (string line in File.ReadLines($"/proc/{pid}/status"))
+        {
+            if (line.StartsWith("VmHWM:", StringComparison.Ordinal))
+            {
+                return long.Parse(line.Split(' ', StringSplitOptions.RemoveEmptyEntries)[1], CultureInfo.InvariantCulture);
+            }
+        }
+        return 0;
+    }
+}
