@@ -79,6 +79,10 @@ public sealed class BgpPeer
     /// <summary>Families both sides announced (RFC 4760 §8: none announced means IPv4 unicast).</summary>
     public IReadOnlyList<Afi> Families { get; private set; } = [];
 
+    private int _familyMask;
+
+    internal bool HasFamily(Afi family) => (_familyMask & (1 << (int)family)) != 0;
+
     public bool PeerRouteRefresh { get; private set; }
 
     public GracefulRestartCapability? PeerGracefulRestart { get; private set; }
@@ -386,7 +390,7 @@ public sealed class BgpPeer
                     {
                         throw FsmError(a.State, "ROUTE-REFRESH before the session is established");
                     }
-                    if (Families.Contains(r.Afi) && r.Safi == Safi.Unicast && r.Subtype == 0)
+                    if (HasFamily(r.Afi) && r.Safi == Safi.Unicast && r.Subtype == 0)
                     {
                         _speaker.Rib.Refresh(this, r.Afi);
                     }
@@ -484,6 +488,11 @@ public sealed class BgpPeer
             ? [(Afi.IPv4, Safi.Unicast)]
             : open.Multiprotocol;
         Families = [.. Config.Families.Where(f => offered.Any(o => o.Afi == f))];
+        _familyMask = 0;
+        foreach (Afi f in Families)
+        {
+            _familyMask |= 1 << (int)f;
+        }
         PeerRouteRefresh = open.RouteRefresh;
         PeerGracefulRestart = open.GracefulRestart;
         UpdatesReceived = 0;

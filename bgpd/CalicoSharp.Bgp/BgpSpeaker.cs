@@ -60,20 +60,6 @@ public sealed class BgpSpeaker : IAsyncDisposable
 
     public IReadOnlyList<BgpPeer> Peers => _peers;
 
-    internal IEnumerable<BgpPeer> EstablishedPeers
-    {
-        get
-        {
-            foreach (BgpPeer p in _peers)
-            {
-                if (p.Connection is not null)
-                {
-                    yield return p;
-                }
-            }
-        }
-    }
-
     internal void Log(BgpLogLevel level, string message) => Config.Log?.Invoke(level, message);
 
     /// <summary>Runs <paramref name="work"/> on the event loop and returns its result.</summary>

@@ -53,8 +53,6 @@ public static class Decision
     /// <summary>Negative when <paramref name="a"/> is preferred, with the step that decided.</summary>
     public static (int Result, DecisionReason Reason) Compare(RoutePath a, RoutePath b, bool multipath)
     {
-        ArgumentNullException.ThrowIfNull(a);
-        ArgumentNullException.ThrowIfNull(b);
         foreach ((DecisionReason reason, Step compare, bool tieBreak) in Steps)
         {
             if (multipath && tieBreak)

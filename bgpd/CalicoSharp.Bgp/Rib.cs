@@ -14,8 +14,9 @@ public sealed class Rib
     private const int ExportBatch = 2048;
 
     private readonly BgpSpeaker _speaker;
-    private readonly HashSet<RouteEntry> _table = new(RouteEntryComparer.Instance);
-    private readonly RouteEntry _probe = new(default);
+    private readonly PrefixTable _table = new();
+    private readonly Dictionary<RouteEntry, ulong[]> _overflowBits = [];
+    private BgpPeer[] _established = [];
     private readonly AttributeInterner _interner = new();
     private readonly List<RouteEntry> _changed = [];
     private readonly HashSet<BgpPeer> _exportDue = [];
@@ -36,13 +37,60 @@ public sealed class Rib
     /// <summary>Raised (on the loop) when a peer sent End-of-RIB for a family.</summary>
     public event Action<BgpPeer, Afi>? EndOfRibReceived;
 
-    public RouteEntry? Find(Prefix prefix)
+    public RouteEntry? Find(Prefix prefix) => _table.Find(prefix);
+
+    public IEnumerable<RouteEntry> Entries => _table.All;
+
+    // ---- per-peer bits: advertised (Adj-RIB-Out) and queued (a change waits for the peer) ----
+
+    internal bool Get(RouteEntry e, int peer, bool queued)
     {
-        _probe.Prefix = prefix;
-        return _table.TryGetValue(_probe, out RouteEntry? e) ? e : null;
+        if (peer < 32)
+        {
+            return (e.Bits & (1UL << (peer + (queued ? 32 : 0)))) != 0;
+        }
+        return _overflowBits.TryGetValue(e, out ulong[]? more) && OverflowIndex(peer, queued) is var (w, b) && w < more.Length && (more[w] & b) != 0;
     }
 
-    public IEnumerable<RouteEntry> Entries => _table;
+    internal void Set(RouteEntry e, int peer, bool queued, bool value)
+    {
+        if (peer < 32)
+        {
+            ulong bit = 1UL << (peer + (queued ? 32 : 0));
+            e.Bits = value ? e.Bits | bit : e.Bits & ~bit;
+            return;
+        }
+        (int w, ulong b) = OverflowIndex(peer, queued);
+        if (!_overflowBits.TryGetValue(e, out ulong[]? more))
+        {
+            if (!value)
+            {
+                return;
+            }
+            more = new ulong[w + 1];
+            _overflowBits[e] = more;
+        }
+        else if (more.Length <= w)
+        {
+            Array.Resize(ref more, w + 1);
+            _overflowBits[e] = more;
+        }
+        more[w] = value ? more[w] | b : more[w] & ~b;
+    }
+
+    private static (int Word, ulong Bit) OverflowIndex(int peer, bool queued) => ((((peer - 32) / 64) * 2) + (queued ? 1 : 0), 1UL << ((peer - 32) & 63));
+
+    private bool AdvertisedAnywhere(RouteEntry e) =>
+        (e.Bits & 0xFFFF_FFFFUL) != 0 || (_overflowBits.TryGetValue(e, out ulong[]? more) && more.Where((_, i) => i % 2 == 0).Any(x => x != 0));
+
+    private bool QueuedAnywhere(RouteEntry e) =>
+        (e.Bits >> 32) != 0 || (_overflowBits.TryGetValue(e, out ulong[]? more) && more.Where((_, i) => i % 2 == 1).Any(x => x != 0));
+
+    private void RemoveEntry(RouteEntry e)
+    {
+        _table.Remove(e);
+        _overflowBits.Remove(e);
+    }
 
     /// <summary>The longest prefix holding <paramref name="address"/> with a usable path.</summary>
     public RouteEntry? LongestMatch(IPAddress address)
@@ -50,7 +98,7 @@ public sealed class Rib
         int max = address.AddressFamily == System.Net.Sockets.AddressFamily.InterNetwork ? 32 : 128;
         for (int len = max; len >= 0; len--)
         {
-            if (Find(Prefix.FromAddress(address, len)) is { Best: not null } e)
+            if (Find(Prefix.FromAddress(address, len)) is { HasBest: true } e)
             {
                 return e;
             }
@@ -63,14 +111,14 @@ public sealed class Rib
     {
         ArgumentNullException.ThrowIfNull(entry);
         var result = new List<RoutePath>(1);
-        RoutePath? best = entry.Best;
-        if (best is null)
+        if (entry.Best is not { } best)
         {
             return result;
         }
         result.Add(best);
-        for (RoutePath? p = best.Next; p is not null && result.Count < _speaker.Config.MaxPaths; p = p.Next)
+        for (int i = 1; i < entry.PathCount && result.Count < _speaker.Config.MaxPaths; i++)
         {
+            RoutePath p = entry.PathAt(i);
             if (p.Filtered || Decision.Compare(best, p, multipath: true).Result != 0)
             {
                 break;
@@ -171,7 +219,7 @@ public sealed class Rib
         RoutePolicy? import = peer.Config.Import ?? _speaker.Import;
         foreach (Prefix p in prefixes)
         {
-            if (!peer.Families.Contains(p.Family))
+            if (!peer.HasFamily(p.Family))
             {
                 continue;
             }
@@ -225,59 +273,50 @@ public sealed class Rib
 
     private void Upsert(Prefix prefix, BgpPeer? peer, PathAttributes attributes, bool filtered)
     {
-        _probe.Prefix = prefix;
-        if (!_table.TryGetValue(_probe, out RouteEntry? entry))
+        RouteEntry? entry = _table.Find(prefix);
+        if (entry is null)
         {
-            entry = new RouteEntry(prefix);
+            entry = RouteEntry.Create(prefix);
             _table.Add(entry);
         }
-        RoutePath? path = Unlink(entry, peer);
-        if (path is null)
+        byte flags = filtered ? RoutePath.FilteredFlag : (byte)0;
+        int at = entry.IndexOf(peer);
+        if (at >= 0)
         {
-            path = new RoutePath(peer, attributes);
-            if (peer is not null)
+            RoutePath old = entry.PathAt(at);
+            if (ReferenceEquals(old.Attributes, attributes) && old.Flags == flags)
             {
-                peer.PrefixesReceived++;
-            }
-        }
-        else
-        {
-            if (ReferenceEquals(path.Attributes, attributes) && path.Filtered == filtered && !path.Stale)
-            {
-                Insert(entry, path);
                 return;
             }
-            _interner.Release(path.Attributes);
-            if (peer is not null && !path.Filtered)
+            entry.RemoveAt(at);
+            _interner.Release(old.Attributes);
+            if (peer is not null && !old.Filtered)
             {
                 peer.PrefixesAccepted--;
             }
-            path.Attributes = attributes;
+        }
+        else if (peer is not null)
+        {
+            peer.PrefixesReceived++;
         }
         AttributeInterner.AddReference(attributes);
-        path.Filtered = filtered;
-        path.Stale = false;
         if (peer is not null && !filtered)
         {
             peer.PrefixesAccepted++;
         }
-        Insert(entry, path);
+        entry.Insert(new RoutePath(peer, attributes, flags));
         Changed(entry);
     }
 
     private void Remove(Prefix prefix, BgpPeer? peer)
     {
-        _probe.Prefix = prefix;
-        if (!_table.TryGetValue(_probe, out RouteEntry? entry))
+        RouteEntry? entry = _table.Find(prefix);
+        int at = entry?.IndexOf(peer) ?? -1;
+        if (at < 0)
         {
             return;
         }
-        RoutePath? path = Unlink(entry, peer);
-        if (path is null)
-        {
-            return;
-        }
-        Forget(path);
+        Forget(entry!.RemoveAt(at));
         Changed(entry);
     }
 
@@ -294,69 +333,18 @@ public sealed class Rib
         }
     }
 
-    private static RoutePath? Unlink(RouteEntry entry, BgpPeer? peer)
-    {
-        RoutePath? prev = null;
-        for (RoutePath? p = entry.Head; p is not null; prev = p, p = p.Next)
-        {
-            if (p.Peer == peer)
-            {
-                if (prev is null)
-                {
-                    entry.Head = p.Next;
-                }
-                else
-                {
-                    prev.Next = p.Next;
-                }
-                p.Next = null;
-                return p;
-            }
-        }
-        return null;
-    }
-
-    /// <summary>Puts the path in its place in preference order (filtered paths last).</summary>
-    private static void Insert(RouteEntry entry, RoutePath path)
-    {
-        RoutePath? prev = null;
-        RoutePath? p = entry.Head;
-        while (p is not null && Better(p, path))
-        {
-            prev = p;
-            p = p.Next;
-        }
-        path.Next = p;
-        if (prev is null)
-        {
-            entry.Head = path;
-        }
-        else
-        {
-            prev.Next = path;
-        }
-    }
-
-    private static bool Better(RoutePath a, RoutePath b)
-    {
-        if (a.Filtered != b.Filtered)
-        {
-            return !a.Filtered;
-        }
-        return Decision.Compare(a, b, multipath: false).Result <= 0;
-    }
-
     private static void UpdateReason(RouteEntry entry)
     {
-        RoutePath? best = entry.Best;
-        entry.Reason = best?.Next is { Filtered: false } second ? Decision.Compare(best, second, multipath: false).Reason : DecisionReason.OnlyPath;
+        entry.Reason = entry.Best is { } best && entry.PathCount > 1 && entry.PathAt(1) is { Filtered: false } second
+            ? Decision.Compare(best, second, multipath: false).Reason
+            : DecisionReason.OnlyPath;
     }
 
     private void Changed(RouteEntry entry)
     {
         UpdateReason(entry);
         _changed.Add(entry);
-        foreach (BgpPeer peer in _speaker.EstablishedPeers)
+        foreach (BgpPeer peer in _established)
         {
             Enqueue(peer, entry);
         }
@@ -364,9 +352,9 @@ public sealed class Rib
 
     private void Enqueue(BgpPeer peer, RouteEntry entry)
     {
-        if (!entry.Get(peer.Index, queued: true) && peer.Families.Contains(entry.Prefix.Family))
+        if (!Get(entry, peer.Index, queued: true) && peer.HasFamily(entry.Prefix.Family))
         {
-            entry.Set(peer.Index, queued: true, true);
+            Set(entry, peer.Index, queued: true, true);
             peer.Pending.Enqueue(entry);
             _exportDue.Add(peer);
         }
@@ -399,24 +387,12 @@ public sealed class Rib
             BestChanged?.Invoke(changed);
             foreach (RouteEntry e in changed)
             {
-                if (e.IsEmpty && !e.AdvertisedAnywhere && !QueuedAnywhere(e))
+                if (e.IsEmpty && !AdvertisedAnywhere(e) && !QueuedAnywhere(e))
                 {
-                    _table.Remove(e);
+                    RemoveEntry(e);
                 }
             }
         }
-    }
-
-    private bool QueuedAnywhere(RouteEntry e)
-    {
-        foreach (BgpPeer p in _speaker.Peers)
-        {
-            if (e.Get(p.Index, queued: true))
-            {
-                return true;
-            }
-        }
-        return false;
     }
 
     internal void OnDrained(BgpPeer peer)
@@ -432,9 +408,9 @@ public sealed class Rib
     {
         foreach (RouteEntry e in _emptied)
         {
-            if (e.IsEmpty && !e.AdvertisedAnywhere && !QueuedAnywhere(e))
+            if (e.IsEmpty && !AdvertisedAnywhere(e) && !QueuedAnywhere(e))
             {
-                _table.Remove(e);
+                RemoveEntry(e);
             }
         }
         _emptied.Clear();
@@ -465,15 +441,15 @@ public sealed class Rib
             for (int i = 0; i < n; i++)
             {
                 RouteEntry e = peer.Pending.Dequeue();
-                e.Set(peer.Index, queued: true, false);
+                Set(e, peer.Index, queued: true, false);
                 PathAttributes? out_ = ExportAttributes(peer, e, cache);
-                bool advertised = e.Get(peer.Index, queued: false);
+                bool advertised = Get(e, peer.Index, queued: false);
                 if (out_ is null)
                 {
                     if (advertised)
                     {
                         (e.Prefix.Family == Afi.IPv4 ? withdraw4 : withdraw6).Add(e.Prefix);
-                        e.Set(peer.Index, queued: false, false);
+                        Set(e, peer.Index, queued: false, false);
                         peer.PrefixesAdvertised--;
                     }
                     if (e.IsEmpty)
@@ -490,7 +466,7 @@ public sealed class Rib
                 list.Add(e.Prefix);
                 if (!advertised)
                 {
-                    e.Set(peer.Index, queued: false, true);
+                    Set(e, peer.Index, queued: false, true);
                     peer.PrefixesAdvertised++;
                 }
             }
@@ -550,17 +526,19 @@ public sealed class Rib
     /// </summary>
     private PathAttributes? ExportAttributes(BgpPeer peer, RouteEntry e, Dictionary<(BgpPeer?, PathAttributes, Afi), PathAttributes?> cache)
     {
-        RoutePath? best = e.Best;
-        if (best is null || best.Peer == peer)
+        if (!e.HasBest || e.BestPeer == peer)
         {
             return null;
         }
+        BgpPeer? source = e.BestPeer;
+        PathAttributes attrs = e.BestAttributes!;
         RoutePolicy? policy = peer.Config.Export ?? _speaker.Export;
-        if (policy is null && cache.TryGetValue((best.Peer, best.Attributes, e.Prefix.Family), out PathAttributes? cached))
+        Afi family = e.Prefix.Family;
+        if (policy is null && cache.TryGetValue((source, attrs, family), out PathAttributes? cached))
         {
             return cached;
         }
-        PathAttributes? result = Transform(peer, best, e.Prefix.Family);
+        PathAttributes? result = Transform(peer, source, attrs, family);
         if (policy is not null && result is not null)
         {
             PathAttributes edited = result;
@@ -568,15 +546,13 @@ public sealed class Rib
         }
         else
         {
-            cache[(best.Peer, best.Attributes, e.Prefix.Family)] = result;
+            cache[(source, attrs, family)] = result;
         }
         return result;
     }
 
-    private PathAttributes? Transform(BgpPeer peer, RoutePath best, Afi family)
+    private PathAttributes? Transform(BgpPeer peer, BgpPeer? source, PathAttributes a, Afi family)
     {
-        BgpPeer? source = best.Peer;
-        PathAttributes a = best.Attributes;
         bool reflect = false;
         if (!peer.IsEbgp && source is { IsEbgp: false })
         {
@@ -651,15 +627,16 @@ public sealed class Rib
 
     internal void OnPeerUp(BgpPeer peer)
     {
+        _established = [.. _established.Where(p => p != peer), peer];
         peer.Pending.Clear();
         peer.WaitingForDrain = false;
         peer.PrefixesAdvertised = 0;
         peer.EndOfRibOwed = true;
-        foreach (RouteEntry e in _table)
+        foreach (RouteEntry e in _table.All)
         {
-            e.Set(peer.Index, queued: false, false);
-            e.Set(peer.Index, queued: true, false);
-            if (e.Best is not null)
+            Set(e, peer.Index, queued: false, false);
+            Set(e, peer.Index, queued: true, false);
+            if (e.HasBest)
             {
                 Enqueue(peer, e);
             }
@@ -671,29 +648,30 @@ public sealed class Rib
     /// <summary>The session went down: the peer's paths go, or stay as stale for a graceful restart.</summary>
     internal void OnPeerDown(BgpPeer peer, bool keepStale)
     {
+        _established = [.. _established.Where(p => p != peer)];
         peer.Pending.Clear();
+        peer.Pending.TrimExcess();
         peer.WaitingForDrain = false;
         peer.PrefixesAdvertised = 0;
         _exportDue.Remove(peer);
         int stale = 0;
-        foreach (RouteEntry e in _table)
+        foreach (RouteEntry e in _table.All)
         {
-            e.Set(peer.Index, queued: false, false);
-            e.Set(peer.Index, queued: true, false);
+            Set(e, peer.Index, queued: false, false);
+            Set(e, peer.Index, queued: true, false);
+            int at = e.IndexOf(peer);
+            if (at < 0)
+            {
+                continue;
+            }
             if (keepStale)
             {
-                for (RoutePath? p = e.Head; p is not null; p = p.Next)
-                {
-                    if (p.Peer == peer)
-                    {
-                        p.Stale = true;
-                        stale++;
-                    }
-                }
+                e.SetFlags(at, (byte)(e.PathAt(at).Flags | RoutePath.StaleFlag));
+                stale++;
             }
-            else if (Unlink(e, peer) is { } path)
+            else
             {
-                Forget(path);
+                Forget(e.RemoveAt(at));
                 Changed(e);
             }
         }
@@ -710,25 +688,23 @@ public sealed class Rib
     {
         ArgumentNullException.ThrowIfNull(peer);
         int n = 0;
-        foreach (RouteEntry e in _table)
+        bool anyLeft = false;
+        foreach (RouteEntry e in _table.All)
         {
-            if (family is { } f && e.Prefix.Family != f)
+            int at = e.IndexOf(peer);
+            if (at < 0 || !e.PathAt(at).Stale)
             {
                 continue;
             }
-            for (RoutePath? p = e.Head; p is not null; p = p.Next)
+            if (family is { } f && e.Prefix.Family != f)
             {
-                if (p.Peer == peer && p.Stale)
-                {
-                    Unlink(e, peer);
-                    Forget(p);
-                    Changed(e);
-                    n++;
-                    break;
-                }
+                anyLeft = true;
+                continue;
             }
+            Forget(e.RemoveAt(at));
+            Changed(e);
+            n++;
         }
-        bool anyLeft = family is not null && _table.Any(e => e.Paths.Any(p => p.Peer == peer && p.Stale));
         if (!anyLeft)
         {
             peer.RoutesStale = false;
@@ -744,9 +720,9 @@ public sealed class Rib
     /// <summary>RFC 2918: the peer asked for our routes of one family again.</summary>
     internal void Refresh(BgpPeer peer, Afi family)
     {
-        foreach (RouteEntry e in _table)
+        foreach (RouteEntry e in _table.All)
         {
-            if (e.Prefix.Family == family && e.Best is not null)
+            if (e.Prefix.Family == family && e.HasBest)
             {
                 Enqueue(peer, e);
             }
@@ -759,24 +735,22 @@ public sealed class Rib
     {
         ArgumentNullException.ThrowIfNull(peer);
         RoutePolicy? import = peer.Config.Import ?? _speaker.Import;
-        foreach (RouteEntry e in _table)
+        foreach (RouteEntry e in _table.All)
         {
-            for (RoutePath? p = e.Head; p is not null; p = p.Next)
+            int at = e.IndexOf(peer);
+            if (at < 0)
             {
-                if (p.Peer == peer)
-                {
-                    PathAttributes a = p.Attributes;
-                    bool filtered = import is not null && import(peer, e.Prefix, ref a) == PolicyResult.Reject;
-                    if (filtered != p.Filtered)
-                    {
-                        Unlink(e, peer);
-                        peer.PrefixesAccepted += filtered ? -1 : 1;
-                        p.Filtered = filtered;
-                        Insert(e, p);
-                        Changed(e);
-                    }
-                    break;
-                }
+                continue;
+            }
+            RoutePath p = e.PathAt(at);
+            PathAttributes a = p.Attributes;
+            bool filtered = import is not null && import(peer, e.Prefix, ref a) == PolicyResult.Reject;
+            if (filtered != p.Filtered)
+            {
+                e.RemoveAt(at);
+                peer.PrefixesAccepted += filtered ? -1 : 1;
+                e.Insert(p.WithFlags(filtered ? (byte)(p.Flags | RoutePath.FilteredFlag) : (byte)(p.Flags & ~RoutePath.FilteredFlag)));
+                Changed(e);
             }
         }
         ScheduleFlush();

@@ -100,7 +100,7 @@ public class RibTests
         h.Until(() => a.PrefixesAccepted == 1 && b.PrefixesAccepted == 1, "both paths");
         h.Pump();
         RouteEntry e = h.Speaker.Rib.Find(Prefix.Parse("10.50.0.0/16"))!;
-        Assert.Same(b, e.Best!.Peer);
+        Assert.Same(b, e.Best!.Value.Peer);
         Assert.Equal(DecisionReason.AsPathLength, e.Reason);
         Assert.Equal(2, e.Paths.Count());
         // The loser's peer now hears the winner's route; the winner hears nothing back.
@@ -108,7 +108,7 @@ public class RibTests
         sb.Withdraw("10.50.0.0/16");
         h.Until(() => b.PrefixesAccepted == 0, "withdrawal");
         h.Pump();
-        Assert.Same(a, e.Best!.Peer);
+        Assert.Same(a, e.Best!.Value.Peer);
         Assert.Equal(DecisionReason.OnlyPath, e.Reason);
         Assert.Contains(P("10.50.0.0/16"), Table(h, sb, until: t => t.ContainsKey(P("10.50.0.0/16"))).Keys);
     }
@@ -126,7 +126,7 @@ public class RibTests
         h.Until(() => a.PrefixesAccepted == 1 && b.PrefixesAccepted == 1, "both paths");
         h.Pump();
         RouteEntry e = h.Speaker.Rib.Find(Prefix.Parse("10.60.0.0/16"))!;
-        Assert.Same(b, e.Best!.Peer);
+        Assert.Same(b, e.Best!.Value.Peer);
         Assert.Equal(DecisionReason.RouterId, e.Reason);
         Assert.Equal(2, h.Speaker.Rib.Multipath(e).Count);
     }
@@ -148,11 +148,11 @@ public class RibTests
         h.Until(() => a.PrefixesAccepted == 3 && b.PrefixesAccepted == 3, "all paths");
         h.Pump();
         RouteEntry lp = h.Speaker.Rib.Find(Prefix.Parse("10.70.0.0/16"))!;
-        Assert.Equal((a, DecisionReason.LocalPref), (lp.Best!.Peer!, lp.Reason));
+        Assert.Equal((a, DecisionReason.LocalPref), (lp.Best!.Value.Peer!, lp.Reason));
         RouteEntry origin = h.Speaker.Rib.Find(Prefix.Parse("10.71.0.0/16"))!;
-        Assert.Equal((b, DecisionReason.Origin), (origin.Best!.Peer!, origin.Reason));
+        Assert.Equal((b, DecisionReason.Origin), (origin.Best!.Value.Peer!, origin.Reason));
         RouteEntry med = h.Speaker.Rib.Find(Prefix.Parse("10.72.0.0/16"))!;
-        Assert.Equal((a, DecisionReason.Med), (med.Best!.Peer!, med.Reason));
+        Assert.Equal((a, DecisionReason.Med), (med.Best!.Value.Peer!, med.Reason));
     }
 
     [Fact]
@@ -314,14 +314,14 @@ public class RibTests
         h.Until(() => a.State != SessionState.Established, "session down");
         h.Pump();
         Assert.True(a.RoutesStale);
-        Assert.True(h.Speaker.Rib.Find(Prefix.Parse("10.1.0.0/24"))!.Best!.Stale);
+        Assert.True(h.Speaker.Rib.Find(Prefix.Parse("10.1.0.0/24"))!.Best!.Value.Stale);
         // It comes back and announces one of the two again, then End-of-RIB: the other goes.
         ScriptedPeer again = h.Establish(a, "10.0.0.1", gracefulRestart: true);
         again.Announce(Attrs("10.0.0.1", 65001), "10.1.0.0/24");
         again.Send(UpdateEncoder.EndOfRib(Afi.IPv4));
         h.Until(() => !a.RoutesStale, "stale routes flushed");
         h.Pump();
-        Assert.False(h.Speaker.Rib.Find(Prefix.Parse("10.1.0.0/24"))!.Best!.Stale);
+        Assert.False(h.Speaker.Rib.Find(Prefix.Parse("10.1.0.0/24"))!.Best!.Value.Stale);
         Assert.Null(h.Speaker.Rib.Find(Prefix.Parse("10.1.1.0/24"))?.Best);
     }
 
