@@ -56,6 +56,9 @@ public sealed class BgpSpeaker : IAsyncDisposable
     /// <summary>Applied to every TCP socket before it connects or after it is accepted (TCP MD5, TTL security).</summary>
     public Action<Socket, PeerConfig?>? ConfigureSocket { get; set; }
 
+    /// <summary>Applied to every listening socket for every peer (TCP MD5 keys must be on the listener before the SYN).</summary>
+    public Action<Socket, PeerConfig, bool>? ConfigureListener { get; set; }
+
     internal Random Random { get; } = new();
 
     public IReadOnlyList<BgpPeer> Peers => _peers;
@@ -104,6 +107,10 @@ public sealed class BgpSpeaker : IAsyncDisposable
         }
         var peer = new BgpPeer(this, config, index);
         _peers.Add(peer);
+        foreach (Socket l in _listeners)
+        {
+            ConfigureListener?.Invoke(l, config, true);
+        }
         if (start)
         {
             peer.Start();
@@ -117,6 +124,10 @@ public sealed class BgpSpeaker : IAsyncDisposable
         ArgumentNullException.ThrowIfNull(peer);
         peer.Stop(message ?? "peer removed from the configuration", Subcode.PeerDeconfigured);
         _peers.Remove(peer);
+        foreach (Socket l in _listeners)
+        {
+            ConfigureListener?.Invoke(l, peer.Config, false);
+        }
     }
 
     public BgpPeer? FindPeer(IPAddress address)
@@ -152,6 +163,10 @@ public sealed class BgpSpeaker : IAsyncDisposable
             throw;
         }
         _listeners.Add(socket);
+        foreach (BgpPeer p in _peers)
+        {
+            ConfigureListener?.Invoke(socket, p.Config, true);
+        }
         _ = AcceptLoopAsync(socket);
         return (IPEndPoint)socket.LocalEndPoint!;
     }

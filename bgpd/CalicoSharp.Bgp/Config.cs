@@ -110,6 +110,12 @@ public sealed class PeerConfig
 
     public long OutputHighWater { get; init; } = 1024 * 1024;
 
+    /// <summary>TCP MD5 signature key (RFC 2385); null for none.</summary>
+    public string? Password { get; init; }
+
+    /// <summary>GTSM (RFC 5082): the peer is at most this many hops away (send TTL 255, accept at least 256 - hops); 0 off.</summary>
+    public int TtlSecurityHops { get; init; }
+
     public RoutePolicy? Import { get; init; }
 
     public RoutePolicy? Export { get; init; }
@@ -125,6 +131,10 @@ public sealed class PeerConfig
         if (RemoteAs == 0)
         {
             throw new ArgumentException($"peer {DisplayName}: AS 0 is reserved (RFC 7607)");
+        }
+        if (Password is { Length: > 80 })
+        {
+            throw new ArgumentException($"peer {DisplayName}: TCP MD5 keys are at most 80 bytes (RFC 2385, Linux TCP_MD5SIG_MAXKEYLEN)");
         }
         if (Families.Count == 0)
         {

@@ -1,6 +1,7 @@
 using System.Net;
 using System.Net.Sockets;
 using CalicoSharp.Bgp;
+using CalicoSharp.Ipam;
 
 namespace CalicoSharp.Bgpd;
 
@@ -29,88 +30,418 @@ public sealed class StderrLog
     }
 }
 
-/// <summary>The node daemon: a BGP speaker configured from the local config file.</summary>
+/// <summary>How the daemon was started: identity and where its configuration comes from.</summary>
+public sealed class DaemonOptions
+{
+    public string? ConfigFile { get; init; }
+
+    public string? NodeName { get; init; }
+
+    /// <summary>This node's BGP IPv4 address, as a CIDR ("10.0.0.2/24") or an address.</summary>
+    public string? Ipv4Address { get; init; }
+
+    public string? Ipv6Address { get; init; }
+
+    public uint? AsNumber { get; init; }
+
+    /// <summary>etcd endpoints; none: the config file is the only source.</summary>
+    public IReadOnlyList<string> EtcdEndpoints { get; init; } = [];
+
+    /// <summary>Program learned routes and block blackholes into the kernel (off for a pure route server).</summary>
+    public bool Kernel { get; init; } = true;
+
+    public TimeSpan PollInterval { get; init; } = TimeSpan.FromSeconds(1);
+
+    public TimeSpan ReconcileInterval { get; init; } = TimeSpan.FromSeconds(10);
+}
+
+/// <summary>
+/// The node daemon: follows its configuration (file and etcd), keeps the speaker's peers and announced
+/// prefixes equal to it, and keeps the kernel's routes equal to the RIB's best paths.
+/// </summary>
 public sealed class Daemon : IAsyncDisposable
 {
-    private readonly List<Prefix> _pools = [];
+    private readonly DaemonOptions _options;
+    private readonly Action<BgpLogLevel, string> _log;
+    private readonly CancellationTokenSource _cts = new();
+    private readonly EtcdKvStore? _etcd;
+    private readonly EtcdClusterSource? _cluster;
+    private readonly NetlinkRouteTable? _routeTable;
+    private readonly KernelRouteSync? _kernel;
+    private readonly HashSet<BgpPeer> _eorPending = [];
+    private DaemonConfig _file;
+    private List<Prefix> _pools = [];
+    private HashSet<Prefix> _ownBlocks = [];
+    private HashSet<Prefix> _originated = [];
+    private HashSet<Prefix> _borrowed = [];
+    private Dictionary<IPAddress, (PeerConfig Config, string Key)> _peerKeys = [];
+    private Task? _loop;
+    private DateTimeOffset _staleDeadline;
 
-    public Daemon(DaemonConfig config, Action<BgpLogLevel, string> log)
+    public Daemon(DaemonOptions options, Action<BgpLogLevel, string> log)
     {
-        ArgumentNullException.ThrowIfNull(config);
-        Config = config;
-        Log = log;
-        IPAddress? v4 = DaemonConfig.ParseAddress(config.Ipv4Address, "ipv4Address");
-        IPAddress? v6 = DaemonConfig.ParseAddress(config.Ipv6Address, "ipv6Address");
-        if (v4 is not null && v4.AddressFamily != AddressFamily.InterNetwork)
+        ArgumentNullException.ThrowIfNull(options);
+        _options = options;
+        _log = log;
+        _file = options.ConfigFile is { } f ? DaemonConfig.Load(f) : new DaemonConfig();
+        NodeName = options.NodeName ?? _file.NodeName ?? Environment.GetEnvironmentVariable("NODENAME") ?? Environment.MachineName;
+        Ipv4Cidr = options.Ipv4Address ?? _file.Ipv4Address;
+        Ipv6Cidr = options.Ipv6Address ?? _file.Ipv6Address;
+        Ipv4 = DaemonConfig.ParseAddress(Ipv4Cidr, "ipv4Address");
+        Ipv6 = DaemonConfig.ParseAddress(Ipv6Cidr, "ipv6Address");
+        if (Ipv4 is not null && Ipv4.AddressFamily != AddressFamily.InterNetwork)
         {
-            throw new ConfigException($"ipv4Address: {v4} is not an IPv4 address");
+            throw new ConfigException($"ipv4Address: {Ipv4} is not an IPv4 address");
         }
-        if (v6 is not null && v6.AddressFamily != AddressFamily.InterNetworkV6)
+        if (Ipv6 is not null && Ipv6.AddressFamily != AddressFamily.InterNetworkV6)
         {
-            throw new ConfigException($"ipv6Address: {v6} is not an IPv6 address");
+            throw new ConfigException($"ipv6Address: {Ipv6} is not an IPv6 address");
         }
-        string? rid = config.RouterId ?? v4?.ToString();
-        if (rid is null)
+        if (options.EtcdEndpoints.Count > 0)
         {
-            throw new ConfigException("no router id: set routerId or ipv4Address");
+            _etcd = new EtcdKvStore(new EtcdOptions { Endpoints = options.EtcdEndpoints });
+            _cluster = new EtcdClusterSource(_etcd, NodeName);
         }
-        uint routerId;
-        try
+        if (options.Kernel)
         {
-            routerId = SpeakerConfig.ParseRouterId(rid);
+            _routeTable = new NetlinkRouteTable();
+            _kernel = new KernelRouteSync(_routeTable, log);
         }
-        catch (FormatException e)
+        if (_file.Import is not "pools" and not "all")
         {
-            throw new ConfigException(e.Message);
+            throw new ConfigException($"import: '{_file.Import}' (must be \"pools\" or \"all\")");
         }
-        if (config.Import is not "pools" and not "all")
-        {
-            throw new ConfigException($"import: '{config.Import}' (must be \"pools\" or \"all\")");
-        }
-        foreach (string p in config.IpPools)
-        {
-            _pools.Add(DaemonConfig.ParsePrefix(p, "ipPools"));
-        }
-        uint? cluster = config.RouteReflectorClusterId is { } c ? ParseId(c, "routeReflectorClusterID") : null;
-        Speaker = new BgpSpeaker(new SpeakerConfig
-        {
-            LocalAs = config.AsNumber ?? 64512,
-            RouterId = routerId,
-            ClusterId = cluster,
-            Log = log,
-        });
-        Speaker.Import = ImportPolicy;
-        Ipv4 = v4;
-        Ipv6 = v6;
     }
 
-    public DaemonConfig Config { get; }
+    public string NodeName { get; }
 
-    public BgpSpeaker Speaker { get; }
+    public string? Ipv4Cidr { get; }
+
+    public string? Ipv6Cidr { get; }
 
     public IPAddress? Ipv4 { get; }
 
     public IPAddress? Ipv6 { get; }
 
-    private Action<BgpLogLevel, string> Log { get; }
+    public BgpSpeaker Speaker { get; private set; } = null!;
 
-    private static uint ParseId(string text, string what)
+    public KernelRouteSync? Kernel => _kernel;
+
+    public ClusterSnapshot Cluster { get; private set; } = ClusterSnapshot.Empty;
+
+    public DateTimeOffset StartedAt { get; } = DateTimeOffset.UtcNow;
+
+    public long EtcdErrors { get; private set; }
+
+    public string? LastEtcdError { get; private set; }
+
+    public DateTimeOffset? LastEtcdRead { get; private set; }
+
+    public IReadOnlyCollection<Prefix> OwnBlocks => _ownBlocks;
+
+    /// <summary>The AS this node speaks: flag, then the node's record, the file, the cluster default, 64512.</summary>
+    public uint LocalAs => _options.AsNumber ?? Cluster.Nodes.FirstOrDefault(n => n.Name == NodeName)?.AsNumber ?? _file.AsNumber ?? Cluster.AsNumber ?? 64512;
+
+    public async Task StartAsync()
     {
+        int stale = _kernel?.Startup() ?? 0;
+        if (_cluster is not null)
+        {
+            if (Ipv4Cidr is not null || Ipv6Cidr is not null || _options.AsNumber is not null)
+            {
+                // As calico/node does: a node given its identity by flags publishes it for the mesh and the CLI.
+                await _cluster.WriteNodeAsync(Ipv4Cidr, Ipv6Cidr, _options.AsNumber, _cts.Token).ConfigureAwait(false);
+            }
+            Cluster = await _cluster.ReadAsync(_cts.Token).ConfigureAwait(false);
+            LastEtcdRead = DateTimeOffset.UtcNow;
+        }
+        string? rid = _file.RouterId ?? Ipv4?.ToString();
+        if (rid is null)
+        {
+            throw new ConfigException("no router id: give an IPv4 address (--ipv4-address, ipv4Address) or routerId");
+        }
+        uint routerId;
+        uint? cluster = null;
         try
         {
-            return SpeakerConfig.ParseRouterId(text);
+            routerId = SpeakerConfig.ParseRouterId(rid);
+            string? clusterText = _file.RouteReflectorClusterId ?? Cluster.Nodes.FirstOrDefault(n => n.Name == NodeName)?.ClusterId;
+            cluster = clusterText is null ? null : SpeakerConfig.ParseRouterId(clusterText);
         }
-        catch (FormatException)
+        catch (FormatException e)
         {
-            throw new ConfigException($"{what}: '{text}' is not an IPv4-style id");
+            throw new ConfigException(e.Message);
+        }
+        Speaker = new BgpSpeaker(new SpeakerConfig
+        {
+            LocalAs = LocalAs,
+            RouterId = routerId,
+            ClusterId = cluster,
+            Restarting = stale > 0,
+            Log = _log,
+        });
+        Speaker.Import = ImportPolicy;
+        Speaker.ConfigureSocket = SocketOptions.Apply;
+        Speaker.ConfigureListener = SocketOptions.ApplyListener;
+        Speaker.Rib.BestChanged += OnBestChanged;
+        Speaker.Rib.EndOfRibReceived += OnEndOfRib;
+        IPAddress listen = DaemonConfig.ParseAddress(_file.ListenAddress, "listenAddress") ?? IPAddress.IPv6Any;
+        IPEndPoint bound = Speaker.Listen(new IPEndPoint(listen, _file.ListenPort ?? Cluster.ListenPort ?? 179));
+        _log(BgpLogLevel.Info, $"node {NodeName}: listening on {bound}, AS {LocalAs}, router id {rid}{(cluster is null ? "" : ", route reflector")}");
+        _staleDeadline = DateTimeOffset.UtcNow + TimeSpan.FromSeconds(Speaker.Config.RestartTime);
+        await Speaker.InvokeAsync(Apply).ConfigureAwait(false);
+        _loop = Task.Run(LoopAsync);
+    }
+
+    private async Task LoopAsync()
+    {
+        DateTimeOffset nextReconcile = DateTimeOffset.UtcNow + _options.ReconcileInterval;
+        while (!_cts.IsCancellationRequested)
+        {
+            try
+            {
+                await Task.Delay(_options.PollInterval, _cts.Token).ConfigureAwait(false);
+            }
+            catch (OperationCanceledException)
+            {
+                return;
+            }
+            if (_cluster is not null)
+            {
+                try
+                {
+                    ClusterSnapshot snap = await _cluster.ReadAsync(_cts.Token).ConfigureAwait(false);
+                    LastEtcdRead = DateTimeOffset.UtcNow;
+                    LastEtcdError = null;
+                    Cluster = snap;
+                    await UpdateBorrowedAsync(snap).ConfigureAwait(false);
+                }
+                catch (OperationCanceledException) when (_cts.IsCancellationRequested)
+                {
+                    return;
+                }
+                catch (Exception e) when (e is IpamException or IOException or ConfigException or Grpc.Core.RpcException)
+                {
+                    EtcdErrors++;
+                    if (LastEtcdError != e.Message)
+                    {
+                        _log(BgpLogLevel.Warning, $"etcd: {e.Message} (keeping the last known configuration)");
+                    }
+                    LastEtcdError = e.Message;
+                }
+            }
+            bool reconcile = DateTimeOffset.UtcNow >= nextReconcile;
+            if (reconcile)
+            {
+                nextReconcile = DateTimeOffset.UtcNow + _options.ReconcileInterval;
+            }
+            await Speaker.InvokeAsync(() =>
+            {
+                Apply();
+                if (_kernel is { KeepingStale: true } && DateTimeOffset.UtcNow >= _staleDeadline)
+                {
+                    _log(BgpLogLevel.Info, "kernel: restart time over, removing routes no peer sent again");
+                    _kernel.ReleaseStale();
+                }
+                else if (reconcile)
+                {
+                    _kernel?.Reconcile();
+                }
+            }).ConfigureAwait(false);
         }
     }
 
-    /// <summary>By default only prefixes inside the IP pools are accepted: a peer announcing a default route or
-    /// foreign prefixes must not capture this node's traffic.</summary>
+    /// <summary>Pod /32s on this node outside its own blocks that IPAM allocated to it: borrowed addresses.</summary>
+    private async Task UpdateBorrowedAsync(ClusterSnapshot snap)
+    {
+        if (_routeTable is null || _cluster is null)
+        {
+            return;
+        }
+        var own = snap.ConfirmedBlocks.Select(b => Prefix.Parse(b.ToString())).ToList();
+        List<IPAddress> candidates = [.. _routeTable.PodHostRoutes().Where(h => !own.Any(b => b.Contains(h))).Select(h => h.Address)];
+        HashSet<IPAddress> borrowed = candidates.Count == 0 ? [] : await _cluster.BorrowedAsync(candidates, snap, _cts.Token).ConfigureAwait(false);
+        _borrowed = [.. borrowed.Select(a => Prefix.FromAddress(a, a.AddressFamily == AddressFamily.InterNetwork ? 32 : 128))];
+    }
+
+    /// <summary>SIGHUP: read the config file again and apply it.</summary>
+    public async Task ReloadAsync()
+    {
+        if (_options.ConfigFile is not { } f)
+        {
+            return;
+        }
+        DaemonConfig next = DaemonConfig.Load(f);
+        await Speaker.InvokeAsync(() =>
+        {
+            _file = next;
+            Apply();
+        }).ConfigureAwait(false);
+        _log(BgpLogLevel.Info, $"reloaded {f}");
+    }
+
+    /// <summary>Desired against actual, on the speaker's loop: pools, peers, announced prefixes.</summary>
+    private void Apply()
+    {
+        ClusterSnapshot c = Cluster;
+        var pools = c.Pools.Select(p => Prefix.Parse(p.ToString())).Concat(_file.IpPools.Select(p => DaemonConfig.ParsePrefix(p, "ipPools"))).Distinct().ToList();
+        if (!pools.SequenceEqual(_pools))
+        {
+            _pools = pools;
+            foreach (BgpPeer p in Speaker.Peers)
+            {
+                Speaker.Rib.Reimport(p);
+            }
+        }
+        ApplyPeers(DesiredPeers(c));
+        var blocks = c.ConfirmedBlocks.Select(b => Prefix.Parse(b.ToString())).ToHashSet();
+        var originate = new HashSet<Prefix>(blocks);
+        foreach (string s in _file.Originate)
+        {
+            originate.Add(DaemonConfig.ParsePrefix(s, "originate"));
+        }
+        foreach (Prefix host in _borrowed)
+        {
+            // Addresses this node borrowed from other nodes' blocks: advertised as /32 (/128).
+            if (!blocks.Any(b => b.Contains(host)))
+            {
+                originate.Add(host);
+            }
+        }
+        _ownBlocks = blocks;
+        foreach (Prefix gone in _originated.Where(p => !originate.Contains(p)).ToList())
+        {
+            Speaker.Rib.WithdrawLocal(gone);
+            _log(BgpLogLevel.Info, $"withdrawing {gone}");
+        }
+        foreach (Prefix add in originate.Where(p => !_originated.Contains(p)))
+        {
+            Speaker.Rib.Originate(add);
+            _log(BgpLogLevel.Info, $"announcing {add}{(blocks.Contains(add) ? " (block affine to this node)" : add.Length is 32 or 128 ? " (borrowed address)" : "")}");
+        }
+        _originated = originate;
+    }
+
+    /// <summary>The peers this node should have: the file's, the bgppeers that select it, and the node mesh.</summary>
+    internal List<PeerConfig> DesiredPeers(ClusterSnapshot c)
+    {
+        var result = new List<PeerConfig>();
+        var seen = new HashSet<IPAddress>();
+        NodeInfo? me = c.Nodes.FirstOrDefault(n => n.Name == NodeName);
+        IReadOnlyDictionary<string, string> myLabels = me?.Labels ?? new Dictionary<string, string>();
+        bool iAmReflector = (_file.RouteReflectorClusterId ?? me?.ClusterId) is not null;
+        void Add(PeerConfig p)
+        {
+            if (!p.Address.Equals(Ipv4) && !p.Address.Equals(Ipv6) && seen.Add(p.Address))
+            {
+                result.Add(p);
+            }
+        }
+        foreach (PeerSpec spec in _file.Peers)
+        {
+            Add(ToPeerConfig(spec));
+        }
+        foreach (PeerResource r in c.Peers)
+        {
+            bool forMe = r.Node is not null ? r.Node == NodeName
+                : r.NodeSelector is not null ? Selector.Parse(r.NodeSelector).Matches(myLabels)
+                : true;
+            if (!forMe || r.AsNumber == 0 && r.PeerSelector is null)
+            {
+                continue;
+            }
+            IEnumerable<(string Ip, uint As, bool Client)> targets = r.PeerSelector is { } sel
+                ? c.Nodes.Where(n => n.Name != NodeName && Selector.Parse(sel).Matches(n.Labels) && n.Ipv4 is not null)
+                    .Select(n => (n.Ipv4!.ToString(), n.AsNumber ?? c.AsNumber ?? 64512, iAmReflector && n.ClusterId is null))
+                : r.PeerIP is { } peerIp ? [(peerIp, r.AsNumber, false)] : [];
+            foreach ((string ip, uint asn, bool client) in targets)
+            {
+                Add(ToPeerConfig(new PeerSpec
+                {
+                    Name = r.Name,
+                    PeerIP = ip,
+                    AsNumber = asn,
+                    KeepaliveTime = r.KeepaliveTime,
+                    MaxRestartTime = r.MaxRestartTime,
+                    Password = r.Password,
+                    TtlSecurity = r.TtlSecurity,
+                    RouteReflectorClient = client,
+                }));
+            }
+        }
+        if (c.NodeToNodeMesh ?? (c.Nodes.Count > 0 && _cluster is not null))
+        {
+            foreach (NodeInfo n in c.Nodes.Where(n => n.Name != NodeName && n.Ipv4 is not null && Ipv4 is not null))
+            {
+                // One side connects: the node with the lower address; the other waits (Calico's mesh is symmetric,
+                // BGP's collision resolution would sort out two connections, one is cheaper).
+                bool passive = Compare(Ipv4!, n.Ipv4!) > 0;
+                Add(ToPeerConfig(new PeerSpec
+                {
+                    Name = $"mesh-{n.Name}",
+                    PeerIP = n.Ipv4!.ToString(),
+                    AsNumber = n.AsNumber ?? c.AsNumber ?? 64512,
+                    Passive = passive,
+                    RouteReflectorClient = iAmReflector && n.ClusterId is null,
+                }));
+            }
+        }
+        return result;
+    }
+
+    private static int Compare(IPAddress a, IPAddress b) => a.GetAddressBytes().AsSpan().SequenceCompareTo(b.GetAddressBytes());
+
+    private void ApplyPeers(List<PeerConfig> desired)
+    {
+        var next = new Dictionary<IPAddress, (PeerConfig, string)>();
+        foreach (PeerConfig p in desired)
+        {
+            next[p.Address] = (p, Key(p));
+        }
+        foreach ((IPAddress addr, (PeerConfig _, string key)) in _peerKeys)
+        {
+            if (!next.TryGetValue(addr, out (PeerConfig Config, string Key) n) || n.Key != key)
+            {
+                if (Speaker.FindPeer(addr) is { } old)
+                {
+                    _log(BgpLogLevel.Info, $"peer {old.Config.DisplayName}: {(next.ContainsKey(addr) ? "configuration changed" : "no longer configured")}");
+                    Speaker.RemovePeer(old, next.ContainsKey(addr) ? "configuration changed" : "peer removed from the configuration");
+                    _eorPending.Remove(old);
+                }
+            }
+        }
+        foreach ((IPAddress addr, (PeerConfig config, string key)) in next)
+        {
+            if (!_peerKeys.TryGetValue(addr, out (PeerConfig Config, string Key) have) || have.Key != key || Speaker.FindPeer(addr) is null)
+            {
+                BgpPeer peer = Speaker.AddPeer(config);
+                if (_kernel is { KeepingStale: true })
+                {
+                    _eorPending.Add(peer);
+                }
+                _log(BgpLogLevel.Info, $"peer {config.DisplayName}: configured (AS {config.RemoteAs}{(config.Passive ? ", passive" : "")}{(config.RouteReflectorClient ? ", route reflector client" : "")})");
+            }
+        }
+        _peerKeys = next;
+    }
+
+    private static string Key(PeerConfig p) =>
+        $"{p.Address}|{p.RemoteAs}|{p.LocalAddress}|{p.HoldTime}|{p.KeepaliveTime}|{p.Passive}|{p.RouteReflectorClient}|{p.NextHopSelf}|{p.MaxPrefixes}|{p.GracefulRestart}|{SocketOptions.Describe(p)}";
+
+    private void OnEndOfRib(BgpPeer peer, Afi family)
+    {
+        if (_kernel is { KeepingStale: true } && _eorPending.Remove(peer) && _eorPending.Count == 0)
+        {
+            _log(BgpLogLevel.Info, "kernel: every peer has sent End-of-RIB, removing routes no peer sent again");
+            _kernel.ReleaseStale();
+        }
+    }
+
+    /// <summary>Only prefixes inside the IP pools are accepted (unless the file says "all"): a peer announcing a
+    /// default route or foreign prefixes must not capture this node's traffic.</summary>
     private PolicyResult ImportPolicy(BgpPeer? peer, Prefix prefix, ref PathAttributes attributes)
     {
-        if (Config.Import == "all")
+        if (_file.Import == "all")
         {
             return PolicyResult.Accept;
         }
@@ -124,6 +455,42 @@ public sealed class Daemon : IAsyncDisposable
         return PolicyResult.Reject;
     }
 
+    private void OnBestChanged(IReadOnlyList<RouteEntry> changed)
+    {
+        if (_kernel is null)
+        {
+            return;
+        }
+        foreach (RouteEntry e in changed)
+        {
+            _kernel.Set(e.Prefix, KernelRouteFor(e));
+        }
+    }
+
+    /// <summary>Own blocks are blackholes; a borrowed /32 needs nothing (the CNI plugin's route serves it);
+    /// learned prefixes go via their best next hop(s).</summary>
+    internal KernelRoute? KernelRouteFor(RouteEntry e)
+    {
+        if (e.Best is not { } best)
+        {
+            return null;
+        }
+        if (best.IsLocal)
+        {
+            return e.Prefix.Length == e.Prefix.MaxLength ? null : KernelRoute.Drop;
+        }
+        var hops = new List<IPAddress>();
+        foreach (RoutePath p in Speaker.Rib.Multipath(e))
+        {
+            Prefix nh = p.Attributes.NextHop;
+            if (nh.Family == e.Prefix.Family && !nh.Address.Equals(Ipv4) && !nh.Address.Equals(Ipv6) && !hops.Contains(nh.Address))
+            {
+                hops.Add(nh.Address);
+            }
+        }
+        return hops.Count == 0 ? null : new KernelRoute(false, hops);
+    }
+
     public PeerConfig ToPeerConfig(PeerSpec spec)
     {
         ArgumentNullException.ThrowIfNull(spec);
@@ -134,12 +501,16 @@ public sealed class Daemon : IAsyncDisposable
         }
         bool v4 = address.AddressFamily == AddressFamily.InterNetwork;
         IPAddress? source = DaemonConfig.ParseAddress(spec.SourceAddress, "sourceAddress") ?? (v4 ? Ipv4 : Ipv6);
-        ushort hold = Config.HoldTime ?? 90;
+        ushort hold = _file.HoldTime ?? 90;
         if (spec.HoldTime is { } h)
         {
             hold = (ushort)DaemonConfig.ParseDuration(h, $"peer {spec.PeerIP} holdTime").TotalSeconds;
         }
         ushort? keepalive = spec.KeepaliveTime is { } k ? (ushort)DaemonConfig.ParseDuration(k, $"peer {spec.PeerIP} keepaliveTime").TotalSeconds : null;
+        if (spec.TtlSecurity is < 0 or > 254)
+        {
+            throw new ConfigException($"peer {spec.PeerIP}: ttlSecurity {spec.TtlSecurity} (0-254 hops)");
+        }
         var config = new PeerConfig
         {
             Address = address,
@@ -154,6 +525,8 @@ public sealed class Daemon : IAsyncDisposable
             NextHopSelf = spec.NextHopSelf,
             MaxPrefixes = spec.MaxPrefixes,
             Families = [Afi.IPv4, Afi.IPv6],
+            Password = spec.Password,
+            TtlSecurityHops = spec.TtlSecurity ?? 0,
         };
         try
         {
@@ -166,28 +539,30 @@ public sealed class Daemon : IAsyncDisposable
         return config;
     }
 
-    public async Task StartAsync()
+    /// <summary>A planned stop (SIGTERM): Cease to every peer, so they withdraw our routes at once. Kernel routes
+    /// are left in place: a new run finds and keeps them (graceful restart) while sessions come back.</summary>
+    public async Task StopAsync(string reason)
     {
-        var peers = Config.Peers.Select(ToPeerConfig).ToList();
-        var originate = Config.Originate.Select(p => DaemonConfig.ParsePrefix(p, "originate")).ToList();
-        IPAddress listen = DaemonConfig.ParseAddress(Config.ListenAddress, "listenAddress") ?? IPAddress.IPv6Any;
-        IPEndPoint bound = Speaker.Listen(new IPEndPoint(listen, Config.ListenPort ?? 179));
-        Log(BgpLogLevel.Info, $"listening on {bound}, AS {Speaker.Config.LocalAs}, router id {new IPAddress(System.Buffers.Binary.BinaryPrimitives.ReverseEndianness(Speaker.Config.RouterId))}");
-        await Speaker.InvokeAsync(() =>
+        await _cts.CancelAsync().ConfigureAwait(false);
+        if (_loop is not null)
         {
-            foreach (PeerConfig p in peers)
-            {
-                Speaker.AddPeer(p);
-            }
-            foreach (Prefix p in originate)
-            {
-                Speaker.Rib.Originate(p);
-            }
-        }).ConfigureAwait(false);
+            await _loop.ConfigureAwait(false);
+        }
+        await Speaker.StopAsync(reason, TimeSpan.FromMilliseconds(300)).ConfigureAwait(false);
     }
 
-    /// <summary>A planned stop (SIGTERM): Cease to every peer, so they withdraw our routes at once.</summary>
-    public Task StopAsync(string reason) => Speaker.StopAsync(reason, TimeSpan.FromMilliseconds(300));
-
-    public ValueTask DisposeAsync() => Speaker.DisposeAsync();
+    public async ValueTask DisposeAsync()
+    {
+        if (!_cts.IsCancellationRequested)
+        {
+            await _cts.CancelAsync().ConfigureAwait(false);
+        }
+        if (Speaker is not null)
+        {
+            await Speaker.DisposeAsync().ConfigureAwait(false);
+        }
+        _etcd?.Dispose();
+        _routeTable?.Dispose();
+        _cts.Dispose();
+    }
 }

@@ -1,45 +1,80 @@
+using System.Globalization;
 using System.Runtime.InteropServices;
 using CalicoSharp.Bgp;
 using CalicoSharp.Bgpd;
+using CalicoSharp.Ipam;
 
-// calicosharp-bgpd --config <file> [--log-level debug|info|warning|error]
-string? configPath = null;
+// calicosharp-bgpd: see --help. Flags win over environment variables, which win over the config file.
+const string Usage = """
+    usage: calicosharp-bgpd [options]
+      --config <file>           local config file (JSON, Calico's field names); SIGHUP reloads it
+      --node-name <name>        this node (env NODENAME; default: the host name)
+      --ipv4-address <cidr>     this node's BGP IPv4 address, e.g. 10.0.0.2/24 (env IP)
+      --ipv6-address <cidr>     this node's BGP IPv6 address (env IP6)
+      --as <number>             this node's AS (env AS; default: the node record, the file, bgpconfigurations, 64512)
+      --etcd-endpoints <list>   comma-separated etcd endpoints, http://host:port or unix:///path (env ETCD_ENDPOINTS)
+      --no-kernel               do not program routes into the kernel (a route server)
+      --log-level <level>       debug, info (default), warning, error
+    """;
+string? config = null, node = Environment.GetEnvironmentVariable("NODENAME"), ip4 = Environment.GetEnvironmentVariable("IP"),
+    ip6 = Environment.GetEnvironmentVariable("IP6"), asText = Environment.GetEnvironmentVariable("AS"),
+    etcd = Environment.GetEnvironmentVariable(EtcdOptions.EnvironmentVariable);
+bool kernel = true;
 BgpLogLevel level = BgpLogLevel.Info;
 for (int i = 0; i < args.Length; i++)
 {
+    string? Next() => i + 1 < args.Length ? args[++i] : null;
     switch (args[i])
     {
-        case "--config" when i + 1 < args.Length:
-            configPath = args[++i];
-            break;
-        case "--log-level" when i + 1 < args.Length:
-            if (!Enum.TryParse(args[++i], true, out level))
+        case "--config": config = Next(); break;
+        case "--node-name": node = Next(); break;
+        case "--ipv4-address": ip4 = Next(); break;
+        case "--ipv6-address": ip6 = Next(); break;
+        case "--as": asText = Next(); break;
+        case "--etcd-endpoints": etcd = Next(); break;
+        case "--no-kernel": kernel = false; break;
+        case "--log-level":
+            if (!Enum.TryParse(Next(), true, out level))
             {
-                Console.Error.WriteLine($"calicosharp-bgpd: unknown log level '{args[i]}' (debug, info, warning, error)");
+                Console.Error.WriteLine("calicosharp-bgpd: --log-level is debug, info, warning or error");
                 return 2;
             }
             break;
         case "-h" or "--help":
-            Console.WriteLine("usage: calicosharp-bgpd --config <file.json> [--log-level debug|info|warning|error]");
+            Console.WriteLine(Usage);
             return 0;
         default:
-            Console.Error.WriteLine($"calicosharp-bgpd: unknown argument '{args[i]}' (see --help)");
+            Console.Error.WriteLine($"calicosharp-bgpd: unknown argument '{args[i]}'\n{Usage}");
             return 2;
     }
 }
-if (configPath is null)
+uint? asn = null;
+if (!string.IsNullOrEmpty(asText))
 {
-    Console.Error.WriteLine("calicosharp-bgpd: --config <file> is required");
-    return 2;
+    if (!uint.TryParse(asText, NumberStyles.None, CultureInfo.InvariantCulture, out uint a) || a == 0)
+    {
+        Console.Error.WriteLine($"calicosharp-bgpd: AS '{asText}' is not a number from 1 to 4294967295");
+        return 2;
+    }
+    asn = a;
 }
 var log = new StderrLog(level);
 Daemon daemon;
 try
 {
-    daemon = new Daemon(DaemonConfig.Load(configPath), log.Write);
+    daemon = new Daemon(new DaemonOptions
+    {
+        ConfigFile = config,
+        NodeName = node,
+        Ipv4Address = string.IsNullOrEmpty(ip4) ? null : ip4,
+        Ipv6Address = string.IsNullOrEmpty(ip6) ? null : ip6,
+        AsNumber = asn,
+        EtcdEndpoints = string.IsNullOrEmpty(etcd) ? [] : EtcdOptions.ParseEndpoints(etcd),
+        Kernel = kernel,
+    }, log.Write);
     await daemon.StartAsync().ConfigureAwait(false);
 }
-catch (Exception e) when (e is ConfigException or System.Net.Sockets.SocketException)
+catch (Exception e) when (e is ConfigException or System.Net.Sockets.SocketException or IpamException or IOException or Grpc.Core.RpcException or ArgumentException)
 {
     Console.Error.WriteLine($"calicosharp-bgpd: {e.Message}");
     return 1;
@@ -55,8 +90,23 @@ using var intr = PosixSignalRegistration.Create(PosixSignal.SIGINT, c =>
     c.Cancel = true;
     stop.TrySetResult("SIGINT");
 });
+using var hup = PosixSignalRegistration.Create(PosixSignal.SIGHUP, c =>
+{
+    c.Cancel = true;
+    _ = Task.Run(async () =>
+    {
+        try
+        {
+            await daemon.ReloadAsync().ConfigureAwait(false);
+        }
+        catch (ConfigException e)
+        {
+            log.Write(BgpLogLevel.Error, $"reload failed, keeping the running configuration: {e.Message}");
+        }
+    });
+});
 string why = await stop.Task.ConfigureAwait(false);
-log.Write(BgpLogLevel.Info, $"{why}: closing every session with Cease (administrative shutdown)");
+log.Write(BgpLogLevel.Info, $"{why}: closing every session with Cease (administrative shutdown); peers withdraw our routes now");
 await daemon.StopAsync($"calicosharp-bgpd stopping ({why})").ConfigureAwait(false);
 await daemon.DisposeAsync().ConfigureAwait(false);
 return 0;

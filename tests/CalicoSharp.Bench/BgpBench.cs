@@ -102,7 +102,7 @@ internal static class BgpBench
             }
             """);
         var psi = new ProcessStartInfo("ip") { UseShellExecute = false, RedirectStandardError = false };
-        foreach (string a in new[] { "netns", "exec", ns, bin, "--config", cfg, "--log-level", "warning" })
+        foreach (string a in new[] { "netns", "exec", ns, bin, "--config", cfg, "--no-kernel", "--log-level", "warning" })
         {
             psi.ArgumentList.Add(a);
         }

@@ -1,0 +1,292 @@
+using System.Net;
+using System.Text;
+using System.Text.Json;
+using CalicoSharp.Ipam;
+
+namespace CalicoSharp.Bgpd;
+
+/// <summary>A nodes resource as bgpd needs it.</summary>
+public sealed record NodeInfo(string Name, IPAddress? Ipv4, IPAddress? Ipv6, uint? AsNumber, string? ClusterId, IReadOnlyDictionary<string, string> Labels);
+
+/// <summary>A bgppeers resource (Calico's spec fields).</summary>
+public sealed record PeerResource(string Name, string? PeerIP, uint AsNumber, string? Node, string? NodeSelector, string? PeerSelector,
+    string? KeepaliveTime, string? MaxRestartTime, string? Password, int? TtlSecurity);
+
+/// <summary>One consistent read of everything bgpd follows in etcd.</summary>
+public sealed record ClusterSnapshot(
+    long Revision,
+    uint? AsNumber,
+    bool? NodeToNodeMesh,
+    int? ListenPort,
+    IReadOnlyList<NodeInfo> Nodes,
+    IReadOnlyList<PeerResource> Peers,
+    IReadOnlyList<IpNet> Pools,
+    IReadOnlyDictionary<IpNet, int> PoolBlockSizes,
+    IReadOnlyList<IpNet> ConfirmedBlocks)
+{
+    public static readonly ClusterSnapshot Empty = new(0, null, null, null, [], [], [], new Dictionary<IpNet, int>(), []);
+}
+
+/// <summary>
+/// Reads bgpconfigurations, bgppeers, nodes, ippools and this node's block affinities in one etcd round trip
+/// (one revision, so the view is consistent), and writes this node's own nodes record.
+/// </summary>
+public sealed class EtcdClusterSource
+{
+    private const string BgpConfigurations = Keys.ResourcePrefix + "bgpconfigurations/";
+    private const string BgpPeers = Keys.ResourcePrefix + "bgppeers/";
+
+    private readonly IKvStore _store;
+    private readonly string _node;
+
+    public EtcdClusterSource(IKvStore store, string node)
+    {
+        _store = store;
+        _node = node;
+    }
+
+    public async Task<ClusterSnapshot> ReadAsync(CancellationToken ct)
+    {
+        IReadOnlyList<IReadOnlyList<KvEntry>> r = await _store.ReadAsync(
+        [
+            KvRead.Under(BgpConfigurations, false),
+            KvRead.Under(BgpPeers, false),
+            KvRead.Under(Keys.NodePrefix, false),
+            KvRead.Under(Keys.PoolPrefix, false),
+            KvRead.Under(Keys.HostAffinityPrefix(_node), false),
+        ], ct).ConfigureAwait(false);
+        long revision = r.SelectMany(x => x).Select(e => e.ModRevision).DefaultIfEmpty(0).Max();
+        uint? asn = null;
+        bool? mesh = null;
+        int? port = null;
+        foreach (KvEntry e in r[0])
+        {
+            // Calico reads the "default" configuration (a node-specific one, "node.<name>", overrides listenPort).
+            string name = e.Key[BgpConfigurations.Length..];
+            if (name != "default" && name != $"node.{_node}")
+            {
+                continue;
+            }
+            using JsonDocument d = Parse(e);
+            if (d.RootElement.TryGetProperty("spec", out JsonElement spec))
+            {
+                asn = name == "default" ? UInt(spec, "asNumber") ?? asn : asn;
+                mesh = name == "default" && spec.TryGetProperty("nodeToNodeMeshEnabled", out JsonElement m) && m.ValueKind is JsonValueKind.True or JsonValueKind.False ? m.GetBoolean() : mesh;
+                port = spec.TryGetProperty("listenPort", out JsonElement lp) && lp.TryGetInt32(out int v) ? v : port;
+            }
+        }
+        var peers = new List<PeerResource>();
+        foreach (KvEntry e in r[1])
+        {
+            using JsonDocument d = Parse(e);
+            JsonElement spec = d.RootElement.TryGetProperty("spec", out JsonElement s) ? s : default;
+            if (spec.ValueKind != JsonValueKind.Object)
+            {
+                continue;
+            }
+            string? password = spec.TryGetProperty("password", out JsonElement pw) && pw.ValueKind == JsonValueKind.String ? pw.GetString() : null;
+            peers.Add(new PeerResource(e.Key[BgpPeers.Length..], Str(spec, "peerIP"), UInt(spec, "asNumber") ?? 0, Str(spec, "node"),
+                Str(spec, "nodeSelector"), Str(spec, "peerSelector"), Str(spec, "keepaliveTime"), Str(spec, "maxRestartTime"), password,
+                spec.TryGetProperty("ttlSecurity", out JsonElement ttl) && ttl.TryGetInt32(out int t) ? t : null));
+        }
+        var nodes = new List<NodeInfo>();
+        foreach (KvEntry e in r[2])
+        {
+            using JsonDocument d = Parse(e);
+            JsonElement root = d.RootElement;
+            var labels = new Dictionary<string, string>(StringComparer.Ordinal);
+            if (root.TryGetProperty("metadata", out JsonElement md) && md.TryGetProperty("labels", out JsonElement lb) && lb.ValueKind == JsonValueKind.Object)
+            {
+                foreach (JsonProperty l in lb.EnumerateObject())
+                {
+                    labels[l.Name] = l.Value.ToString();
+                }
+            }
+            JsonElement bgp = root.TryGetProperty("spec", out JsonElement spec) && spec.TryGetProperty("bgp", out JsonElement b) ? b : default;
+            nodes.Add(new NodeInfo(e.Key[Keys.NodePrefix.Length..],
+                bgp.ValueKind == JsonValueKind.Object ? Address(Str(bgp, "ipv4Address")) : null,
+                bgp.ValueKind == JsonValueKind.Object ? Address(Str(bgp, "ipv6Address")) : null,
+                bgp.ValueKind == JsonValueKind.Object ? UInt(bgp, "asNumber") : null,
+                bgp.ValueKind == JsonValueKind.Object ? Str(bgp, "routeReflectorClusterID") : null,
+                labels));
+        }
+        var pools = new List<IpNet>();
+        var blockSizes = new Dictionary<IpNet, int>();
+        foreach (KvEntry e in r[3])
+        {
+            using JsonDocument d = Parse(e);
+            if (d.RootElement.TryGetProperty("spec", out JsonElement spec) && Str(spec, "cidr") is { } cidr && IpNet.TryParse(cidr, false, out IpNet net, out _))
+            {
+                pools.Add(net);
+                blockSizes[net] = spec.TryGetProperty("blockSize", out JsonElement bs) && bs.TryGetInt32(out int size) ? size
+                    : net.IsIPv6 ? IpPool.DefaultBlockSizeV6 : IpPool.DefaultBlockSizeV4;
+            }
+        }
+        var blocks = new List<IpNet>();
+        foreach (KvEntry e in r[4])
+        {
+            // DESIGN: bgpd advertises a block once its affinity is confirmed.
+            if (Keys.TryParseAffinityKey(e.Key, out _, out IpNet cidr))
+            {
+                using JsonDocument d = Parse(e);
+                if (Str(d.RootElement, "state") == "confirmed" && !(d.RootElement.TryGetProperty("deleted", out JsonElement del) && del.ValueKind == JsonValueKind.True))
+                {
+                    blocks.Add(cidr);
+                }
+            }
+        }
+        return new ClusterSnapshot(revision, asn, mesh, port, nodes, peers, pools, blockSizes, blocks);
+    }
+
+    /// <summary>
+    /// Of the pod addresses on this node outside its own blocks, those IPAM has allocated to this node: the
+    /// addresses it borrowed from other nodes' blocks (one batched read of their blocks).
+    /// </summary>
+    public async Task<HashSet<IPAddress>> BorrowedAsync(IReadOnlyList<IPAddress> candidates, ClusterSnapshot snapshot, CancellationToken ct)
+    {
+        var byBlock = new Dictionary<IpNet, List<IPAddress>>();
+        foreach (IPAddress a in candidates)
+        {
+            foreach ((IpNet pool, int size) in snapshot.PoolBlockSizes)
+            {
+                if (pool.Contains(a))
+                {
+                    IpNet block = IpNet.Enclosing(a, size);
+                    if (!byBlock.TryGetValue(block, out List<IPAddress>? list))
+                    {
+                        byBlock[block] = list = [];
+                    }
+                    list.Add(a);
+                    break;
+                }
+            }
+        }
+        var result = new HashSet<IPAddress>();
+        if (byBlock.Count == 0)
+        {
+            return result;
+        }
+        List<IpNet> blocks = [.. byBlock.Keys];
+        IReadOnlyList<IReadOnlyList<KvEntry>> reads = await _store.ReadAsync([.. blocks.Select(b => KvRead.One(Keys.Block(b)))], ct).ConfigureAwait(false);
+        for (int i = 0; i < blocks.Count; i++)
+        {
+            if (reads[i].Count == 0)
+            {
+                continue;
+            }
+            AllocationBlock block = RecordJson.DecodeBlock(reads[i][0].Value, reads[i][0].Key);
+            if (block.Affinity == $"host:{_node}")
+            {
+                continue;
+            }
+            foreach (IPAddress a in byBlock[blocks[i]])
+            {
+                int ordinal = (int)(IpNet.Create(a, a.AddressFamily == System.Net.Sockets.AddressFamily.InterNetwork ? 32 : 128).Value - blocks[i].Value);
+                if (ordinal < block.Allocations.Count && block.Allocations[ordinal] is int attr && attr < block.Attributes.Count
+                    && block.Attributes[attr].Secondary?.GetValueOrDefault("node") == _node)
+                {
+                    result.Add(a);
+                }
+            }
+        }
+        return result;
+    }
+
+    private static JsonDocument Parse(KvEntry e)
+    {
+        try
+        {
+            return JsonDocument.Parse(e.Value);
+        }
+        catch (JsonException ex)
+        {
+            throw new ConfigException($"etcd {e.Key}: not JSON: {ex.Message}");
+        }
+    }
+
+    private static string? Str(JsonElement o, string name) => o.TryGetProperty(name, out JsonElement v) && v.ValueKind == JsonValueKind.String ? v.GetString() : null;
+
+    private static uint? UInt(JsonElement o, string name) => o.TryGetProperty(name, out JsonElement v) && v.ValueKind == JsonValueKind.Number && v.TryGetUInt32(out uint u) ? u : null;
+
+    private static IPAddress? Address(string? cidr) => cidr is not null && IPAddress.TryParse(cidr.Split('/')[0], out IPAddress? a) ? a : null;
+
+    /// <summary>Creates or updates this node's nodes record with its BGP addresses and AS (other fields are kept).</summary>
+    public async Task WriteNodeAsync(string? ipv4Cidr, string? ipv6Cidr, uint? asNumber, CancellationToken ct)
+    {
+        string key = Keys.Node(_node);
+        for (int attempt = 0; attempt < 5; attempt++)
+        {
+            KvEntry? existing = await _store.GetAsync(key, ct).ConfigureAwait(false);
+            byte[] value = MergeNode(existing?.Value, ipv4Cidr, ipv6Cidr, asNumber);
+            var cmp = new KvCompare(key, existing?.ModRevision ?? 0);
+            KvTxnResult res = await _store.TxnAsync([cmp], [KvOp.Put(key, value)], ct).ConfigureAwait(false);
+            if (res.Succeeded)
+            {
+                return;
+            }
+        }
+        throw new IOException($"etcd {key}: changed under us five times in a row");
+    }
+
+    internal byte[] MergeNode(byte[]? existing, string? ipv4Cidr, string? ipv6Cidr, uint? asNumber)
+    {
+        using var ms = new MemoryStream();
+        using (var w = new Utf8JsonWriter(ms))
+        {
+            JsonElement root = default;
+            JsonDocument? doc = existing is null ? null : JsonDocument.Parse(existing);
+            if (doc is not null)
+            {
+                root = doc.RootElement;
+            }
+            w.WriteStartObject();
+            w.WriteString("kind", "Node");
+            w.WriteString("apiVersion", "projectcalico.org/v3");
+            w.WritePropertyName("metadata");
+            if (root.ValueKind == JsonValueKind.Object && root.TryGetProperty("metadata", out JsonElement md))
+            {
+                md.WriteTo(w);
+            }
+            else
+            {
+                w.WriteStartObject();
+                w.WriteString("name", _node);
+                w.WriteEndObject();
+            }
+            w.WritePropertyName("spec");
+            w.WriteStartObject();
+            if (root.ValueKind == JsonValueKind.Object && root.TryGetProperty("spec", out JsonElement spec) && spec.ValueKind == JsonValueKind.Object)
+            {
+                foreach (JsonProperty p in spec.EnumerateObject().Where(p => p.Name != "bgp"))
+                {
+                    p.WriteTo(w);
+                }
+            }
+            w.WritePropertyName("bgp");
+            w.WriteStartObject();
+            if (ipv4Cidr is not null)
+            {
+                w.WriteString("ipv4Address", ipv4Cidr);
+            }
+            if (ipv6Cidr is not null)
+            {
+                w.WriteString("ipv6Address", ipv6Cidr);
+            }
+            if (asNumber is { } a)
+            {
+                w.WriteNumber("asNumber", a);
+            }
+            if (root.ValueKind == JsonValueKind.Object && root.TryGetProperty("spec", out JsonElement s2) && s2.TryGetProperty("bgp", out JsonElement oldBgp)
+                && oldBgp.TryGetProperty("routeReflectorClusterID", out JsonElement rr))
+            {
+                w.WritePropertyName("routeReflectorClusterID");
+                rr.WriteTo(w);
+            }
+            w.WriteEndObject();
+            w.WriteEndObject();
+            w.WriteEndObject();
+            doc?.Dispose();
+        }
+        return ms.ToArray();
+    }
+}

@@ -1,0 +1,385 @@
+using System.Diagnostics;
+using System.Globalization;
+using System.Text;
+using System.Text.Json;
+using CalicoSharp.Ipam;
+
+namespace CalicoSharp.Testing;
+
+/// <summary>Calico's two ToR designs (calico docs, "BGP peering in the data center").</summary>
+public enum TorModel
+{
+    /// <summary>eBGP: every node its own AS, the ToR another.</summary>
+    AsPerComputeServer,
+
+    /// <summary>iBGP: nodes and ToR share the rack's AS; the ToR reflects routes with next hop self.</summary>
+    AsPerRack,
+}
+
+/// <summary>A pod the CNI plugin wired: its namespace and address.</summary>
+public sealed record LabPod(string Name, LabNode Node, TestNetns Netns, string Address);
+
+/// <summary>One node namespace, its link to the ToR and its bgpd.</summary>
+public sealed class LabNode
+{
+    internal LabNode(int index, TestNetns netns, uint asn)
+    {
+        Index = index;
+        Netns = netns;
+        As = asn;
+    }
+
+    public int Index { get; }
+
+    public string Name => $"node{Index}";
+
+    public TestNetns Netns { get; }
+
+    public string Address => $"172.30.{Index}.2";
+
+    public string TorAddress => $"172.30.{Index}.1";
+
+    public uint As { get; }
+
+    public Process? Bgpd { get; internal set; }
+
+    public string LogFile { get; internal set; } = "";
+
+    public string StateDir { get; internal set; } = "";
+}
+
+/// <summary>
+/// DESIGN.md's lab: etcd (unix socket, reachable from every namespace), a ToR namespace running BIRD 2, N node
+/// namespaces each linked to the ToR by a veth pair and running calicosharp-bgpd, pods wired by the CNI
+/// plugin. Every namespace, process and folder goes on Dispose, pass or fail.
+/// </summary>
+public sealed class BgpLab : IAsyncDisposable
+{
+    public const string Pool = "10.244.0.0/16";
+    public const uint TorAsPerCompute = 65100;
+    public const uint RackAs = 64512;
+
+    private readonly List<LabPod> _pods = [];
+
+    private BgpLab(string prefix, TorModel model)
+    {
+        Prefix = prefix;
+        Model = model;
+        Directory = System.IO.Directory.CreateTempSubdirectory("calicosharp-lab-").FullName;
+    }
+
+    public string Prefix { get; }
+
+    public TorModel Model { get; }
+
+    public string Directory { get; }
+
+    public EtcdServer Etcd { get; private set; } = null!;
+
+    public IpamClient Ipam { get; private set; } = null!;
+
+    public TestNetns Tor { get; private set; } = null!;
+
+    public BirdProcess Bird { get; private set; } = null!;
+
+    public List<LabNode> Nodes { get; } = [];
+
+    /// <summary>How bgpd is started: the published binary when given, else the built dll through 'dotnet'.</summary>
+    public string[] BgpdCommand { get; set; } = ["dotnet", RepoPaths.ProjectDll("bgpd/calicosharp-bgpd", "calicosharp-bgpd")];
+
+    public string[] CniCommand { get; set; } = ["dotnet", RepoPaths.ProjectDll("cni/calicosharp", "calicosharp")];
+
+    /// <summary>Extra BIRD config for the ToR protocols (e.g. an MD5 password).</summary>
+    public Func<LabNode, string>? TorPeerExtra { get; set; }
+
+    public static async Task<BgpLab> StartAsync(TorModel model, int nodes = 3, Action<BgpLab>? configure = null, bool startBgpd = true)
+    {
+        var lab = new BgpLab(TestNetns.NewLabPrefix(), model);
+        try
+        {
+            configure?.Invoke(lab);
+            lab.Etcd = EtcdServer.Start();
+            lab.Ipam = new IpamClient(new EtcdKvStore(new EtcdOptions { Endpoints = [lab.Etcd.UnixEndpoint] }));
+            await lab.Ipam.AddPoolAsync(new PoolRequest { Cidr = Pool, Name = "lab-pool" }).ConfigureAwait(false);
+            await lab.PutAsync("/calico/resources/v3/projectcalico.org/bgpconfigurations/default",
+                $$$"""{"kind":"BGPConfiguration","apiVersion":"projectcalico.org/v3","metadata":{"name":"default"},"spec":{"asNumber":{{{RackAs}}},"nodeToNodeMeshEnabled":false,"logSeverityScreen":"Info"}}""").ConfigureAwait(false);
+            lab.Tor = TestNetns.Create(lab.Prefix + "-tor");
+            Sysctl(lab.Tor, "net.ipv4.ip_forward=1");
+            for (int i = 1; i <= nodes; i++)
+            {
+                uint asn = model == TorModel.AsPerComputeServer ? 65000u + (uint)i : RackAs;
+                var node = new LabNode(i, TestNetns.Create($"{lab.Prefix}-node{i}"), asn)
+                {
+                    LogFile = Path.Combine(lab.Directory, $"bgpd-node{i}.log"),
+                    StateDir = Path.Combine(lab.Directory, $"state-node{i}"),
+                };
+                lab.Nodes.Add(node);
+                string torIf = $"{lab.Prefix}t{i}";
+                string nodeIf = $"{lab.Prefix}n{i}";
+                TestNetns.Ip("link", "add", torIf, "netns", lab.Tor.Name, "type", "veth", "peer", "name", nodeIf, "netns", node.Netns.Name);
+                TestNetns.Ip("-n", lab.Tor.Name, "addr", "add", node.TorAddress + "/30", "dev", torIf);
+                TestNetns.Ip("-n", node.Netns.Name, "addr", "add", node.Address + "/30", "dev", nodeIf);
+                TestNetns.Ip("-n", lab.Tor.Name, "link", "set", torIf, "up");
+                TestNetns.Ip("-n", node.Netns.Name, "link", "set", nodeIf, "up");
+                Sysctl(node.Netns, "net.ipv4.ip_forward=1");
+                await lab.PutAsync($"/calico/resources/v3/projectcalico.org/bgppeers/tor-node{i}",
+                    $$$"""{"kind":"BGPPeer","apiVersion":"projectcalico.org/v3","metadata":{"name":"tor-node{{{i}}}"},"spec":{"node":"node{{{i}}}","peerIP":"{{{node.TorAddress}}}","asNumber":{{{(model == TorModel.AsPerComputeServer ? TorAsPerCompute : RackAs)}}}{{{lab.PeerSpecExtra?.Invoke(node) ?? ""}}}}}""").ConfigureAwait(false);
+            }
+            lab.Bird = BirdProcess.Start(lab.Tor.Name, lab.TorConfig());
+            if (startBgpd)
+            {
+                foreach (LabNode n in lab.Nodes)
+                {
+                    lab.StartBgpd(n);
+                }
+            }
+            return lab;
+        }
+        catch
+        {
+            await lab.DisposeAsync().ConfigureAwait(false);
+            throw;
+        }
+    }
+
+    /// <summary>Extra JSON fields for each node's bgppeers spec (starting with a comma).</summary>
+    public Func<LabNode, string>? PeerSpecExtra { get; set; }
+
+    private static void Sysctl(TestNetns ns, string setting) =>
+        RunChecked("ip", "netns", "exec", ns.Name, "sysctl", "-q", "-w", setting);
+
+    private static void RunChecked(string file, params string[] args)
+    {
+        var psi = new ProcessStartInfo(file) { RedirectStandardError = true, RedirectStandardOutput = true, UseShellExecute = false };
+        foreach (string a in args)
+        {
+            psi.ArgumentList.Add(a);
+        }
+        using Process p = Process.Start(psi)!;
+        string err = p.StandardError.ReadToEnd();
+        p.WaitForExit();
+        if (p.ExitCode != 0)
+        {
+            throw new InvalidOperationException($"{file} {string.Join(' ', args)}: {err}");
+        }
+    }
+
+    public string TorConfig()
+    {
+        var sb = new StringBuilder();
+        bool ibgp = Model == TorModel.AsPerRack;
+        uint torAs = ibgp ? RackAs : TorAsPerCompute;
+        sb.Append(CultureInfo.InvariantCulture, $$"""
+            log "{dir}/bird.log" all;
+            router id 172.30.0.1;
+            protocol device { scan time 1; }
+            protocol direct { ipv4; }
+            protocol kernel { ipv4 { import none; export filter { if source = RTS_BGP then accept; reject; }; }; merge paths on; }
+            # Outside the pools: nodes must not install these.
+            protocol static foreign { ipv4; route 192.168.77.0/24 blackhole; route 0.0.0.0/0 blackhole; }
+            template bgp node {
+              local as {{torAs}};
+              hold time 9; keepalive time 3; connect retry time 1; error wait time 1, 2;
+              graceful restart on;
+              {{(ibgp ? "rr client; direct;" : "")}}
+              ipv4 { import all; export all; next hop self; };
+            }
+
+            """);
+        foreach (LabNode n in Nodes)
+        {
+            sb.Append(CultureInfo.InvariantCulture, $"protocol bgp node{n.Index} from node {{ neighbor {n.Address} as {n.As}; source address {n.TorAddress}; {TorPeerExtra?.Invoke(n)} }}\n");
+        }
+        return sb.ToString();
+    }
+
+    public async Task PutAsync(string key, string json)
+    {
+        KvTxnResult r = await Ipam.Store.TxnAsync([], [KvOp.Put(key, Encoding.UTF8.GetBytes(json))], CancellationToken.None).ConfigureAwait(false);
+        if (!r.Succeeded)
+        {
+            throw new InvalidOperationException($"etcd put {key} failed");
+        }
+    }
+
+    public void StartBgpd(LabNode n, params string[] extra)
+    {
+        var psi = new ProcessStartInfo("ip") { UseShellExecute = false, RedirectStandardError = true, RedirectStandardOutput = true };
+        foreach (string a in new[] { "netns", "exec", n.Netns.Name }.Concat(BgpdCommand).Concat(
+        [
+            "--node-name", n.Name, "--ipv4-address", n.Address + "/30", "--etcd-endpoints", Etcd.UnixEndpoint, "--log-level", "debug",
+        ]).Concat(Model == TorModel.AsPerComputeServer ? ["--as", n.As.ToString(CultureInfo.InvariantCulture)] : []).Concat(extra))
+        {
+            psi.ArgumentList.Add(a);
+        }
+        var p = new Process { StartInfo = psi };
+        var log = new StreamWriter(n.LogFile, append: true) { AutoFlush = true };
+        p.ErrorDataReceived += (_, e) =>
+        {
+            if (e.Data is not null)
+            {
+                lock (log)
+                {
+                    log.WriteLine(e.Data);
+                }
+            }
+        };
+        p.OutputDataReceived += (_, e) =>
+        {
+            if (e.Data is not null)
+            {
+                lock (log)
+                {
+                    log.WriteLine(e.Data);
+                }
+            }
+        };
+        p.Exited += (_, _) =>
+        {
+            lock (log)
+            {
+                log.WriteLine($"--- bgpd exited {p.ExitCode}");
+            }
+        };
+        p.EnableRaisingEvents = true;
+        p.Start();
+        p.BeginErrorReadLine();
+        p.BeginOutputReadLine();
+        n.Bgpd = p;
+    }
+
+    /// <summary>Sends a signal to the node's bgpd and waits for it to exit (SIGKILL: a crash; SIGTERM: a planned stop).</summary>
+    public static void StopBgpd(LabNode n, string signal = "TERM")
+    {
+        if (n.Bgpd is { HasExited: false } p)
+        {
+            using Process? k = Process.Start("kill", ["-" + signal, p.Id.ToString(CultureInfo.InvariantCulture)]);
+            k?.WaitForExit();
+            if (!p.WaitForExit(10_000))
+            {
+                p.Kill(true);
+            }
+        }
+    }
+
+    /// <summary>Runs CNI ADD for a new pod on the node (the plugin process inside the node namespace).</summary>
+    public async Task<LabPod> AddPodAsync(LabNode node, string name)
+    {
+        TestNetns ns = TestNetns.Create($"{Prefix}-{name}");
+        var env = new Dictionary<string, string?>
+        {
+            ["CNI_COMMAND"] = "ADD",
+            ["CNI_CONTAINERID"] = $"{Prefix}-{name}",
+            ["CNI_NETNS"] = ns.Path,
+            ["CNI_IFNAME"] = "eth0",
+            ["CNI_PATH"] = "/usr/lib/cni",
+            ["CNI_ARGS"] = $"IgnoreUnknown=1;K8S_POD_NAMESPACE=lab;K8S_POD_NAME={name}",
+            ["CALICOSHARP_STATE_DIR"] = node.StateDir,
+        };
+        string conf = $$$"""{"cniVersion":"1.0.0","name":"k8s-pod-network","type":"calicosharp","mtu":1400,"etcd_endpoints":"{{{Etcd.UnixEndpoint}}}","nodename":"{{{node.Name}}}","ipam":{"type":"calicosharp-ipam"}}""";
+        ProcessResult r = await ProcessRunner.RunAsync("ip", new[] { "netns", "exec", node.Netns.Name }.Concat(CniCommand), TimeSpan.FromSeconds(60), env, conf).ConfigureAwait(false);
+        if (r.ExitCode != 0)
+        {
+            ns.Dispose();
+            throw new InvalidOperationException($"CNI ADD for {name} on {node.Name} failed: {r.Stdout} {r.Stderr}");
+        }
+        using JsonDocument d = JsonDocument.Parse(r.Stdout);
+        string ip = d.RootElement.GetProperty("ips")[0].GetProperty("address").GetString()!.Split('/')[0];
+        var pod = new LabPod(name, node, ns, ip);
+        _pods.Add(pod);
+        return pod;
+    }
+
+    /// <summary>A TCP exchange from one pod to another (nc), through the nodes and the ToR.</summary>
+    public static async Task<bool> TcpExchangeAsync(LabPod from, LabPod to, int port = 7000)
+    {
+        var server = new ProcessStartInfo("ip") { UseShellExecute = false, RedirectStandardOutput = true, RedirectStandardError = true };
+        foreach (string a in new[] { "netns", "exec", to.Netns.Name, "timeout", "10", "nc", "-l", "-N", to.Address, port.ToString(CultureInfo.InvariantCulture) })
+        {
+            server.ArgumentList.Add(a);
+        }
+        using Process s = Process.Start(server)!;
+        Task<string> received = s.StandardOutput.ReadToEndAsync();
+        string message = $"hello from {from.Name} ({from.Address}) to {to.Name}";
+        for (int attempt = 0; attempt < 20; attempt++)
+        {
+            await Task.Delay(100).ConfigureAwait(false);
+            ProcessResult c = await ProcessRunner.RunAsync("ip", ["netns", "exec", from.Netns.Name, "timeout", "5", "nc", "-N", "-w", "2", to.Address, port.ToString(CultureInfo.InvariantCulture)],
+                TimeSpan.FromSeconds(10), null, message + "\n").ConfigureAwait(false);
+            if (c.ExitCode == 0)
+            {
+                break;
+            }
+        }
+        await s.WaitForExitAsync().ConfigureAwait(false);
+        return (await received.ConfigureAwait(false)).Contains(message, StringComparison.Ordinal);
+    }
+
+    /// <summary>The node's routes of bgpd's protocol (ip route show proto 81).</summary>
+    public static string KernelRoutes(LabNode n) => TestNetns.Ip("-n", n.Netns.Name, "route", "show", "proto", "81");
+
+    public static async Task WaitAsync(Func<bool> condition, string what, double seconds = 30, Func<string>? diagnostics = null)
+    {
+        var sw = Stopwatch.StartNew();
+        while (!condition())
+        {
+            if (sw.Elapsed.TotalSeconds > seconds)
+            {
+                throw new TimeoutException($"waited {seconds} s for {what}\n{diagnostics?.Invoke()}");
+            }
+            await Task.Delay(100).ConfigureAwait(false);
+        }
+    }
+
+    public string Diagnostics()
+    {
+        var sb = new StringBuilder();
+        foreach (LabNode n in Nodes)
+        {
+            sb.AppendLine(CultureInfo.InvariantCulture, $"--- {n.Name} routes:\n{TestNetns.Ip("-n", n.Netns.Name, "route")}");
+            if (File.Exists(n.LogFile))
+            {
+                string[] lines = File.ReadAllLines(n.LogFile);
+                sb.AppendLine(CultureInfo.InvariantCulture, $"--- {n.Name} bgpd log (last 40):\n{string.Join("\n", lines.TakeLast(40))}");
+            }
+        }
+        sb.AppendLine(CultureInfo.InvariantCulture, $"--- tor routes:\n{TestNetns.Ip("-n", Tor.Name, "route")}");
+        sb.AppendLine(Bird.Birdc("show protocols"));
+        return sb.ToString();
+    }
+
+    public async ValueTask DisposeAsync()
+    {
+        foreach (LabNode n in Nodes)
+        {
+            try
+            {
+                StopBgpd(n, "KILL");
+            }
+            catch (InvalidOperationException)
+            {
+            }
+            n.Bgpd?.Dispose();
+        }
+        foreach (LabPod p in _pods)
+        {
+            p.Netns.Dispose();
+        }
+        Bird?.Dispose();
+        foreach (LabNode n in Nodes)
+        {
+            n.Netns.Dispose();
+        }
+        Tor?.Dispose();
+        Ipam?.Dispose();
+        Etcd?.Dispose();
+        try
+        {
+            System.IO.Directory.Delete(Directory, true);
+        }
+        catch (IOException)
+        {
+        }
+        await Task.CompletedTask.ConfigureAwait(false);
+    }
+}
