@@ -42,3 +42,69 @@ public class LabTests
         Assert.Contains($"{blockA}.", BgpLab.KernelRoutes(n2), StringComparison.Ordinal);
     }
 }
+
+[Trait("Category", "Privileged")]
+public class LabFailureTests
+{
+    private static bool Established(BgpLab lab, LabNode n) =>
+        lab.Bird.Birdc($"show protocols node{n.Index}").Contains("Established", StringComparison.Ordinal);
+
+    [Fact]
+    public async Task Sigkill_keeps_routes_until_restart_and_the_restarted_bgpd_leaves_nothing_stale()
+    {
+        await using BgpLab lab = await BgpLab.StartAsync(TorModel.AsPerComputeServer);
+        LabNode n1 = lab.Nodes[0], n2 = lab.Nodes[1];
+        LabPod a = await lab.AddPodAsync(n1, "pod-a");
+        LabPod b = await lab.AddPodAsync(n2, "pod-b");
+        string blockA = IpNet.Enclosing(System.Net.IPAddress.Parse(a.Address), 26).ToString();
+        await BgpLab.WaitAsync(() => BgpLab.KernelRoutes(n2).Contains($"{blockA} via", StringComparison.Ordinal), "node1's block on node2", 60, lab.Diagnostics);
+
+        BgpLab.StopBgpd(n1, "KILL");
+        // The ToR keeps node1's routes as stale (it is node1's graceful-restart helper), node2 keeps its route,
+        // node1 keeps its kernel routes: traffic keeps flowing.
+        await Task.Delay(2000);
+        Assert.Contains($"{blockA} via", BgpLab.KernelRoutes(n2), StringComparison.Ordinal);
+        Assert.Contains("blackhole", BgpLab.KernelRoutes(n1), StringComparison.Ordinal);
+        Assert.Contains(blockA, lab.Bird.Birdc($"show route protocol node1"), StringComparison.Ordinal);
+        Assert.True(await BgpLab.TcpExchangeAsync(b, a), lab.Diagnostics());
+        // Something the old run left that nobody announces any more: the restarted bgpd must remove it.
+        TestNetns.Ip("-n", n1.Netns.Name, "route", "add", "10.244.250.0/26", "via", n1.TorAddress, "proto", "81");
+
+        lab.StartBgpd(n1);
+        await BgpLab.WaitAsync(() => File.ReadAllText(n1.LogFile).Contains("End-of-RIB, removing", StringComparison.Ordinal), "node1 to release its stale routes", 60, lab.Diagnostics);
+        await BgpLab.WaitAsync(() => !BgpLab.KernelRoutes(n1).Contains("10.244.250.0", StringComparison.Ordinal), "the stale route to go", 30, lab.Diagnostics);
+        Assert.Contains("left by a previous run", File.ReadAllText(n1.LogFile), StringComparison.Ordinal);
+        Assert.Contains("blackhole " + blockA, BgpLab.KernelRoutes(n1), StringComparison.Ordinal);
+        Assert.Contains($"{blockA} via", BgpLab.KernelRoutes(n2), StringComparison.Ordinal);
+        Assert.True(await BgpLab.TcpExchangeAsync(a, b), lab.Diagnostics());
+    }
+
+    [Fact]
+    public async Task Md5_session_with_bird_works_and_a_wrong_password_does_not()
+    {
+        await using BgpLab lab = await BgpLab.StartAsync(TorModel.AsPerComputeServer, 2, l =>
+        {
+            l.TorPeerExtra = _ => "password \"lab-secret\";";
+            l.PeerSpecExtra = n => n.Index == 1 ? ",\"password\":\"lab-secret\"" : ",\"password\":\"wrong-secret\"";
+        });
+        await BgpLab.WaitAsync(() => Established(lab, lab.Nodes[0]), "the MD5 session of node1", 30, lab.Diagnostics);
+        await Task.Delay(5000);
+        Assert.False(Established(lab, lab.Nodes[1]), lab.Diagnostics());
+    }
+
+    [Fact]
+    public async Task Etcd_restart_drops_no_session()
+    {
+        await using BgpLab lab = await BgpLab.StartAsync(TorModel.AsPerRack, 2);
+        await BgpLab.WaitAsync(() => lab.Nodes.All(n => Established(lab, n)), "every session", 30, lab.Diagnostics);
+        string before = lab.Bird.Birdc("show protocols");
+        lab.Etcd.Stop();
+        await Task.Delay(4000);
+        lab.Etcd.Launch();
+        await Task.Delay(3000);
+        Assert.True(lab.Nodes.All(n => Established(lab, n)), lab.Diagnostics());
+        // Same "since" times: no session flapped.
+        Assert.Equal(before.Split('\n').Where(l => l.StartsWith("node", StringComparison.Ordinal)), lab.Bird.Birdc("show protocols").Split('\n').Where(l => l.StartsWith("node", StringComparison.Ordinal)));
+        Assert.Contains(File.ReadAllLines(lab.Nodes[0].LogFile), l => l.Contains("etcd:", StringComparison.Ordinal) && l.Contains("keeping the last known configuration", StringComparison.Ordinal));
+    }
+}
