@@ -133,6 +133,8 @@ public sealed class Daemon : IAsyncDisposable
 
     public long EtcdErrors { get; private set; }
 
+    public bool EtcdConfigured => _cluster is not null;
+
     public string? LastEtcdError { get; private set; }
 
     public DateTimeOffset? LastEtcdRead { get; private set; }

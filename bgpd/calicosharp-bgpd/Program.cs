@@ -14,12 +14,15 @@ const string Usage = """
       --as <number>             this node's AS (env AS; default: the node record, the file, bgpconfigurations, 64512)
       --etcd-endpoints <list>   comma-separated etcd endpoints, http://host:port or unix:///path (env ETCD_ENDPOINTS)
       --no-kernel               do not program routes into the kernel (a route server)
+      --api-socket <path>       control API (gRPC) Unix socket (default /run/calicosharp/bgpd.sock; "none" turns it off)
+      --metrics-address <a:p>   serve Prometheus metrics at http://<a:p>/metrics (default: off)
       --log-level <level>       debug, info (default), warning, error
     """;
 string? config = null, node = Environment.GetEnvironmentVariable("NODENAME"), ip4 = Environment.GetEnvironmentVariable("IP"),
     ip6 = Environment.GetEnvironmentVariable("IP6"), asText = Environment.GetEnvironmentVariable("AS"),
     etcd = Environment.GetEnvironmentVariable(EtcdOptions.EnvironmentVariable);
 bool kernel = true;
+string? apiSocket = ControlApi.DefaultSocket, metrics = null;
 BgpLogLevel level = BgpLogLevel.Info;
 for (int i = 0; i < args.Length; i++)
 {
@@ -33,6 +36,8 @@ for (int i = 0; i < args.Length; i++)
         case "--as": asText = Next(); break;
         case "--etcd-endpoints": etcd = Next(); break;
         case "--no-kernel": kernel = false; break;
+        case "--api-socket": apiSocket = Next(); break;
+        case "--metrics-address": metrics = Next(); break;
         case "--log-level":
             if (!Enum.TryParse(Next(), true, out level))
             {
@@ -60,6 +65,7 @@ if (!string.IsNullOrEmpty(asText))
 }
 var log = new StderrLog(level);
 Daemon daemon;
+ControlApi? api = null;
 try
 {
     daemon = new Daemon(new DaemonOptions
@@ -73,6 +79,11 @@ try
         Kernel = kernel,
     }, log.Write);
     await daemon.StartAsync().ConfigureAwait(false);
+    if (apiSocket is not "none" and not "" || metrics is not null)
+    {
+        api = await ControlApi.StartAsync(daemon, apiSocket is "none" or "" ? null : apiSocket, metrics).ConfigureAwait(false);
+        log.Write(BgpLogLevel.Info, $"control API on {(apiSocket is "none" or "" ? "(off)" : apiSocket)}{(metrics is null ? "" : $", metrics on http://{metrics}/metrics")}");
+    }
 }
 catch (Exception e) when (e is ConfigException or System.Net.Sockets.SocketException or IpamException or IOException or Grpc.Core.RpcException or ArgumentException)
 {
@@ -108,5 +119,9 @@ using var hup = PosixSignalRegistration.Create(PosixSignal.SIGHUP, c =>
 string why = await stop.Task.ConfigureAwait(false);
 log.Write(BgpLogLevel.Info, $"{why}: closing every session with Cease (administrative shutdown); peers withdraw our routes now");
 await daemon.StopAsync($"calicosharp-bgpd stopping ({why})").ConfigureAwait(false);
+if (api is not null)
+{
+    await api.DisposeAsync().ConfigureAwait(false);
+}
 await daemon.DisposeAsync().ConfigureAwait(false);
 return 0;

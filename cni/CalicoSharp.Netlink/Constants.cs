@@ -102,6 +102,7 @@ public static class Rt
     public const byte RT_SCOPE_LINK = 253;
     public const byte RT_SCOPE_HOST = 254;
     public const byte RT_TABLE_MAIN = 254;
+    public const uint RTM_F_FIB_MATCH = 0x2000;
     public const byte RTPROT_KERNEL = 2;
     public const byte RTPROT_BOOT = 3;
     public const byte RTPROT_STATIC = 4;

@@ -236,13 +236,14 @@ public sealed class RtNetlink : IDisposable
         return list;
     }
 
-    /// <summary>What the kernel would do with a packet to <paramref name="destination"/> (ip route get).</summary>
-    public Route? GetRoute(IPAddress destination)
+    /// <summary>What the kernel would do with a packet to <paramref name="destination"/> (ip route get); with
+    /// <paramref name="fibMatch"/>, the matching table entry itself (ip route get fibmatch: its prefix, protocol, type).</summary>
+    public Route? GetRoute(IPAddress destination, bool fibMatch = false)
     {
         ArgumentNullException.ThrowIfNull(destination);
         bool v6 = destination.AddressFamily == AddressFamily.InterNetworkV6;
         var m = new MessageBuilder(Rt.RTM_GETROUTE, Nl.NLM_F_REQUEST);
-        m.RtMsg(v6 ? Rt.AF_INET6 : Rt.AF_INET, (byte)(v6 ? 128 : 32), 0, 0, 0, 0);
+        m.RtMsg(v6 ? Rt.AF_INET6 : Rt.AF_INET, (byte)(v6 ? 128 : 32), 0, 0, 0, 0, fibMatch ? Rt.RTM_F_FIB_MATCH : 0u);
         m.AttrAddress(Rt.RTA_DST, destination);
         return QueryOne(m, $"getting the route to {destination}", ParseRoute, e => e.Errno is 101 or 113 or 22); // ENETUNREACH, EHOSTUNREACH, EINVAL
     }

@@ -37,12 +37,15 @@ internal static class Cli
 
     public static async Task<int> RunAsync(string[] args, TextWriter stdout, TextWriter stderr)
     {
-        var root = new RootCommand("calicosharpctl: manage CalicoSharp IP pools and IPAM in etcd");
+        var root = new RootCommand("calicosharpctl: manage CalicoSharp IP pools and IPAM in etcd, and look at a node's bgpd");
         root.Options.Add(Endpoints);
         root.Options.Add(TimeoutSeconds);
         root.Options.Add(OutputFormat);
         root.Subcommands.Add(PoolCommands(stdout));
         root.Subcommands.Add(IpamCommands(stdout));
+        root.Options.Add(BgpCli.Socket);
+        root.Subcommands.Add(BgpCli.NodeCommands(stdout, Json));
+        root.Subcommands.Add(BgpCli.BgpCommands(stdout, Json));
         var parse = root.Parse(args);
         if (parse.Errors.Count > 0)
         {

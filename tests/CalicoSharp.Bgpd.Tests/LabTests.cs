@@ -108,3 +108,49 @@ public class LabFailureTests
         Assert.Contains(File.ReadAllLines(lab.Nodes[0].LogFile), l => l.Contains("etcd:", StringComparison.Ordinal) && l.Contains("keeping the last known configuration", StringComparison.Ordinal));
     }
 }
+
+[Trait("Category", "Privileged")]
+public class LabInterfaceTests
+{
+    private static async Task<ProcessResult> Ctl(params string[] args) =>
+        await ProcessRunner.RunDllAsync(RepoPaths.ProjectDll("ipam/calicosharpctl", "calicosharpctl"), args, TimeSpan.FromSeconds(30));
+
+    [Fact]
+    public async Task Node_status_routes_lookup_and_metrics_show_what_the_node_does()
+    {
+        await using BgpLab lab = await BgpLab.StartAsync(TorModel.AsPerComputeServer, 2);
+        LabNode n1 = lab.Nodes[0], n2 = lab.Nodes[1];
+        LabPod a = await lab.AddPodAsync(n1, "pod-a");
+        string blockA = IpNet.Enclosing(System.Net.IPAddress.Parse(a.Address), 26).ToString();
+        await BgpLab.WaitAsync(() => BgpLab.KernelRoutes(n2).Contains($"{blockA} via", StringComparison.Ordinal), "node1's block on node2", 60, lab.Diagnostics);
+
+        ProcessResult status = await Ctl("node", "status", "--bgpd-socket", n2.ApiSocket);
+        Assert.True(status.ExitCode == 0, status.Stderr);
+        Assert.Contains("calicosharp-bgpd on node2 is running", status.Stdout, StringComparison.Ordinal);
+        Assert.Matches($@"{n2.TorAddress.Replace(".", "\\.", StringComparison.Ordinal)}\s+eBGP\s+65100\s+Established", status.Stdout);
+
+        ProcessResult json = await Ctl("node", "status", "--bgpd-socket", n2.ApiSocket, "-o", "json");
+        using (var d = System.Text.Json.JsonDocument.Parse(json.Stdout))
+        {
+            Assert.Equal("Established", d.RootElement.GetProperty("peers")[0].GetProperty("state").GetString());
+        }
+
+        ProcessResult routes = await Ctl("bgp", "routes", "--bgpd-socket", n2.ApiSocket, "--prefix", a.Address);
+        Assert.True(routes.ExitCode == 0, routes.Stderr);
+        Assert.Contains(blockA, routes.Stdout, StringComparison.Ordinal);
+        Assert.Contains("65100 65001", routes.Stdout, StringComparison.Ordinal);
+        Assert.Contains($"via {n2.TorAddress}", routes.Stdout, StringComparison.Ordinal);
+        ProcessResult none = await Ctl("bgp", "routes", "--bgpd-socket", n2.ApiSocket, "--prefix", "10.99.0.0/16");
+        Assert.Equal(1, none.ExitCode);
+        ProcessResult dead = await Ctl("node", "status", "--bgpd-socket", "/nonexistent/bgpd.sock");
+        Assert.NotEqual(0, dead.ExitCode);
+        Assert.Contains("is calicosharp-bgpd running", dead.Stderr, StringComparison.Ordinal);
+
+        ProcessResult metrics = await ProcessRunner.RunAsync("ip", ["netns", "exec", n2.Netns.Name, "curl", "-sf", $"http://{LabNode.MetricsAddress}/metrics"], TimeSpan.FromSeconds(20));
+        Assert.True(metrics.ExitCode == 0, metrics.Stderr);
+        Assert.Contains("calicosharp_bgp_sessions{state=\"Established\"} 1", metrics.Stdout, StringComparison.Ordinal);
+        Assert.Contains($"calicosharp_bgp_peer_up{{peer=\"{n2.TorAddress}\"", metrics.Stdout, StringComparison.Ordinal);
+        Assert.Contains("calicosharp_etcd_up 1", metrics.Stdout, StringComparison.Ordinal);
+        Assert.Matches(@"calicosharp_kernel_route_operations_total [1-9]", metrics.Stdout);
+    }
+}

@@ -46,6 +46,12 @@ public sealed class LabNode
     public string LogFile { get; internal set; } = "";
 
     public string StateDir { get; internal set; } = "";
+
+    /// <summary>The node's bgpd control API socket (in the lab's folder).</summary>
+    public string ApiSocket { get; internal set; } = "";
+
+    /// <summary>Metrics, reachable inside the node's namespace.</summary>
+    public const string MetricsAddress = "127.0.0.1:9179";
 }
 
 /// <summary>
@@ -112,6 +118,7 @@ public sealed class BgpLab : IAsyncDisposable
                 {
                     LogFile = Path.Combine(lab.Directory, $"bgpd-node{i}.log"),
                     StateDir = Path.Combine(lab.Directory, $"state-node{i}"),
+                    ApiSocket = Path.Combine(lab.Directory, $"bgpd-node{i}.sock"),
                 };
                 lab.Nodes.Add(node);
                 string torIf = $"{lab.Prefix}t{i}";
@@ -208,6 +215,7 @@ public sealed class BgpLab : IAsyncDisposable
         foreach (string a in new[] { "netns", "exec", n.Netns.Name }.Concat(BgpdCommand).Concat(
         [
             "--node-name", n.Name, "--ipv4-address", n.Address + "/30", "--etcd-endpoints", Etcd.UnixEndpoint, "--log-level", "debug",
+            "--api-socket", n.ApiSocket, "--metrics-address", LabNode.MetricsAddress,
         ]).Concat(Model == TorModel.AsPerComputeServer ? ["--as", n.As.ToString(CultureInfo.InvariantCulture)] : []).Concat(extra))
         {
             psi.ArgumentList.Add(a);

@@ -1,0 +1,305 @@
+using System.Globalization;
+using System.Net;
+using System.Text;
+using CalicoSharp.Bgp;
+using CalicoSharp.Netlink;
+using CalicoSharp.Proto;
+using KernelRouteEntry = CalicoSharp.Netlink.Route;
+using Route = CalicoSharp.Proto.Route;
+using Grpc.Core;
+using Microsoft.AspNetCore.Builder;
+using Microsoft.AspNetCore.Hosting;
+using Microsoft.AspNetCore.Http;
+using Microsoft.AspNetCore.Server.Kestrel.Core;
+using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Logging;
+
+namespace CalicoSharp.Bgpd;
+
+/// <summary>
+/// The control API (gRPC, HTTP/2 over a Unix socket) and the Prometheus metrics endpoint (HTTP/1.1 on a TCP
+/// address), both served by one Kestrel host.
+/// </summary>
+public sealed class ControlApi : IAsyncDisposable
+{
+    public const string DefaultSocket = "/run/calicosharp/bgpd.sock";
+
+    private readonly WebApplication _app;
+
+    private ControlApi(WebApplication app)
+    {
+        _app = app;
+    }
+
+    public static async Task<ControlApi> StartAsync(Daemon daemon, string? socketPath, string? metricsAddress)
+    {
+        ArgumentNullException.ThrowIfNull(daemon);
+        WebApplicationBuilder builder = WebApplication.CreateSlimBuilder();
+        builder.Logging.ClearProviders();
+        builder.WebHost.ConfigureKestrel(k =>
+        {
+            if (!string.IsNullOrEmpty(socketPath))
+            {
+                Directory.CreateDirectory(System.IO.Path.GetDirectoryName(System.IO.Path.GetFullPath(socketPath))!);
+                File.Delete(socketPath);
+                k.ListenUnixSocket(socketPath, o => o.Protocols = HttpProtocols.Http2);
+            }
+            if (!string.IsNullOrEmpty(metricsAddress))
+            {
+                if (!IPEndPoint.TryParse(metricsAddress, out IPEndPoint? ep) || ep.Port == 0)
+                {
+                    throw new ConfigException($"--metrics-address '{metricsAddress}' is not address:port");
+                }
+                k.Listen(ep, o => o.Protocols = HttpProtocols.Http1);
+            }
+        });
+        builder.Services.AddGrpc();
+        builder.Services.AddSingleton(daemon);
+        WebApplication app = builder.Build();
+        app.MapGrpcService<BgpdService>();
+        app.MapGet("/metrics", async (HttpContext ctx) =>
+        {
+            string text = await Metrics.RenderAsync(daemon).ConfigureAwait(false);
+            ctx.Response.ContentType = "text/plain; version=0.0.4; charset=utf-8";
+            await ctx.Response.WriteAsync(text).ConfigureAwait(false);
+        });
+        await app.StartAsync().ConfigureAwait(false);
+        if (!string.IsNullOrEmpty(socketPath) && !OperatingSystem.IsWindows())
+        {
+            // Root and the CLI only: the socket shows the node's routing state.
+            File.SetUnixFileMode(socketPath, UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.GroupRead | UnixFileMode.GroupWrite);
+        }
+        return new ControlApi(app);
+    }
+
+    public async ValueTask DisposeAsync()
+    {
+        await _app.StopAsync().ConfigureAwait(false);
+        await _app.DisposeAsync().ConfigureAwait(false);
+    }
+}
+
+/// <summary>The gRPC service; every read of speaker state runs on the speaker's loop.</summary>
+internal sealed class BgpdService : Proto.Bgpd.BgpdBase
+{
+    private readonly Daemon _d;
+
+    public BgpdService(Daemon daemon)
+    {
+        _d = daemon;
+    }
+
+    public override Task<NodeStatus> GetStatus(StatusRequest request, ServerCallContext context) => _d.Speaker.InvokeAsync(() =>
+    {
+        var s = new NodeStatus
+        {
+            NodeName = _d.NodeName,
+            RouterId = new IPAddress(System.Buffers.Binary.BinaryPrimitives.ReverseEndianness(_d.Speaker.Config.RouterId)).ToString(),
+            AsNumber = _d.Speaker.Config.LocalAs,
+            StartedUnixMs = _d.StartedAt.ToUnixTimeMilliseconds(),
+            Routes = _d.Speaker.Rib.Count,
+            EtcdConfigured = _d.EtcdConfigured,
+            EtcdError = _d.LastEtcdError ?? "",
+            EtcdLastReadUnixMs = _d.LastEtcdRead?.ToUnixTimeMilliseconds() ?? 0,
+            KernelOperations = _d.Kernel?.Operations ?? 0,
+            KernelErrors = _d.Kernel?.Errors ?? 0,
+            KernelKeepingStale = _d.Kernel?.KeepingStale ?? false,
+            Version = typeof(Daemon).Assembly.GetName().Version?.ToString() ?? "",
+        };
+        s.OwnBlocks.AddRange(_d.OwnBlocks.Select(b => b.ToString()).Order(StringComparer.Ordinal));
+        return s;
+    });
+
+    public override Task<PeersReply> ListPeers(PeersRequest request, ServerCallContext context) => _d.Speaker.InvokeAsync(() =>
+    {
+        var r = new PeersReply();
+        foreach (BgpPeer p in _d.Speaker.Peers)
+        {
+            r.Peers.Add(new Proto.Peer
+            {
+                Name = p.Config.DisplayName,
+                Address = p.Config.Address.ToString(),
+                AsNumber = p.Config.RemoteAs,
+                Type = (p.IsEbgp ? "eBGP" : "iBGP") + (p.Config.RouteReflectorClient ? " (route reflector client)" : ""),
+                State = p.State.ToString(),
+                StateSinceUnixMs = p.StateChangedAt.ToUnixTimeMilliseconds(),
+                LastError = p.LastError ?? "",
+                PrefixesReceived = p.PrefixesReceived,
+                PrefixesAccepted = p.PrefixesAccepted,
+                PrefixesAdvertised = p.PrefixesAdvertised,
+                UpdatesReceived = p.UpdatesReceived,
+                UpdatesSent = p.UpdatesSent,
+                HoldTime = (uint)p.NegotiatedHoldTime.TotalSeconds,
+                RouterId = p.RemoteOpen?.RouterId.ToString() ?? "",
+                RoutesStale = p.RoutesStale,
+            });
+        }
+        return r;
+    });
+
+    public override Task<RoutesReply> ListRoutes(RoutesRequest request, ServerCallContext context)
+    {
+        string filter = request.Prefix.Trim();
+        Prefix? exact = null;
+        IPAddress? address = null;
+        if (filter.Length > 0)
+        {
+            if (filter.Contains('/', StringComparison.Ordinal))
+            {
+                exact = Prefix.TryParse(filter, out Prefix p) ? p : throw new RpcException(new Status(StatusCode.InvalidArgument, $"'{filter}' is not a prefix"));
+            }
+            else
+            {
+                address = IPAddress.TryParse(filter, out IPAddress? a) ? a : throw new RpcException(new Status(StatusCode.InvalidArgument, $"'{filter}' is not a prefix or an address"));
+            }
+        }
+        return _d.Speaker.InvokeAsync(() =>
+        {
+            var r = new RoutesReply();
+            IEnumerable<RouteEntry> entries = exact is { } e ? (_d.Speaker.Rib.Find(e) is { } one ? [one] : [])
+                : address is not null ? (_d.Speaker.Rib.LongestMatch(address) is { } lm ? [lm] : [])
+                : _d.Speaker.Rib.Entries.OrderBy(x => x.Prefix);
+            foreach (RouteEntry entry in entries)
+            {
+                r.Routes.Add(ToRoute(_d, entry));
+            }
+            return r;
+        });
+    }
+
+    internal static Route ToRoute(Daemon d, RouteEntry entry)
+    {
+        var route = new Route
+        {
+            Prefix = entry.Prefix.ToString(),
+            Reason = Decision.Describe(entry.Reason),
+            Kernel = d.KernelRouteFor(entry)?.ToString() ?? "",
+        };
+        IReadOnlyList<RoutePath> multipath = d.Speaker.Rib.Multipath(entry);
+        for (int i = 0; i < entry.PathCount; i++)
+        {
+            RoutePath p = entry.PathAt(i);
+            PathAttributes a = p.Attributes;
+            var path = new Proto.Path
+            {
+                Peer = p.Peer?.Config.DisplayName ?? "local",
+                PeerAddress = p.Peer?.Config.Address.ToString() ?? "",
+                AsPath = a.AsPath.ToString(),
+                NextHop = a.HasNextHop ? a.NextHop.Address.ToString() : "",
+                LocalPref = a.LocalPref ?? Decision.DefaultLocalPref,
+                HasMed = a.Med is not null,
+                Med = a.Med ?? 0,
+                Origin = a.Origin.ToString().ToLowerInvariant(),
+                Best = i == 0 && !p.Filtered,
+                Multipath = multipath.Any(m => m.Peer == p.Peer),
+                Filtered = p.Filtered,
+                Stale = p.Stale,
+            };
+            path.Communities.AddRange(a.Communities.Select(c => $"{c >> 16}:{c & 0xFFFF}"));
+            route.Paths.Add(path);
+        }
+        return route;
+    }
+
+    public override async Task<LookupReply> Lookup(LookupRequest request, ServerCallContext context)
+    {
+        if (!IPAddress.TryParse(request.Address, out IPAddress? address))
+        {
+            throw new RpcException(new Status(StatusCode.InvalidArgument, $"'{request.Address}' is not an IP address"));
+        }
+        var reply = new LookupReply { Address = address.ToString() };
+        using (RtNetlink nl = RtNetlink.Open())
+        {
+            KernelRouteEntry? r = nl.GetRoute(address, fibMatch: true);
+            if (r is not null)
+            {
+                reply.HasKernelRoute = true;
+                reply.KernelDestination = $"{r.Destination}/{r.PrefixLength}";
+                reply.KernelType = r.Type switch { Rt.RTN_BLACKHOLE => "blackhole", Rt.RTN_UNICAST => "unicast", Rt.RTN_LOCAL => "local", _ => $"type {r.Type}" };
+                IPAddress? gw = r.Gateway ?? r.MultiPath.FirstOrDefault()?.Gateway;
+                reply.KernelGateway = r.MultiPath.Count > 1 ? string.Join(", ", r.MultiPath.Select(n => n.Gateway)) : gw?.ToString() ?? "";
+                int dev = r.OutIndex != 0 ? r.OutIndex : r.MultiPath.FirstOrDefault()?.OutIndex ?? 0;
+                reply.KernelDevice = dev != 0 ? nl.GetLink(dev)?.Name ?? $"#{dev}" : "";
+                reply.KernelProtocol = r.Protocol;
+                reply.KernelProtocolName = r.Protocol switch
+                {
+                    KernelRouteSync.Protocol => "calicosharp (bgpd)",
+                    Rt.RTPROT_KERNEL => "kernel",
+                    Rt.RTPROT_BOOT => "boot (the CNI plugin, or configured)",
+                    Rt.RTPROT_STATIC => "static",
+                    _ => r.Protocol.ToString(CultureInfo.InvariantCulture),
+                };
+            }
+        }
+        Route? bgp = await _d.Speaker.InvokeAsync(() => _d.Speaker.Rib.LongestMatch(address) is { } e ? ToRoute(_d, e) : null).ConfigureAwait(false);
+        if (bgp is not null)
+        {
+            reply.BgpRoute = bgp;
+            reply.HasBgpRoute = true;
+        }
+        return reply;
+    }
+}
+
+/// <summary>Prometheus text exposition of the daemon's state.</summary>
+internal static class Metrics
+{
+    public static Task<string> RenderAsync(Daemon d) => d.Speaker.InvokeAsync(() =>
+    {
+        var sb = new StringBuilder();
+        void Metric(string name, string type, string help)
+        {
+            sb.Append("# HELP ").Append(name).Append(' ').Append(help).Append('\n');
+            sb.Append("# TYPE ").Append(name).Append(' ').Append(type).Append('\n');
+        }
+        string Label(BgpPeer p) => $"peer=\"{p.Config.Address}\",name=\"{p.Config.DisplayName.Replace("\"", "", StringComparison.Ordinal)}\"";
+        Metric("calicosharp_bgp_sessions", "gauge", "BGP sessions by state.");
+        foreach (SessionState s in Enum.GetValues<SessionState>())
+        {
+            sb.Append(CultureInfo.InvariantCulture, $"calicosharp_bgp_sessions{{state=\"{s}\"}} {d.Speaker.Peers.Count(p => p.State == s)}\n");
+        }
+        Metric("calicosharp_bgp_peer_up", "gauge", "1 when the session with the peer is established.");
+        foreach (BgpPeer p in d.Speaker.Peers)
+        {
+            sb.Append(CultureInfo.InvariantCulture, $"calicosharp_bgp_peer_up{{{Label(p)}}} {(p.State == SessionState.Established ? 1 : 0)}\n");
+        }
+        Metric("calicosharp_bgp_prefixes_received", "gauge", "Prefixes the peer announced (Adj-RIB-In, before policy).");
+        foreach (BgpPeer p in d.Speaker.Peers)
+        {
+            sb.Append(CultureInfo.InvariantCulture, $"calicosharp_bgp_prefixes_received{{{Label(p)}}} {p.PrefixesReceived}\n");
+        }
+        Metric("calicosharp_bgp_prefixes_accepted", "gauge", "Prefixes from the peer that import policy accepted.");
+        foreach (BgpPeer p in d.Speaker.Peers)
+        {
+            sb.Append(CultureInfo.InvariantCulture, $"calicosharp_bgp_prefixes_accepted{{{Label(p)}}} {p.PrefixesAccepted}\n");
+        }
+        Metric("calicosharp_bgp_prefixes_advertised", "gauge", "Prefixes advertised to the peer (Adj-RIB-Out).");
+        foreach (BgpPeer p in d.Speaker.Peers)
+        {
+            sb.Append(CultureInfo.InvariantCulture, $"calicosharp_bgp_prefixes_advertised{{{Label(p)}}} {p.PrefixesAdvertised}\n");
+        }
+        Metric("calicosharp_bgp_updates_received_total", "counter", "UPDATE messages received in the current session.");
+        foreach (BgpPeer p in d.Speaker.Peers)
+        {
+            sb.Append(CultureInfo.InvariantCulture, $"calicosharp_bgp_updates_received_total{{{Label(p)}}} {p.UpdatesReceived}\n");
+        }
+        Metric("calicosharp_bgp_updates_sent_total", "counter", "UPDATE messages sent in the current session.");
+        foreach (BgpPeer p in d.Speaker.Peers)
+        {
+            sb.Append(CultureInfo.InvariantCulture, $"calicosharp_bgp_updates_sent_total{{{Label(p)}}} {p.UpdatesSent}\n");
+        }
+        Metric("calicosharp_bgp_rib_routes", "gauge", "Prefixes in the RIB.");
+        sb.Append(CultureInfo.InvariantCulture, $"calicosharp_bgp_rib_routes {d.Speaker.Rib.Count}\n");
+        Metric("calicosharp_kernel_route_operations_total", "counter", "Kernel route replaces and deletes.");
+        sb.Append(CultureInfo.InvariantCulture, $"calicosharp_kernel_route_operations_total {d.Kernel?.Operations ?? 0}\n");
+        Metric("calicosharp_kernel_route_errors_total", "counter", "Kernel route operations that failed.");
+        sb.Append(CultureInfo.InvariantCulture, $"calicosharp_kernel_route_errors_total {d.Kernel?.Errors ?? 0}\n");
+        Metric("calicosharp_etcd_up", "gauge", "1 when the last etcd read succeeded (0 without etcd or after an error).");
+        sb.Append(CultureInfo.InvariantCulture, $"calicosharp_etcd_up {(d.EtcdConfigured && d.LastEtcdError is null ? 1 : 0)}\n");
+        Metric("calicosharp_etcd_errors_total", "counter", "Failed etcd reads.");
+        sb.Append(CultureInfo.InvariantCulture, $"calicosharp_etcd_errors_total {d.EtcdErrors}\n");
+        Metric("calicosharp_etcd_last_read_age_seconds", "gauge", "Seconds since the last successful etcd read.");
+        sb.Append(CultureInfo.InvariantCulture, $"calicosharp_etcd_last_read_age_seconds {(d.LastEtcdRead is { } t ? (DateTimeOffset.UtcNow - t).TotalSeconds : -1):0.###}\n");
+        return sb.ToString();
+    });
+}

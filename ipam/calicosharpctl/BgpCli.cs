@@ -1,0 +1,202 @@
+using System.CommandLine;
+using System.Globalization;
+using System.Net.Sockets;
+using CalicoSharp.Proto;
+using Grpc.Core;
+using Grpc.Net.Client;
+
+namespace CalicoSharp.Ctl;
+
+/// <summary>calicosharpctl node status / bgp routes: what a node's bgpd reports through its control API.</summary>
+internal static class BgpCli
+{
+    public const string DefaultSocket = "/run/calicosharp/bgpd.sock";
+
+    public static readonly Option<string> Socket = new("--bgpd-socket")
+    {
+        Description = $"bgpd's control API socket (default {DefaultSocket})",
+        DefaultValueFactory = _ => DefaultSocket,
+        Recursive = true,
+    };
+
+    /// <summary>A client for the bgpd control API on a Unix socket.</summary>
+    public static (GrpcChannel Channel, Proto.Bgpd.BgpdClient Client) Connect(string socketPath)
+    {
+        if (!File.Exists(socketPath))
+        {
+            throw new IOException($"bgpd's control socket {socketPath} does not exist: is calicosharp-bgpd running on this node (or give --bgpd-socket)?");
+        }
+        var handler = new SocketsHttpHandler
+        {
+            ConnectCallback = async (_, ct) =>
+            {
+                var s = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);
+                try
+                {
+                    await s.ConnectAsync(new UnixDomainSocketEndPoint(socketPath), ct).ConfigureAwait(false);
+                    return new NetworkStream(s, ownsSocket: true);
+                }
+                catch
+                {
+                    s.Dispose();
+                    throw;
+                }
+            },
+        };
+        GrpcChannel channel = GrpcChannel.ForAddress("http://bgpd", new GrpcChannelOptions { HttpHandler = handler });
+        return (channel, new Proto.Bgpd.BgpdClient(channel));
+    }
+
+    internal static async Task<T> CallAsync<T>(string socket, Func<Proto.Bgpd.BgpdClient, CallOptions, Task<T>> call, CancellationToken ct)
+    {
+        (GrpcChannel channel, Proto.Bgpd.BgpdClient client) = Connect(socket);
+        using (channel)
+        {
+            try
+            {
+                return await call(client, new CallOptions(deadline: DateTime.UtcNow.AddSeconds(5), cancellationToken: ct)).ConfigureAwait(false);
+            }
+            catch (RpcException e)
+            {
+                throw new IOException($"bgpd at {socket}: {e.Status.Detail}", e);
+            }
+        }
+    }
+
+    public static Command NodeCommands(TextWriter o, Func<ParseResult, bool> json)
+    {
+        var node = new Command("node", "this node's BGP daemon");
+        var status = new Command("status", "the node's BGP sessions (like calicoctl node status)");
+        status.SetAction(async (p, ct) =>
+        {
+            string socket = p.GetValue(Socket)!;
+            NodeStatus s = await CallAsync(socket, (c, opt) => c.GetStatusAsync(new StatusRequest(), opt).ResponseAsync, ct).ConfigureAwait(false);
+            PeersReply peers = await CallAsync(socket, (c, opt) => c.ListPeersAsync(new PeersRequest(), opt).ResponseAsync, ct).ConfigureAwait(false);
+            if (json(p))
+            {
+                Output.Json(o, w =>
+                {
+                    w.WriteStartObject();
+                    w.WriteString("node", s.NodeName);
+                    w.WriteString("routerId", s.RouterId);
+                    w.WriteNumber("asNumber", s.AsNumber);
+                    w.WriteString("started", DateTimeOffset.FromUnixTimeMilliseconds(s.StartedUnixMs).ToString("o", CultureInfo.InvariantCulture));
+                    w.WriteNumber("routes", s.Routes);
+                    w.WriteStartArray("ownBlocks");
+                    foreach (string b in s.OwnBlocks)
+                    {
+                        w.WriteStringValue(b);
+                    }
+                    w.WriteEndArray();
+                    w.WriteString("etcdError", s.EtcdError);
+                    w.WriteNumber("kernelOperations", s.KernelOperations);
+                    w.WriteNumber("kernelErrors", s.KernelErrors);
+                    w.WriteStartArray("peers");
+                    foreach (Peer x in peers.Peers)
+                    {
+                        w.WriteStartObject();
+                        w.WriteString("name", x.Name);
+                        w.WriteString("address", x.Address);
+                        w.WriteNumber("asNumber", x.AsNumber);
+                        w.WriteString("type", x.Type);
+                        w.WriteString("state", x.State);
+                        w.WriteString("since", DateTimeOffset.FromUnixTimeMilliseconds(x.StateSinceUnixMs).ToString("o", CultureInfo.InvariantCulture));
+                        w.WriteString("lastError", x.LastError);
+                        w.WriteNumber("prefixesReceived", x.PrefixesReceived);
+                        w.WriteNumber("prefixesAccepted", x.PrefixesAccepted);
+                        w.WriteNumber("prefixesAdvertised", x.PrefixesAdvertised);
+                        w.WriteString("routerId", x.RouterId);
+                        w.WriteEndObject();
+                    }
+                    w.WriteEndArray();
+                    w.WriteEndObject();
+                });
+                return Cli.ExitOk;
+            }
+            TimeSpan up = DateTimeOffset.UtcNow - DateTimeOffset.FromUnixTimeMilliseconds(s.StartedUnixMs);
+            o.WriteLine($"calicosharp-bgpd on {s.NodeName} is running (up {Duration(up)}): AS {s.AsNumber}, router id {s.RouterId}, {s.Routes} prefixes in the RIB");
+            o.WriteLine($"own blocks: {(s.OwnBlocks.Count == 0 ? "none" : string.Join(", ", s.OwnBlocks))}");
+            if (s.EtcdError.Length > 0)
+            {
+                o.WriteLine($"etcd: {s.EtcdError}");
+            }
+            o.WriteLine();
+            Output.Table(o, ["PEER ADDRESS", "PEER TYPE", "AS", "STATE", "SINCE", "PREFIXES (RX/ACC/ADV)", "INFO"],
+                peers.Peers.Select(x => (IReadOnlyList<string>)
+                [
+                    x.Address, x.Type, x.AsNumber.ToString(CultureInfo.InvariantCulture), x.State,
+                    DateTimeOffset.FromUnixTimeMilliseconds(x.StateSinceUnixMs).ToLocalTime().ToString("HH:mm:ss", CultureInfo.InvariantCulture),
+                    $"{x.PrefixesReceived}/{x.PrefixesAccepted}/{x.PrefixesAdvertised}",
+                    x.State == "Established" ? (x.RoutesStale ? "restarting (stale routes kept)" : "") : x.LastError,
+                ]));
+            return Cli.ExitOk;
+        });
+        node.Subcommands.Add(status);
+        return node;
+    }
+
+    public static Command BgpCommands(TextWriter o, Func<ParseResult, bool> json)
+    {
+        var bgp = new Command("bgp", "the node's BGP routes");
+        var prefix = new Option<string?>("--prefix") { Description = "one prefix, or an address (longest match)" };
+        var routes = new Command("routes", "every path of every prefix and why the best won") { prefix };
+        routes.SetAction(async (p, ct) =>
+        {
+            RoutesReply r = await CallAsync(p.GetValue(Socket)!, (c, opt) => c.ListRoutesAsync(new RoutesRequest { Prefix = p.GetValue(prefix) ?? "" }, opt).ResponseAsync, ct).ConfigureAwait(false);
+            if (json(p))
+            {
+                Output.JsonList(o, "routes", r.Routes, (w, x) =>
+                {
+                    w.WriteString("prefix", x.Prefix);
+                    w.WriteString("reason", x.Reason);
+                    w.WriteString("kernel", x.Kernel);
+                    w.WriteStartArray("paths");
+                    foreach (Proto.Path path in x.Paths)
+                    {
+                        w.WriteStartObject();
+                        w.WriteString("peer", path.Peer);
+                        w.WriteString("peerAddress", path.PeerAddress);
+                        w.WriteString("asPath", path.AsPath);
+                        w.WriteString("nextHop", path.NextHop);
+                        w.WriteNumber("localPref", path.LocalPref);
+                        if (path.HasMed)
+                        {
+                            w.WriteNumber("med", path.Med);
+                        }
+                        w.WriteString("origin", path.Origin);
+                        w.WriteBoolean("best", path.Best);
+                        w.WriteBoolean("multipath", path.Multipath);
+                        w.WriteBoolean("filtered", path.Filtered);
+                        w.WriteBoolean("stale", path.Stale);
+                        w.WriteEndObject();
+                    }
+                    w.WriteEndArray();
+                });
+                return Cli.ExitOk;
+            }
+            if (r.Routes.Count == 0)
+            {
+                o.WriteLine(p.GetValue(prefix) is { } f ? $"no route for {f}" : "no routes");
+                return p.GetValue(prefix) is null ? Cli.ExitOk : Cli.ExitFailed;
+            }
+            Output.Table(o, ["PREFIX", "", "PEER", "NEXT HOP", "AS PATH", "LOCAL PREF", "KERNEL", "WHY BEST"],
+                r.Routes.SelectMany(x => x.Paths.Select((path, i) => (IReadOnlyList<string>)
+                [
+                    i == 0 ? x.Prefix : "",
+                    path.Best ? "*" : path.Multipath ? "=" : path.Filtered ? "x" : "",
+                    path.Peer + (path.Stale ? " (stale)" : ""),
+                    path.NextHop.Length > 0 ? path.NextHop : "-",
+                    path.AsPath.Length > 0 ? path.AsPath : "(local)",
+                    path.LocalPref.ToString(CultureInfo.InvariantCulture),
+                    i == 0 ? x.Kernel : "",
+                    i == 0 ? x.Reason : "",
+                ])));
+            o.WriteLine("* best, = equal-cost (installed too), x rejected by import policy");
+            return Cli.ExitOk;
+        });
+        bgp.Subcommands.Add(routes);
+        return bgp;
+    }
+
+    private static string Duration(TimeSpan t) => t.TotalDays >= 1 ? $"{(int)t.TotalDays}d{t.Hours}h" : t.TotalHours >= 1 ? $"{(int)t.TotalHours}h{t.Minutes}m" : t.TotalMinutes >= 1 ? $"{(int)t.TotalMinutes}m{t.Seconds}s" : $"{t.Seconds}s";
+}
