@@ -77,10 +77,13 @@ bench: deps build publish
 demo: deps publish
 	bash tests/demo/demo.sh $(BIN)
 
-## install: NativeAOT binaries: the CLI into $(PREFIX)/bin, the CNI plugins into $(CNI_BIN_DIR), the sample conflist into $(CNI_NET_DIR)
+## install: NativeAOT binaries: the CLI and bgpd into $(PREFIX)/bin (bgpd with a systemd unit), the CNI plugins into $(CNI_BIN_DIR), the sample conflist into $(CNI_NET_DIR)
 install: publish
-	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(CNI_BIN_DIR) $(DESTDIR)$(CNI_NET_DIR)
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(CNI_BIN_DIR) $(DESTDIR)$(CNI_NET_DIR) $(DESTDIR)/etc/systemd/system $(DESTDIR)/etc/iproute2/rt_protos.d
 	install -m 0755 $(BIN)/calicosharpctl $(DESTDIR)$(PREFIX)/bin/calicosharpctl
+	install -m 0755 $(BIN)/calicosharp-bgpd $(DESTDIR)$(PREFIX)/bin/calicosharp-bgpd
+	install -m 0644 bgpd/calicosharp-bgpd.service $(DESTDIR)/etc/systemd/system/calicosharp-bgpd.service
+	install -m 0644 bgpd/rt_protos.calicosharp.conf $(DESTDIR)/etc/iproute2/rt_protos.d/calicosharp.conf
 	install -m 0755 $(BIN)/calicosharp $(BIN)/calicosharp-ipam $(DESTDIR)$(CNI_BIN_DIR)/
 	install -m 0644 cni/10-calicosharp.conflist $(DESTDIR)$(CNI_NET_DIR)/10-calicosharp.conflist
 

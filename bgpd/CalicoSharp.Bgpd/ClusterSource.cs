@@ -45,6 +45,9 @@ public sealed class EtcdClusterSource
         _node = node;
     }
 
+    /// <summary>The prefixes whose changes matter: a watch on them wakes the daemon.</summary>
+    public IReadOnlyList<string> WatchedPrefixes => [BgpConfigurations, BgpPeers, Keys.NodePrefix, Keys.PoolPrefix, Keys.HostAffinityPrefix(_node)];
+
     public async Task<ClusterSnapshot> ReadAsync(CancellationToken ct)
     {
         IReadOnlyList<IReadOnlyList<KvEntry>> r = await _store.ReadAsync(

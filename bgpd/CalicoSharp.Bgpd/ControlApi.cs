@@ -296,6 +296,10 @@ internal static class Metrics
         sb.Append(CultureInfo.InvariantCulture, $"calicosharp_kernel_route_errors_total {d.Kernel?.Errors ?? 0}\n");
         Metric("calicosharp_etcd_up", "gauge", "1 when the last etcd read succeeded (0 without etcd or after an error).");
         sb.Append(CultureInfo.InvariantCulture, $"calicosharp_etcd_up {(d.EtcdConfigured && d.LastEtcdError is null ? 1 : 0)}\n");
+        Metric("calicosharp_etcd_watch_up", "gauge", "1 while the etcd watch is open (changes apply at once; else at the next poll).");
+        sb.Append(CultureInfo.InvariantCulture, $"calicosharp_etcd_watch_up {(d.WatchUp ? 1 : 0)}\n");
+        Metric("calicosharp_etcd_watch_restarts_total", "counter", "Times the etcd watch broke and was opened again.");
+        sb.Append(CultureInfo.InvariantCulture, $"calicosharp_etcd_watch_restarts_total {d.WatchRestarts}\n");
         Metric("calicosharp_etcd_errors_total", "counter", "Failed etcd reads.");
         sb.Append(CultureInfo.InvariantCulture, $"calicosharp_etcd_errors_total {d.EtcdErrors}\n");
         Metric("calicosharp_etcd_last_read_age_seconds", "gauge", "Seconds since the last successful etcd read.");

@@ -76,6 +76,8 @@ public sealed class Daemon : IAsyncDisposable
     private HashSet<Prefix> _borrowed = [];
     private Dictionary<IPAddress, (PeerConfig Config, string Key)> _peerKeys = [];
     private Task? _loop;
+    private Task? _watch;
+    private readonly SemaphoreSlim _wake = new(0, 1);
     private DateTimeOffset _staleDeadline;
 
     public Daemon(DaemonOptions options, Action<BgpLogLevel, string> log)
@@ -135,6 +137,11 @@ public sealed class Daemon : IAsyncDisposable
 
     public bool EtcdConfigured => _cluster is not null;
 
+    /// <summary>The etcd watch is open: changes wake the daemon at once (else it notices them at the next poll).</summary>
+    public bool WatchUp { get; private set; }
+
+    public long WatchRestarts { get; private set; }
+
     public string? LastEtcdError { get; private set; }
 
     public DateTimeOffset? LastEtcdRead { get; private set; }
@@ -193,6 +200,60 @@ public sealed class Daemon : IAsyncDisposable
         _staleDeadline = DateTimeOffset.UtcNow + TimeSpan.FromSeconds(Speaker.Config.RestartTime);
         await Speaker.InvokeAsync(Apply).ConfigureAwait(false);
         _loop = Task.Run(LoopAsync);
+        if (_etcd is not null && _cluster is not null)
+        {
+            _watch = Task.Run(WatchLoopAsync);
+        }
+    }
+
+    /// <summary>Keeps an etcd watch on everything bgpd follows; each change wakes the main loop, which re-reads
+    /// the snapshot (one round trip) and applies it. The poll stays as a safety net.</summary>
+    private async Task WatchLoopAsync()
+    {
+        while (!_cts.IsCancellationRequested)
+        {
+            try
+            {
+                await _etcd!.WatchAsync(_cluster!.WatchedPrefixes, _ => Wake(), () =>
+                {
+                    WatchUp = true;
+                    Wake();
+                }, _cts.Token).ConfigureAwait(false);
+            }
+            catch (OperationCanceledException) when (_cts.IsCancellationRequested)
+            {
+                return;
+            }
+            catch (Exception e) when (e is IpamException or IOException or Grpc.Core.RpcException or InvalidOperationException)
+            {
+                if (WatchUp)
+                {
+                    _log(BgpLogLevel.Warning, $"etcd watch: {e.Message}; polling until it is back");
+                }
+                WatchUp = false;
+                WatchRestarts++;
+            }
+            try
+            {
+                await Task.Delay(TimeSpan.FromSeconds(1), _cts.Token).ConfigureAwait(false);
+            }
+            catch (OperationCanceledException)
+            {
+                return;
+            }
+        }
+    }
+
+    private void Wake()
+    {
+        try
+        {
+            _wake.Release();
+        }
+        catch (SemaphoreFullException)
+        {
+            // Already woken: one re-read covers every change so far.
+        }
     }
 
     private async Task LoopAsync()
@@ -202,7 +263,8 @@ public sealed class Daemon : IAsyncDisposable
         {
             try
             {
-                await Task.Delay(_options.PollInterval, _cts.Token).ConfigureAwait(false);
+                // Woken by the watch at once; otherwise a poll (the safety net, and borrowed-address discovery).
+                await _wake.WaitAsync(_options.PollInterval, _cts.Token).ConfigureAwait(false);
             }
             catch (OperationCanceledException)
             {
@@ -546,9 +608,12 @@ public sealed class Daemon : IAsyncDisposable
     public async Task StopAsync(string reason)
     {
         await _cts.CancelAsync().ConfigureAwait(false);
-        if (_loop is not null)
+        foreach (Task? t in new[] { _loop, _watch })
         {
-            await _loop.ConfigureAwait(false);
+            if (t is not null)
+            {
+                await t.ConfigureAwait(false);
+            }
         }
         await Speaker.StopAsync(reason, TimeSpan.FromMilliseconds(300)).ConfigureAwait(false);
     }
@@ -565,6 +630,7 @@ public sealed class Daemon : IAsyncDisposable
         }
         _etcd?.Dispose();
         _routeTable?.Dispose();
+        _wake.Dispose();
         _cts.Dispose();
     }
 }

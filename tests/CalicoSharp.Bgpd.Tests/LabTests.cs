@@ -57,7 +57,10 @@ public class LabFailureTests
         LabPod a = await lab.AddPodAsync(n1, "pod-a");
         LabPod b = await lab.AddPodAsync(n2, "pod-b");
         string blockA = IpNet.Enclosing(System.Net.IPAddress.Parse(a.Address), 26).ToString();
-        await BgpLab.WaitAsync(() => BgpLab.KernelRoutes(n2).Contains($"{blockA} via", StringComparison.Ordinal), "node1's block on node2", 60, lab.Diagnostics);
+        string blockB = IpNet.Enclosing(System.Net.IPAddress.Parse(b.Address), 26).ToString();
+        // Both ways first: node1 must have learned node2's block before it is killed, or replies have no route.
+        await BgpLab.WaitAsync(() => BgpLab.KernelRoutes(n2).Contains($"{blockA} via", StringComparison.Ordinal)
+            && BgpLab.KernelRoutes(n1).Contains($"{blockB} via", StringComparison.Ordinal), "both blocks on both nodes", 60, lab.Diagnostics);
 
         BgpLab.StopBgpd(n1, "KILL");
         // The ToR keeps node1's routes as stale (it is node1's graceful-restart helper), node2 keeps its route,
@@ -151,6 +154,7 @@ public class LabInterfaceTests
         Assert.Contains("calicosharp_bgp_sessions{state=\"Established\"} 1", metrics.Stdout, StringComparison.Ordinal);
         Assert.Contains($"calicosharp_bgp_peer_up{{peer=\"{n2.TorAddress}\"", metrics.Stdout, StringComparison.Ordinal);
         Assert.Contains("calicosharp_etcd_up 1", metrics.Stdout, StringComparison.Ordinal);
+        Assert.Contains("calicosharp_etcd_watch_up 1", metrics.Stdout, StringComparison.Ordinal);
         Assert.Matches(@"calicosharp_kernel_route_operations_total [1-9]", metrics.Stdout);
     }
 }
