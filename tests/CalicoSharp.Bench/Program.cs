@@ -26,6 +26,13 @@ if (only is "all" or "bgp")
 {
     int n = args.Length > 1 ? int.Parse(args[1], CultureInfo.InvariantCulture) : 1_000_000;
     await BgpBench.RunAsync(Console.Out, n).ConfigureAwait(false);
+    // Footprint with two peers and 1,000 routes, beside BIRD's.
+    await BgpBench.RunAsync(Console.Out, 1000).ConfigureAwait(false);
+}
+
+if (only is "all" or "bgpd")
+{
+    await BgpdBench.RunAsync(Console.Out, 40).ConfigureAwait(false);
 }
 
 Console.WriteLine(string.Create(CultureInfo.InvariantCulture, $"benchmarks took {sw.Elapsed.TotalSeconds:0} s"));
