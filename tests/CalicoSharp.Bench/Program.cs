@@ -35,5 +35,10 @@ if (only is "all" or "bgpd")
     await BgpdBench.RunAsync(Console.Out, 40).ConfigureAwait(false);
 }
 
+if (only is "all" or "bgpd" or "kernel")
+{
+    await KernelBench.RunAsync(Console.Out, 100_000).ConfigureAwait(false);
+}
+
 Console.WriteLine(string.Create(CultureInfo.InvariantCulture, $"benchmarks took {sw.Elapsed.TotalSeconds:0} s"));
 return 0;
