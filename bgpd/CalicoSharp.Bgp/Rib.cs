@@ -14,11 +14,11 @@ public sealed class Rib
     private const int ExportBatch = 2048;
 
     private readonly BgpSpeaker _speaker;
-    private readonly PrefixTable _table = new();
-    private readonly Dictionary<RouteEntry, ulong[]> _overflowBits = [];
+    private readonly RouteStore _s = new();
+    private readonly Dictionary<int, ulong[]> _overflowBits = [];
     private BgpPeer[] _established = [];
     private readonly AttributeInterner _interner = new();
-    private readonly List<RouteEntry> _changed = [];
+    private readonly List<int> _changed = [];
     private readonly HashSet<BgpPeer> _exportDue = [];
     private bool _flushScheduled;
 
@@ -27,7 +27,7 @@ public sealed class Rib
         _speaker = speaker;
     }
 
-    public int Count => _table.Count;
+    public int Count => _s.EntryCount;
 
     public int AttributeSets => _interner.Count;
 
@@ -37,27 +37,27 @@ public sealed class Rib
     /// <summary>Raised (on the loop) when a peer sent End-of-RIB for a family.</summary>
     public event Action<BgpPeer, Afi>? EndOfRibReceived;
 
-    public RouteEntry? Find(Prefix prefix) => _table.Find(prefix);
+    public RouteEntry? Find(Prefix prefix) => _s.Find(prefix) is var i and >= 0 ? new RouteEntry(_s, i) : null;
 
-    public IEnumerable<RouteEntry> Entries => _table.All;
+    public IEnumerable<RouteEntry> Entries => _s.All.Select(i => new RouteEntry(_s, i));
 
     // ---- per-peer bits: advertised (Adj-RIB-Out) and queued (a change waits for the peer) ----
 
-    internal bool Get(RouteEntry e, int peer, bool queued)
+    internal bool Get(int e, int peer, bool queued)
     {
         if (peer < 32)
         {
-            return (e.Bits & (1UL << (peer + (queued ? 32 : 0)))) != 0;
+            return (_s.Bits[e] & (1UL << (peer + (queued ? 32 : 0)))) != 0;
         }
         return _overflowBits.TryGetValue(e, out ulong[]? more) && OverflowIndex(peer, queued) is var (w, b) && w < more.Length && (more[w] & b) != 0;
     }
 
-    internal void Set(RouteEntry e, int peer, bool queued, bool value)
+    internal void Set(int e, int peer, bool queued, bool value)
     {
         if (peer < 32)
         {
             ulong bit = 1UL << (peer + (queued ? 32 : 0));
-            e.Bits = value ? e.Bits | bit : e.Bits & ~bit;
+            _s.Bits[e] = value ? _s.Bits[e] | bit : _s.Bits[e] & ~bit;
             return;
         }
         (int w, ulong b) = OverflowIndex(peer, queued);
@@ -80,15 +80,15 @@ public sealed class Rib
 
     private static (int Word, ulong Bit) OverflowIndex(int peer, bool queued) => ((((peer - 32) / 64) * 2) + (queued ? 1 : 0), 1UL << ((peer - 32) & 63));
 
-    private bool AdvertisedAnywhere(RouteEntry e) =>
-        (e.Bits & 0xFFFF_FFFFUL) != 0 || (_overflowBits.TryGetValue(e, out ulong[]? more) && more.Where((_, i) => i % 2 == 0).Any(x => x != 0));
+    private bool AdvertisedAnywhere(int e) =>
+        (_s.Bits[e] & 0xFFFF_FFFFUL) != 0 || (_overflowBits.TryGetValue(e, out ulong[]? more) && more.Where((_, i) => i % 2 == 0).Any(x => x != 0));
 
-    private bool QueuedAnywhere(RouteEntry e) =>
-        (e.Bits >> 32) != 0 || (_overflowBits.TryGetValue(e, out ulong[]? more) && more.Where((_, i) => i % 2 == 1).Any(x => x != 0));
+    private bool QueuedAnywhere(int e) =>
+        (_s.Bits[e] >> 32) != 0 || (_overflowBits.TryGetValue(e, out ulong[]? more) && more.Where((_, i) => i % 2 == 1).Any(x => x != 0));
 
-    private void RemoveEntry(RouteEntry e)
+    private void RemoveEntry(int e)
     {
-        _table.Remove(e);
+        _s.Remove(e);
         _overflowBits.Remove(e);
     }
 
@@ -98,7 +98,7 @@ public sealed class Rib
         int max = address.AddressFamily == System.Net.Sockets.AddressFamily.InterNetwork ? 32 : 128;
         for (int len = max; len >= 0; len--)
         {
-            if (Find(Prefix.FromAddress(address, len)) is { HasBest: true } e)
+            if (Find(Prefix.FromAddress(address, len)) is { Best: not null } e)
             {
                 return e;
             }
@@ -109,7 +109,6 @@ public sealed class Rib
     /// <summary>The paths to install: the best and those equal to it up to the tie-breakers (ECMP).</summary>
     public IReadOnlyList<RoutePath> Multipath(RouteEntry entry)
     {
-        ArgumentNullException.ThrowIfNull(entry);
         var result = new List<RoutePath>(1);
         if (entry.Best is not { } best)
         {
@@ -273,22 +272,21 @@ public sealed class Rib
 
     private void Upsert(Prefix prefix, BgpPeer? peer, PathAttributes attributes, bool filtered)
     {
-        RouteEntry? entry = _table.Find(prefix);
-        if (entry is null)
+        int slot = _s.Find(prefix);
+        if (slot < 0)
         {
-            entry = RouteEntry.Create(prefix);
-            _table.Add(entry);
+            slot = _s.Add(prefix);
         }
         byte flags = filtered ? RoutePath.FilteredFlag : (byte)0;
-        int at = entry.IndexOf(peer);
+        int at = _s.IndexOf(slot, peer);
         if (at >= 0)
         {
-            RoutePath old = entry.PathAt(at);
+            RoutePath old = _s.PathAt(slot, at);
             if (ReferenceEquals(old.Attributes, attributes) && old.Flags == flags)
             {
                 return;
             }
-            entry.RemoveAt(at);
+            _s.RemovePath(slot, at);
             _interner.Release(old.Attributes);
             if (peer is not null && !old.Filtered)
             {
@@ -304,20 +302,24 @@ public sealed class Rib
         {
             peer.PrefixesAccepted++;
         }
-        entry.Insert(new RoutePath(peer, attributes, flags));
-        Changed(entry);
+        _s.InsertPath(slot, new RoutePath(peer, attributes, flags));
+        Changed(slot);
     }
 
     private void Remove(Prefix prefix, BgpPeer? peer)
     {
-        RouteEntry? entry = _table.Find(prefix);
-        int at = entry?.IndexOf(peer) ?? -1;
+        int slot = _s.Find(prefix);
+        int at = slot >= 0 ? _s.IndexOf(slot, peer) : -1;
         if (at < 0)
         {
             return;
         }
-        Forget(entry!.RemoveAt(at));
-        Changed(entry);
+        Forget(_s.RemovePath(slot, at));
+        Changed(slot);
+        if (_s.Count[slot] == 0)
+        {
+            _emptied.Add(slot);
+        }
     }
 
     private void Forget(RoutePath path)
@@ -333,26 +335,29 @@ public sealed class Rib
         }
     }
 
-    private static void UpdateReason(RouteEntry entry)
+    private void UpdateReason(int slot)
     {
-        entry.Reason = entry.Best is { } best && entry.PathCount > 1 && entry.PathAt(1) is { Filtered: false } second
-            ? Decision.Compare(best, second, multipath: false).Reason
-            : DecisionReason.OnlyPath;
+        _s.Reason[slot] = (byte)(_s.HasBest(slot) && _s.Count[slot] > 1 && _s.PathAt(slot, 1) is { Filtered: false } second
+            ? Decision.Compare(_s.PathAt(slot, 0), second, multipath: false).Reason
+            : DecisionReason.OnlyPath);
     }
 
-    private void Changed(RouteEntry entry)
+    private void Changed(int entry)
     {
         UpdateReason(entry);
-        _changed.Add(entry);
+        if (BestChanged is not null)
+        {
+            _changed.Add(entry);
+        }
         foreach (BgpPeer peer in _established)
         {
             Enqueue(peer, entry);
         }
     }
 
-    private void Enqueue(BgpPeer peer, RouteEntry entry)
+    private void Enqueue(BgpPeer peer, int entry)
     {
-        if (!Get(entry, peer.Index, queued: true) && peer.HasFamily(entry.Prefix.Family))
+        if (!Get(entry, peer.Index, queued: true) && peer.HasFamily((Afi)_s.FamilyOf[entry]))
         {
             Set(entry, peer.Index, queued: true, true);
             peer.Pending.Enqueue(entry);
@@ -382,17 +387,15 @@ public sealed class Rib
         _exportDue.Clear();
         if (_changed.Count > 0)
         {
-            RouteEntry[] changed = [.. _changed];
+            RouteEntry[] changed = [.. _changed.Distinct().Select(i => new RouteEntry(_s, i))];
             _changed.Clear();
             BestChanged?.Invoke(changed);
             foreach (RouteEntry e in changed)
             {
-                if (e.IsEmpty && !AdvertisedAnywhere(e) && !QueuedAnywhere(e))
-                {
-                    RemoveEntry(e);
-                }
+                _emptied.Add(e.Index);
             }
         }
+        FlushEmpty();
     }
 
     internal void OnDrained(BgpPeer peer)
@@ -402,13 +405,13 @@ public sealed class Rib
         FlushEmpty();
     }
 
-    private readonly List<RouteEntry> _emptied = [];
+    private readonly List<int> _emptied = [];
 
     private void FlushEmpty()
     {
-        foreach (RouteEntry e in _emptied)
+        foreach (int e in _emptied)
         {
-            if (e.IsEmpty && !AdvertisedAnywhere(e) && !QueuedAnywhere(e))
+            if (_s.Count[e] == 0 && _s.Peer0[e] is null && !AdvertisedAnywhere(e) && !QueuedAnywhere(e) && _s.Find(_s.PrefixOf(e)) == e)
             {
                 RemoveEntry(e);
             }
@@ -440,19 +443,20 @@ public sealed class Rib
             int n = Math.Min(ExportBatch, peer.Pending.Count);
             for (int i = 0; i < n; i++)
             {
-                RouteEntry e = peer.Pending.Dequeue();
+                int e = peer.Pending.Dequeue();
+                Prefix prefix = _s.PrefixOf(e);
                 Set(e, peer.Index, queued: true, false);
-                PathAttributes? out_ = ExportAttributes(peer, e, cache);
+                PathAttributes? out_ = ExportAttributes(peer, e, prefix, cache);
                 bool advertised = Get(e, peer.Index, queued: false);
                 if (out_ is null)
                 {
                     if (advertised)
                     {
-                        (e.Prefix.Family == Afi.IPv4 ? withdraw4 : withdraw6).Add(e.Prefix);
+                        (prefix.Family == Afi.IPv4 ? withdraw4 : withdraw6).Add(prefix);
                         Set(e, peer.Index, queued: false, false);
                         peer.PrefixesAdvertised--;
                     }
-                    if (e.IsEmpty)
+                    if (_s.Count[e] == 0)
                     {
                         _emptied.Add(e);
                     }
@@ -463,7 +467,7 @@ public sealed class Rib
                     list = [];
                     groups[out_] = list;
                 }
-                list.Add(e.Prefix);
+                list.Add(prefix);
                 if (!advertised)
                 {
                     Set(e, peer.Index, queued: false, true);
@@ -524,16 +528,16 @@ public sealed class Rib
     /// What we announce to <paramref name="peer"/> for the entry's best path, or null for nothing
     /// (RFC 4271 §9.2, RFC 4456 §8 reflection rules, next hop self, export policy).
     /// </summary>
-    private PathAttributes? ExportAttributes(BgpPeer peer, RouteEntry e, Dictionary<(BgpPeer?, PathAttributes, Afi), PathAttributes?> cache)
+    private PathAttributes? ExportAttributes(BgpPeer peer, int e, Prefix prefix, Dictionary<(BgpPeer?, PathAttributes, Afi), PathAttributes?> cache)
     {
-        if (!e.HasBest || e.BestPeer == peer)
+        if (!_s.HasBest(e) || _s.Peer0[e] == peer)
         {
             return null;
         }
-        BgpPeer? source = e.BestPeer;
-        PathAttributes attrs = e.BestAttributes!;
+        BgpPeer? source = _s.Peer0[e];
+        PathAttributes attrs = _s.Attrs0[e]!;
         RoutePolicy? policy = peer.Config.Export ?? _speaker.Export;
-        Afi family = e.Prefix.Family;
+        Afi family = prefix.Family;
         if (policy is null && cache.TryGetValue((source, attrs, family), out PathAttributes? cached))
         {
             return cached;
@@ -542,7 +546,7 @@ public sealed class Rib
         if (policy is not null && result is not null)
         {
             PathAttributes edited = result;
-            result = policy(peer, e.Prefix, ref edited) == PolicyResult.Reject ? null : edited;
+            result = policy(peer, prefix, ref edited) == PolicyResult.Reject ? null : edited;
         }
         else
         {
@@ -632,11 +636,11 @@ public sealed class Rib
         peer.WaitingForDrain = false;
         peer.PrefixesAdvertised = 0;
         peer.EndOfRibOwed = true;
-        foreach (RouteEntry e in _table.All)
+        foreach (int e in _s.All)
         {
             Set(e, peer.Index, queued: false, false);
             Set(e, peer.Index, queued: true, false);
-            if (e.HasBest)
+            if (_s.HasBest(e))
             {
                 Enqueue(peer, e);
             }
@@ -655,24 +659,25 @@ public sealed class Rib
         peer.PrefixesAdvertised = 0;
         _exportDue.Remove(peer);
         int stale = 0;
-        foreach (RouteEntry e in _table.All)
+        foreach (int e in _s.All)
         {
             Set(e, peer.Index, queued: false, false);
             Set(e, peer.Index, queued: true, false);
-            int at = e.IndexOf(peer);
+            int at = _s.IndexOf(e, peer);
             if (at < 0)
             {
                 continue;
             }
             if (keepStale)
             {
-                e.SetFlags(at, (byte)(e.PathAt(at).Flags | RoutePath.StaleFlag));
+                _s.SetFlags(e, at, (byte)(_s.PathAt(e, at).Flags | RoutePath.StaleFlag));
                 stale++;
             }
             else
             {
-                Forget(e.RemoveAt(at));
+                Forget(_s.RemovePath(e, at));
                 Changed(e);
+                _emptied.Add(e);
             }
         }
         if (keepStale)
@@ -689,20 +694,21 @@ public sealed class Rib
         ArgumentNullException.ThrowIfNull(peer);
         int n = 0;
         bool anyLeft = false;
-        foreach (RouteEntry e in _table.All)
+        foreach (int e in _s.All)
         {
-            int at = e.IndexOf(peer);
-            if (at < 0 || !e.PathAt(at).Stale)
+            int at = _s.IndexOf(e, peer);
+            if (at < 0 || !_s.PathAt(e, at).Stale)
             {
                 continue;
             }
-            if (family is { } f && e.Prefix.Family != f)
+            if (family is { } f && (Afi)_s.FamilyOf[e] != f)
             {
                 anyLeft = true;
                 continue;
             }
-            Forget(e.RemoveAt(at));
+            Forget(_s.RemovePath(e, at));
             Changed(e);
+            _emptied.Add(e);
             n++;
         }
         if (!anyLeft)
@@ -720,9 +726,9 @@ public sealed class Rib
     /// <summary>RFC 2918: the peer asked for our routes of one family again.</summary>
     internal void Refresh(BgpPeer peer, Afi family)
     {
-        foreach (RouteEntry e in _table.All)
+        foreach (int e in _s.All)
         {
-            if (e.Prefix.Family == family && e.HasBest)
+            if ((Afi)_s.FamilyOf[e] == family && _s.HasBest(e))
             {
                 Enqueue(peer, e);
             }
@@ -735,21 +741,21 @@ public sealed class Rib
     {
         ArgumentNullException.ThrowIfNull(peer);
         RoutePolicy? import = peer.Config.Import ?? _speaker.Import;
-        foreach (RouteEntry e in _table.All)
+        foreach (int e in _s.All)
         {
-            int at = e.IndexOf(peer);
+            int at = _s.IndexOf(e, peer);
             if (at < 0)
             {
                 continue;
             }
-            RoutePath p = e.PathAt(at);
+            RoutePath p = _s.PathAt(e, at);
             PathAttributes a = p.Attributes;
-            bool filtered = import is not null && import(peer, e.Prefix, ref a) == PolicyResult.Reject;
+            bool filtered = import is not null && import(peer, _s.PrefixOf(e), ref a) == PolicyResult.Reject;
             if (filtered != p.Filtered)
             {
-                e.RemoveAt(at);
+                _s.RemovePath(e, at);
                 peer.PrefixesAccepted += filtered ? -1 : 1;
-                e.Insert(p.WithFlags(filtered ? (byte)(p.Flags | RoutePath.FilteredFlag) : (byte)(p.Flags & ~RoutePath.FilteredFlag)));
+                _s.InsertPath(e, p.WithFlags(filtered ? (byte)(p.Flags | RoutePath.FilteredFlag) : (byte)(p.Flags & ~RoutePath.FilteredFlag)));
                 Changed(e);
             }
         }

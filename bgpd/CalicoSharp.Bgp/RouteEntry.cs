@@ -47,160 +47,353 @@ public readonly struct RoutePath
 }
 
 /// <summary>
-/// One prefix in the RIB: every peer's path for it in preference order (the Adj-RIB-In entries for the
-/// prefix; the first unfiltered one is the Loc-RIB best) and, per peer, whether it is advertised to and
-/// queued for that peer (the Adj-RIB-Out state). Built to be small: the first path lives in the entry
-/// itself, other paths in a short array; an IPv4 entry is 64 bytes.
+/// One prefix in the RIB, as a view of its slot: every peer's path for it in preference order (the
+/// Adj-RIB-In entries for the prefix; the first unfiltered one is the Loc-RIB best). Valid on the speaker's
+/// loop until the RIB changes.
 /// </summary>
-public class RouteEntry
+public readonly struct RouteEntry : IEquatable<RouteEntry>
 {
-    private readonly ulong _lo;
-    private BgpPeer? _peer0;
-    private PathAttributes? _attrs0;
-    private RoutePath[]? _more;
-    private readonly byte _length;
-    private readonly Afi _family;
-    private byte _flags0;
-    private byte _count;
+    private readonly RouteStore _store;
 
-    /// <summary>Advertised bits (low 32) and queued bits (high 32) for peers 0-31; the RIB keeps the rest.</summary>
-    internal ulong Bits;
-
-    internal RouteEntry(ulong lo, byte length, Afi family)
+    internal RouteEntry(RouteStore store, int index)
     {
-        _lo = lo;
-        _length = length;
-        _family = family;
+        _store = store;
+        Index = index;
     }
 
-    internal static RouteEntry Create(Prefix p) => p.Family == Afi.IPv6 ? new RouteEntry6(p) : new RouteEntry(p.Lo, p.Length, p.Family);
+    internal int Index { get; }
 
-    public Prefix Prefix => _family == Afi.IPv6 ? Prefix.V6(new UInt128(((RouteEntry6)this).Hi, _lo), _length) : Prefix.V4((uint)_lo, _length);
+    public Prefix Prefix => _store.PrefixOf(Index);
 
-    internal bool Matches(in Prefix p) => p.Lo == _lo && p.Length == _length && p.Family == _family && (_family != Afi.IPv6 || ((RouteEntry6)this).Hi == p.Hi);
+    public DecisionReason Reason => (DecisionReason)_store.Reason[Index];
 
-    public DecisionReason Reason { get; internal set; }
+    public int PathCount => _store.Count[Index];
 
-    public int PathCount => _count;
-
-    internal bool IsEmpty => _count == 0;
-
-    public RoutePath PathAt(int i)
-    {
-        if ((uint)i >= _count)
-        {
-            throw new ArgumentOutOfRangeException(nameof(i));
-        }
-        return i == 0 ? new RoutePath(_peer0, _attrs0!, _flags0) : _more![i - 1];
-    }
+    public RoutePath PathAt(int i) => _store.PathAt(Index, i);
 
     /// <summary>The best path, or null when no path is usable.</summary>
-    public RoutePath? Best => _count > 0 && (_flags0 & RoutePath.FilteredFlag) == 0 ? new RoutePath(_peer0, _attrs0!, _flags0) : null;
-
-    internal bool HasBest => _count > 0 && (_flags0 & RoutePath.FilteredFlag) == 0;
-
-    internal BgpPeer? BestPeer => _peer0;
-
-    internal PathAttributes? BestAttributes => _attrs0;
+    public RoutePath? Best => _store.HasBest(Index) ? _store.PathAt(Index, 0) : null;
 
     public IEnumerable<RoutePath> Paths
     {
         get
         {
-            for (int i = 0; i < _count; i++)
+            for (int i = 0; i < PathCount; i++)
             {
                 yield return PathAt(i);
             }
         }
     }
 
-    internal int IndexOf(BgpPeer? peer)
+    public bool Equals(RouteEntry other) => ReferenceEquals(_store, other._store) && Index == other.Index;
+
+    public override bool Equals(object? obj) => obj is RouteEntry e && Equals(e);
+
+    public override int GetHashCode() => Index;
+
+    public static bool operator ==(RouteEntry left, RouteEntry right) => left.Equals(right);
+
+    public static bool operator !=(RouteEntry left, RouteEntry right) => !left.Equals(right);
+
+    public override string ToString() => Prefix.ToString();
+}
+
+/// <summary>
+/// The RIB's storage: one slot per prefix in parallel arrays (no object per route), an open-addressing
+/// index over the slots, and a free list. A slot holds the prefix, its first path inline (peer, attributes,
+/// flags), any further paths in a small array, the per-peer advertised/queued bits, the decision reason.
+/// About 40 bytes per IPv4 route plus its share of the index and of its attribute set.
+/// </summary>
+internal sealed class RouteStore
+{
+    public ulong[] Lo = new ulong[16];
+    public ulong[]? Hi;
+    public byte[] Length = new byte[16];
+    public byte[] FamilyOf = new byte[16];
+    public byte[] Flags0 = new byte[16];
+    public byte[] Count = new byte[16];
+    public byte[] Reason = new byte[16];
+    public BgpPeer?[] Peer0 = new BgpPeer?[16];
+    public PathAttributes?[] Attrs0 = new PathAttributes?[16];
+    public RoutePath[]?[] More = new RoutePath[]?[16];
+
+    /// <summary>Advertised bits (low 32) and queued bits (high 32) for peers 0-31; the RIB keeps the rest.</summary>
+    public ulong[] Bits = new ulong[16];
+
+    private readonly Stack<int> _free = new();
+    private int _used;
+    private int[] _index = NewIndex(16);
+    private int _shift = 60;
+
+    public int EntryCount { get; private set; }
+
+    private static int[] NewIndex(int n)
     {
-        if (_count == 0)
+        int[] a = new int[n];
+        Array.Fill(a, -1);
+        return a;
+    }
+
+    public Prefix PrefixOf(int i) => (Afi)FamilyOf[i] == Afi.IPv6 ? Prefix.V6(new UInt128(Hi![i], Lo[i]), Length[i]) : Prefix.V4((uint)Lo[i], Length[i]);
+
+    private bool Matches(int i, in Prefix p) => Lo[i] == p.Lo && Length[i] == p.Length && (Afi)FamilyOf[i] == p.Family && (p.Family != Afi.IPv6 || Hi![i] == p.Hi);
+
+    private int Home(in Prefix p) => (int)(((ulong)(uint)p.GetHashCode() * 0x9E3779B97F4A7C15UL) >> _shift);
+
+    public int Find(in Prefix p)
+    {
+        int[] idx = _index;
+        int mask = idx.Length - 1;
+        for (int h = Home(p); ; h = (h + 1) & mask)
+        {
+            int i = idx[h];
+            if (i < 0 || Matches(i, p))
+            {
+                return i;
+            }
+        }
+    }
+
+    public int Add(in Prefix p)
+    {
+        int i;
+        if (_free.Count > 0)
+        {
+            i = _free.Pop();
+        }
+        else
+        {
+            if (_used == Lo.Length)
+            {
+                GrowSlots();
+            }
+            i = _used++;
+        }
+        Lo[i] = p.Lo;
+        if (p.Family == Afi.IPv6)
+        {
+            Hi ??= new ulong[Lo.Length];
+            Hi[i] = p.Hi;
+        }
+        Length[i] = p.Length;
+        FamilyOf[i] = (byte)p.Family;
+        Flags0[i] = 0;
+        Count[i] = 0;
+        Reason[i] = 0;
+        Bits[i] = 0;
+        if ((EntryCount + 1) * 4 > _index.Length * 3)
+        {
+            GrowIndex();
+        }
+        Place(i, p);
+        EntryCount++;
+        return i;
+    }
+
+    private void GrowSlots()
+    {
+        int n = Lo.Length * 2;
+        Array.Resize(ref Lo, n);
+        if (Hi is not null)
+        {
+            Array.Resize(ref Hi, n);
+        }
+        Array.Resize(ref Length, n);
+        Array.Resize(ref FamilyOf, n);
+        Array.Resize(ref Flags0, n);
+        Array.Resize(ref Count, n);
+        Array.Resize(ref Reason, n);
+        Array.Resize(ref Peer0, n);
+        Array.Resize(ref Attrs0, n);
+        Array.Resize(ref More, n);
+        Array.Resize(ref Bits, n);
+    }
+
+    private void Place(int i, in Prefix p)
+    {
+        int mask = _index.Length - 1;
+        int h = Home(p);
+        while (_index[h] >= 0)
+        {
+            h = (h + 1) & mask;
+        }
+        _index[h] = i;
+    }
+
+    private void GrowIndex()
+    {
+        int[] old = _index;
+        _index = NewIndex(old.Length * 2);
+        _shift--;
+        foreach (int i in old)
+        {
+            if (i >= 0)
+            {
+                Place(i, PrefixOf(i));
+            }
+        }
+    }
+
+    /// <summary>Removes the slot from the index (backward-shift deletion) and frees it.</summary>
+    public void Remove(int slot)
+    {
+        int[] idx = _index;
+        int mask = idx.Length - 1;
+        Prefix p = PrefixOf(slot);
+        int h = Home(p);
+        while (idx[h] != slot)
+        {
+            if (idx[h] < 0)
+            {
+                return;
+            }
+            h = (h + 1) & mask;
+        }
+        int hole = h;
+        for (int j = (hole + 1) & mask; idx[j] >= 0; j = (j + 1) & mask)
+        {
+            int home = Home(PrefixOf(idx[j]));
+            bool movable = hole <= j ? home <= hole || home > j : home <= hole && home > j;
+            if (movable)
+            {
+                idx[hole] = idx[j];
+                hole = j;
+            }
+        }
+        idx[hole] = -1;
+        Peer0[slot] = null;
+        Attrs0[slot] = null;
+        More[slot] = null;
+        Count[slot] = 0;
+        Bits[slot] = 0;
+        EntryCount--;
+        _free.Push(slot);
+    }
+
+    public IEnumerable<int> All
+    {
+        get
+        {
+            int[] idx = _index;
+            foreach (int i in idx)
+            {
+                if (i >= 0)
+                {
+                    yield return i;
+                }
+            }
+        }
+    }
+
+    public bool HasBest(int i) => Count[i] > 0 && (Flags0[i] & RoutePath.FilteredFlag) == 0;
+
+    public RoutePath PathAt(int i, int k)
+    {
+        if ((uint)k >= Count[i])
+        {
+            throw new ArgumentOutOfRangeException(nameof(k));
+        }
+        return k == 0 ? new RoutePath(Peer0[i], Attrs0[i]!, Flags0[i]) : More[i]![k - 1];
+    }
+
+    public int IndexOf(int i, BgpPeer? peer)
+    {
+        int n = Count[i];
+        if (n == 0)
         {
             return -1;
         }
-        if (_peer0 == peer)
+        if (Peer0[i] == peer)
         {
             return 0;
         }
-        for (int i = 1; i < _count; i++)
+        RoutePath[] more = More[i]!;
+        for (int k = 1; k < n; k++)
         {
-            if (_more![i - 1].Peer == peer)
+            if (more[k - 1].Peer == peer)
             {
-                return i;
+                return k;
             }
         }
         return -1;
     }
 
-    private void Set(int i, RoutePath p)
+    private void SetPath(int i, int k, RoutePath p)
     {
-        if (i == 0)
+        if (k == 0)
         {
-            _peer0 = p.Peer;
-            _attrs0 = p.Attributes;
-            _flags0 = p.Flags;
+            Peer0[i] = p.Peer;
+            Attrs0[i] = p.Attributes;
+            Flags0[i] = p.Flags;
         }
         else
         {
-            _more![i - 1] = p;
+            More[i]![k - 1] = p;
         }
     }
 
-    internal RoutePath RemoveAt(int i)
+    public RoutePath RemovePath(int i, int k)
     {
-        RoutePath removed = PathAt(i);
-        for (int k = i; k < _count - 1; k++)
+        RoutePath removed = PathAt(i, k);
+        int n = Count[i];
+        for (int j = k; j < n - 1; j++)
         {
-            Set(k, PathAt(k + 1));
+            SetPath(i, j, PathAt(i, j + 1));
         }
-        _count--;
-        if (_count == 0)
+        n--;
+        Count[i] = (byte)n;
+        if (n == 0)
         {
-            _peer0 = null;
-            _attrs0 = null;
-            _flags0 = 0;
+            Peer0[i] = null;
+            Attrs0[i] = null;
+            Flags0[i] = 0;
         }
-        if (_count <= 1)
+        if (n <= 1)
         {
-            _more = null;
+            More[i] = null;
         }
         else
         {
-            _more![_count - 1] = default;
+            More[i]![n - 1] = default;
         }
         return removed;
     }
 
     /// <summary>Puts the path in its place in preference order (filtered paths last).</summary>
-    internal void Insert(RoutePath p)
+    public void InsertPath(int i, RoutePath p)
     {
+        int n = Count[i];
+        if (n == byte.MaxValue)
+        {
+            throw new InvalidOperationException($"more than {byte.MaxValue} paths for {PrefixOf(i)}");
+        }
         int at = 0;
-        while (at < _count && Better(PathAt(at), p))
+        while (at < n && Better(PathAt(i, at), p))
         {
             at++;
         }
-        if (_count >= 1)
+        if (n >= 1)
         {
-            if (_more is null)
+            RoutePath[]? more = More[i];
+            if (more is null)
             {
-                _more = new RoutePath[2];
+                More[i] = new RoutePath[2];
             }
-            else if (_more.Length < _count)
+            else if (more.Length < n)
             {
-                Array.Resize(ref _more, _more.Length * 2);
+                Array.Resize(ref more, more.Length * 2);
+                More[i] = more;
             }
         }
-        for (int k = _count; k > at; k--)
+        Count[i] = (byte)(n + 1);
+        for (int j = n; j > at; j--)
         {
-            Set(k, PathAt(k - 1));
+            SetPath(i, j, PathAt(i, j - 1));
         }
-        _count++;
-        Set(at, p);
+        SetPath(i, at, p);
     }
 
-    internal void SetFlags(int i, byte flags) => Set(i, PathAt(i).WithFlags(flags));
+    public void SetFlags(int i, int k, byte flags) => SetPath(i, k, PathAt(i, k).WithFlags(flags));
 
     private static bool Better(RoutePath a, RoutePath b)
     {
@@ -209,133 +402,5 @@ public class RouteEntry
             return !a.Filtered;
         }
         return Decision.Compare(a, b, multipath: false).Result <= 0;
-    }
-
-    public override string ToString() => Prefix.ToString();
-}
-
-/// <summary>An IPv6 entry: the upper 64 bits of the address in addition.</summary>
-internal sealed class RouteEntry6 : RouteEntry
-{
-    public RouteEntry6(Prefix p)
-        : base(p.Lo, p.Length, Afi.IPv6)
-    {
-        Hi = p.Hi;
-    }
-
-    public ulong Hi { get; }
-}
-
-/// <summary>
-/// Open-addressing hash table of route entries by prefix: one reference per slot (no per-entry node),
-/// linear probing with backward-shift deletion, Fibonacci hashing, at most 3/4 full.
-/// </summary>
-internal sealed class PrefixTable
-{
-    private RouteEntry?[] _slots = new RouteEntry?[16];
-    private int _shift = 60;
-
-    public int Count { get; private set; }
-
-    private int Index(in Prefix p) => (int)(((ulong)(uint)p.GetHashCode() * 0x9E3779B97F4A7C15UL) >> _shift);
-
-    public RouteEntry? Find(in Prefix p)
-    {
-        RouteEntry?[] slots = _slots;
-        int mask = slots.Length - 1;
-        for (int i = Index(p); ; i = (i + 1) & mask)
-        {
-            RouteEntry? e = slots[i];
-            if (e is null || e.Matches(p))
-            {
-                return e;
-            }
-        }
-    }
-
-    public void Add(RouteEntry entry)
-    {
-        if ((Count + 1) * 4 > _slots.Length * 3)
-        {
-            Grow();
-        }
-        Place(entry);
-        Count++;
-    }
-
-    private void Place(RouteEntry entry)
-    {
-        int mask = _slots.Length - 1;
-        int i = Index(entry.Prefix);
-        while (_slots[i] is not null)
-        {
-            i = (i + 1) & mask;
-        }
-        _slots[i] = entry;
-    }
-
-    private void Grow()
-    {
-        RouteEntry?[] old = _slots;
-        _slots = new RouteEntry?[old.Length * 2];
-        _shift--;
-        foreach (RouteEntry? e in old)
-        {
-            if (e is not null)
-            {
-                Place(e);
-            }
-        }
-    }
-
-    public bool Remove(RouteEntry entry)
-    {
-        RouteEntry?[] slots = _slots;
-        int mask = slots.Length - 1;
-        Prefix p = entry.Prefix;
-        int i = Index(p);
-        while (true)
-        {
-            RouteEntry? e = slots[i];
-            if (e is null)
-            {
-                return false;
-            }
-            if (ReferenceEquals(e, entry))
-            {
-                break;
-            }
-            i = (i + 1) & mask;
-        }
-        // Backward-shift deletion: move later members of the probe run into the hole when their home allows it.
-        int hole = i;
-        for (int j = (hole + 1) & mask; slots[j] is { } next; j = (j + 1) & mask)
-        {
-            int home = Index(next.Prefix);
-            bool movable = hole <= j ? home <= hole || home > j : home <= hole && home > j;
-            if (movable)
-            {
-                slots[hole] = next;
-                hole = j;
-            }
-        }
-        slots[hole] = null;
-        Count--;
-        return true;
-    }
-
-    public IEnumerable<RouteEntry> All
-    {
-        get
-        {
-            RouteEntry?[] slots = _slots;
-            foreach (RouteEntry? e in slots)
-            {
-                if (e is not null)
-                {
-                    yield return e;
-                }
-            }
-        }
     }
 }

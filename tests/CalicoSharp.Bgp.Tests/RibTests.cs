@@ -99,7 +99,7 @@ public class RibTests
         sb.Announce(Attrs("10.0.0.2", 65002, 65200), "10.50.0.0/16");
         h.Until(() => a.PrefixesAccepted == 1 && b.PrefixesAccepted == 1, "both paths");
         h.Pump();
-        RouteEntry e = h.Speaker.Rib.Find(Prefix.Parse("10.50.0.0/16"))!;
+        RouteEntry e = h.Speaker.Rib.Find(Prefix.Parse("10.50.0.0/16"))!.Value;
         Assert.Same(b, e.Best!.Value.Peer);
         Assert.Equal(DecisionReason.AsPathLength, e.Reason);
         Assert.Equal(2, e.Paths.Count());
@@ -125,7 +125,7 @@ public class RibTests
         sb.Announce(Attrs("10.0.0.2", 65001), "10.60.0.0/16");
         h.Until(() => a.PrefixesAccepted == 1 && b.PrefixesAccepted == 1, "both paths");
         h.Pump();
-        RouteEntry e = h.Speaker.Rib.Find(Prefix.Parse("10.60.0.0/16"))!;
+        RouteEntry e = h.Speaker.Rib.Find(Prefix.Parse("10.60.0.0/16"))!.Value;
         Assert.Same(b, e.Best!.Value.Peer);
         Assert.Equal(DecisionReason.RouterId, e.Reason);
         Assert.Equal(2, h.Speaker.Rib.Multipath(e).Count);
@@ -147,11 +147,11 @@ public class RibTests
         sb.Announce(Attrs("10.0.0.2", 65010) with { Med = 20 }, "10.72.0.0/16");
         h.Until(() => a.PrefixesAccepted == 3 && b.PrefixesAccepted == 3, "all paths");
         h.Pump();
-        RouteEntry lp = h.Speaker.Rib.Find(Prefix.Parse("10.70.0.0/16"))!;
+        RouteEntry lp = h.Speaker.Rib.Find(Prefix.Parse("10.70.0.0/16"))!.Value;
         Assert.Equal((a, DecisionReason.LocalPref), (lp.Best!.Value.Peer!, lp.Reason));
-        RouteEntry origin = h.Speaker.Rib.Find(Prefix.Parse("10.71.0.0/16"))!;
+        RouteEntry origin = h.Speaker.Rib.Find(Prefix.Parse("10.71.0.0/16"))!.Value;
         Assert.Equal((b, DecisionReason.Origin), (origin.Best!.Value.Peer!, origin.Reason));
-        RouteEntry med = h.Speaker.Rib.Find(Prefix.Parse("10.72.0.0/16"))!;
+        RouteEntry med = h.Speaker.Rib.Find(Prefix.Parse("10.72.0.0/16"))!.Value;
         Assert.Equal((a, DecisionReason.Med), (med.Best!.Value.Peer!, med.Reason));
     }
 
@@ -235,7 +235,7 @@ public class RibTests
         h.Until(() => a.PrefixesReceived == 2, "both prefixes");
         h.Pump();
         Assert.Equal(1, a.PrefixesAccepted);
-        RouteEntry d = h.Speaker.Rib.Find(Prefix.Parse("0.0.0.0/0"))!;
+        RouteEntry d = h.Speaker.Rib.Find(Prefix.Parse("0.0.0.0/0"))!.Value;
         Assert.Null(d.Best);
         Assert.True(d.Paths.Single().Filtered);
     }
@@ -314,14 +314,14 @@ public class RibTests
         h.Until(() => a.State != SessionState.Established, "session down");
         h.Pump();
         Assert.True(a.RoutesStale);
-        Assert.True(h.Speaker.Rib.Find(Prefix.Parse("10.1.0.0/24"))!.Best!.Value.Stale);
+        Assert.True(h.Speaker.Rib.Find(Prefix.Parse("10.1.0.0/24"))!.Value.Best!.Value.Stale);
         // It comes back and announces one of the two again, then End-of-RIB: the other goes.
         ScriptedPeer again = h.Establish(a, "10.0.0.1", gracefulRestart: true);
         again.Announce(Attrs("10.0.0.1", 65001), "10.1.0.0/24");
         again.Send(UpdateEncoder.EndOfRib(Afi.IPv4));
         h.Until(() => !a.RoutesStale, "stale routes flushed");
         h.Pump();
-        Assert.False(h.Speaker.Rib.Find(Prefix.Parse("10.1.0.0/24"))!.Best!.Value.Stale);
+        Assert.False(h.Speaker.Rib.Find(Prefix.Parse("10.1.0.0/24"))!.Value.Best!.Value.Stale);
         Assert.Null(h.Speaker.Rib.Find(Prefix.Parse("10.1.1.0/24"))?.Best);
     }
 
