@@ -411,7 +411,7 @@ public sealed class Rib
     {
         foreach (int e in _emptied)
         {
-            if (_s.Count[e] == 0 && _s.Peer0[e] is null && !AdvertisedAnywhere(e) && !QueuedAnywhere(e) && _s.Find(_s.PrefixOf(e)) == e)
+            if (_s.Count[e] == 0 && !AdvertisedAnywhere(e) && !QueuedAnywhere(e) && _s.Find(_s.PrefixOf(e)) == e)
             {
                 RemoveEntry(e);
             }
@@ -432,6 +432,7 @@ public sealed class Rib
         var withdraw4 = new List<Prefix>();
         var withdraw6 = new List<Prefix>();
         var cache = new Dictionary<(BgpPeer?, PathAttributes, Afi), PathAttributes?>();
+        int exported = 0;
         while (peer.Pending.Count > 0)
         {
             if (conn.QueuedBytes >= peer.Config.OutputHighWater)
@@ -441,6 +442,7 @@ public sealed class Rib
                 return;
             }
             int n = Math.Min(ExportBatch, peer.Pending.Count);
+            exported += n;
             for (int i = 0; i < n; i++)
             {
                 int e = peer.Pending.Dequeue();
@@ -502,6 +504,11 @@ public sealed class Rib
             cache.Clear();
             conn.Flush();
         }
+        if (exported > 4 * ExportBatch)
+        {
+            // A big transfer is over: give back the queue's memory.
+            peer.Pending.TrimExcess();
+        }
         if (peer.EndOfRibOwed)
         {
             peer.EndOfRibOwed = false;
@@ -530,11 +537,11 @@ public sealed class Rib
     /// </summary>
     private PathAttributes? ExportAttributes(BgpPeer peer, int e, Prefix prefix, Dictionary<(BgpPeer?, PathAttributes, Afi), PathAttributes?> cache)
     {
-        if (!_s.HasBest(e) || _s.Peer0[e] == peer)
+        if (!_s.HasBest(e) || _s.FirstPeer(e) == peer)
         {
             return null;
         }
-        BgpPeer? source = _s.Peer0[e];
+        BgpPeer? source = _s.FirstPeer(e);
         PathAttributes attrs = _s.Attrs0[e]!;
         RoutePolicy? policy = peer.Config.Export ?? _speaker.Export;
         Afi family = prefix.Family;

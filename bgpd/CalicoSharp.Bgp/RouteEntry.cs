@@ -113,9 +113,13 @@ internal sealed class RouteStore
     public byte[] Flags0 = new byte[16];
     public byte[] Count = new byte[16];
     public byte[] Reason = new byte[16];
-    public BgpPeer?[] Peer0 = new BgpPeer?[16];
+    /// <summary>The first path's peer as its index + 1 (0: this speaker); see <see cref="PeerOf"/>.</summary>
+    public ushort[] Peer0 = new ushort[16];
     public PathAttributes?[] Attrs0 = new PathAttributes?[16];
-    public RoutePath[]?[] More = new RoutePath[]?[16];
+
+    /// <summary>Paths after the first, for the few prefixes that have several.</summary>
+    private readonly Dictionary<int, RoutePath[]> _more = [];
+    private BgpPeer?[] _peers = new BgpPeer?[8];
 
     /// <summary>Advertised bits (low 32) and queued bits (high 32) for peers 0-31; the RIB keeps the rest.</summary>
     public ulong[] Bits = new ulong[16];
@@ -205,7 +209,6 @@ internal sealed class RouteStore
         Array.Resize(ref Reason, n);
         Array.Resize(ref Peer0, n);
         Array.Resize(ref Attrs0, n);
-        Array.Resize(ref More, n);
         Array.Resize(ref Bits, n);
     }
 
@@ -261,9 +264,9 @@ internal sealed class RouteStore
             }
         }
         idx[hole] = -1;
-        Peer0[slot] = null;
+        Peer0[slot] = 0;
         Attrs0[slot] = null;
-        More[slot] = null;
+        _more.Remove(slot);
         Count[slot] = 0;
         Bits[slot] = 0;
         EntryCount--;
@@ -293,7 +296,29 @@ internal sealed class RouteStore
         {
             throw new ArgumentOutOfRangeException(nameof(k));
         }
-        return k == 0 ? new RoutePath(Peer0[i], Attrs0[i]!, Flags0[i]) : More[i]![k - 1];
+        return k == 0 ? new RoutePath(PeerOf(Peer0[i]), Attrs0[i]!, Flags0[i]) : _more[i][k - 1];
+    }
+
+    public BgpPeer? PeerOf(ushort code) => code == 0 ? null : _peers[code - 1];
+
+    public BgpPeer? FirstPeer(int i) => PeerOf(Peer0[i]);
+
+    private ushort CodeOf(BgpPeer? peer)
+    {
+        if (peer is null)
+        {
+            return 0;
+        }
+        if (peer.Index >= ushort.MaxValue - 1)
+        {
+            throw new InvalidOperationException("too many peers");
+        }
+        if (_peers.Length <= peer.Index)
+        {
+            Array.Resize(ref _peers, Math.Max(_peers.Length * 2, peer.Index + 1));
+        }
+        _peers[peer.Index] = peer;
+        return (ushort)(peer.Index + 1);
     }
 
     public int IndexOf(int i, BgpPeer? peer)
@@ -303,11 +328,15 @@ internal sealed class RouteStore
         {
             return -1;
         }
-        if (Peer0[i] == peer)
+        if (PeerOf(Peer0[i]) == peer)
         {
             return 0;
         }
-        RoutePath[] more = More[i]!;
+        if (n == 1)
+        {
+            return -1;
+        }
+        RoutePath[] more = _more[i];
         for (int k = 1; k < n; k++)
         {
             if (more[k - 1].Peer == peer)
@@ -322,13 +351,13 @@ internal sealed class RouteStore
     {
         if (k == 0)
         {
-            Peer0[i] = p.Peer;
+            Peer0[i] = CodeOf(p.Peer);
             Attrs0[i] = p.Attributes;
             Flags0[i] = p.Flags;
         }
         else
         {
-            More[i]![k - 1] = p;
+            _more[i][k - 1] = p;
         }
     }
 
@@ -344,17 +373,17 @@ internal sealed class RouteStore
         Count[i] = (byte)n;
         if (n == 0)
         {
-            Peer0[i] = null;
+            Peer0[i] = 0;
             Attrs0[i] = null;
             Flags0[i] = 0;
         }
         if (n <= 1)
         {
-            More[i] = null;
+            _more.Remove(i);
         }
         else
         {
-            More[i]![n - 1] = default;
+            _more[i][n - 1] = default;
         }
         return removed;
     }
@@ -374,15 +403,14 @@ internal sealed class RouteStore
         }
         if (n >= 1)
         {
-            RoutePath[]? more = More[i];
-            if (more is null)
+            if (!_more.TryGetValue(i, out RoutePath[]? more))
             {
-                More[i] = new RoutePath[2];
+                _more[i] = new RoutePath[2];
             }
             else if (more.Length < n)
             {
                 Array.Resize(ref more, more.Length * 2);
-                More[i] = more;
+                _more[i] = more;
             }
         }
         Count[i] = (byte)(n + 1);
