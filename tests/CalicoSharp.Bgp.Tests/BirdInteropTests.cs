@@ -114,14 +114,21 @@ internal sealed class BirdLab : IAsyncDisposable
 
     public async ValueTask DisposeAsync()
     {
-        if (Speaker is not null)
+        // Everything goes even when one part fails (a speaker bug must not leave BIRD and namespaces behind).
+        try
         {
-            await Speaker.DisposeAsync();
+            if (Speaker is not null)
+            {
+                await Speaker.DisposeAsync();
+            }
         }
-        Bird?.Dispose();
-        _us?.Dispose();
-        _usNs?.Dispose();
-        _torNs.Dispose();
+        finally
+        {
+            Bird?.Dispose();
+            _us?.Dispose();
+            _usNs?.Dispose();
+            _torNs.Dispose();
+        }
     }
 }
 

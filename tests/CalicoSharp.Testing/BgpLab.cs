@@ -358,6 +358,7 @@ public sealed class BgpLab : IAsyncDisposable
 
     public async ValueTask DisposeAsync()
     {
+        // Each step on its own: one failing must not leave the rest behind.
         foreach (LabNode n in Nodes)
         {
             try
@@ -369,18 +370,25 @@ public sealed class BgpLab : IAsyncDisposable
             }
             n.Bgpd?.Dispose();
         }
-        foreach (LabPod p in _pods)
+        var steps = new List<Action>();
+        steps.AddRange(_pods.Select(p => (Action)p.Netns.Dispose));
+        steps.Add(() => Bird?.Dispose());
+        steps.AddRange(Nodes.Select(n => (Action)n.Netns.Dispose));
+        steps.Add(() => Tor?.Dispose());
+        steps.Add(() => Ipam?.Dispose());
+        steps.Add(() => Etcd?.Dispose());
+        var errors = new List<Exception>();
+        foreach (Action step in steps)
         {
-            p.Netns.Dispose();
+            try
+            {
+                step();
+            }
+            catch (Exception e) when (e is InvalidOperationException or IOException or UnauthorizedAccessException)
+            {
+                errors.Add(e);
+            }
         }
-        Bird?.Dispose();
-        foreach (LabNode n in Nodes)
-        {
-            n.Netns.Dispose();
-        }
-        Tor?.Dispose();
-        Ipam?.Dispose();
-        Etcd?.Dispose();
         try
         {
             System.IO.Directory.Delete(Directory, true);
@@ -389,5 +397,9 @@ public sealed class BgpLab : IAsyncDisposable
         {
         }
         await Task.CompletedTask.ConfigureAwait(false);
+        if (errors.Count > 0)
+        {
+            throw new AggregateException("lab cleanup", errors);
+        }
     }
 }
