@@ -48,9 +48,6 @@ public sealed class BgpConnection : IAsyncDisposable
 
     public long QueuedBytes => Interlocked.Read(ref _queued);
 
-    /// <summary>Set once the loop has handed the connection to the FSM and started its I/O.</summary>
-    public bool Started => _reader is not null;
-
     public bool Closed => Volatile.Read(ref _closed) != 0;
 
     public TimeSpan SinceLastReceived => _time.GetElapsedTime(Interlocked.Read(ref _lastReceived));

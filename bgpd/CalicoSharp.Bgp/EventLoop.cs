@@ -24,8 +24,6 @@ public sealed class ThreadEventLoop : IEventLoop, IDisposable
 
     public bool IsCurrentThread => Environment.CurrentManagedThreadId == _thread.ManagedThreadId;
 
-    public int Pending => _queue.Count;
-
     public void Post(Action work)
     {
         if (!_queue.IsAddingCompleted)
@@ -39,24 +37,6 @@ public sealed class ThreadEventLoop : IEventLoop, IDisposable
                 // Completed between the check and the add: the loop is stopping, the work no longer matters.
             }
         }
-    }
-
-    /// <summary>Runs <paramref name="work"/> on the loop and returns its result.</summary>
-    public Task<T> InvokeAsync<T>(Func<T> work)
-    {
-        var tcs = new TaskCompletionSource<T>(TaskCreationOptions.RunContinuationsAsynchronously);
-        Post(() =>
-        {
-            try
-            {
-                tcs.SetResult(work());
-            }
-            catch (Exception e)
-            {
-                tcs.SetException(e);
-            }
-        });
-        return tcs.Task;
     }
 
     private void Run()

@@ -15,11 +15,7 @@ internal ref struct SpanWriter
 
     public int Position { get; set; }
 
-    public readonly int Remaining => _buffer.Length - Position;
-
     public readonly Span<byte> Written => _buffer[..Position];
-
-    public readonly Span<byte> Buffer => _buffer;
 
     public void Byte(byte v) => _buffer[Position++] = v;
 

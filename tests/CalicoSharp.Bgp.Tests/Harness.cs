@@ -132,8 +132,6 @@ internal sealed class ScriptedPeer : IDisposable
 
     public bool TryTake(out BgpMessage? m) => _received.TryDequeue(out m);
 
-    public int Pending => _received.Count;
-
     public void Dispose()
     {
         _cts.Cancel();
