@@ -106,7 +106,9 @@ public readonly struct RouteEntry : IEquatable<RouteEntry>
 /// </summary>
 internal sealed class RouteStore
 {
-    public ulong[] Lo = new ulong[16];
+    /// <summary>The prefix in one word: an IPv4 prefix as address | length &lt;&lt; 32 | 1 &lt;&lt; 40 (so one compare
+    /// matches it), an IPv6 prefix's low 64 bits (with <see cref="Hi"/> and <see cref="Length"/>).</summary>
+    public ulong[] Key = new ulong[16];
     public ulong[]? Hi;
     public byte[] Length = new byte[16];
     public byte[] FamilyOf = new byte[16];
@@ -138,9 +140,12 @@ internal sealed class RouteStore
         return a;
     }
 
-    public Prefix PrefixOf(int i) => (Afi)FamilyOf[i] == Afi.IPv6 ? Prefix.V6(new UInt128(Hi![i], Lo[i]), Length[i]) : Prefix.V4((uint)Lo[i], Length[i]);
+    private static ulong KeyOf(in Prefix p) => p.Family == Afi.IPv6 ? p.Lo : p.Lo | ((ulong)p.Length << 32) | (1UL << 40);
 
-    private bool Matches(int i, in Prefix p) => Lo[i] == p.Lo && Length[i] == p.Length && (Afi)FamilyOf[i] == p.Family && (p.Family != Afi.IPv6 || Hi![i] == p.Hi);
+    public Prefix PrefixOf(int i) => (Afi)FamilyOf[i] == Afi.IPv6 ? Prefix.V6(new UInt128(Hi![i], Key[i]), Length[i]) : Prefix.V4((uint)Key[i], Length[i]);
+
+    private bool Matches(int i, ulong key, in Prefix p) =>
+        Key[i] == key && (Afi)FamilyOf[i] == p.Family && (p.Family != Afi.IPv6 || (Hi![i] == p.Hi && Length[i] == p.Length));
 
     private int Home(in Prefix p) => (int)(((ulong)(uint)p.GetHashCode() * 0x9E3779B97F4A7C15UL) >> _shift);
 
@@ -148,10 +153,11 @@ internal sealed class RouteStore
     {
         int[] idx = _index;
         int mask = idx.Length - 1;
+        ulong key = KeyOf(p);
         for (int h = Home(p); ; h = (h + 1) & mask)
         {
             int i = idx[h];
-            if (i < 0 || Matches(i, p))
+            if (i < 0 || Matches(i, key, p))
             {
                 return i;
             }
@@ -167,16 +173,16 @@ internal sealed class RouteStore
         }
         else
         {
-            if (_used == Lo.Length)
+            if (_used == Key.Length)
             {
                 GrowSlots();
             }
             i = _used++;
         }
-        Lo[i] = p.Lo;
+        Key[i] = KeyOf(p);
         if (p.Family == Afi.IPv6)
         {
-            Hi ??= new ulong[Lo.Length];
+            Hi ??= new ulong[Key.Length];
             Hi[i] = p.Hi;
         }
         Length[i] = p.Length;
@@ -196,8 +202,8 @@ internal sealed class RouteStore
 
     private void GrowSlots()
     {
-        int n = Lo.Length * 2;
-        Array.Resize(ref Lo, n);
+        int n = Key.Length * 2;
+        Array.Resize(ref Key, n);
         if (Hi is not null)
         {
             Array.Resize(ref Hi, n);
