@@ -323,7 +323,10 @@ public sealed class Daemon : IAsyncDisposable
             return;
         }
         var own = snap.ConfirmedBlocks.Select(b => Prefix.Parse(b.ToString())).ToList();
-        List<IPAddress> candidates = [.. _routeTable.PodHostRoutes().Where(h => !own.Any(b => b.Contains(h))).Select(h => h.Address)];
+        // The netlink socket belongs to the speaker's loop (kernel route writes happen there): read it there too.
+        NetlinkRouteTable table = _routeTable;
+        IReadOnlyList<Prefix> hostRoutes = await Speaker.InvokeAsync(table.PodHostRoutes).ConfigureAwait(false);
+        List<IPAddress> candidates = [.. hostRoutes.Where(h => !own.Any(b => b.Contains(h))).Select(h => h.Address)];
         HashSet<IPAddress> borrowed = candidates.Count == 0 ? [] : await _cluster.BorrowedAsync(candidates, snap, _cts.Token).ConfigureAwait(false);
         _borrowed = [.. borrowed.Select(a => Prefix.FromAddress(a, a.AddressFamily == AddressFamily.InterNetwork ? 32 : 128))];
     }
