@@ -258,36 +258,20 @@ internal static class Metrics
         {
             sb.Append(CultureInfo.InvariantCulture, $"calicosharp_bgp_sessions{{state=\"{s}\"}} {d.Speaker.Peers.Count(p => p.State == s)}\n");
         }
-        Metric("calicosharp_bgp_peer_up", "gauge", "1 when the session with the peer is established.");
-        foreach (BgpPeer p in d.Speaker.Peers)
+        void PerPeer(string name, string type, string help, Func<BgpPeer, long> value)
         {
-            sb.Append(CultureInfo.InvariantCulture, $"calicosharp_bgp_peer_up{{{Label(p)}}} {(p.State == SessionState.Established ? 1 : 0)}\n");
+            Metric(name, type, help);
+            foreach (BgpPeer p in d.Speaker.Peers)
+            {
+                sb.Append(CultureInfo.InvariantCulture, $"{name}{{{Label(p)}}} {value(p)}\n");
+            }
         }
-        Metric("calicosharp_bgp_prefixes_received", "gauge", "Prefixes the peer announced (Adj-RIB-In, before policy).");
-        foreach (BgpPeer p in d.Speaker.Peers)
-        {
-            sb.Append(CultureInfo.InvariantCulture, $"calicosharp_bgp_prefixes_received{{{Label(p)}}} {p.PrefixesReceived}\n");
-        }
-        Metric("calicosharp_bgp_prefixes_accepted", "gauge", "Prefixes from the peer that import policy accepted.");
-        foreach (BgpPeer p in d.Speaker.Peers)
-        {
-            sb.Append(CultureInfo.InvariantCulture, $"calicosharp_bgp_prefixes_accepted{{{Label(p)}}} {p.PrefixesAccepted}\n");
-        }
-        Metric("calicosharp_bgp_prefixes_advertised", "gauge", "Prefixes advertised to the peer (Adj-RIB-Out).");
-        foreach (BgpPeer p in d.Speaker.Peers)
-        {
-            sb.Append(CultureInfo.InvariantCulture, $"calicosharp_bgp_prefixes_advertised{{{Label(p)}}} {p.PrefixesAdvertised}\n");
-        }
-        Metric("calicosharp_bgp_updates_received_total", "counter", "UPDATE messages received in the current session.");
-        foreach (BgpPeer p in d.Speaker.Peers)
-        {
-            sb.Append(CultureInfo.InvariantCulture, $"calicosharp_bgp_updates_received_total{{{Label(p)}}} {p.UpdatesReceived}\n");
-        }
-        Metric("calicosharp_bgp_updates_sent_total", "counter", "UPDATE messages sent in the current session.");
-        foreach (BgpPeer p in d.Speaker.Peers)
-        {
-            sb.Append(CultureInfo.InvariantCulture, $"calicosharp_bgp_updates_sent_total{{{Label(p)}}} {p.UpdatesSent}\n");
-        }
+        PerPeer("calicosharp_bgp_peer_up", "gauge", "1 when the session with the peer is established.", p => p.State == SessionState.Established ? 1 : 0);
+        PerPeer("calicosharp_bgp_prefixes_received", "gauge", "Prefixes the peer announced (Adj-RIB-In, before policy).", p => p.PrefixesReceived);
+        PerPeer("calicosharp_bgp_prefixes_accepted", "gauge", "Prefixes from the peer that import policy accepted.", p => p.PrefixesAccepted);
+        PerPeer("calicosharp_bgp_prefixes_advertised", "gauge", "Prefixes advertised to the peer (Adj-RIB-Out).", p => p.PrefixesAdvertised);
+        PerPeer("calicosharp_bgp_updates_received_total", "counter", "UPDATE messages received in the current session.", p => p.UpdatesReceived);
+        PerPeer("calicosharp_bgp_updates_sent_total", "counter", "UPDATE messages sent in the current session.", p => p.UpdatesSent);
         Metric("calicosharp_bgp_rib_routes", "gauge", "Prefixes in the RIB.");
         sb.Append(CultureInfo.InvariantCulture, $"calicosharp_bgp_rib_routes {d.Speaker.Rib.Count}\n");
         Metric("calicosharp_kernel_route_operations_total", "counter", "Kernel route replaces and deletes.");

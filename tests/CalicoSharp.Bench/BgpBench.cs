@@ -54,63 +54,24 @@ internal static class BgpBench
 
     private sealed record Result(string Name, double Seconds, double Cpu, double PeakRssMiB);
 
-    private interface IRunning : IDisposable
-    {
-        int Pid { get; }
-    }
-
-    private sealed class OurProcess(Process p, string dir) : IRunning
-    {
-        public int Pid => p.Id;
-
-        public void Dispose()
-        {
-            if (!p.HasExited)
-            {
-                p.Kill(true);
-                p.WaitForExit(5000);
-            }
-            p.Dispose();
-            Directory.Delete(dir, true);
-        }
-    }
-
-    private sealed class Bird(BirdProcess b) : IRunning
-    {
-        public int Pid => b.Pid;
-
-        public void Dispose() => b.Dispose();
-    }
-
-    private static Bird StartBird(string ns) => new(BirdProcess.Start(ns, $$"""
+    private static SpeakerProcesses.IRunning StartBird(string ns) => SpeakerProcesses.StartBird(ns, $$"""
         router id {{Speaker}};
         protocol device { scan time 1; }
         protocol bgp sender { local {{Speaker}} as 65000; neighbor {{SenderIp}} as 65001; passive on; ipv4 { import all; export all; }; }
         protocol bgp receiver { local {{Speaker}} as 65000; neighbor {{ReceiverIp}} as 65002; passive on; ipv4 { import all; export all; }; }
-        """));
+        """);
 
-    private static OurProcess StartOurs(string ns, string bin)
-    {
-        string dir = Directory.CreateTempSubdirectory("calicosharp-bgpbench-").FullName;
-        string cfg = Path.Combine(dir, "bgpd.json");
-        File.WriteAllText(cfg, $$"""
-            {
-              "routerId": "{{Speaker}}", "asNumber": 65000, "listenAddress": "{{Speaker}}", "import": "all",
-              "peers": [
-                { "peerIP": "{{SenderIp}}", "asNumber": 65001, "passive": true },
-                { "peerIP": "{{ReceiverIp}}", "asNumber": 65002, "passive": true }
-              ]
-            }
-            """);
-        var psi = new ProcessStartInfo("ip") { UseShellExecute = false, RedirectStandardError = false };
-        foreach (string a in new[] { "netns", "exec", ns, bin, "--config", cfg, "--no-kernel", "--api-socket", "none", "--log-level", "warning" })
+    private static SpeakerProcesses.IRunning StartOurs(string ns, string bin) => SpeakerProcesses.StartBgpd(ns, bin, $$"""
         {
-            psi.ArgumentList.Add(a);
+          "routerId": "{{Speaker}}", "asNumber": 65000, "listenAddress": "{{Speaker}}", "import": "all",
+          "peers": [
+            { "peerIP": "{{SenderIp}}", "asNumber": 65001, "passive": true },
+            { "peerIP": "{{ReceiverIp}}", "asNumber": 65002, "passive": true }
+          ]
         }
-        return new OurProcess(Process.Start(psi)!, dir);
-    }
+        """);
 
-    private static async Task<Result> RunOneAsync(string name, byte[] updates, int prefixes, Func<string, IRunning> start)
+    private static async Task<Result> RunOneAsync(string name, byte[] updates, int prefixes, Func<string, SpeakerProcesses.IRunning> start)
     {
         string lab = TestNetns.NewLabPrefix();
         using TestNetns ns = TestNetns.Create(lab + "-rs");
@@ -122,11 +83,11 @@ internal static class BgpBench
         TestNetns.Ip("-n", ns.Name, "link", "set", lab + "a", "up");
         TestNetns.Ip("-n", peers.Name, "link", "set", lab + "b", "up");
         using NetNs handle = NetNs.Open(peers.Path);
-        using IRunning speaker = start(ns.Name);
+        using SpeakerProcesses.IRunning speaker = start(ns.Name);
         Func<AddressFamily, Socket> factory = f => handle.Run(() => new Socket(f, SocketType.Stream, ProtocolType.Tcp));
         var ep = new IPEndPoint(IPAddress.Parse(Speaker), 179);
-        await using BgpTester receiver = await ConnectWithRetry(ep, ReceiverIp, 65002, factory).ConfigureAwait(false);
-        await using BgpTester sender = await ConnectWithRetry(ep, SenderIp, 65001, factory).ConfigureAwait(false);
+        await using BgpTester receiver = await SpeakerProcesses.ConnectTesterAsync(ep, ReceiverIp, 65002, factory).ConfigureAwait(false);
+        await using BgpTester sender = await SpeakerProcesses.ConnectTesterAsync(ep, SenderIp, 65001, factory).ConfigureAwait(false);
         await Task.Delay(500).ConfigureAwait(false);
         double cpu0 = CpuSeconds(speaker.Pid);
         receiver.Mark();
@@ -136,22 +97,6 @@ internal static class BgpBench
         double cpu = CpuSeconds(speaker.Pid) - cpu0;
         double rss = PeakRssKiB(speaker.Pid) / 1024.0;
         return new Result(name, took.TotalSeconds, cpu, rss);
-    }
-
-    private static async Task<BgpTester> ConnectWithRetry(IPEndPoint ep, string local, uint asn, Func<AddressFamily, Socket> factory)
-    {
-        var sw = Stopwatch.StartNew();
-        while (true)
-        {
-            try
-            {
-                return await BgpTester.ConnectAsync(ep, IPAddress.Parse(local), asn, 90, factory).ConfigureAwait(false);
-            }
-            catch (Exception e) when ((e is SocketException or IOException or TimeoutException) && sw.Elapsed < TimeSpan.FromSeconds(20))
-            {
-                await Task.Delay(100).ConfigureAwait(false);
-            }
-        }
     }
 
     private static double CpuSeconds(int pid)

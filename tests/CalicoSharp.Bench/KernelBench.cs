@@ -27,12 +27,12 @@ internal static class KernelBench
         var rows = new List<(string Name, double Seconds, int Routes)>();
         for (int round = 0; round < 2; round++)
         {
-            rows.Add(await RunOneAsync("bird (kernel protocol)", 12, updates, last, ns => new BirdRun(BirdProcess.Start(ns, $$"""
+            rows.Add(await RunOneAsync("bird (kernel protocol)", 12, updates, last, ns => SpeakerProcesses.StartBird(ns, $$"""
                 router id {{Speaker}};
                 protocol device { scan time 1; }
                 protocol kernel { ipv4 { import none; export all; }; }
                 protocol bgp tester { local {{Speaker}} as 65000; neighbor {{Tester}} as 65001; passive on; ipv4 { import all; export none; }; }
-                """))).ConfigureAwait(false));
+                """)).ConfigureAwait(false));
             rows.Add(await RunOneAsync("calicosharp-bgpd", 81, updates, last, ns => StartOurs(ns, bin)).ConfigureAwait(false));
         }
         o.WriteLine("| speaker | time (s) | routes in the kernel |");
@@ -46,42 +46,12 @@ internal static class KernelBench
         o.WriteLine(string.Create(CultureInfo.InvariantCulture, $"best of 2: calicosharp-bgpd/BIRD {c / b:0.00}x (aim: at most 1x)"));
     }
 
-    private sealed class BirdRun(BirdProcess b) : IDisposable
-    {
-        public void Dispose() => b.Dispose();
-    }
+    private static SpeakerProcesses.IRunning StartOurs(string ns, string bin) => SpeakerProcesses.StartBgpd(ns, bin, $$"""
+        { "routerId": "{{Speaker}}", "asNumber": 65000, "ipv4Address": "{{Speaker}}/24", "listenAddress": "{{Speaker}}",
+          "import": "all", "peers": [ { "peerIP": "{{Tester}}", "asNumber": 65001, "passive": true } ] }
+        """, kernel: true);
 
-    private sealed class OurRun(Process p, string dir) : IDisposable
-    {
-        public void Dispose()
-        {
-            if (!p.HasExited)
-            {
-                p.Kill(true);
-                p.WaitForExit(5000);
-            }
-            p.Dispose();
-            Directory.Delete(dir, true);
-        }
-    }
-
-    private static OurRun StartOurs(string ns, string bin)
-    {
-        string dir = Directory.CreateTempSubdirectory("calicosharp-kbench-").FullName;
-        string cfg = Path.Combine(dir, "bgpd.json");
-        File.WriteAllText(cfg, $$"""
-            { "routerId": "{{Speaker}}", "asNumber": 65000, "ipv4Address": "{{Speaker}}/24", "listenAddress": "{{Speaker}}",
-              "import": "all", "peers": [ { "peerIP": "{{Tester}}", "asNumber": 65001, "passive": true } ] }
-            """);
-        var psi = new ProcessStartInfo("ip") { UseShellExecute = false };
-        foreach (string a in new[] { "netns", "exec", ns, bin, "--config", cfg, "--api-socket", "none", "--log-level", "warning" })
-        {
-            psi.ArgumentList.Add(a);
-        }
-        return new OurRun(Process.Start(psi)!, dir);
-    }
-
-    private static async Task<(string, double, int)> RunOneAsync(string name, byte protocol, byte[] updates, IPAddress last, Func<string, IDisposable> start)
+    private static async Task<(string, double, int)> RunOneAsync(string name, byte protocol, byte[] updates, IPAddress last, Func<string, SpeakerProcesses.IRunning> start)
     {
         string lab = TestNetns.NewLabPrefix();
         using TestNetns ns = TestNetns.Create(lab + "-kp");
@@ -93,22 +63,11 @@ internal static class KernelBench
         TestNetns.Ip("-n", peer.Name, "link", "set", lab + "b", "up");
         using NetNs speakerNs = NetNs.Open(ns.Path);
         using NetNs testerNs = NetNs.Open(peer.Path);
-        using IDisposable speaker = start(ns.Name);
+        using SpeakerProcesses.IRunning speaker = start(ns.Name);
         var ep = new IPEndPoint(IPAddress.Parse(Speaker), 179);
-        BgpTester? tester = null;
+        BgpTester tester = await SpeakerProcesses.ConnectTesterAsync(ep, Tester, 65001,
+            f => testerNs.Run(() => new Socket(f, SocketType.Stream, ProtocolType.Tcp))).ConfigureAwait(false);
         var sw = Stopwatch.StartNew();
-        while (tester is null)
-        {
-            try
-            {
-                tester = await BgpTester.ConnectAsync(ep, IPAddress.Parse(Tester), 65001, 90,
-                    f => testerNs.Run(() => new Socket(f, SocketType.Stream, ProtocolType.Tcp))).ConfigureAwait(false);
-            }
-            catch (Exception e) when ((e is SocketException or IOException or TimeoutException) && sw.Elapsed < TimeSpan.FromSeconds(20))
-            {
-                await Task.Delay(100).ConfigureAwait(false);
-            }
-        }
         await using (tester.ConfigureAwait(false))
         {
             await Task.Delay(500).ConfigureAwait(false);

@@ -1,0 +1,72 @@
+using System.Diagnostics;
+using System.Net;
+using System.Net.Sockets;
+using CalicoSharp.Testing;
+
+namespace CalicoSharp.Bench;
+
+/// <summary>The speakers the BGP benchmarks run (each in its namespace) and how testers reach them.</summary>
+internal static class SpeakerProcesses
+{
+    public interface IRunning : IDisposable
+    {
+        int Pid { get; }
+    }
+
+    private sealed class Bgpd(Process p, string dir) : IRunning
+    {
+        public int Pid => p.Id;
+
+        public void Dispose()
+        {
+            if (!p.HasExited)
+            {
+                p.Kill(true);
+                p.WaitForExit(5000);
+            }
+            p.Dispose();
+            Directory.Delete(dir, true);
+        }
+    }
+
+    private sealed class Bird(BirdProcess b) : IRunning
+    {
+        public int Pid => b.Pid;
+
+        public void Dispose() => b.Dispose();
+    }
+
+    /// <summary>calicosharp-bgpd from its config file, without the control API (the benchmarks measure the speaker);
+    /// kernel route programming only when asked.</summary>
+    public static IRunning StartBgpd(string ns, string bin, string configJson, bool kernel = false)
+    {
+        string dir = Directory.CreateTempSubdirectory("calicosharp-bench-").FullName;
+        string cfg = Path.Combine(dir, "bgpd.json");
+        File.WriteAllText(cfg, configJson);
+        var psi = new ProcessStartInfo("ip") { UseShellExecute = false };
+        foreach (string a in new[] { "netns", "exec", ns, bin, "--config", cfg, "--api-socket", "none", "--log-level", "warning" }.Concat(kernel ? [] : ["--no-kernel"]))
+        {
+            psi.ArgumentList.Add(a);
+        }
+        return new Bgpd(Process.Start(psi)!, dir);
+    }
+
+    public static IRunning StartBird(string ns, string config) => new Bird(BirdProcess.Start(ns, config));
+
+    /// <summary>Connects a tester once the speaker listens (it may still be starting).</summary>
+    public static async Task<BgpTester> ConnectTesterAsync(IPEndPoint ep, string local, uint asn, Func<AddressFamily, Socket> factory)
+    {
+        var sw = Stopwatch.StartNew();
+        while (true)
+        {
+            try
+            {
+                return await BgpTester.ConnectAsync(ep, IPAddress.Parse(local), asn, 90, factory).ConfigureAwait(false);
+            }
+            catch (Exception e) when ((e is SocketException or IOException or TimeoutException) && sw.Elapsed < TimeSpan.FromSeconds(20))
+            {
+                await Task.Delay(100).ConfigureAwait(false);
+            }
+        }
+    }
+}
