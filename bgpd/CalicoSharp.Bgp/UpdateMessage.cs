@@ -50,16 +50,15 @@ public sealed class UpdateMessage : BgpMessage
     internal bool SeenAsPath { get; set; }
 
     /// <summary>Attributes for the MP_REACH prefixes: the shared ones with the MP next hop.</summary>
-    public PathAttributes? MpAttributes(AttributeInterner? interner = null)
+    public PathAttributes? MpAttributes()
     {
         if (Attributes is null)
         {
             return null;
         }
-        PathAttributes a = Attributes.NextHop == MpNextHop && Attributes.LinkLocalNextHop == MpLinkLocalNextHop
+        return Attributes.NextHop == MpNextHop && Attributes.LinkLocalNextHop == MpLinkLocalNextHop
             ? Attributes
             : Attributes with { NextHop = MpNextHop, LinkLocalNextHop = MpLinkLocalNextHop };
-        return interner is null ? a : interner.Intern(a);
     }
 
     public void Clear()

@@ -272,22 +272,20 @@ internal static class Metrics
         PerPeer("calicosharp_bgp_prefixes_advertised", "gauge", "Prefixes advertised to the peer (Adj-RIB-Out).", p => p.PrefixesAdvertised);
         PerPeer("calicosharp_bgp_updates_received_total", "counter", "UPDATE messages received in the current session.", p => p.UpdatesReceived);
         PerPeer("calicosharp_bgp_updates_sent_total", "counter", "UPDATE messages sent in the current session.", p => p.UpdatesSent);
-        Metric("calicosharp_bgp_rib_routes", "gauge", "Prefixes in the RIB.");
-        sb.Append(CultureInfo.InvariantCulture, $"calicosharp_bgp_rib_routes {d.Speaker.Rib.Count}\n");
-        Metric("calicosharp_kernel_route_operations_total", "counter", "Kernel route replaces and deletes.");
-        sb.Append(CultureInfo.InvariantCulture, $"calicosharp_kernel_route_operations_total {d.Kernel?.Operations ?? 0}\n");
-        Metric("calicosharp_kernel_route_errors_total", "counter", "Kernel route operations that failed.");
-        sb.Append(CultureInfo.InvariantCulture, $"calicosharp_kernel_route_errors_total {d.Kernel?.Errors ?? 0}\n");
-        Metric("calicosharp_etcd_up", "gauge", "1 when the last etcd read succeeded (0 without etcd or after an error).");
-        sb.Append(CultureInfo.InvariantCulture, $"calicosharp_etcd_up {(d.EtcdConfigured && d.LastEtcdError is null ? 1 : 0)}\n");
-        Metric("calicosharp_etcd_watch_up", "gauge", "1 while the etcd watch is open (changes apply at once; else at the next poll).");
-        sb.Append(CultureInfo.InvariantCulture, $"calicosharp_etcd_watch_up {(d.WatchUp ? 1 : 0)}\n");
-        Metric("calicosharp_etcd_watch_restarts_total", "counter", "Times the etcd watch broke and was opened again.");
-        sb.Append(CultureInfo.InvariantCulture, $"calicosharp_etcd_watch_restarts_total {d.WatchRestarts}\n");
-        Metric("calicosharp_etcd_errors_total", "counter", "Failed etcd reads.");
-        sb.Append(CultureInfo.InvariantCulture, $"calicosharp_etcd_errors_total {d.EtcdErrors}\n");
-        Metric("calicosharp_etcd_last_read_age_seconds", "gauge", "Seconds since the last successful etcd read.");
-        sb.Append(CultureInfo.InvariantCulture, $"calicosharp_etcd_last_read_age_seconds {(d.LastEtcdRead is { } t ? (DateTimeOffset.UtcNow - t).TotalSeconds : -1):0.###}\n");
+        void Value(string name, string type, string help, FormattableString value)
+        {
+            Metric(name, type, help);
+            sb.Append(name).Append(' ').Append(FormattableString.Invariant(value)).Append('\n');
+        }
+        Value("calicosharp_bgp_rib_routes", "gauge", "Prefixes in the RIB.", $"{d.Speaker.Rib.Count}");
+        Value("calicosharp_kernel_route_operations_total", "counter", "Kernel route replaces and deletes.", $"{d.Kernel?.Operations ?? 0}");
+        Value("calicosharp_kernel_route_errors_total", "counter", "Kernel route operations that failed.", $"{d.Kernel?.Errors ?? 0}");
+        Value("calicosharp_etcd_up", "gauge", "1 when the last etcd read succeeded (0 without etcd or after an error).", $"{(d.EtcdConfigured && d.LastEtcdError is null ? 1 : 0)}");
+        Value("calicosharp_etcd_watch_up", "gauge", "1 while the etcd watch is open (changes apply at once; else at the next poll).", $"{(d.WatchUp ? 1 : 0)}");
+        Value("calicosharp_etcd_watch_restarts_total", "counter", "Times the etcd watch broke and was opened again.", $"{d.WatchRestarts}");
+        Value("calicosharp_etcd_errors_total", "counter", "Failed etcd reads.", $"{d.EtcdErrors}");
+        Value("calicosharp_etcd_last_read_age_seconds", "gauge", "Seconds since the last successful etcd read.",
+            $"{(d.LastEtcdRead is { } t ? (DateTimeOffset.UtcNow - t).TotalSeconds : -1):0.###}");
         return sb.ToString();
     });
 }
