@@ -73,9 +73,11 @@ bench: deps build publish
 	dotnet publish tests/CalicoSharp.IpamLoad/CalicoSharp.IpamLoad.csproj -c Release -r $(RID) -o $(OUT)/bench -nologo -clp:ErrorsOnly
 	dotnet tests/CalicoSharp.Bench/bin/$(CONFIG)/net10.0/CalicoSharp.Bench.dll
 
-## demo: build, start etcd on loopback, show IPAM at work, clean up
+## demo: build, then the lab: etcd, a ToR running BIRD 2, 3 nodes running bgpd, 2 pods each; shows and checks
+## cross-node pod traffic and a trace, then removes everything (also on Ctrl-C or failure)
 demo: deps publish
-	bash tests/demo/demo.sh $(BIN)
+	dotnet build tests/CalicoSharp.Demo/CalicoSharp.Demo.csproj -c $(CONFIG) -nologo -clp:ErrorsOnly
+	dotnet tests/CalicoSharp.Demo/bin/$(CONFIG)/net10.0/CalicoSharp.Demo.dll --bin $(BIN)
 
 ## install: NativeAOT binaries: the CLI and bgpd into $(PREFIX)/bin (bgpd with a systemd unit), the CNI plugins into $(CNI_BIN_DIR), the sample conflist into $(CNI_NET_DIR)
 install: publish

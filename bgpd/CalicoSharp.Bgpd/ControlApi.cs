@@ -94,7 +94,7 @@ internal sealed class BgpdService : Proto.Bgpd.BgpdBase
         var s = new NodeStatus
         {
             NodeName = _d.NodeName,
-            RouterId = new IPAddress(System.Buffers.Binary.BinaryPrimitives.ReverseEndianness(_d.Speaker.Config.RouterId)).ToString(),
+            RouterId = Dotted(_d.Speaker.Config.RouterId),
             AsNumber = _d.Speaker.Config.LocalAs,
             StartedUnixMs = _d.StartedAt.ToUnixTimeMilliseconds(),
             Routes = _d.Speaker.Rib.Count,
@@ -167,6 +167,9 @@ internal sealed class BgpdService : Proto.Bgpd.BgpdBase
         });
     }
 
+    /// <summary>A BGP identifier (host order) as a dotted quad.</summary>
+    private static string Dotted(uint id) => new IPAddress(System.Buffers.Binary.BinaryPrimitives.ReverseEndianness(id)).ToString();
+
     internal static Route ToRoute(Daemon d, RouteEntry entry)
     {
         var route = new Route
@@ -194,6 +197,7 @@ internal sealed class BgpdService : Proto.Bgpd.BgpdBase
                 Multipath = multipath.Any(m => m.Peer == p.Peer),
                 Filtered = p.Filtered,
                 Stale = p.Stale,
+                OriginatorId = a.OriginatorId is { } o ? Dotted(o) : "",
             };
             path.Communities.AddRange(a.Communities.Select(c => $"{c >> 16}:{c & 0xFFFF}"));
             route.Paths.Add(path);
@@ -207,15 +211,30 @@ internal sealed class BgpdService : Proto.Bgpd.BgpdBase
         {
             throw new RpcException(new Status(StatusCode.InvalidArgument, $"'{request.Address}' is not an IP address"));
         }
-        var reply = new LookupReply { Address = address.ToString() };
+        var reply = new LookupReply { Address = address.ToString(), NodeName = _d.NodeName };
         using (RtNetlink nl = RtNetlink.Open())
         {
-            KernelRouteEntry? r = nl.GetRoute(address, fibMatch: true);
+            if (request.PodNamespace.Length > 0 || request.ContainerId.Length > 0)
+            {
+                string name = HostInterface.Name(request.PodNamespace, request.PodName, request.ContainerId);
+                Link? link = nl.GetLink(name);
+                reply.PodInterface = new PodInterface
+                {
+                    Name = name,
+                    Exists = link is not null,
+                    Up = link is not null && (link.Flags & Rt.IFF_UP) != 0,
+                    LowerUp = link is not null && (link.Flags & Rt.IFF_LOWER_UP) != 0,
+                    Index = link?.Index ?? 0,
+                    Mtu = link?.Mtu ?? 0,
+                    Mac = link?.Mac is { } mac ? string.Join(':', mac.GetAddressBytes().Select(b => b.ToString("x2", CultureInfo.InvariantCulture))) : "",
+                };
+            }
+            KernelRouteEntry? r = nl.MatchRoute(address);
             if (r is not null)
             {
                 reply.HasKernelRoute = true;
                 reply.KernelDestination = $"{r.Destination}/{r.PrefixLength}";
-                reply.KernelType = r.Type switch { Rt.RTN_BLACKHOLE => "blackhole", Rt.RTN_UNICAST => "unicast", Rt.RTN_LOCAL => "local", _ => $"type {r.Type}" };
+                reply.KernelType = r.Type switch { Rt.RTN_BLACKHOLE => "blackhole", Rt.RTN_UNICAST => "unicast", Rt.RTN_LOCAL => "local", Rt.RTN_UNREACHABLE => "unreachable", Rt.RTN_PROHIBIT => "prohibit", _ => $"type {r.Type}" };
                 IPAddress? gw = r.Gateway ?? r.MultiPath.FirstOrDefault()?.Gateway;
                 reply.KernelGateway = r.MultiPath.Count > 1 ? string.Join(", ", r.MultiPath.Select(n => n.Gateway)) : gw?.ToString() ?? "";
                 int dev = r.OutIndex != 0 ? r.OutIndex : r.MultiPath.FirstOrDefault()?.OutIndex ?? 0;

@@ -1,8 +1,6 @@
 using System.Net;
 using System.Net.NetworkInformation;
 using System.Net.Sockets;
-using System.Security.Cryptography;
-using System.Text;
 using CalicoSharp.Ipam;
 using CalicoSharp.Netlink;
 
@@ -35,15 +33,7 @@ public sealed class LinuxDataplane(NetNs? hostNs = null) : IDataplane
     public static string HostVethName(CniEnv env)
     {
         ArgumentNullException.ThrowIfNull(env);
-        if (!string.IsNullOrEmpty(env.PodNamespace) && !string.IsNullOrEmpty(env.PodName))
-        {
-#pragma warning disable CA5350 // not security: Calico's interface naming, which must match
-            var hash = SHA1.HashData(Encoding.UTF8.GetBytes($"{env.PodNamespace}.{env.PodName}"));
-#pragma warning restore CA5350
-            return "cali" + Convert.ToHexStringLower(hash)[..11];
-        }
-
-        return "cali" + env.ContainerId[..Math.Min(11, env.ContainerId.Length)];
+        return HostInterface.Name(env.PodNamespace, env.PodName, env.ContainerId);
     }
 
     public List<CniInterface> Setup(PluginContext ctx, IReadOnlyList<CniIp> ips, Action<string> afterStep)

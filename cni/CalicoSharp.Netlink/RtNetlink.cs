@@ -248,6 +248,39 @@ public sealed class RtNetlink : IDisposable
         return QueryOne(m, $"getting the route to {destination}", ParseRoute, e => e.Errno is 101 or 113 or 22); // ENETUNREACH, EHOSTUNREACH, EINVAL
     }
 
+    /// <summary>The route that decides where a packet to <paramref name="destination"/> goes, like
+    /// <c>ip route get fibmatch</c>; for a destination the kernel refuses to resolve (it answers EINVAL when a
+    /// blackhole, unreachable or prohibit route matches) the longest match of the main table's dump instead.</summary>
+    public Route? MatchRoute(IPAddress destination)
+    {
+        if (GetRoute(destination, fibMatch: true) is { } r)
+        {
+            return r;
+        }
+        byte[] want = destination.GetAddressBytes();
+        Route? best = null;
+        foreach (Route c in ListRoutes(destination.AddressFamily))
+        {
+            if (c.Type is Rt.RTN_BLACKHOLE or Rt.RTN_UNREACHABLE or Rt.RTN_PROHIBIT
+                && (best is null || c.PrefixLength > best.PrefixLength) && PrefixContains(c.Destination.GetAddressBytes(), c.PrefixLength, want))
+            {
+                best = c;
+            }
+        }
+        return best;
+    }
+
+    private static bool PrefixContains(byte[] prefix, int length, byte[] address)
+    {
+        if (prefix.Length != address.Length)
+        {
+            return false;
+        }
+        int full = length / 8, rest = length % 8;
+        return prefix.AsSpan(0, full).SequenceEqual(address.AsSpan(0, full))
+            && (rest == 0 || ((prefix[full] ^ address[full]) & (0xFF << (8 - rest)) & 0xFF) == 0);
+    }
+
     private static MessageBuilder RouteMessage(ushort type, ushort flags, Route r)
     {
         var m = new MessageBuilder(type, flags);

@@ -124,6 +124,35 @@ public sealed partial class IpamClient
             return (IReadOnlyList<BorrowedAddress>)list;
         }, ct);
 
+    /// <summary>Allocated addresses whose attributes include every given key and value (e.g. pod and namespace),
+    /// over every block of both families.</summary>
+    public Task<IReadOnlyList<IpLookup>> FindAllocationsAsync(IReadOnlyDictionary<string, string> attributes, CancellationToken ct = default)
+    {
+        ArgumentNullException.ThrowIfNull(attributes);
+        return RunAsync("searching allocations", async t =>
+        {
+            var r = await store.ReadAsync([KvRead.Under(Keys.PoolPrefix), KvRead.Under(Keys.BlockPrefix(false)), KvRead.Under(Keys.BlockPrefix(true))], t).ConfigureAwait(false);
+            var pools = PoolsFrom(r[0]);
+            var list = new List<IpLookup>();
+            foreach (var e in r[1].Concat(r[2]))
+            {
+                var b = RecordJson.DecodeBlock(e.Value, e.Key);
+                for (int o = 0; o < b.Allocations.Count; o++)
+                {
+                    if (BlockLogic.AttributeOf(b, o) is { } a && a.Secondary is { } sec
+                        && attributes.All(kv => sec.TryGetValue(kv.Key, out var v) && v == kv.Value))
+                    {
+                        var address = BlockLogic.AddressOf(b, o);
+                        list.Add(new IpLookup(address, BlockLogic.CidrOf(b), Keys.NodeOfAffinity(b.Affinity), true, a.HandleId, sec,
+                            BlockLogic.SequenceOf(b, o), pools.FirstOrDefault(p => p.Cidr.Contains(address))?.Name));
+                    }
+                }
+            }
+
+            return (IReadOnlyList<IpLookup>)list;
+        }, ct);
+    }
+
     /// <summary>Checks the whole IPAM state, read at one revision, for every defect it knows.
     /// With <paramref name="liveHandles"/>, allocations whose handle is not in it are leaks.</summary>
     public Task<CheckReport> CheckAsync(IReadOnlySet<string>? liveHandles = null, CancellationToken ct = default) =>

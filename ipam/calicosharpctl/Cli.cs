@@ -46,6 +46,7 @@ internal static class Cli
         root.Options.Add(BgpCli.Socket);
         root.Subcommands.Add(BgpCli.NodeCommands(stdout, Json));
         root.Subcommands.Add(BgpCli.BgpCommands(stdout, Json));
+        root.Subcommands.Add(Tracer.Command(stdout, Json, Connect));
         var parse = root.Parse(args);
         if (parse.Errors.Count > 0)
         {

@@ -67,6 +67,14 @@ public sealed class NetlinkTests : IDisposable
         nl.AddRoute(blackhole);
         Assert.Contains(nl.ListRoutes(AddressFamily.InterNetwork), r => r.Type == Rt.RTN_BLACKHOLE && r.Protocol == 80 && r.PrefixLength == 26);
         Assert.Throws<NetlinkException>(() => nl.AddRoute(blackhole));
+        // The kernel will not resolve an address behind a blackhole (EINVAL); MatchRoute finds the route anyway,
+        // and a more specific unicast route still wins.
+        Assert.Null(nl.GetRoute(IPAddress.Parse("10.91.0.7"), fibMatch: true));
+        Assert.Equal(Rt.RTN_BLACKHOLE, nl.MatchRoute(IPAddress.Parse("10.91.0.7"))!.Type);
+        nl.AddRoute(new Route { Destination = IPAddress.Parse("10.91.0.7"), PrefixLength = 32, OutIndex = a.Index, Scope = Rt.RT_SCOPE_LINK });
+        Route host = nl.MatchRoute(IPAddress.Parse("10.91.0.7"))!;
+        Assert.Equal((32, a.Index), (host.PrefixLength, host.OutIndex));
+        Assert.Null(nl.MatchRoute(IPAddress.Parse("10.93.0.1")));
 
         var ecmp = new Route
         {

@@ -32,6 +32,39 @@ public sealed class CheckCliTests : IDisposable
     private async Task Delete(string key) =>
         Assert.True((await ipam.Store.TxnAsync([], [KvOp.Delete(key)], default)).Succeeded);
 
+    [Fact]
+    public async Task Trace_reads_ipam_and_says_plainly_what_it_could_not_check()
+    {
+        await ipam.AddPoolAsync(new PoolRequest { Cidr = "10.241.0.0/16", Name = "p" });
+        var a = await ipam.AutoAssignAsync(new AutoAssignRequest
+        {
+            HandleId = "net.c1", Node = "node1", Num4 = 1,
+            Attributes = new Dictionary<string, string> { ["namespace"] = "ns1", ["pod"] = "web", ["containerID"] = "c1", ["node"] = "node1" },
+        });
+        string ip = a[0].Address.ToString();
+        string sockets = Path.Combine(dir, "{node}.sock");
+
+        Assert.Equal(2, (await Ctl("trace", "not-an-ip")).ExitCode);
+        var noStart = await Ctl("trace", ip, "--bgpd-socket", Path.Combine(dir, "none.sock"));
+        Assert.Equal(2, noStart.ExitCode);
+        Assert.Contains("--from", noStart.Stderr, StringComparison.Ordinal);
+        var ghost = await Ctl("trace", ip, "--from", "ghost", "--bgpd-socket", sockets);
+        Assert.Equal(2, ghost.ExitCode);
+        Assert.Contains("no node with blocks and no pod of that name", ghost.Stderr, StringComparison.Ordinal);
+
+        // No bgpd answers: IPAM's part is still told, the node hops are marked unchecked, naming the socket.
+        var r = await Ctl("trace", ip, "--from", "ns1/web", "--bgpd-socket", sockets);
+        Assert.Equal(0, r.ExitCode);
+        Assert.Contains("pod ns1/web (container c1)", r.Stdout, StringComparison.Ordinal);
+        Assert.Contains($"not checked: no bgpd control API for node1 at {Path.Combine(dir, "node1.sock")}", r.Stdout, StringComparison.Ordinal);
+        Assert.Contains("no break found in the hops that could be checked", r.Stdout, StringComparison.Ordinal);
+
+        var free = await Ctl("trace", "10.241.0.200", "--from", "node1", "--bgpd-socket", sockets);
+        Assert.Equal(1, free.ExitCode);
+        Assert.Contains("not allocated", free.Stdout, StringComparison.Ordinal);
+        Assert.Contains("the path breaks at: ipam", free.Stdout, StringComparison.Ordinal);
+    }
+
     public static TheoryData<string> Defects() =>
     [
         CheckProblem.LeakedAllocation,

@@ -326,16 +326,17 @@ public sealed class BgpLab : IAsyncDisposable
     /// <summary>The node's routes of bgpd's protocol (ip route show proto 81).</summary>
     public static string KernelRoutes(LabNode n) => TestNetns.Ip("-n", n.Netns.Name, "route", "show", "proto", "81");
 
-    public static async Task WaitAsync(Func<bool> condition, string what, double seconds = 30, Func<string>? diagnostics = null)
+    public static async Task WaitAsync(Func<bool> condition, string what, double seconds = 30, Func<string>? diagnostics = null, CancellationToken ct = default)
     {
         var sw = Stopwatch.StartNew();
         while (!condition())
         {
+            ct.ThrowIfCancellationRequested();
             if (sw.Elapsed.TotalSeconds > seconds)
             {
                 throw new TimeoutException($"waited {seconds} s for {what}\n{diagnostics?.Invoke()}");
             }
-            await Task.Delay(100).ConfigureAwait(false);
+            await Task.Delay(100, ct).ConfigureAwait(false);
         }
     }
 

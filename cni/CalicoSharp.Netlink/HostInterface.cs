@@ -1,0 +1,23 @@
+using System.Security.Cryptography;
+using System.Text;
+
+namespace CalicoSharp.Netlink;
+
+/// <summary>Calico's name for a pod's host-side veth, which the CNI plugin creates and bgpd's trace looks up.</summary>
+public static class HostInterface
+{
+    /// <summary>"cali" + the first 11 hex digits of sha1("namespace.pod") when both are known, else "cali" + the
+    /// first 11 characters of the container id.</summary>
+    public static string Name(string? podNamespace, string? podName, string containerId)
+    {
+        ArgumentNullException.ThrowIfNull(containerId);
+        if (!string.IsNullOrEmpty(podNamespace) && !string.IsNullOrEmpty(podName))
+        {
+#pragma warning disable CA5350 // not security: Calico's interface naming, which must match
+            byte[] hash = SHA1.HashData(Encoding.UTF8.GetBytes($"{podNamespace}.{podName}"));
+#pragma warning restore CA5350
+            return "cali" + Convert.ToHexStringLower(hash)[..11];
+        }
+        return "cali" + containerId[..Math.Min(11, containerId.Length)];
+    }
+}
