@@ -532,6 +532,7 @@ public sealed class Daemon : IAsyncDisposable
         {
             _kernel.Set(e.Prefix, KernelRouteFor(e));
         }
+        _kernel.Flush();
     }
 
     /// <summary>Own blocks are blackholes; a borrowed /32 needs nothing (the CNI plugin's route serves it);
@@ -632,6 +633,7 @@ public sealed class Daemon : IAsyncDisposable
             await Speaker.DisposeAsync().ConfigureAwait(false);
         }
         _etcd?.Dispose();
+        _kernel?.Dispose();
         _routeTable?.Dispose();
         _wake.Dispose();
         _cts.Dispose();

@@ -1,3 +1,4 @@
+using System.Collections.Concurrent;
 using System.Net;
 using System.Net.Sockets;
 using CalicoSharp.Bgp;
@@ -19,9 +20,9 @@ public interface IRouteTable
     /// <summary>Routes carrying <paramref name="protocol"/> in the main table, both families.</summary>
     IReadOnlyList<Route> List(byte protocol);
 
-    void Replace(Route route);
-
-    bool Delete(Route route);
+    /// <summary>Replaces (or, with Delete, removes) each route; per change null or its error. Deleting a route
+    /// that is not there is not an error.</summary>
+    NetlinkException?[] Apply(IReadOnlyList<(Route Route, bool Delete)> changes);
 }
 
 /// <summary>The real table over rtnetlink, in the daemon's network namespace.</summary>
@@ -29,12 +30,13 @@ public sealed class NetlinkRouteTable : IRouteTable, IDisposable
 {
     private readonly RtNetlink _nl = RtNetlink.Open();
 
+    // Writes come from the kernel writer thread, reads from the speaker's loop: a socket each.
+    private readonly RtNetlink _writer = RtNetlink.Open();
+
     public IReadOnlyList<Route> List(byte protocol) =>
         [.. _nl.ListRoutes(AddressFamily.InterNetwork).Concat(_nl.ListRoutes(AddressFamily.InterNetworkV6)).Where(r => r.Protocol == protocol)];
 
-    public void Replace(Route route) => _nl.AddRoute(route, replace: true);
-
-    public bool Delete(Route route) => _nl.DeleteRoute(route);
+    public NetlinkException?[] Apply(IReadOnlyList<(Route Route, bool Delete)> changes) => _writer.ApplyRoutes(changes);
 
     /// <summary>/32 and /128 routes through cali* interfaces: the pods the CNI plugin wired on this node.</summary>
     public IReadOnlyList<Prefix> PodHostRoutes()
@@ -47,15 +49,21 @@ public sealed class NetlinkRouteTable : IRouteTable, IDisposable
 
     public RtNetlink Netlink => _nl;
 
-    public void Dispose() => _nl.Dispose();
+    public void Dispose()
+    {
+        _nl.Dispose();
+        _writer.Dispose();
+    }
 }
 
 /// <summary>
-/// Keeps the kernel's routes of bgpd's protocol equal to the desired set: changes are applied as they come
-/// (replace semantics), and a periodic reconcile repairs drift. After a restart, routes left by the previous
+/// Keeps the kernel's routes of bgpd's protocol equal to the desired set: changes are queued by <see cref="Set"/>,
+/// handed over by <see cref="Flush"/> and written in order by a writer thread in batches (replace semantics, many
+/// requests per system call), so the speaker's loop goes on with BGP while the kernel works; a periodic reconcile
+/// repairs drift. After a restart, routes left by the previous
 /// run are kept (graceful restart) until <see cref="ReleaseStale"/> is called, then stale ones go.
 /// </summary>
-public sealed class KernelRouteSync
+public sealed class KernelRouteSync : IDisposable
 {
     /// <summary>The route protocol number of bgpd's kernel routes (shown as "calicosharp" with the rt_protos file installed).</summary>
     public const byte Protocol = 81;
@@ -63,17 +71,25 @@ public sealed class KernelRouteSync
     private readonly IRouteTable _table;
     private readonly Action<BgpLogLevel, string> _log;
     private readonly Dictionary<Prefix, KernelRoute> _desired = [];
+    private readonly BlockingCollection<List<(Route Route, bool Delete)>> _queue = [];
+    private readonly Thread _writer;
+    private List<(Route Route, bool Delete)> _pending = [];
     private bool _keepStale;
+    private long _operations;
+    private long _errors;
 
     public KernelRouteSync(IRouteTable table, Action<BgpLogLevel, string> log)
     {
         _table = table;
         _log = log;
+        _writer = new Thread(WriteLoop) { IsBackground = true, Name = "kernel routes" };
+        _writer.Start();
     }
 
-    public long Operations { get; private set; }
+    /// <summary>Route writes done so far (by the writer thread).</summary>
+    public long Operations => Interlocked.Read(ref _operations);
 
-    public long Errors { get; private set; }
+    public long Errors => Interlocked.Read(ref _errors);
 
     public IReadOnlyDictionary<Prefix, KernelRoute> Desired => _desired;
 
@@ -101,13 +117,15 @@ public sealed class KernelRouteSync
         }
     }
 
+    /// <summary>Makes <paramref name="route"/> (null: none) the desired route for the prefix; the kernel write waits
+    /// for <see cref="Flush"/>.</summary>
     public void Set(Prefix prefix, KernelRoute? route)
     {
         if (route is null)
         {
             if (_desired.Remove(prefix, out KernelRoute? old) && !_keepStale)
             {
-                Apply(() => _table.Delete(ToRoute(prefix, old)), $"deleting {prefix}");
+                _pending.Add((ToRoute(prefix, old), true));
             }
             return;
         }
@@ -116,21 +134,53 @@ public sealed class KernelRouteSync
             return;
         }
         _desired[prefix] = route;
-        Apply(() => _table.Replace(ToRoute(prefix, route)), $"replacing {prefix} {route}");
+        _pending.Add((ToRoute(prefix, route), false));
     }
 
-    private void Apply(Action op, string what)
+    /// <summary>Hands the queued changes to the writer thread; a failed write is logged and counted (the reconcile
+    /// retries it).</summary>
+    public void Flush()
     {
-        try
+        if (_pending.Count == 0)
         {
-            Operations++;
-            op();
+            return;
         }
-        catch (NetlinkException e)
+        _queue.Add(_pending);
+        _pending = [];
+    }
+
+    private void WriteLoop()
+    {
+        foreach (List<(Route Route, bool Delete)> batch in _queue.GetConsumingEnumerable())
         {
-            Errors++;
-            _log(BgpLogLevel.Warning, $"kernel: {what}: {e.Message}");
+            try
+            {
+                NetlinkException?[] errors = _table.Apply(batch);
+                foreach (NetlinkException? e in errors)
+                {
+                    if (e is not null)
+                    {
+                        Interlocked.Increment(ref _errors);
+                        _log(BgpLogLevel.Warning, $"kernel: {e.Message}");
+                    }
+                }
+            }
+            catch (Exception e) when (e is NetlinkException or ObjectDisposedException)
+            {
+                Interlocked.Increment(ref _errors);
+                _log(BgpLogLevel.Warning, $"kernel: writing {batch.Count} routes: {e.Message}");
+            }
+            Interlocked.Add(ref _operations, batch.Count);
         }
+    }
+
+    /// <summary>Writes what is still queued, then stops the writer thread.</summary>
+    public void Dispose()
+    {
+        Flush();
+        _queue.CompleteAdding();
+        _writer.Join(TimeSpan.FromSeconds(10));
+        _queue.Dispose();
     }
 
     /// <summary>Desired against actual: add what is missing, fix what differs, remove what is not wanted.</summary>
@@ -146,7 +196,7 @@ public sealed class KernelRouteSync
         {
             if (!actual.Remove(p, out Route? have) || !Matches(have, want))
             {
-                Apply(() => _table.Replace(ToRoute(p, want)), $"repairing {p}");
+                _pending.Add((ToRoute(p, want), false));
                 added++;
             }
         }
@@ -154,10 +204,11 @@ public sealed class KernelRouteSync
         {
             foreach (Route r in actual.Values)
             {
-                Apply(() => _table.Delete(r), $"removing stale {r}");
+                _pending.Add((r, true));
                 removed++;
             }
         }
+        Flush();
         if (added + removed > 0)
         {
             _log(BgpLogLevel.Info, $"kernel reconcile: {added} added or repaired, {removed} removed");

@@ -1,3 +1,4 @@
+using System.Buffers;
 using System.Buffers.Binary;
 using System.Runtime.InteropServices;
 using Tmds.Linux;
@@ -81,6 +82,70 @@ public sealed unsafe class NetlinkSocket : IDisposable
         }
     }
 
+    /// <summary>Most requests sent in one sendmsg: their error answers (each echoes its request) must all fit the
+    /// receive buffer, or the kernel drops them.</summary>
+    public const int BatchSize = 64;
+
+    /// <summary>Sends many requests, <see cref="BatchSize"/> per system call, and returns, per request, null or the
+    /// kernel's error naming <paramref name="operation"/>(i). The kernel executes the messages of one sendmsg in
+    /// order before the call returns, and answers a failed one whether or not it asked for an acknowledgement; so
+    /// only the last message of each batch asks for one, and its arrival means every answer is in.</summary>
+    public NetlinkException?[] RequestMany(IReadOnlyList<MessageBuilder> requests, Func<int, string> operation)
+    {
+        ArgumentNullException.ThrowIfNull(requests);
+        ArgumentNullException.ThrowIfNull(operation);
+        ObjectDisposedException.ThrowIf(disposed, this);
+        var results = new NetlinkException?[requests.Count];
+        var buffer = new ArrayBufferWriter<byte>(8192);
+        for (int start = 0; start < requests.Count; start += BatchSize)
+        {
+            int count = Math.Min(BatchSize, requests.Count - start);
+            buffer.ResetWrittenCount();
+            uint first = unchecked(seq + 1);
+            for (int i = 0; i < count; i++)
+            {
+                MessageBuilder r = requests[start + i];
+                ReadOnlySpan<byte> bytes = r.Finish(unchecked(++seq), 0);
+                Span<byte> dest = buffer.GetSpan(MessageBuilder.Align(bytes.Length));
+                bytes.CopyTo(dest);
+                BinaryPrimitives.WriteUInt16LittleEndian(dest[6..], (ushort)(i == count - 1 ? r.Flags | Nl.NLM_F_ACK : r.Flags));
+                dest[bytes.Length..MessageBuilder.Align(bytes.Length)].Clear();
+                buffer.Advance(MessageBuilder.Align(bytes.Length));
+            }
+            SendRaw(buffer.WrittenSpan, operation(start));
+            bool lastAnswered = false;
+            while (!lastAnswered)
+            {
+                int n = ReceiveOnce(operation(start));
+                for (int offset = 0; offset + Nl.NlMsgHdrSize <= n;)
+                {
+                    var span = receive.AsSpan(offset, n - offset);
+                    int len = (int)BinaryPrimitives.ReadUInt32LittleEndian(span);
+                    if (len < Nl.NlMsgHdrSize || len > span.Length)
+                    {
+                        throw new NetlinkException($"{operation(start)}: malformed reply (message length {len} in {span.Length} bytes)");
+                    }
+                    offset += MessageBuilder.Align(len);
+                    uint index = unchecked(BinaryPrimitives.ReadUInt32LittleEndian(span[8..]) - first);
+                    uint pid = BinaryPrimitives.ReadUInt32LittleEndian(span[12..]);
+                    if (BinaryPrimitives.ReadUInt16LittleEndian(span[4..]) != Nl.NLMSG_ERROR || index >= (uint)count || (pid != portId && pid != 0))
+                    {
+                        continue; // not an acknowledgement of this batch
+                    }
+                    var payload = span[Nl.NlMsgHdrSize..len];
+                    int error = BinaryPrimitives.ReadInt32LittleEndian(payload);
+                    if (error != 0)
+                    {
+                        results[start + (int)index] = new NetlinkException(operation(start + (int)index), -error,
+                            ExtAckMessage(payload, BinaryPrimitives.ReadUInt16LittleEndian(span[6..])));
+                    }
+                    lastAnswered |= index == (uint)(count - 1);
+                }
+            }
+        }
+        return results;
+    }
+
     /// <summary>Sends a request that answers with messages (a get or a dump) and returns them all.</summary>
     public List<NetlinkMessage> Query(MessageBuilder request, string operation)
     {
@@ -118,6 +183,12 @@ public sealed unsafe class NetlinkSocket : IDisposable
             bytes = copy;
         }
 
+        SendRaw(bytes, operation);
+        return s;
+    }
+
+    private void SendRaw(ReadOnlySpan<byte> bytes, string operation)
+    {
         fixed (byte* p = bytes)
         {
             var dest = new SockAddrNl { Family = (ushort)AF_NETLINK };
@@ -136,8 +207,6 @@ public sealed unsafe class NetlinkSocket : IDisposable
                 }
             }
         }
-
-        return s;
     }
 
     private IEnumerable<NetlinkMessage> Receive(uint expectSeq, string operation, bool untilDone)

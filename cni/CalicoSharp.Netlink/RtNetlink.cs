@@ -219,6 +219,30 @@ public sealed class RtNetlink : IDisposable
         return RequestIfPresent(RouteMessage(Rt.RTM_DELROUTE, Nl.NLM_F_REQUEST, route), $"deleting route {route}", e => e.NotFound);
     }
 
+    /// <summary>Replaces or deletes many routes, <see cref="NetlinkSocket.BatchSize"/> per system call; returns per
+    /// change null or its error (deleting a route that is not there is not one).</summary>
+    public NetlinkException?[] ApplyRoutes(IReadOnlyList<(Route Route, bool Delete)> changes)
+    {
+        ArgumentNullException.ThrowIfNull(changes);
+        var messages = new MessageBuilder[changes.Count];
+        for (int i = 0; i < changes.Count; i++)
+        {
+            (Route r, bool delete) = changes[i];
+            messages[i] = delete
+                ? RouteMessage(Rt.RTM_DELROUTE, Nl.NLM_F_REQUEST, r)
+                : RouteMessage(Rt.RTM_NEWROUTE, (ushort)(Nl.NLM_F_REQUEST | Nl.NLM_F_CREATE | Nl.NLM_F_REPLACE), r);
+        }
+        NetlinkException?[] errors = socket.RequestMany(messages, i => $"{(changes[i].Delete ? "deleting" : "replacing")} route {changes[i].Route}");
+        for (int i = 0; i < errors.Length; i++)
+        {
+            if (changes[i].Delete && errors[i] is { NotFound: true })
+            {
+                errors[i] = null;
+            }
+        }
+        return errors;
+    }
+
     /// <summary>Routes of one family, optionally of one table (0: all tables).</summary>
     public List<Route> ListRoutes(AddressFamily family, uint table = Rt.RT_TABLE_MAIN)
     {

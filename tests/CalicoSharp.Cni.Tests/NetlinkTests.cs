@@ -99,6 +99,30 @@ public sealed class NetlinkTests : IDisposable
     }
 
     [Fact]
+    public void Many_routes_in_batches_each_with_its_own_answer()
+    {
+        var a = Veth("vetha5", "vethb5", "10.90.5.1");
+        // 100 routes (four system calls), one of them through a gateway no link reaches.
+        var changes = Enumerable.Range(0, 100).Select(i => (new Route
+        {
+            Destination = IPAddress.Parse($"10.94.{i}.0"),
+            PrefixLength = 24,
+            Protocol = 80,
+            Gateway = IPAddress.Parse(i == 41 ? "10.250.0.1" : "10.90.5.2"),
+        }, false)).ToList();
+        NetlinkException?[] errors = nl.ApplyRoutes(changes);
+        Assert.Equal(100, errors.Length);
+        Assert.Equal([41], errors.Select((e, i) => (e, i)).Where(x => x.e is not null).Select(x => x.i));
+        Assert.Contains("10.94.41.0/24", errors[41]!.Message, StringComparison.Ordinal);
+        Assert.Equal(99, nl.ListRoutes(AddressFamily.InterNetwork).Count(r => r.Protocol == 80 && r.OutIndex == a.Index));
+
+        // Deleting all 100: the one never added is not an error.
+        errors = nl.ApplyRoutes([.. changes.Select(c => (c.Item1, true))]);
+        Assert.All(errors, Assert.Null);
+        Assert.DoesNotContain(nl.ListRoutes(AddressFamily.InterNetwork), r => r.Protocol == 80);
+    }
+
+    [Fact]
     public void Neighbours_and_sysctls_in_the_namespace()
     {
         var a = Veth("vetha4", "vethb4", "10.90.4.1");
