@@ -28,7 +28,8 @@ internal static class BgpdBench
         using NetNs ns2 = NetNs.Open(n2.Netns.Path);
         using RtNetlink nl = RtNetlink.Open(ns2);
         var samples = new List<double>();
-        for (int i = 0; i < claims; i++)
+        // Claim -1 warms up this process (JIT of the IPAM client: ~140 ms, not bgpd's time) and is not counted.
+        for (int i = -1; i < claims; i++)
         {
             var sw = Stopwatch.StartNew();
             IReadOnlyList<AssignedAddress> got = await lab.Ipam.AutoAssignAsync(new AutoAssignRequest
@@ -52,9 +53,14 @@ internal static class BgpdBench
                 }
                 await Task.Delay(1).ConfigureAwait(false);
             }
-            samples.Add(sw.Elapsed.TotalMilliseconds);
+            if (i >= 0)
+            {
+                samples.Add(sw.Elapsed.TotalMilliseconds);
+            }
         }
+        string slowest = string.Join(", ", samples.Select((ms, i) => (ms, i)).OrderByDescending(x => x.ms).Take(3).Select(x => string.Create(CultureInfo.InvariantCulture, $"claim {x.i}: {x.ms:0.0} ms")));
         samples.Sort();
+        o.WriteLine($"slowest: {slowest}");
         o.WriteLine(string.Create(CultureInfo.InvariantCulture,
             $"convergence: p50 {samples[samples.Count / 2]:0.0} ms, p99 {samples[Math.Min(samples.Count - 1, (int)(samples.Count * 0.99))]:0.0} ms, max {samples[^1]:0.0} ms (aim: under 100 ms)"));
         string status = File.ReadAllText($"/proc/{n1.Bgpd!.Id}/status");
