@@ -410,17 +410,22 @@ public sealed class Daemon : IAsyncDisposable
         }
         foreach (PeerResource r in c.Peers)
         {
-            bool forMe = r.Node is not null ? r.Node == NodeName
-                : r.NodeSelector is not null ? Selector.Parse(r.NodeSelector).Matches(myLabels)
-                : true;
-            if (!forMe || r.AsNumber == 0 && r.PeerSelector is null)
+            bool Selected(string name, IReadOnlyDictionary<string, string> labels) => r.Node is not null ? r.Node == name
+                : r.NodeSelector is null || Selector.Parse(r.NodeSelector).Matches(labels);
+            (string, uint, bool) ToNode(NodeInfo n) => (n.Ipv4!.ToString(), n.AsNumber ?? c.AsNumber ?? 64512, iAmReflector && n.ClusterId is null);
+            var targets = new List<(string Ip, uint As, bool Client)>();
+            if (Selected(NodeName, myLabels))
             {
-                continue;
+                targets.AddRange(r.PeerSelector is { } sel
+                    ? c.Nodes.Where(n => n.Name != NodeName && n.Ipv4 is not null && Selector.Parse(sel).Matches(n.Labels)).Select(ToNode)
+                    : r.PeerIP is { } peerIp && r.AsNumber != 0 ? [(peerIp, r.AsNumber, false)] : []);
             }
-            IEnumerable<(string Ip, uint As, bool Client)> targets = r.PeerSelector is { } sel
-                ? c.Nodes.Where(n => n.Name != NodeName && Selector.Parse(sel).Matches(n.Labels) && n.Ipv4 is not null)
-                    .Select(n => (n.Ipv4!.ToString(), n.AsNumber ?? c.AsNumber ?? 64512, iAmReflector && n.ClusterId is null))
-                : r.PeerIP is { } peerIp ? [(peerIp, r.AsNumber, false)] : [];
+            // The other end: a bgppeer whose peerSelector picks this node makes the nodes it applies to peers of
+            // this node too (Calico configures both ends, e.g. route reflectors and their clients).
+            if (r.PeerSelector is { } mine && Selector.Parse(mine).Matches(myLabels))
+            {
+                targets.AddRange(c.Nodes.Where(n => n.Name != NodeName && n.Ipv4 is not null && Selected(n.Name, n.Labels)).Select(ToNode));
+            }
             foreach ((string ip, uint asn, bool client) in targets)
             {
                 Add(ToPeerConfig(new PeerSpec

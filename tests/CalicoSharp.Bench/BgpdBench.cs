@@ -23,7 +23,7 @@ internal static class BgpdBench
         await lab.Ipam.AddPoolAsync(new PoolRequest { Cidr = "10.250.0.0/16", Name = "bench-32", BlockSize = 32 }).ConfigureAwait(false);
         await lab.Ipam.ConfigureAsync(strictAffinity: null, maxBlocksPerHost: claims + 10).ConfigureAwait(false);
         LabNode n1 = lab.Nodes[0], n2 = lab.Nodes[1];
-        await BgpLab.WaitAsync(() => lab.Bird.Birdc("show protocols").Split('\n').Count(l => l.Contains("Established", StringComparison.Ordinal)) == 2, "sessions", 60, lab.Diagnostics).ConfigureAwait(false);
+        await BgpLab.WaitAsync(() => lab.Bird!.Birdc("show protocols").Split('\n').Count(l => l.Contains("Established", StringComparison.Ordinal)) == 2, "sessions", 60, lab.Diagnostics).ConfigureAwait(false);
         await Task.Delay(2000).ConfigureAwait(false);
         using NetNs ns2 = NetNs.Open(n2.Netns.Path);
         using RtNetlink nl = RtNetlink.Open(ns2);

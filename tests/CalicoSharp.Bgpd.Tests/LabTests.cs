@@ -43,11 +43,65 @@ public class LabTests
     }
 }
 
+/// <summary>The node-to-node models on one L2 segment (no BGP on the switch): Calico's full mesh, and a node as route reflector.</summary>
+[Trait("Category", "Privileged")]
+public class NodePeeringTests
+{
+    private static async Task<System.Text.Json.JsonElement> PeersAsync(BgpLab lab, LabNode n)
+    {
+        ProcessResult r = await ProcessRunner.RunDllAsync(RepoPaths.ProjectDll("ipam/calicosharpctl", "calicosharpctl"),
+            ["node", "status", "--bgpd-socket", n.ApiSocket, "-o", "json"], TimeSpan.FromSeconds(30));
+        Assert.True(r.ExitCode == 0, r.Stderr);
+        using var d = System.Text.Json.JsonDocument.Parse(r.Stdout);
+        return d.RootElement.GetProperty("peers").Clone();
+    }
+
+    [Theory]
+    [InlineData(TorModel.NodeMesh)]
+    [InlineData(TorModel.NodeRouteReflector)]
+    public async Task Pods_talk_across_nodes_that_peer_with_each_other(TorModel model)
+    {
+        await using BgpLab lab = await BgpLab.StartAsync(model);
+        LabNode n1 = lab.Nodes[0], n2 = lab.Nodes[1], n3 = lab.Nodes[2];
+        LabPod a = await lab.AddPodAsync(n1, "pod-a");
+        LabPod b = await lab.AddPodAsync(n2, "pod-b");
+        LabPod c = await lab.AddPodAsync(n3, "pod-c");
+        string Block(LabPod p) => IpNet.Enclosing(System.Net.IPAddress.Parse(p.Address), 26).ToString();
+        // Each block reaches the other nodes with its owner's address as the next hop (iBGP keeps it; a
+        // reflector does not change it), on the shared segment.
+        foreach (LabNode at in lab.Nodes)
+        {
+            foreach (LabPod p in new[] { a, b, c }.Where(p => p.Node != at))
+            {
+                await BgpLab.WaitAsync(() => BgpLab.KernelRoutes(at).Contains($"{Block(p)} via {p.Node.Address}", StringComparison.Ordinal),
+                    $"{p.Node.Name}'s block on {at.Name}", 60, lab.Diagnostics);
+            }
+        }
+        Assert.True(await BgpLab.TcpExchangeAsync(b, c), lab.Diagnostics());
+        Assert.True(await BgpLab.TcpExchangeAsync(c, a), lab.Diagnostics());
+
+        // Who peers with whom: everyone with everyone, or the clients with the reflector only.
+        var expected = model == TorModel.NodeMesh
+            ? new Dictionary<LabNode, string[]> { [n1] = [n2.Address, n3.Address], [n2] = [n1.Address, n3.Address], [n3] = [n1.Address, n2.Address] }
+            : new Dictionary<LabNode, string[]> { [n1] = [n2.Address, n3.Address], [n2] = [n1.Address], [n3] = [n1.Address] };
+        foreach ((LabNode n, string[] peers) in expected)
+        {
+            System.Text.Json.JsonElement got = await PeersAsync(lab, n);
+            Assert.Equal(peers.Order(), got.EnumerateArray().Select(p => p.GetProperty("address").GetString()!).Order());
+            Assert.All(got.EnumerateArray(), p => Assert.Equal("Established", p.GetProperty("state").GetString()));
+            if (model == TorModel.NodeRouteReflector && n == n1)
+            {
+                Assert.All(got.EnumerateArray(), p => Assert.Contains("route reflector client", p.GetProperty("type").GetString(), StringComparison.Ordinal));
+            }
+        }
+    }
+}
+
 [Trait("Category", "Privileged")]
 public class LabFailureTests
 {
     private static bool Established(BgpLab lab, LabNode n) =>
-        lab.Bird.Birdc($"show protocols node{n.Index}").Contains("Established", StringComparison.Ordinal);
+        lab.Bird!.Birdc($"show protocols node{n.Index}").Contains("Established", StringComparison.Ordinal);
 
     [Fact]
     public async Task Sigkill_keeps_routes_until_restart_and_the_restarted_bgpd_leaves_nothing_stale()
@@ -68,7 +122,7 @@ public class LabFailureTests
         await Task.Delay(2000);
         Assert.Contains($"{blockA} via", BgpLab.KernelRoutes(n2), StringComparison.Ordinal);
         Assert.Contains("blackhole", BgpLab.KernelRoutes(n1), StringComparison.Ordinal);
-        Assert.Contains(blockA, lab.Bird.Birdc($"show route protocol node1"), StringComparison.Ordinal);
+        Assert.Contains(blockA, lab.Bird!.Birdc($"show route protocol node1"), StringComparison.Ordinal);
         Assert.True(await BgpLab.TcpExchangeAsync(b, a), lab.Diagnostics());
         // Something the old run left that nobody announces any more: the restarted bgpd must remove it.
         TestNetns.Ip("-n", n1.Netns.Name, "route", "add", "10.244.250.0/26", "via", n1.TorAddress, "proto", "81");
@@ -100,14 +154,14 @@ public class LabFailureTests
     {
         await using BgpLab lab = await BgpLab.StartAsync(TorModel.AsPerRack, 2);
         await BgpLab.WaitAsync(() => lab.Nodes.All(n => Established(lab, n)), "every session", 30, lab.Diagnostics);
-        string before = lab.Bird.Birdc("show protocols");
+        string before = lab.Bird!.Birdc("show protocols");
         lab.Etcd.Stop();
         await Task.Delay(4000);
         lab.Etcd.Launch();
         await Task.Delay(3000);
         Assert.True(lab.Nodes.All(n => Established(lab, n)), lab.Diagnostics());
         // Same "since" times: no session flapped.
-        Assert.Equal(before.Split('\n').Where(l => l.StartsWith("node", StringComparison.Ordinal)), lab.Bird.Birdc("show protocols").Split('\n').Where(l => l.StartsWith("node", StringComparison.Ordinal)));
+        Assert.Equal(before.Split('\n').Where(l => l.StartsWith("node", StringComparison.Ordinal)), lab.Bird!.Birdc("show protocols").Split('\n').Where(l => l.StartsWith("node", StringComparison.Ordinal)));
         Assert.Contains(File.ReadAllLines(lab.Nodes[0].LogFile), l => l.Contains("etcd:", StringComparison.Ordinal) && l.Contains("keeping the last known configuration", StringComparison.Ordinal));
     }
 }

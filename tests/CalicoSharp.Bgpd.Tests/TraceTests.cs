@@ -111,7 +111,7 @@ public sealed class TraceTests(TraceLab f) : IClassFixture<TraceLab>
     {
         LabNode n1 = f.Lab.Nodes[0];
         // The ToR stops sending node1 anything: node2's block is withdrawn at node1.
-        f.Lab.Bird.Birdc($"disable node{n1.Index}");
+        f.Lab.Bird!.Birdc($"disable node{n1.Index}");
         try
         {
             await f.WaitForBlockAsync(n1, f.B, present: false);
@@ -123,7 +123,7 @@ public sealed class TraceTests(TraceLab f) : IClassFixture<TraceLab>
         }
         finally
         {
-            f.Lab.Bird.Birdc($"enable node{n1.Index}");
+            f.Lab.Bird!.Birdc($"enable node{n1.Index}");
             await f.WaitForBlockAsync(n1, f.B, present: true);
         }
     }

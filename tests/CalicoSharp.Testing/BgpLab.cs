@@ -14,6 +14,12 @@ public enum TorModel
 
     /// <summary>iBGP: nodes and ToR share the rack's AS; the ToR reflects routes with next hop self.</summary>
     AsPerRack,
+
+    /// <summary>No BGP on the switch (a plain L2 segment): Calico's default full iBGP mesh between the nodes.</summary>
+    NodeMesh,
+
+    /// <summary>A plain L2 segment, mesh off: node1 (label route-reflector, a cluster id) reflects for the others.</summary>
+    NodeRouteReflector,
 }
 
 /// <summary>A pod the CNI plugin wired: its namespace and address.</summary>
@@ -22,11 +28,14 @@ public sealed record LabPod(string Name, LabNode Node, TestNetns Netns, string A
 /// <summary>One node namespace, its link to the ToR and its bgpd.</summary>
 public sealed class LabNode
 {
-    internal LabNode(int index, TestNetns netns, uint asn)
+    internal LabNode(int index, TestNetns netns, uint asn, bool sharedSegment)
     {
         Index = index;
         Netns = netns;
         As = asn;
+        Address = sharedSegment ? $"172.30.0.{10 + index}" : $"172.30.{index}.2";
+        PrefixLength = sharedSegment ? 24 : 30;
+        TorAddress = sharedSegment ? "" : $"172.30.{index}.1";
     }
 
     public int Index { get; }
@@ -35,9 +44,13 @@ public sealed class LabNode
 
     public TestNetns Netns { get; }
 
-    public string Address => $"172.30.{Index}.2";
+    /// <summary>The node's address: on its own /30 to the ToR, or on the shared /24 segment of the mesh models.</summary>
+    public string Address { get; }
 
-    public string TorAddress => $"172.30.{Index}.1";
+    public int PrefixLength { get; }
+
+    /// <summary>The ToR's end of the node's link; empty on a shared segment (no BGP on the switch).</summary>
+    public string TorAddress { get; }
 
     public uint As { get; }
 
@@ -86,7 +99,8 @@ public sealed class BgpLab : IAsyncDisposable
 
     public TestNetns Tor { get; private set; } = null!;
 
-    public BirdProcess Bird { get; private set; } = null!;
+    /// <summary>The ToR's BIRD; null in the models without BGP on the switch.</summary>
+    public BirdProcess? Bird { get; private set; }
 
     public List<LabNode> Nodes { get; } = [];
 
@@ -111,10 +125,27 @@ public sealed class BgpLab : IAsyncDisposable
                 $$$"""{"kind":"BGPConfiguration","apiVersion":"projectcalico.org/v3","metadata":{"name":"default"},"spec":{"asNumber":{{{RackAs}}},"nodeToNodeMeshEnabled":false,"logSeverityScreen":"Info"}}""").ConfigureAwait(false);
             lab.Tor = TestNetns.Create(lab.Prefix + "-tor");
             Sysctl(lab.Tor, "net.ipv4.ip_forward=1");
+            bool segment = model is TorModel.NodeMesh or TorModel.NodeRouteReflector;
+            if (segment)
+            {
+                // The switch is a bridge: the nodes share one L2 segment and peer with each other.
+                TestNetns.Ip("-n", lab.Tor.Name, "link", "add", "br0", "type", "bridge");
+                TestNetns.Ip("-n", lab.Tor.Name, "link", "set", "br0", "up");
+                await lab.PutAsync("/calico/resources/v3/projectcalico.org/bgpconfigurations/default",
+                    $$$"""{"kind":"BGPConfiguration","apiVersion":"projectcalico.org/v3","metadata":{"name":"default"},"spec":{"asNumber":{{{RackAs}}},"nodeToNodeMeshEnabled":{{{(model == TorModel.NodeMesh ? "true" : "false")}}}}}""").ConfigureAwait(false);
+            }
+            if (model == TorModel.NodeRouteReflector)
+            {
+                // Calico's route reflector recipe: label the reflector, give it a cluster id, one bgppeer.
+                await lab.PutAsync("/calico/resources/v3/projectcalico.org/nodes/node1",
+                    """{"kind":"Node","apiVersion":"projectcalico.org/v3","metadata":{"name":"node1","labels":{"route-reflector":"true"}},"spec":{"bgp":{"routeReflectorClusterID":"244.0.0.1"}}}""").ConfigureAwait(false);
+                await lab.PutAsync("/calico/resources/v3/projectcalico.org/bgppeers/peer-with-route-reflectors",
+                    """{"kind":"BGPPeer","apiVersion":"projectcalico.org/v3","metadata":{"name":"peer-with-route-reflectors"},"spec":{"nodeSelector":"!has(route-reflector)","peerSelector":"has(route-reflector)"}}""").ConfigureAwait(false);
+            }
             for (int i = 1; i <= nodes; i++)
             {
                 uint asn = model == TorModel.AsPerComputeServer ? 65000u + (uint)i : RackAs;
-                var node = new LabNode(i, TestNetns.Create($"{lab.Prefix}-node{i}"), asn)
+                var node = new LabNode(i, TestNetns.Create($"{lab.Prefix}-node{i}"), asn, segment)
                 {
                     LogFile = Path.Combine(lab.Directory, $"bgpd-node{i}.log"),
                     StateDir = Path.Combine(lab.Directory, $"state-node{i}"),
@@ -124,15 +155,29 @@ public sealed class BgpLab : IAsyncDisposable
                 string torIf = $"{lab.Prefix}t{i}";
                 string nodeIf = $"{lab.Prefix}n{i}";
                 TestNetns.Ip("link", "add", torIf, "netns", lab.Tor.Name, "type", "veth", "peer", "name", nodeIf, "netns", node.Netns.Name);
-                TestNetns.Ip("-n", lab.Tor.Name, "addr", "add", node.TorAddress + "/30", "dev", torIf);
-                TestNetns.Ip("-n", node.Netns.Name, "addr", "add", node.Address + "/30", "dev", nodeIf);
+                if (segment)
+                {
+                    TestNetns.Ip("-n", lab.Tor.Name, "link", "set", torIf, "master", "br0");
+                }
+                else
+                {
+                    TestNetns.Ip("-n", lab.Tor.Name, "addr", "add", node.TorAddress + "/30", "dev", torIf);
+                }
+                TestNetns.Ip("-n", node.Netns.Name, "addr", "add", $"{node.Address}/{node.PrefixLength}", "dev", nodeIf);
                 TestNetns.Ip("-n", lab.Tor.Name, "link", "set", torIf, "up");
                 TestNetns.Ip("-n", node.Netns.Name, "link", "set", nodeIf, "up");
                 Sysctl(node.Netns, "net.ipv4.ip_forward=1");
+                if (segment)
+                {
+                    continue;
+                }
                 await lab.PutAsync($"/calico/resources/v3/projectcalico.org/bgppeers/tor-node{i}",
                     $$$"""{"kind":"BGPPeer","apiVersion":"projectcalico.org/v3","metadata":{"name":"tor-node{{{i}}}"},"spec":{"node":"node{{{i}}}","peerIP":"{{{node.TorAddress}}}","asNumber":{{{(model == TorModel.AsPerComputeServer ? TorAsPerCompute : RackAs)}}}{{{lab.PeerSpecExtra?.Invoke(node) ?? ""}}}}}""").ConfigureAwait(false);
             }
-            lab.Bird = BirdProcess.Start(lab.Tor.Name, lab.TorConfig());
+            if (!segment)
+            {
+                lab.Bird = BirdProcess.Start(lab.Tor.Name, lab.TorConfig());
+            }
             if (startBgpd)
             {
                 foreach (LabNode n in lab.Nodes)
@@ -214,7 +259,7 @@ public sealed class BgpLab : IAsyncDisposable
         var psi = new ProcessStartInfo("ip") { UseShellExecute = false, RedirectStandardError = true, RedirectStandardOutput = true };
         foreach (string a in new[] { "netns", "exec", n.Netns.Name }.Concat(BgpdCommand).Concat(
         [
-            "--node-name", n.Name, "--ipv4-address", n.Address + "/30", "--etcd-endpoints", Etcd.UnixEndpoint, "--log-level", "debug",
+            "--node-name", n.Name, "--ipv4-address", $"{n.Address}/{n.PrefixLength}", "--etcd-endpoints", Etcd.UnixEndpoint, "--log-level", "debug",
             "--api-socket", n.ApiSocket, "--metrics-address", LabNode.MetricsAddress,
         ]).Concat(Model == TorModel.AsPerComputeServer ? ["--as", n.As.ToString(CultureInfo.InvariantCulture)] : []).Concat(extra))
         {
@@ -353,7 +398,7 @@ public sealed class BgpLab : IAsyncDisposable
             }
         }
         sb.AppendLine(CultureInfo.InvariantCulture, $"--- tor routes:\n{TestNetns.Ip("-n", Tor.Name, "route")}");
-        sb.AppendLine(Bird.Birdc("show protocols"));
+        sb.AppendLine(Bird?.Birdc("show protocols"));
         return sb.ToString();
     }
 

@@ -145,7 +145,7 @@ public sealed class LabDemo(DemoTools tools, TextWriter output)
         await CtlAsync(["node", "status", "--bgpd-socket", node1.ApiSocket], ct).ConfigureAwait(false);
 
         Title("The ToR's routes (BIRD): each node's block, learned from that node");
-        Show("birdc show route", lab.Bird.Birdc("show route"));
+        Show("birdc show route", lab.Bird!.Birdc("show route"));
 
         Title($"{node1.Name}'s kernel routes: its own block blackholed, the others via the ToR (proto 81 = calicosharp), /32s to its pods");
         Show($"ip -n {node1.Netns.Name} route", TestNetns.Ip("-n", node1.Netns.Name, "route"));
