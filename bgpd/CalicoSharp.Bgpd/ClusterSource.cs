@@ -10,7 +10,20 @@ public sealed record NodeInfo(string Name, IPAddress? Ipv4, IPAddress? Ipv6, uin
 
 /// <summary>A bgppeers resource (Calico's spec fields).</summary>
 public sealed record PeerResource(string Name, string? PeerIP, uint AsNumber, string? Node, string? NodeSelector, string? PeerSelector,
-    string? KeepaliveTime, string? MaxRestartTime, string? Password, int? TtlSecurity);
+    string? KeepaliveTime, string? MaxRestartTime, string? Password, int? TtlSecurity)
+{
+    /// <summary>Calico's <c>password: {secretKeyRef: {name, key}}</c>: the password is in a secret, read from a file.</summary>
+    public SecretRef? PasswordSecret { get; init; }
+}
+
+/// <summary>A Kubernetes-style secret reference (a secret's name and one of its keys).</summary>
+public sealed record SecretRef(string Name, string Key)
+{
+    /// <summary>A secret name or key as Kubernetes allows them (letters, digits, '-', '_', '.'; not "." or ".."),
+    /// so it can name a file without leaving the secrets folder.</summary>
+    public static bool IsValidPart(string s) => s.Length is > 0 and <= 253 && s is not "." and not ".."
+        && s.All(ch => char.IsAsciiLetterOrDigit(ch) || ch is '-' or '_' or '.');
+}
 
 /// <summary>One consistent read of everything bgpd follows in etcd.</summary>
 public sealed record ClusterSnapshot(
@@ -88,9 +101,11 @@ public sealed class EtcdClusterSource
                 continue;
             }
             string? password = spec.TryGetProperty("password", out JsonElement pw) && pw.ValueKind == JsonValueKind.String ? pw.GetString() : null;
+            SecretRef? secret = pw.ValueKind == JsonValueKind.Object && pw.TryGetProperty("secretKeyRef", out JsonElement sr)
+                ? new SecretRef(Str(sr, "name") ?? "", Str(sr, "key") ?? "") : null;
             peers.Add(new PeerResource(e.Key[BgpPeers.Length..], Str(spec, "peerIP"), UInt(spec, "asNumber") ?? 0, Str(spec, "node"),
                 Str(spec, "nodeSelector"), Str(spec, "peerSelector"), Str(spec, "keepaliveTime"), Str(spec, "maxRestartTime"), password,
-                spec.TryGetProperty("ttlSecurity", out JsonElement ttl) && ttl.TryGetInt32(out int t) ? t : null));
+                spec.TryGetProperty("ttlSecurity", out JsonElement ttl) && ttl.TryGetInt32(out int t) ? t : null) { PasswordSecret = secret });
         }
         var nodes = new List<NodeInfo>();
         foreach (KvEntry e in r[2])

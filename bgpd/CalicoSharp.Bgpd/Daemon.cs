@@ -53,6 +53,11 @@ public sealed class DaemonOptions
     public TimeSpan PollInterval { get; init; } = TimeSpan.FromSeconds(1);
 
     public TimeSpan ReconcileInterval { get; init; } = TimeSpan.FromSeconds(10);
+
+    public const string DefaultSecretsDirectory = "/etc/calicosharp/secrets";
+
+    /// <summary>Where a bgppeer's password secretKeyRef {name, key} is read: &lt;dir&gt;/&lt;name&gt;/&lt;key&gt;.</summary>
+    public string SecretsDirectory { get; init; } = DefaultSecretsDirectory;
 }
 
 /// <summary>
@@ -426,6 +431,11 @@ public sealed class Daemon : IAsyncDisposable
             {
                 targets.AddRange(c.Nodes.Where(n => n.Name != NodeName && n.Ipv4 is not null && Selected(n.Name, n.Labels)).Select(ToNode));
             }
+            string? password = r.Password;
+            if (r.PasswordSecret is { } secret && targets.Count > 0 && (password = ReadSecret(secret, r.Name)) is null)
+            {
+                continue; // without its password the session could not come up; ReadSecret said why
+            }
             foreach ((string ip, uint asn, bool client) in targets)
             {
                 Add(ToPeerConfig(new PeerSpec
@@ -435,7 +445,7 @@ public sealed class Daemon : IAsyncDisposable
                     AsNumber = asn,
                     KeepaliveTime = r.KeepaliveTime,
                     MaxRestartTime = r.MaxRestartTime,
-                    Password = r.Password,
+                    Password = password,
                     TtlSecurity = r.TtlSecurity,
                     RouteReflectorClient = client,
                 }));
@@ -459,6 +469,42 @@ public sealed class Daemon : IAsyncDisposable
             }
         }
         return result;
+    }
+
+    private readonly HashSet<string> _secretWarnings = [];
+
+    /// <summary>The password a secretKeyRef names (the file's text, without a trailing newline), or null, logged once
+    /// per problem.</summary>
+    private string? ReadSecret(SecretRef secret, string peer)
+    {
+        string? problem = null;
+        string path = Path.Combine(_options.SecretsDirectory, secret.Name, secret.Key);
+        if (!SecretRef.IsValidPart(secret.Name) || !SecretRef.IsValidPart(secret.Key))
+        {
+            problem = $"bgppeer {peer}: password secretKeyRef {{name: '{secret.Name}', key: '{secret.Key}'}} is not a valid secret name and key";
+        }
+        else
+        {
+            try
+            {
+                string text = File.ReadAllText(path).TrimEnd('\r', '\n');
+                if (text.Length is > 0 and <= 80)
+                {
+                    _secretWarnings.RemoveWhere(w => w.StartsWith($"bgppeer {peer}:", StringComparison.Ordinal));
+                    return text;
+                }
+                problem = $"bgppeer {peer}: the password in {path} must be 1 to 80 characters (TCP MD5), not {text.Length}";
+            }
+            catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+            {
+                problem = $"bgppeer {peer}: cannot read its password from {path}: {e.Message}";
+            }
+        }
+        if (_secretWarnings.Add(problem))
+        {
+            _log(BgpLogLevel.Error, problem + "; the peer is left out until it can be read");
+        }
+        return null;
     }
 
     private static int Compare(IPAddress a, IPAddress b) => a.GetAddressBytes().AsSpan().SequenceCompareTo(b.GetAddressBytes());

@@ -16,13 +16,15 @@ const string Usage = """
       --no-kernel               do not program routes into the kernel (a route server)
       --api-socket <path>       control API (gRPC) Unix socket (default /run/calicosharp/bgpd.sock; "none" turns it off)
       --metrics-address <a:p>   serve Prometheus metrics at http://<a:p>/metrics (default: off)
+      --secrets-dir <dir>       where a bgppeer's password secretKeyRef {name, key} is read: <dir>/<name>/<key>
+                                (default /etc/calicosharp/secrets, e.g. a mounted Kubernetes secret)
       --log-level <level>       debug, info (default), warning, error
     """;
 string? config = null, node = Environment.GetEnvironmentVariable("NODENAME"), ip4 = Environment.GetEnvironmentVariable("IP"),
     ip6 = Environment.GetEnvironmentVariable("IP6"), asText = Environment.GetEnvironmentVariable("AS"),
     etcd = Environment.GetEnvironmentVariable(EtcdOptions.EnvironmentVariable);
 bool kernel = true;
-string? apiSocket = ControlApi.DefaultSocket, metrics = null;
+string? apiSocket = ControlApi.DefaultSocket, metrics = null, secrets = null;
 BgpLogLevel level = BgpLogLevel.Info;
 for (int i = 0; i < args.Length; i++)
 {
@@ -38,6 +40,7 @@ for (int i = 0; i < args.Length; i++)
         case "--no-kernel": kernel = false; break;
         case "--api-socket": apiSocket = Next(); break;
         case "--metrics-address": metrics = Next(); break;
+        case "--secrets-dir": secrets = Next(); break;
         case "--log-level":
             if (!Enum.TryParse(Next(), true, out level))
             {
@@ -77,6 +80,7 @@ try
         AsNumber = asn,
         EtcdEndpoints = string.IsNullOrEmpty(etcd) ? [] : EtcdOptions.ParseEndpoints(etcd),
         Kernel = kernel,
+        SecretsDirectory = secrets ?? DaemonOptions.DefaultSecretsDirectory,
     }, log.Write);
     await daemon.StartAsync().ConfigureAwait(false);
     if (apiSocket is not "none" and not "" || metrics is not null)

@@ -139,14 +139,39 @@ public class LabFailureTests
     [Fact]
     public async Task Md5_session_with_bird_works_and_a_wrong_password_does_not()
     {
-        await using BgpLab lab = await BgpLab.StartAsync(TorModel.AsPerComputeServer, 2, l =>
+        // node1: the password in the bgppeer; node2: a wrong one; node3: Calico's secretKeyRef, read from a file.
+        await using BgpLab lab = await BgpLab.StartAsync(TorModel.AsPerComputeServer, 3, l =>
         {
             l.TorPeerExtra = _ => "password \"lab-secret\";";
-            l.PeerSpecExtra = n => n.Index == 1 ? ",\"password\":\"lab-secret\"" : ",\"password\":\"wrong-secret\"";
+            l.PeerSpecExtra = n => n.Index switch
+            {
+                1 => ",\"password\":\"lab-secret\"",
+                2 => ",\"password\":\"wrong-secret\"",
+                _ => ",\"password\":{\"secretKeyRef\":{\"name\":\"bgp-secrets\",\"key\":\"tor-password\"}}",
+            };
+            Directory.CreateDirectory(Path.Combine(l.SecretsDirectory, "bgp-secrets"));
+            File.WriteAllText(Path.Combine(l.SecretsDirectory, "bgp-secrets", "tor-password"), "lab-secret\n");
         });
-        await BgpLab.WaitAsync(() => Established(lab, lab.Nodes[0]), "the MD5 session of node1", 30, lab.Diagnostics);
+        await BgpLab.WaitAsync(() => Established(lab, lab.Nodes[0]) && Established(lab, lab.Nodes[2]), "the MD5 sessions of node1 and node3", 30, lab.Diagnostics);
         await Task.Delay(5000);
         Assert.False(Established(lab, lab.Nodes[1]), lab.Diagnostics());
+    }
+
+    [Fact]
+    public async Task A_password_secret_that_cannot_be_read_leaves_the_peer_out_and_says_why()
+    {
+        await using BgpLab lab = await BgpLab.StartAsync(TorModel.AsPerComputeServer, 1, l =>
+        {
+            l.TorPeerExtra = _ => "password \"lab-secret\";";
+            l.PeerSpecExtra = _ => ",\"password\":{\"secretKeyRef\":{\"name\":\"bgp-secrets\",\"key\":\"missing\"}}";
+        });
+        string path = Path.Combine(lab.SecretsDirectory, "bgp-secrets", "missing");
+        await BgpLab.WaitAsync(() => File.ReadAllText(lab.Nodes[0].LogFile).Contains($"cannot read its password from {path}", StringComparison.Ordinal),
+            "the error naming the file", 30, lab.Diagnostics);
+        // Once the secret appears, the peer comes up.
+        Directory.CreateDirectory(Path.GetDirectoryName(path)!);
+        File.WriteAllText(path, "lab-secret");
+        await BgpLab.WaitAsync(() => Established(lab, lab.Nodes[0]), "the session once the secret is there", 30, lab.Diagnostics);
     }
 
     [Fact]

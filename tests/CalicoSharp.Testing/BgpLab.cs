@@ -194,6 +194,9 @@ public sealed class BgpLab : IAsyncDisposable
         }
     }
 
+    /// <summary>bgpd's --secrets-dir: a secretKeyRef {name, key} is the file &lt;this&gt;/&lt;name&gt;/&lt;key&gt;.</summary>
+    public string SecretsDirectory => Path.Combine(Directory, "secrets");
+
     /// <summary>Extra JSON fields for each node's bgppeers spec (starting with a comma).</summary>
     public Func<LabNode, string>? PeerSpecExtra { get; set; }
 
@@ -260,7 +263,7 @@ public sealed class BgpLab : IAsyncDisposable
         foreach (string a in new[] { "netns", "exec", n.Netns.Name }.Concat(BgpdCommand).Concat(
         [
             "--node-name", n.Name, "--ipv4-address", $"{n.Address}/{n.PrefixLength}", "--etcd-endpoints", Etcd.UnixEndpoint, "--log-level", "debug",
-            "--api-socket", n.ApiSocket, "--metrics-address", LabNode.MetricsAddress,
+            "--api-socket", n.ApiSocket, "--metrics-address", LabNode.MetricsAddress, "--secrets-dir", SecretsDirectory,
         ]).Concat(Model == TorModel.AsPerComputeServer ? ["--as", n.As.ToString(CultureInfo.InvariantCulture)] : []).Concat(extra))
         {
             psi.ArgumentList.Add(a);
