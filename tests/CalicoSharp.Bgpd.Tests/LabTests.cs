@@ -158,6 +158,21 @@ public class LabFailureTests
     }
 
     [Fact]
+    public async Task Gtsm_session_comes_up_with_a_ttl_255_peer_and_not_with_a_ttl_1_one()
+    {
+        // Both nodes ask for GTSM (ttlSecurity 1: accept only TTL 255 from the directly connected ToR); BIRD
+        // sends TTL 255 to node1 ("ttl security on") and its eBGP default of 1 to node2.
+        await using BgpLab lab = await BgpLab.StartAsync(TorModel.AsPerComputeServer, 2, l =>
+        {
+            l.TorPeerExtra = n => n.Index == 1 ? "ttl security on;" : "";
+            l.PeerSpecExtra = _ => ",\"ttlSecurity\":1";
+        });
+        await BgpLab.WaitAsync(() => Established(lab, lab.Nodes[0]), "the GTSM session of node1", 30, lab.Diagnostics);
+        await Task.Delay(5000);
+        Assert.False(Established(lab, lab.Nodes[1]), lab.Diagnostics());
+    }
+
+    [Fact]
     public async Task A_password_secret_that_cannot_be_read_leaves_the_peer_out_and_says_why()
     {
         await using BgpLab lab = await BgpLab.StartAsync(TorModel.AsPerComputeServer, 1, l =>
