@@ -23,6 +23,12 @@ public interface IRouteTable
     /// <summary>Replaces (or, with Delete, removes) each route; per change null or its error. Deleting a route
     /// that is not there is not an error.</summary>
     NetlinkException?[] Apply(IReadOnlyList<(Route Route, bool Delete)> changes);
+
+    /// <summary>The gateway through which the kernel reaches a BGP next hop: the next hop itself on a connected
+    /// network; else the gateway of the route to it (recursive resolution, as BIRD's "gateway recursive", for
+    /// iBGP peers across a routed fabric), never through a route of <paramref name="protocol"/> itself; null when
+    /// it is unreachable.</summary>
+    IPAddress? Gateway(IPAddress nextHop, byte protocol);
 }
 
 /// <summary>The real table over rtnetlink, in the daemon's network namespace.</summary>
@@ -37,6 +43,15 @@ public sealed class NetlinkRouteTable : IRouteTable, IDisposable
         [.. _nl.ListRoutes(AddressFamily.InterNetwork).Concat(_nl.ListRoutes(AddressFamily.InterNetworkV6)).Where(r => r.Protocol == protocol)];
 
     public NetlinkException?[] Apply(IReadOnlyList<(Route Route, bool Delete)> changes) => _writer.ApplyRoutes(changes);
+
+    public IPAddress? Gateway(IPAddress nextHop, byte protocol) => _nl.GetRoute(nextHop) switch
+    {
+        null => null,
+        { Protocol: var p } when p == protocol => null,
+        { Type: not Rt.RTN_UNICAST } => null,
+        { Gateway: { } via } => via,
+        _ => nextHop,
+    };
 
     /// <summary>/32 and /128 routes through cali* interfaces: the pods the CNI plugin wired on this node.</summary>
     public IReadOnlyList<Prefix> PodHostRoutes()
@@ -74,6 +89,7 @@ public sealed class KernelRouteSync : IDisposable
     private readonly BlockingCollection<List<(Route Route, bool Delete)>> _queue = [];
     private readonly Thread _writer;
     private List<(Route Route, bool Delete)> _pending = [];
+    private readonly Dictionary<IPAddress, IPAddress?> _gateways = [];
     private bool _keepStale;
     private long _operations;
     private long _errors;
@@ -125,7 +141,7 @@ public sealed class KernelRouteSync : IDisposable
         {
             if (_desired.Remove(prefix, out KernelRoute? old) && !_keepStale)
             {
-                _pending.Add((ToRoute(prefix, old), true));
+                _pending.Add((ToRoute(prefix, old, resolve: false)!, true));
             }
             return;
         }
@@ -134,7 +150,21 @@ public sealed class KernelRouteSync : IDisposable
             return;
         }
         _desired[prefix] = route;
-        _pending.Add((ToRoute(prefix, route), false));
+        Write(prefix, route);
+    }
+
+    /// <summary>Queues the kernel form of a desired route; with no reachable next hop, queues its removal.</summary>
+    private void Write(Prefix prefix, KernelRoute route)
+    {
+        if (ToRoute(prefix, route, resolve: true) is { } r)
+        {
+            _pending.Add((r, false));
+        }
+        else
+        {
+            _log(BgpLogLevel.Warning, $"kernel: {prefix} {route}: no next hop is reachable (no route to it); not installed");
+            _pending.Add((ToRoute(prefix, route, resolve: false)!, true));
+        }
     }
 
     /// <summary>Hands the queued changes to the writer thread; a failed write is logged and counted (the reconcile
@@ -187,6 +217,7 @@ public sealed class KernelRouteSync : IDisposable
     public (int Added, int Removed) Reconcile()
     {
         int added = 0, removed = 0;
+        _gateways.Clear(); // next hops are resolved afresh: the routes to them may have changed
         var actual = new Dictionary<Prefix, Route>();
         foreach (Route r in _table.List(Protocol))
         {
@@ -194,9 +225,20 @@ public sealed class KernelRouteSync : IDisposable
         }
         foreach ((Prefix p, KernelRoute want) in _desired)
         {
-            if (!actual.Remove(p, out Route? have) || !Matches(have, want))
+            Route? route = ToRoute(p, want, resolve: true);
+            bool present = actual.Remove(p, out Route? have);
+            if (route is null)
             {
-                _pending.Add((ToRoute(p, want), false));
+                // No next hop is reachable (Set said so): nothing to install, and nothing stale may stay.
+                if (present)
+                {
+                    _pending.Add((have!, true));
+                    removed++;
+                }
+            }
+            else if (!present || !Matches(have!, route))
+            {
+                _pending.Add((route, false));
                 added++;
             }
         }
@@ -219,37 +261,49 @@ public sealed class KernelRouteSync : IDisposable
     private static bool Same(KernelRoute a, KernelRoute b) => a.Blackhole == b.Blackhole
         && a.NextHops.Select(g => g.ToString()).Order(StringComparer.Ordinal).SequenceEqual(b.NextHops.Select(g => g.ToString()).Order(StringComparer.Ordinal));
 
-    private static bool Matches(Route have, KernelRoute want)
+    /// <summary>Whether the kernel's route is the one we would write (type and gateways).</summary>
+    private static bool Matches(Route have, Route want)
     {
-        if (want.Blackhole)
-        {
-            return have.Type == Rt.RTN_BLACKHOLE;
-        }
-        if (have.Type != Rt.RTN_UNICAST)
+        if (have.Type != want.Type)
         {
             return false;
         }
-        IEnumerable<IPAddress?> gws = have.MultiPath.Count > 0 ? have.MultiPath.Select(n => n.Gateway) : [have.Gateway];
-        return gws.Where(g => g is not null).Select(g => g!.ToString()).Order(StringComparer.Ordinal)
-            .SequenceEqual(want.NextHops.Select(g => g.ToString()).Order(StringComparer.Ordinal));
+        static IEnumerable<string> Gateways(Route r) =>
+            (r.MultiPath.Count > 0 ? r.MultiPath.Select(n => n.Gateway) : [r.Gateway]).Where(g => g is not null).Select(g => g!.ToString()).Order(StringComparer.Ordinal);
+        return Gateways(have).SequenceEqual(Gateways(want));
     }
 
-    internal static Route ToRoute(Prefix p, KernelRoute r)
+    /// <summary>The kernel route for a desired one. With <paramref name="resolve"/>, each BGP next hop becomes the
+    /// gateway the kernel reaches it by (null when none is reachable); without, the route has no gateway (enough
+    /// to delete it).</summary>
+    private Route? ToRoute(Prefix p, KernelRoute r, bool resolve)
     {
         if (r.Blackhole)
         {
             return new Route { Destination = p.Address, PrefixLength = p.Length, Protocol = Protocol, Type = Rt.RTN_BLACKHOLE };
         }
-        if (r.NextHops.Count == 1)
+        if (!resolve)
         {
-            return new Route { Destination = p.Address, PrefixLength = p.Length, Protocol = Protocol, Gateway = r.NextHops[0] };
+            return new Route { Destination = p.Address, PrefixLength = p.Length, Protocol = Protocol };
         }
-        return new Route
+        var gateways = new List<IPAddress>(r.NextHops.Count);
+        foreach (IPAddress nh in r.NextHops)
         {
-            Destination = p.Address,
-            PrefixLength = p.Length,
-            Protocol = Protocol,
-            MultiPath = [.. r.NextHops.Select(g => new NextHop(g, 0))],
+            if (!_gateways.TryGetValue(nh, out IPAddress? gw))
+            {
+                gw = _table.Gateway(nh, Protocol);
+                _gateways[nh] = gw;
+            }
+            if (gw is not null && !gateways.Contains(gw))
+            {
+                gateways.Add(gw);
+            }
+        }
+        return gateways.Count switch
+        {
+            0 => null,
+            1 => new Route { Destination = p.Address, PrefixLength = p.Length, Protocol = Protocol, Gateway = gateways[0] },
+            _ => new Route { Destination = p.Address, PrefixLength = p.Length, Protocol = Protocol, MultiPath = [.. gateways.Select(g => new NextHop(g, 0))] },
         };
     }
 }

@@ -172,9 +172,10 @@ internal sealed class Tracer(IpamClient ipam, NodeApis apis, CancellationToken c
 
         // The advertised prefix: the block, or the /32 (/128) of a borrowed address.
         string announced = borrowed ? $"{text}/{(address.AddressFamily == System.Net.Sockets.AddressFamily.InterNetworkV6 ? 128 : 32)}" : ip.Block.ToString();
-        NodeStatus? destStatus = await apis.CallAsync(destNode, (c, o) => c.GetStatusAsync(new StatusRequest(), o).ResponseAsync).ConfigureAwait(false);
         if (sourceNode != destNode)
         {
+            // The destination's identity (router id, AS), to tell whether the source's path really comes from it.
+            NodeStatus? destStatus = await apis.CallAsync(destNode, (c, o) => c.GetStatusAsync(new StatusRequest(), o).ResponseAsync).ConfigureAwait(false);
             await SourceRouteAsync(address, sourceNode!, destNode, ip, announced, destStatus).ConfigureAwait(false);
             if (_hops[^1].Status != HopStatus.Broken)
             {

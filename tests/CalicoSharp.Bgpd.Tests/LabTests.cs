@@ -190,6 +190,29 @@ public class LabFailureTests
     }
 
     [Fact]
+    public async Task A_reflected_next_hop_beyond_the_link_is_resolved_through_the_fabric()
+    {
+        // The ToR reflects without next hop self: node2 learns node1's block with next hop 172.30.1.2, which is
+        // not on its link; bgpd resolves it through node2's fabric route (via its ToR), as BIRD's "gateway recursive".
+        await using BgpLab lab = await BgpLab.StartAsync(TorModel.AsPerRack, 2, l =>
+        {
+            l.TorNextHopSelf = false;
+            l.FabricRoute = true;
+        });
+        LabNode n1 = lab.Nodes[0], n2 = lab.Nodes[1];
+        LabPod a = await lab.AddPodAsync(n1, "pod-a");
+        LabPod b = await lab.AddPodAsync(n2, "pod-b");
+        string blockA = IpNet.Enclosing(System.Net.IPAddress.Parse(a.Address), 26).ToString();
+        await BgpLab.WaitAsync(() => BgpLab.KernelRoutes(n2).Contains($"{blockA} via {n2.TorAddress}", StringComparison.Ordinal),
+            "node1's block on node2, via node2's ToR", 30, lab.Diagnostics);
+        ProcessResult routes = await ProcessRunner.RunDllAsync(RepoPaths.ProjectDll("ipam/calicosharpctl", "calicosharpctl"),
+            ["bgp", "routes", "--prefix", a.Address, "--bgpd-socket", n2.ApiSocket], TimeSpan.FromSeconds(30));
+        Assert.Contains(n1.Address, routes.Stdout, StringComparison.Ordinal); // the BGP next hop stays node1's address
+        Assert.True(await BgpLab.TcpExchangeAsync(b, a), lab.Diagnostics());
+        Assert.True(await BgpLab.TcpExchangeAsync(a, b), lab.Diagnostics());
+    }
+
+    [Fact]
     public async Task Etcd_restart_drops_no_session()
     {
         await using BgpLab lab = await BgpLab.StartAsync(TorModel.AsPerRack, 2);

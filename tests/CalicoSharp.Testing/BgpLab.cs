@@ -109,6 +109,13 @@ public sealed class BgpLab : IAsyncDisposable
 
     public string[] CniCommand { get; set; } = ["dotnet", RepoPaths.ProjectDll("cni/calicosharp", "calicosharp")];
 
+    /// <summary>Whether the ToR sets itself as the next hop of what it passes on (else, as a route reflector does by
+    /// default, the originating node stays the next hop, which the others reach through the fabric route).</summary>
+    public bool TorNextHopSelf { get; set; } = true;
+
+    /// <summary>Give each node a route to every node address (172.30.0.0/16) via its ToR, as a fabric would.</summary>
+    public bool FabricRoute { get; set; }
+
     /// <summary>Extra BIRD config for the ToR protocols (e.g. an MD5 password).</summary>
     public Func<LabNode, string>? TorPeerExtra { get; set; }
 
@@ -167,6 +174,10 @@ public sealed class BgpLab : IAsyncDisposable
                 TestNetns.Ip("-n", lab.Tor.Name, "link", "set", torIf, "up");
                 TestNetns.Ip("-n", node.Netns.Name, "link", "set", nodeIf, "up");
                 Sysctl(node.Netns, "net.ipv4.ip_forward=1");
+                if (lab.FabricRoute && !segment)
+                {
+                    TestNetns.Ip("-n", node.Netns.Name, "route", "add", "172.30.0.0/16", "via", node.TorAddress);
+                }
                 if (segment)
                 {
                     continue;
@@ -237,7 +248,7 @@ public sealed class BgpLab : IAsyncDisposable
               hold time 9; keepalive time 3; connect retry time 1; error wait time 1, 2;
               graceful restart on;
               {{(ibgp ? "rr client; direct;" : "")}}
-              ipv4 { import all; export all; next hop self; };
+              ipv4 { import all; export all; {{(TorNextHopSelf ? "next hop self;" : "")}} };
             }
 
             """);
