@@ -278,8 +278,15 @@ internal sealed class Tracer(IpamClient ipam, NodeApis apis, CancellationToken c
             bool ownsIt = r.KernelDestination == ip.Block.ToString();
             Hop("source-route", source, HopStatus.Broken,
                 $"{node} drops packets to {address}: its route is {kernel}"
-                + (ownsIt ? $"; this disagrees with IPAM, which gives block {ip.Block} to {ip.BlockNode} and the address to {destNode}" : $"; it has not learned {announced}"),
+                + (ownsIt ? $"; this disagrees with IPAM, which gives block {ip.Block} to {ip.BlockNode} and the address to {destNode}"
+                    : best is not null ? $", more specific than its BGP route for {r.BgpRoute.Prefix}, which it overrides" : $"; it has not learned {announced}"),
                 [.. facts]);
+            return;
+        }
+        if (best is not null && r.KernelProtocol != 81)
+        {
+            Hop("source-route", source, HopStatus.Warning,
+                $"{node} sends packets to {address} by {kernel}, which overrides its BGP route for {r.BgpRoute.Prefix}{bgpText}", [.. facts]);
             return;
         }
         if (best is null)

@@ -129,6 +129,26 @@ public sealed class TraceTests(TraceLab f) : IClassFixture<TraceLab>
     }
 
     [Fact]
+    public async Task A_more_specific_blackhole_at_the_source_is_named_as_overriding_the_bgp_route()
+    {
+        LabNode n1 = f.Lab.Nodes[0];
+        string part = IpNet.Enclosing(IPAddress.Parse(f.B.Address), 28).ToString();
+        TestNetns.Ip("-n", n1.Netns.Name, "route", "add", "blackhole", part);
+        try
+        {
+            (int exit, JsonElement r) = await f.TraceAsync(f.B.Address, "lab/pod-a");
+            Assert.Equal(1, exit);
+            Assert.Equal("source-route", BrokenAt(r));
+            Assert.Contains($"{n1.Name} drops packets to {f.B.Address}: its route is {part} blackhole", Summary(r, "source-route"), StringComparison.Ordinal);
+            Assert.Contains($"more specific than its BGP route for {TraceLab.BlockOf(f.B)}", Summary(r, "source-route"), StringComparison.Ordinal);
+        }
+        finally
+        {
+            TestNetns.Ip("-n", n1.Netns.Name, "route", "del", "blackhole", part);
+        }
+    }
+
+    [Fact]
     public async Task A_host_route_removed_at_the_destination_breaks_at_destination_route()
     {
         LabNode n2 = f.Lab.Nodes[1];
