@@ -147,7 +147,17 @@ internal sealed class RouteStore
     private bool Matches(int i, ulong key, in Prefix p) =>
         Key[i] == key && (Afi)FamilyOf[i] == p.Family && (p.Family != Afi.IPv6 || (Hi![i] == p.Hi && Length[i] == p.Length));
 
-    private int Home(in Prefix p) => (int)(((ulong)(uint)p.GetHashCode() * 0x9E3779B97F4A7C15UL) >> _shift);
+    /// <summary>Index position from the stored key alone (an IPv4 key holds address, length and family; an IPv6
+    /// one adds the high half and the length), so rehashing and removal need not rebuild the prefix.</summary>
+    private int Home(ulong key, ulong hi, int v6Length)
+    {
+        ulong h = (key ^ (hi * 0xC2B2AE3D27D4EB4FUL) ^ ((ulong)v6Length << 56)) * 0x9E3779B97F4A7C15UL;
+        return (int)((h ^ (h >> 31)) * 0x9E3779B97F4A7C15UL >> _shift);
+    }
+
+    private int Home(in Prefix p) => p.Family == Afi.IPv6 ? Home(p.Lo, p.Hi, p.Length) : Home(KeyOf(p), 0, 0);
+
+    private int HomeOf(int slot) => (Afi)FamilyOf[slot] == Afi.IPv6 ? Home(Key[slot], Hi![slot], Length[slot]) : Home(Key[slot], 0, 0);
 
     public int Find(in Prefix p)
     {
@@ -195,7 +205,7 @@ internal sealed class RouteStore
         {
             GrowIndex();
         }
-        Place(i, p);
+        Place(i);
         EntryCount++;
         return i;
     }
@@ -218,10 +228,10 @@ internal sealed class RouteStore
         Array.Resize(ref Bits, n);
     }
 
-    private void Place(int i, in Prefix p)
+    private void Place(int i)
     {
         int mask = _index.Length - 1;
-        int h = Home(p);
+        int h = HomeOf(i);
         while (_index[h] >= 0)
         {
             h = (h + 1) & mask;
@@ -238,7 +248,7 @@ internal sealed class RouteStore
         {
             if (i >= 0)
             {
-                Place(i, PrefixOf(i));
+                Place(i);
             }
         }
     }
@@ -248,8 +258,7 @@ internal sealed class RouteStore
     {
         int[] idx = _index;
         int mask = idx.Length - 1;
-        Prefix p = PrefixOf(slot);
-        int h = Home(p);
+        int h = HomeOf(slot);
         while (idx[h] != slot)
         {
             if (idx[h] < 0)
@@ -261,7 +270,7 @@ internal sealed class RouteStore
         int hole = h;
         for (int j = (hole + 1) & mask; idx[j] >= 0; j = (j + 1) & mask)
         {
-            int home = Home(PrefixOf(idx[j]));
+            int home = HomeOf(idx[j]);
             bool movable = hole <= j ? home <= hole || home > j : home <= hole && home > j;
             if (movable)
             {
