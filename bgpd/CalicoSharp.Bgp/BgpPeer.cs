@@ -538,7 +538,8 @@ public sealed class BgpPeer
     /// <summary>
     /// Forgets a connection. When it was the established one, the peer's routes go (or, when the peer can
     /// restart gracefully and the session ended without a NOTIFICATION, they are kept as stale, RFC 4724
-    /// §4.2). <paramref name="graceful"/> null: a collision loser, nothing else changes.
+    /// §4.2). <paramref name="graceful"/> null: a collision loser; nothing else changes while another connection
+    /// remains.
     /// </summary>
     private void Drop(Attempt a, bool? graceful)
     {
@@ -560,7 +561,9 @@ public sealed class BgpPeer
             }
         }
         StateChangedAt = _speaker.Time.GetUtcNow();
-        if (graceful is null || _attempts.Count > 0)
+        // Another connection lives on (a collision's winner): it carries the session. Otherwise, even when this
+        // one lost a collision (both ends can each close one of two crossing connections), start again.
+        if (_attempts.Count > 0)
         {
             return;
         }

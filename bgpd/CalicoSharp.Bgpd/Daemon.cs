@@ -417,13 +417,15 @@ public sealed class Daemon : IAsyncDisposable
         {
             bool Selected(string name, IReadOnlyDictionary<string, string> labels) => r.Node is not null ? r.Node == name
                 : r.NodeSelector is null || Selector.Parse(r.NodeSelector).Matches(labels);
-            (string, uint, bool) ToNode(NodeInfo n) => (n.Ipv4!.ToString(), n.AsNumber ?? c.AsNumber ?? 64512, iAmReflector && n.ClusterId is null);
-            var targets = new List<(string Ip, uint As, bool Client)>();
+            // Between two nodes, as in the mesh, only the one with the lower address connects.
+            (string, uint, bool, bool) ToNode(NodeInfo n) => (n.Ipv4!.ToString(), n.AsNumber ?? c.AsNumber ?? 64512, iAmReflector && n.ClusterId is null,
+                Ipv4 is not null && Compare(Ipv4, n.Ipv4!) > 0);
+            var targets = new List<(string Ip, uint As, bool Client, bool Passive)>();
             if (Selected(NodeName, myLabels))
             {
                 targets.AddRange(r.PeerSelector is { } sel
                     ? c.Nodes.Where(n => n.Name != NodeName && n.Ipv4 is not null && Selector.Parse(sel).Matches(n.Labels)).Select(ToNode)
-                    : r.PeerIP is { } peerIp && r.AsNumber != 0 ? [(peerIp, r.AsNumber, false)] : []);
+                    : r.PeerIP is { } peerIp && r.AsNumber != 0 ? [(peerIp, r.AsNumber, false, false)] : []);
             }
             // The other end: a bgppeer whose peerSelector picks this node makes the nodes it applies to peers of
             // this node too (Calico configures both ends, e.g. route reflectors and their clients).
@@ -436,7 +438,7 @@ public sealed class Daemon : IAsyncDisposable
             {
                 continue; // without its password the session could not come up; ReadSecret said why
             }
-            foreach ((string ip, uint asn, bool client) in targets)
+            foreach ((string ip, uint asn, bool client, bool passive) in targets)
             {
                 Add(ToPeerConfig(new PeerSpec
                 {
@@ -448,6 +450,7 @@ public sealed class Daemon : IAsyncDisposable
                     Password = password,
                     TtlSecurity = r.TtlSecurity,
                     RouteReflectorClient = client,
+                    Passive = passive,
                 }));
             }
         }

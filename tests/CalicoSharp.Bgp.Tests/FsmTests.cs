@@ -257,6 +257,27 @@ public class FsmTests
     }
 
     [Fact]
+    public async Task A_collision_cease_on_the_only_connection_starts_the_session_again()
+    {
+        // Two crossing connections can each be closed by a different end (each saw the other's OPEN while its
+        // own was already up): the session must not stay down.
+        await using var h = new Harness();
+        BgpPeer peer = h.AddPeer("10.0.0.1", 65001, passive: false, edit: c => new PeerConfig
+        {
+            Address = c.Address,
+            RemoteAs = c.RemoteAs,
+            ConnectRetry = TimeSpan.FromSeconds(4),
+            LocalAddress = c.LocalAddress,
+        });
+        ScriptedPeer s = h.Establish(peer, "10.0.0.1");
+        int connects = h.Connects;
+        s.Send(MessageEncoder.Notification(new NotificationMessage(ErrorCode.Cease, Subcode.ConnectionCollisionResolution, ReadOnlyMemory<byte>.Empty)));
+        h.Until(() => peer.State == SessionState.Idle, "Idle after the collision cease");
+        h.Advance(TimeSpan.FromSeconds(4) + Tick);
+        Assert.Equal(connects + 1, h.Connects);
+    }
+
+    [Fact]
     public async Task Administrative_shutdown_sends_cease_with_the_message()
     {
         await using var h = new Harness();
