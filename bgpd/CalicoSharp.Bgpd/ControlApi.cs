@@ -34,8 +34,10 @@ public sealed class ControlApi : IAsyncDisposable
     public static async Task<ControlApi> StartAsync(Daemon daemon, string? socketPath, string? metricsAddress)
     {
         ArgumentNullException.ThrowIfNull(daemon);
-        WebApplicationBuilder builder = WebApplication.CreateSlimBuilder();
-        builder.Logging.ClearProviders();
+        // The empty builder: Kestrel and routing only, no configuration sources, logging or host extras.
+        WebApplicationBuilder builder = WebApplication.CreateEmptyBuilder(new WebApplicationOptions());
+        builder.WebHost.UseKestrelCore();
+        builder.Services.AddRoutingCore();
         builder.WebHost.ConfigureKestrel(k =>
         {
             if (!string.IsNullOrEmpty(socketPath))
