@@ -149,6 +149,31 @@ public sealed class TraceTests(TraceLab f) : IClassFixture<TraceLab>
     }
 
     [Fact]
+    public async Task A_route_from_another_origin_than_the_owner_disagrees_with_ipam()
+    {
+        // The ToR originates a /27 inside node2's block: node1 follows it (more specific), but its origin AS is
+        // the ToR's, not node2's.
+        LabNode n1 = f.Lab.Nodes[0], n2 = f.Lab.Nodes[1];
+        string hijack = IpNet.Enclosing(IPAddress.Parse(f.B.Address), 27).ToString();
+        string normal = f.Lab.TorConfig();
+        f.Lab.Bird!.Reconfigure(normal + $"protocol static hijack {{ ipv4; route {hijack} blackhole; }}\n");
+        try
+        {
+            await BgpLab.WaitAsync(() => BgpLab.KernelRoutes(n1).Contains($"{hijack} via", StringComparison.Ordinal), "the /27 on node1", 30, f.Lab.Diagnostics);
+            (int exit, JsonElement r) = await f.TraceAsync(f.B.Address, "lab/pod-a");
+            Assert.Equal(1, exit);
+            Assert.Equal("source-route", BrokenAt(r));
+            Assert.Contains($"comes from AS {BgpLab.TorAsPerCompute}, but IPAM gives the address to {n2.Name} (AS {n2.As}): this disagrees with IPAM", Summary(r, "source-route"), StringComparison.Ordinal);
+            Assert.Equal(hijack, Fact(r, "source-route", "bgpPrefix"));
+        }
+        finally
+        {
+            f.Lab.Bird!.Reconfigure(normal);
+            await BgpLab.WaitAsync(() => !BgpLab.KernelRoutes(n1).Contains(hijack, StringComparison.Ordinal), "the /27 gone from node1", 30, f.Lab.Diagnostics);
+        }
+    }
+
+    [Fact]
     public async Task A_host_route_removed_at_the_destination_breaks_at_destination_route()
     {
         LabNode n2 = f.Lab.Nodes[1];

@@ -84,6 +84,17 @@ public sealed class BirdProcess : IDisposable
         return output;
     }
 
+    /// <summary>Writes a new config and has the running BIRD load it (birdc configure); throws when BIRD refuses it.</summary>
+    public void Reconfigure(string config)
+    {
+        File.WriteAllText(ConfigPath, config.Replace("{dir}", Directory, StringComparison.Ordinal));
+        string answer = Birdc("configure");
+        if (!answer.Contains("Reconfigured", StringComparison.Ordinal) && !answer.Contains("Reconfiguration in progress", StringComparison.Ordinal))
+        {
+            throw new InvalidOperationException($"bird refused the new config: {answer}");
+        }
+    }
+
     /// <summary>SIGSTOP / SIGCONT: a peer that stops answering without closing anything.</summary>
     public void Freeze() => Signal("STOP");
 
