@@ -128,6 +128,10 @@ internal sealed class RouteStore
 
     private readonly Stack<int> _free = new();
     private int _used;
+    // Index entries: -1 empty, else a 5-bit tag of the prefix's hash above the slot number, so most probes that
+    // pass other prefixes (every insert of a new prefix is a search that fails) never touch the key arrays.
+    private const int SlotBits = 26;
+    private const int SlotMask = (1 << SlotBits) - 1;
     private int[] _index = NewIndex(16);
     private int _shift = 60;
 
@@ -147,29 +151,40 @@ internal sealed class RouteStore
     private bool Matches(int i, ulong key, in Prefix p) =>
         Key[i] == key && (Afi)FamilyOf[i] == p.Family && (p.Family != Afi.IPv6 || (Hi![i] == p.Hi && Length[i] == p.Length));
 
-    /// <summary>Index position from the stored key alone (an IPv4 key holds address, length and family; an IPv6
+    /// <summary>The prefix's hash from the stored key alone (an IPv4 key holds address, length and family; an IPv6
     /// one adds the high half and the length), so rehashing and removal need not rebuild the prefix.</summary>
-    private int Home(ulong key, ulong hi, int v6Length)
+    private static ulong Hash(ulong key, ulong hi, int v6Length)
     {
         ulong h = (key ^ (hi * 0xC2B2AE3D27D4EB4FUL) ^ ((ulong)v6Length << 56)) * 0x9E3779B97F4A7C15UL;
-        return (int)((h ^ (h >> 31)) * 0x9E3779B97F4A7C15UL >> _shift);
+        return (h ^ (h >> 31)) * 0x9E3779B97F4A7C15UL;
     }
 
-    private int Home(in Prefix p) => p.Family == Afi.IPv6 ? Home(p.Lo, p.Hi, p.Length) : Home(KeyOf(p), 0, 0);
+    private static ulong Hash(in Prefix p) => p.Family == Afi.IPv6 ? Hash(p.Lo, p.Hi, p.Length) : Hash(KeyOf(p), 0, 0);
 
-    private int HomeOf(int slot) => (Afi)FamilyOf[slot] == Afi.IPv6 ? Home(Key[slot], Hi![slot], Length[slot]) : Home(Key[slot], 0, 0);
+    private ulong HashOf(int slot) => (Afi)FamilyOf[slot] == Afi.IPv6 ? Hash(Key[slot], Hi![slot], Length[slot]) : Hash(Key[slot], 0, 0);
+
+    /// <summary>Home position: the hash's top bits. Tag: five low-middle bits, independent of the position.</summary>
+    private int Position(ulong hash) => (int)(hash >> _shift);
+
+    private static int Tagged(ulong hash, int slot) => (int)((hash >> 8) & 31) << SlotBits | slot;
 
     public int Find(in Prefix p)
     {
         int[] idx = _index;
         int mask = idx.Length - 1;
         ulong key = KeyOf(p);
-        for (int h = Home(p); ; h = (h + 1) & mask)
+        ulong hash = Hash(p);
+        int tag = Tagged(hash, 0);
+        for (int h = Position(hash); ; h = (h + 1) & mask)
         {
-            int i = idx[h];
-            if (i < 0 || Matches(i, key, p))
+            int e = idx[h];
+            if (e < 0)
             {
-                return i;
+                return -1;
+            }
+            if ((e & ~SlotMask) == tag && Matches(e & SlotMask, key, p))
+            {
+                return e & SlotMask;
             }
         }
     }
@@ -185,6 +200,10 @@ internal sealed class RouteStore
         {
             if (_used == Key.Length)
             {
+                if (_used > SlotMask / 2)
+                {
+                    throw new InvalidOperationException($"the RIB holds at most {SlotMask + 1:N0} prefixes");
+                }
                 GrowSlots();
             }
             i = _used++;
@@ -231,12 +250,13 @@ internal sealed class RouteStore
     private void Place(int i)
     {
         int mask = _index.Length - 1;
-        int h = HomeOf(i);
+        ulong hash = HashOf(i);
+        int h = Position(hash);
         while (_index[h] >= 0)
         {
             h = (h + 1) & mask;
         }
-        _index[h] = i;
+        _index[h] = Tagged(hash, i);
     }
 
     private void GrowIndex()
@@ -244,11 +264,11 @@ internal sealed class RouteStore
         int[] old = _index;
         _index = NewIndex(old.Length * 2);
         _shift--;
-        foreach (int i in old)
+        foreach (int e in old)
         {
-            if (i >= 0)
+            if (e >= 0)
             {
-                Place(i);
+                Place(e & SlotMask);
             }
         }
     }
@@ -258,19 +278,18 @@ internal sealed class RouteStore
     {
         int[] idx = _index;
         int mask = idx.Length - 1;
-        int h = HomeOf(slot);
-        while (idx[h] != slot)
+        int h = Position(HashOf(slot));
+        for (; (idx[h] & SlotMask) != slot; h = (h + 1) & mask)
         {
             if (idx[h] < 0)
             {
-                return;
+                return; // not indexed
             }
-            h = (h + 1) & mask;
         }
         int hole = h;
         for (int j = (hole + 1) & mask; idx[j] >= 0; j = (j + 1) & mask)
         {
-            int home = HomeOf(idx[j]);
+            int home = Position(HashOf(idx[j] & SlotMask));
             bool movable = hole <= j ? home <= hole || home > j : home <= hole && home > j;
             if (movable)
             {
@@ -293,11 +312,11 @@ internal sealed class RouteStore
         get
         {
             int[] idx = _index;
-            foreach (int i in idx)
+            foreach (int e in idx)
             {
-                if (i >= 0)
+                if (e >= 0)
                 {
-                    yield return i;
+                    yield return e & SlotMask;
                 }
             }
         }
