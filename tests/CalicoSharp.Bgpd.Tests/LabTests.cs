@@ -31,7 +31,7 @@ public class LabTests
 
         // A block claimed on node3 shows up elsewhere and goes when IPAM releases the node.
         LabPod c = await lab.AddPodAsync(n3, "pod-c");
-        string blockC = IpNet.Enclosing(System.Net.IPAddress.Parse(c.Address), 26).ToString();
+        string blockC = c.Block;
         await BgpLab.WaitAsync(() => BgpLab.KernelRoutes(n1).Contains($"{blockC} via", StringComparison.Ordinal), "node3's block on node1", 30, lab.Diagnostics);
         await lab.Ipam.ReleaseNodeAsync(n3.Name);
         await BgpLab.WaitAsync(() => !BgpLab.KernelRoutes(n1).Contains(blockC, StringComparison.Ordinal), "node3's block withdrawn", 30, lab.Diagnostics);
@@ -49,8 +49,7 @@ public class NodePeeringTests
 {
     private static async Task<System.Text.Json.JsonElement> PeersAsync(BgpLab lab, LabNode n)
     {
-        ProcessResult r = await ProcessRunner.RunDllAsync(RepoPaths.ProjectDll("ipam/calicosharpctl", "calicosharpctl"),
-            ["node", "status", "--bgpd-socket", n.ApiSocket, "-o", "json"], TimeSpan.FromSeconds(30));
+        ProcessResult r = await BgpLab.CtlAsync("node", "status", "--bgpd-socket", n.ApiSocket, "-o", "json");
         Assert.True(r.ExitCode == 0, r.Stderr);
         using var d = System.Text.Json.JsonDocument.Parse(r.Stdout);
         return d.RootElement.GetProperty("peers").Clone();
@@ -66,14 +65,13 @@ public class NodePeeringTests
         LabPod a = await lab.AddPodAsync(n1, "pod-a");
         LabPod b = await lab.AddPodAsync(n2, "pod-b");
         LabPod c = await lab.AddPodAsync(n3, "pod-c");
-        string Block(LabPod p) => IpNet.Enclosing(System.Net.IPAddress.Parse(p.Address), 26).ToString();
         // Each block reaches the other nodes with its owner's address as the next hop (iBGP keeps it; a
         // reflector does not change it), on the shared segment.
         foreach (LabNode at in lab.Nodes)
         {
             foreach (LabPod p in new[] { a, b, c }.Where(p => p.Node != at))
             {
-                await BgpLab.WaitAsync(() => BgpLab.KernelRoutes(at).Contains($"{Block(p)} via {p.Node.Address}", StringComparison.Ordinal),
+                await BgpLab.WaitAsync(() => BgpLab.KernelRoutes(at).Contains($"{p.Block} via {p.Node.Address}", StringComparison.Ordinal),
                     $"{p.Node.Name}'s block on {at.Name}", 60, lab.Diagnostics);
             }
         }
@@ -110,8 +108,8 @@ public class LabFailureTests
         LabNode n1 = lab.Nodes[0], n2 = lab.Nodes[1];
         LabPod a = await lab.AddPodAsync(n1, "pod-a");
         LabPod b = await lab.AddPodAsync(n2, "pod-b");
-        string blockA = IpNet.Enclosing(System.Net.IPAddress.Parse(a.Address), 26).ToString();
-        string blockB = IpNet.Enclosing(System.Net.IPAddress.Parse(b.Address), 26).ToString();
+        string blockA = a.Block;
+        string blockB = b.Block;
         // Both ways first: node1 must have learned node2's block before it is killed, or replies have no route.
         await BgpLab.WaitAsync(() => BgpLab.KernelRoutes(n2).Contains($"{blockA} via", StringComparison.Ordinal)
             && BgpLab.KernelRoutes(n1).Contains($"{blockB} via", StringComparison.Ordinal), "both blocks on both nodes", 60, lab.Diagnostics);
@@ -202,11 +200,10 @@ public class LabFailureTests
         LabNode n1 = lab.Nodes[0], n2 = lab.Nodes[1];
         LabPod a = await lab.AddPodAsync(n1, "pod-a");
         LabPod b = await lab.AddPodAsync(n2, "pod-b");
-        string blockA = IpNet.Enclosing(System.Net.IPAddress.Parse(a.Address), 26).ToString();
+        string blockA = a.Block;
         await BgpLab.WaitAsync(() => BgpLab.KernelRoutes(n2).Contains($"{blockA} via {n2.TorAddress}", StringComparison.Ordinal),
             "node1's block on node2, via node2's ToR", 30, lab.Diagnostics);
-        ProcessResult routes = await ProcessRunner.RunDllAsync(RepoPaths.ProjectDll("ipam/calicosharpctl", "calicosharpctl"),
-            ["bgp", "routes", "--prefix", a.Address, "--bgpd-socket", n2.ApiSocket], TimeSpan.FromSeconds(30));
+        ProcessResult routes = await BgpLab.CtlAsync("bgp", "routes", "--prefix", a.Address, "--bgpd-socket", n2.ApiSocket);
         Assert.Contains(n1.Address, routes.Stdout, StringComparison.Ordinal); // the BGP next hop stays node1's address
         Assert.True(await BgpLab.TcpExchangeAsync(b, a), lab.Diagnostics());
         Assert.True(await BgpLab.TcpExchangeAsync(a, b), lab.Diagnostics());
@@ -232,37 +229,34 @@ public class LabFailureTests
 [Trait("Category", "Privileged")]
 public class LabInterfaceTests
 {
-    private static async Task<ProcessResult> Ctl(params string[] args) =>
-        await ProcessRunner.RunDllAsync(RepoPaths.ProjectDll("ipam/calicosharpctl", "calicosharpctl"), args, TimeSpan.FromSeconds(30));
-
     [Fact]
     public async Task Node_status_routes_lookup_and_metrics_show_what_the_node_does()
     {
         await using BgpLab lab = await BgpLab.StartAsync(TorModel.AsPerComputeServer, 2);
         LabNode n1 = lab.Nodes[0], n2 = lab.Nodes[1];
         LabPod a = await lab.AddPodAsync(n1, "pod-a");
-        string blockA = IpNet.Enclosing(System.Net.IPAddress.Parse(a.Address), 26).ToString();
+        string blockA = a.Block;
         await BgpLab.WaitAsync(() => BgpLab.KernelRoutes(n2).Contains($"{blockA} via", StringComparison.Ordinal), "node1's block on node2", 60, lab.Diagnostics);
 
-        ProcessResult status = await Ctl("node", "status", "--bgpd-socket", n2.ApiSocket);
+        ProcessResult status = await BgpLab.CtlAsync("node", "status", "--bgpd-socket", n2.ApiSocket);
         Assert.True(status.ExitCode == 0, status.Stderr);
         Assert.Contains("calicosharp-bgpd on node2 is running", status.Stdout, StringComparison.Ordinal);
         Assert.Matches($@"{n2.TorAddress.Replace(".", "\\.", StringComparison.Ordinal)}\s+eBGP\s+65100\s+Established", status.Stdout);
 
-        ProcessResult json = await Ctl("node", "status", "--bgpd-socket", n2.ApiSocket, "-o", "json");
+        ProcessResult json = await BgpLab.CtlAsync("node", "status", "--bgpd-socket", n2.ApiSocket, "-o", "json");
         using (var d = System.Text.Json.JsonDocument.Parse(json.Stdout))
         {
             Assert.Equal("Established", d.RootElement.GetProperty("peers")[0].GetProperty("state").GetString());
         }
 
-        ProcessResult routes = await Ctl("bgp", "routes", "--bgpd-socket", n2.ApiSocket, "--prefix", a.Address);
+        ProcessResult routes = await BgpLab.CtlAsync("bgp", "routes", "--bgpd-socket", n2.ApiSocket, "--prefix", a.Address);
         Assert.True(routes.ExitCode == 0, routes.Stderr);
         Assert.Contains(blockA, routes.Stdout, StringComparison.Ordinal);
         Assert.Contains("65100 65001", routes.Stdout, StringComparison.Ordinal);
         Assert.Contains($"via {n2.TorAddress}", routes.Stdout, StringComparison.Ordinal);
-        ProcessResult none = await Ctl("bgp", "routes", "--bgpd-socket", n2.ApiSocket, "--prefix", "10.99.0.0/16");
+        ProcessResult none = await BgpLab.CtlAsync("bgp", "routes", "--bgpd-socket", n2.ApiSocket, "--prefix", "10.99.0.0/16");
         Assert.Equal(1, none.ExitCode);
-        ProcessResult dead = await Ctl("node", "status", "--bgpd-socket", "/nonexistent/bgpd.sock");
+        ProcessResult dead = await BgpLab.CtlAsync("node", "status", "--bgpd-socket", "/nonexistent/bgpd.sock");
         Assert.NotEqual(0, dead.ExitCode);
         Assert.Contains("is calicosharp-bgpd running", dead.Stderr, StringComparison.Ordinal);
 

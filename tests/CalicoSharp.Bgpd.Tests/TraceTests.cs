@@ -26,18 +26,14 @@ public sealed class TraceLab : IAsyncLifetime
         await WaitForBlockAsync(Lab.Nodes[0], B, present: true);
     }
 
-    public static string BlockOf(LabPod p) => IpNet.Enclosing(IPAddress.Parse(p.Address), 26).ToString();
-
     public Task WaitForBlockAsync(LabNode at, LabPod of, bool present) =>
-        BgpLab.WaitAsync(() => BgpLab.KernelRoutes(at).Contains($"{BlockOf(of)} via", StringComparison.Ordinal) == present,
+        BgpLab.WaitAsync(() => BgpLab.KernelRoutes(at).Contains($"{of.Block} via", StringComparison.Ordinal) == present,
             $"{of.Node.Name}'s block {(present ? "in" : "gone from")} {at.Name}'s kernel", 60, Lab.Diagnostics);
 
     /// <summary>Runs calicosharpctl trace -o json against the lab (each node's bgpd API by the {node} socket template).</summary>
     public async Task<(int Exit, JsonElement Result)> TraceAsync(string address, string from)
     {
-        ProcessResult r = await ProcessRunner.RunDllAsync(RepoPaths.ProjectDll("ipam/calicosharpctl", "calicosharpctl"),
-            ["--etcd-endpoints", Lab.Etcd.UnixEndpoint, "trace", address, "--from", from, "--bgpd-socket", Path.Combine(Lab.Directory, "bgpd-{node}.sock"), "-o", "json"],
-            TimeSpan.FromSeconds(30));
+        ProcessResult r = await BgpLab.CtlAsync("--etcd-endpoints", Lab.Etcd.UnixEndpoint, "trace", address, "--from", from, "--bgpd-socket", Lab.ApiSocketTemplate, "-o", "json");
         Assert.True(r.Stdout.Length > 0, $"trace printed nothing (exit {r.ExitCode}): {r.Stderr}");
         using JsonDocument d = JsonDocument.Parse(r.Stdout);
         return (r.ExitCode, d.RootElement.Clone());
@@ -66,7 +62,7 @@ public sealed class TraceTests(TraceLab f) : IClassFixture<TraceLab>
         Assert.True(exit == 0, r.ToString());
         Assert.Null(BrokenAt(r));
         Assert.Equal(["ipam", "from-pod", "source-route", "fabric", "destination-route", "pod"], r.GetProperty("hops").EnumerateArray().Select(h => h.GetProperty("hop").GetString()));
-        Assert.Equal(TraceLab.BlockOf(f.B), Fact(r, "ipam", "block"));
+        Assert.Equal(f.B.Block, Fact(r, "ipam", "block"));
         Assert.Equal(n2.Name, Fact(r, "ipam", "node"));
         Assert.Equal(n1.Name, Fact(r, "source-route", "node"));
         Assert.Equal(n1.TorAddress, Fact(r, "source-route", "nextHop"));
@@ -90,12 +86,12 @@ public sealed class TraceTests(TraceLab f) : IClassFixture<TraceLab>
     [Fact]
     public async Task An_address_not_allocated_breaks_at_ipam()
     {
-        string free = IpNet.Enclosing(IPAddress.Parse(f.B.Address), 26).AddressAt(60).ToString();
+        string free = IpNet.Parse(f.B.Block).AddressAt(60).ToString();
         (int exit, JsonElement r) = await f.TraceAsync(free, f.Lab.Nodes[0].Name);
         Assert.Equal(1, exit);
         Assert.Equal("ipam", BrokenAt(r));
         Assert.Contains("not allocated", Summary(r, "ipam"), StringComparison.Ordinal);
-        Assert.Contains(TraceLab.BlockOf(f.B), Summary(r, "ipam"), StringComparison.Ordinal);
+        Assert.Contains(f.B.Block, Summary(r, "ipam"), StringComparison.Ordinal);
 
         (_, r) = await f.TraceAsync("10.244.250.7", f.Lab.Nodes[0].Name);
         Assert.Equal("ipam", BrokenAt(r));
@@ -140,7 +136,7 @@ public sealed class TraceTests(TraceLab f) : IClassFixture<TraceLab>
             Assert.Equal(1, exit);
             Assert.Equal("source-route", BrokenAt(r));
             Assert.Contains($"{n1.Name} drops packets to {f.B.Address}: its route is {part} blackhole", Summary(r, "source-route"), StringComparison.Ordinal);
-            Assert.Contains($"more specific than its BGP route for {TraceLab.BlockOf(f.B)}", Summary(r, "source-route"), StringComparison.Ordinal);
+            Assert.Contains($"more specific than its BGP route for {f.B.Block}", Summary(r, "source-route"), StringComparison.Ordinal);
         }
         finally
         {

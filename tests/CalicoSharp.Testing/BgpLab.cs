@@ -23,7 +23,11 @@ public enum TorModel
 }
 
 /// <summary>A pod the CNI plugin wired: its namespace and address.</summary>
-public sealed record LabPod(string Name, LabNode Node, TestNetns Netns, string Address);
+public sealed record LabPod(string Name, LabNode Node, TestNetns Netns, string Address)
+{
+    /// <summary>The /26 block that holds the pod's address (the lab pool's block size).</summary>
+    public string Block => IpNet.Enclosing(System.Net.IPAddress.Parse(Address), 26).ToString();
+}
 
 /// <summary>One node namespace, its link to the ToR and its bgpd.</summary>
 public sealed class LabNode
@@ -156,7 +160,7 @@ public sealed class BgpLab : IAsyncDisposable
                 {
                     LogFile = Path.Combine(lab.Directory, $"bgpd-node{i}.log"),
                     StateDir = Path.Combine(lab.Directory, $"state-node{i}"),
-                    ApiSocket = Path.Combine(lab.Directory, $"bgpd-node{i}.sock"),
+                    ApiSocket = lab.ApiSocketTemplate.Replace("{node}", $"node{i}", StringComparison.Ordinal),
                 };
                 lab.Nodes.Add(node);
                 string torIf = $"{lab.Prefix}t{i}";
@@ -204,6 +208,13 @@ public sealed class BgpLab : IAsyncDisposable
             throw;
         }
     }
+
+    /// <summary>Each node's bgpd control socket, with "{node}" for the node's name (calicosharpctl's --bgpd-socket form).</summary>
+    public string ApiSocketTemplate => Path.Combine(Directory, "bgpd-{node}.sock");
+
+    /// <summary>Runs the built calicosharpctl with these arguments.</summary>
+    public static Task<ProcessResult> CtlAsync(params string[] args) =>
+        ProcessRunner.RunDllAsync(RepoPaths.ProjectDll("ipam/calicosharpctl", "calicosharpctl"), args, TimeSpan.FromSeconds(30));
 
     /// <summary>bgpd's --secrets-dir: a secretKeyRef {name, key} is the file &lt;this&gt;/&lt;name&gt;/&lt;key&gt;.</summary>
     public string SecretsDirectory => Path.Combine(Directory, "secrets");

@@ -131,12 +131,12 @@ public sealed class LabDemo(DemoTools tools, TextWriter output)
         Title("bgpd sees each new block in etcd, blackholes it locally and announces it; the ToR passes it on");
         var sw2 = Stopwatch.StartNew();
         await BgpLab.WaitAsync(() => lab.Nodes.All(n => lab.Nodes.Where(m => m != n).All(m =>
-                BgpLab.KernelRoutes(n).Contains(Block(pods.First(p => p.Node == m).Address), StringComparison.Ordinal))),
+                BgpLab.KernelRoutes(n).Contains(pods.First(p => p.Node == m).Block, StringComparison.Ordinal))),
             "every node to learn every other node's block", 60, lab.Diagnostics, ct).ConfigureAwait(false);
         output.WriteLine($"  every node has a kernel route to every other node's block ({sw2.ElapsedMilliseconds} ms after the last pod)");
         Check("routes converge", true, $"{sw2.ElapsedMilliseconds} ms");
 
-        string socket = Path.Combine(lab.Directory, "bgpd-{node}.sock");
+        string socket = lab.ApiSocketTemplate;
         Title("IPAM: the pool, and one block per node (what each bgpd announces)");
         await CtlAsync(["ipam", "show", "--show-blocks"], ct).ConfigureAwait(false);
 
@@ -166,12 +166,6 @@ public sealed class LabDemo(DemoTools tools, TextWriter output)
         CheckTrace(json, to, from.Node);
     }
 
-    private static string Block(string address)
-    {
-        string[] o = address.Split('.');
-        return $"{o[0]}.{o[1]}.{o[2]}.{int.Parse(o[3], CultureInfo.InvariantCulture) & ~63}/26";
-    }
-
     private void CheckTrace(ProcessResult r, LabPod to, LabNode source)
     {
         using JsonDocument d = JsonDocument.Parse(r.Stdout);
@@ -179,7 +173,7 @@ public sealed class LabDemo(DemoTools tools, TextWriter output)
         Dictionary<string, JsonElement> hops = root.GetProperty("hops").EnumerateArray().ToDictionary(h => h.GetProperty("hop").GetString()!, h => h);
         string Fact(string hop, string key) => hops.TryGetValue(hop, out JsonElement h) && h.GetProperty("facts").TryGetProperty(key, out JsonElement v) ? v.GetString() ?? "" : "";
         Check("trace reaches the pod", r.ExitCode == 0 && root.GetProperty("brokenAt").ValueKind == JsonValueKind.Null, $"exit {r.ExitCode}");
-        Check("trace names the block and its node", Fact("ipam", "block") == Block(to.Address) && Fact("ipam", "node") == to.Node.Name,
+        Check("trace names the block and its node", Fact("ipam", "block") == to.Block && Fact("ipam", "node") == to.Node.Name,
             $"{Fact("ipam", "block")} on {Fact("ipam", "node")}");
         Check("trace names the next hop (the ToR)", Fact("source-route", "nextHop") == source.TorAddress && Fact("source-route", "gateway") == source.TorAddress,
             Fact("source-route", "nextHop"));
