@@ -124,6 +124,14 @@ public sealed partial class IpamClient
             return (IReadOnlyList<BorrowedAddress>)list;
         }, ct);
 
+    /// <summary>Whether the node holds any block affinity (one keys-only range read of its affinity keys).</summary>
+    public Task<bool> NodeHasBlocksAsync(string node, CancellationToken ct = default)
+    {
+        ArgumentNullException.ThrowIfNull(node);
+        return RunAsync($"reading node {node}'s affinities", async t =>
+            (await store.ListAsync(Keys.HostAffinityPrefix(node), keysOnly: true, t).ConfigureAwait(false)).Count > 0, ct);
+    }
+
     /// <summary>Allocated addresses whose attributes include every given key and value (e.g. pod and namespace),
     /// over every block of both families.</summary>
     public Task<IReadOnlyList<IpLookup>> FindAllocationsAsync(IReadOnlyDictionary<string, string> attributes, CancellationToken ct = default)

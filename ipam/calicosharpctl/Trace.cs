@@ -171,7 +171,7 @@ internal sealed class Tracer(IpamClient ipam, NodeApis apis, CancellationToken c
         }
 
         // The advertised prefix: the block, or the /32 (/128) of a borrowed address.
-        string announced = borrowed ? $"{text}/{(address.AddressFamily == System.Net.Sockets.AddressFamily.InterNetworkV6 ? 128 : 32)}" : ip.Block.ToString();
+        string announced = borrowed ? text + HostLength(address) : ip.Block.ToString();
         if (sourceNode != destNode)
         {
             // The destination's identity (router id, AS), to tell whether the source's path really comes from it.
@@ -191,6 +191,9 @@ internal sealed class Tracer(IpamClient ipam, NodeApis apis, CancellationToken c
 
     private TraceResult Result(string address, string from, string? dest) => new(address, from, dest, _hops);
 
+    /// <summary>"/32" or "/128": a single address's prefix length.</summary>
+    private static string HostLength(IPAddress a) => a.AddressFamily == System.Net.Sockets.AddressFamily.InterNetworkV6 ? "/128" : "/32";
+
     private static string PodText(IReadOnlyDictionary<string, string> attrs) =>
         attrs.TryGetValue("pod", out string? name)
             ? $"pod {(attrs.TryGetValue("namespace", out string? ns) ? ns + "/" : "")}{name}" + (attrs.TryGetValue("containerID", out string? c) ? $" (container {Short(c)})" : "")
@@ -209,9 +212,8 @@ internal sealed class Tracer(IpamClient ipam, NodeApis apis, CancellationToken c
         }
         else
         {
-            // A node is known by its blocks' affinities; a pod by its allocation attributes.
-            if ((await ipam.GetUsageAsync(ct).ConfigureAwait(false)).SelectMany(p => p.Blocks).Any(b => b.Affinity == "host:" + from)
-                || await apis.SocketForAsync(from).ConfigureAwait(false) is not null)
+            // A node is known by its bgpd socket or its block affinities; a pod by its allocation attributes.
+            if (await apis.SocketForAsync(from).ConfigureAwait(false) is not null || await ipam.NodeHasBlocksAsync(from, ct).ConfigureAwait(false))
             {
                 return (from, null);
             }
@@ -377,7 +379,7 @@ internal sealed class Tracer(IpamClient ipam, NodeApis apis, CancellationToken c
             return;
         }
         PodInterface? ifc = r.PodInterface;
-        string hostLen = address.AddressFamily == System.Net.Sockets.AddressFamily.InterNetworkV6 ? "/128" : "/32";
+        string hostLen = HostLength(address);
         bool hostRoute = r.HasKernelRoute && r.KernelDestination == address + hostLen && r.KernelType == "unicast";
         var facts = new List<(string, string)> { ("node", node), ("kernelRoute", r.KernelDestination), ("type", r.KernelType), ("device", r.KernelDevice) };
         string kernel = !r.HasKernelRoute ? "no route" : r.KernelType == "unicast" ? $"{r.KernelDestination} dev {r.KernelDevice}" : $"{r.KernelType} {r.KernelDestination}";
