@@ -117,27 +117,18 @@ public sealed unsafe class NetlinkSocket : IDisposable
             while (!lastAnswered)
             {
                 int n = ReceiveOnce(operation(start));
-                for (int offset = 0; offset + Nl.NlMsgHdrSize <= n;)
+                for (int offset = 0; NextMessage(n, ref offset, operation(start), out Header h);)
                 {
-                    var span = receive.AsSpan(offset, n - offset);
-                    int len = (int)BinaryPrimitives.ReadUInt32LittleEndian(span);
-                    if (len < Nl.NlMsgHdrSize || len > span.Length)
-                    {
-                        throw new NetlinkException($"{operation(start)}: malformed reply (message length {len} in {span.Length} bytes)");
-                    }
-                    offset += MessageBuilder.Align(len);
-                    uint index = unchecked(BinaryPrimitives.ReadUInt32LittleEndian(span[8..]) - first);
-                    uint pid = BinaryPrimitives.ReadUInt32LittleEndian(span[12..]);
-                    if (BinaryPrimitives.ReadUInt16LittleEndian(span[4..]) != Nl.NLMSG_ERROR || index >= (uint)count || (pid != portId && pid != 0))
+                    uint index = unchecked(h.Seq - first);
+                    if (h.Type != Nl.NLMSG_ERROR || index >= (uint)count)
                     {
                         continue; // not an acknowledgement of this batch
                     }
-                    var payload = span[Nl.NlMsgHdrSize..len];
+                    var payload = receive.AsSpan(h.Payload, h.PayloadLength);
                     int error = BinaryPrimitives.ReadInt32LittleEndian(payload);
                     if (error != 0)
                     {
-                        results[start + (int)index] = new NetlinkException(operation(start + (int)index), -error,
-                            ExtAckMessage(payload, BinaryPrimitives.ReadUInt16LittleEndian(span[6..])));
+                        results[start + (int)index] = new NetlinkException(operation(start + (int)index), -error, ExtAckMessage(payload, h.Flags));
                     }
                     lastAnswered |= index == (uint)(count - 1);
                 }
@@ -214,27 +205,15 @@ public sealed unsafe class NetlinkSocket : IDisposable
         while (true)
         {
             int n = ReceiveOnce(operation);
-            int offset = 0;
-            while (offset + Nl.NlMsgHdrSize <= n)
+            for (int offset = 0; NextMessage(n, ref offset, operation, out Header h);)
             {
-                var span = receive.AsSpan(offset, n - offset);
-                int len = (int)BinaryPrimitives.ReadUInt32LittleEndian(span);
-                if (len < Nl.NlMsgHdrSize || len > span.Length)
+                if (h.Seq != expectSeq)
                 {
-                    throw new NetlinkException($"{operation}: malformed reply (message length {len} in {span.Length} bytes)");
+                    continue; // a late reply to an earlier request
                 }
 
-                ushort type = BinaryPrimitives.ReadUInt16LittleEndian(span[4..]);
-                ushort flags = BinaryPrimitives.ReadUInt16LittleEndian(span[6..]);
-                uint mseq = BinaryPrimitives.ReadUInt32LittleEndian(span[8..]);
-                uint mpid = BinaryPrimitives.ReadUInt32LittleEndian(span[12..]);
-                offset += MessageBuilder.Align(len);
-                if (mseq != expectSeq || (mpid != portId && mpid != 0))
-                {
-                    continue; // a late reply to an earlier request, or not for us
-                }
-
-                var payload = span[Nl.NlMsgHdrSize..len];
+                ushort type = h.Type, flags = h.Flags;
+                var payload = receive.AsSpan(h.Payload, h.PayloadLength);
                 if (type == Nl.NLMSG_DONE)
                 {
                     yield break;
@@ -268,6 +247,39 @@ public sealed unsafe class NetlinkSocket : IDisposable
                 }
             }
         }
+    }
+
+    /// <summary>A received message's header fields and where its payload is in the receive buffer.</summary>
+    private readonly record struct Header(ushort Type, ushort Flags, uint Seq, int Payload, int PayloadLength);
+
+    /// <summary>The next message of the <paramref name="n"/> received bytes at <paramref name="offset"/> that is
+    /// addressed to this socket (others are skipped); false at the end. A length that does not fit is an error.</summary>
+    private bool NextMessage(int n, ref int offset, string operation, out Header header)
+    {
+        while (offset + Nl.NlMsgHdrSize <= n)
+        {
+            var span = receive.AsSpan(offset, n - offset);
+            int len = (int)BinaryPrimitives.ReadUInt32LittleEndian(span);
+            if (len < Nl.NlMsgHdrSize || len > span.Length)
+            {
+                throw new NetlinkException($"{operation}: malformed reply (message length {len} in {span.Length} bytes)");
+            }
+
+            int start = offset;
+            offset += MessageBuilder.Align(len);
+            uint pid = BinaryPrimitives.ReadUInt32LittleEndian(span[12..]);
+            if (pid != portId && pid != 0)
+            {
+                continue; // not for us
+            }
+
+            header = new Header(BinaryPrimitives.ReadUInt16LittleEndian(span[4..]), BinaryPrimitives.ReadUInt16LittleEndian(span[6..]),
+                BinaryPrimitives.ReadUInt32LittleEndian(span[8..]), start + Nl.NlMsgHdrSize, len - Nl.NlMsgHdrSize);
+            return true;
+        }
+
+        header = default;
+        return false;
     }
 
     private int ReceiveOnce(string operation)
