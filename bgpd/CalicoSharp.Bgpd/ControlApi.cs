@@ -4,80 +4,82 @@ using System.Text;
 using CalicoSharp.Bgp;
 using CalicoSharp.Netlink;
 using CalicoSharp.Proto;
+using CalicoSharp.Rpc;
+using Grpc.Core;
 using KernelRouteEntry = CalicoSharp.Netlink.Route;
 using Route = CalicoSharp.Proto.Route;
-using Grpc.Core;
-using Microsoft.AspNetCore.Builder;
-using Microsoft.AspNetCore.Hosting;
-using Microsoft.AspNetCore.Http;
-using Microsoft.AspNetCore.Server.Kestrel.Core;
-using Microsoft.Extensions.DependencyInjection;
-using Microsoft.Extensions.Logging;
 
 namespace CalicoSharp.Bgpd;
 
 /// <summary>
-/// The control API (gRPC, HTTP/2 over a Unix socket) and the Prometheus metrics endpoint (HTTP/1.1 on a TCP
-/// address), both served by one Kestrel host.
+/// The control API (gRPC over HTTP/2 on a Unix socket, CalicoSharp.Rpc's server) and the Prometheus
+/// metrics endpoint (HTTP/1.1 on a TCP address).
 /// </summary>
 public sealed class ControlApi : IAsyncDisposable
 {
     public const string DefaultSocket = "/run/calicosharp/bgpd.sock";
 
-    private readonly WebApplication _app;
+    private readonly GrpcServer? _grpc;
+    private readonly MetricsEndpoint? _metrics;
 
-    private ControlApi(WebApplication app)
+    private ControlApi(GrpcServer? grpc, MetricsEndpoint? metrics)
     {
-        _app = app;
+        _grpc = grpc;
+        _metrics = metrics;
     }
 
-    public static async Task<ControlApi> StartAsync(Daemon daemon, string? socketPath, string? metricsAddress)
+    /// <summary>Where the metrics endpoint listens (its port when 0 was asked for), if it is on.</summary>
+    public IPEndPoint? MetricsEndPoint => _metrics?.LocalEndPoint;
+
+    public static Task<ControlApi> StartAsync(Daemon daemon, string? socketPath, string? metricsAddress, Action<BgpLogLevel, string>? log = null)
     {
         ArgumentNullException.ThrowIfNull(daemon);
-        // The empty builder: Kestrel and routing only, no configuration sources, logging or host extras.
-        WebApplicationBuilder builder = WebApplication.CreateEmptyBuilder(new WebApplicationOptions());
-        builder.WebHost.UseKestrelCore();
-        builder.Services.AddRoutingCore();
-        builder.WebHost.ConfigureKestrel(k =>
+        IPEndPoint? metricsEndpoint = null;
+        if (!string.IsNullOrEmpty(metricsAddress) && (!IPEndPoint.TryParse(metricsAddress, out metricsEndpoint) || metricsEndpoint.Port == 0 && !metricsAddress.EndsWith(":0", StringComparison.Ordinal)))
+        {
+            throw new ConfigException($"--metrics-address '{metricsAddress}' is not address:port");
+        }
+
+        GrpcServer? grpc = null;
+        MetricsEndpoint? metrics = null;
+        try
         {
             if (!string.IsNullOrEmpty(socketPath))
             {
-                Directory.CreateDirectory(System.IO.Path.GetDirectoryName(System.IO.Path.GetFullPath(socketPath))!);
-                File.Delete(socketPath);
-                k.ListenUnixSocket(socketPath, o => o.Protocols = HttpProtocols.Http2);
-            }
-            if (!string.IsNullOrEmpty(metricsAddress))
-            {
-                if (!IPEndPoint.TryParse(metricsAddress, out IPEndPoint? ep) || ep.Port == 0)
+                grpc = new GrpcServer(new GrpcServerOptions
                 {
-                    throw new ConfigException($"--metrics-address '{metricsAddress}' is not address:port");
-                }
-                k.Listen(ep, o => o.Protocols = HttpProtocols.Http1);
+                    OnHandlerError = (method, e) => log?.Invoke(BgpLogLevel.Error, $"control API {method} failed: {e}"),
+                });
+                grpc.AddService(b => Proto.Bgpd.BindService(b, new BgpdService(daemon)));
+                // Root and the CLI only: the socket shows the node's routing state.
+                grpc.ListenUnixSocket(socketPath, UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.GroupRead | UnixFileMode.GroupWrite);
             }
-        });
-        builder.Services.AddGrpc();
-        builder.Services.AddSingleton(daemon);
-        WebApplication app = builder.Build();
-        app.MapGrpcService<BgpdService>();
-        app.MapGet("/metrics", async (HttpContext ctx) =>
-        {
-            string text = await Metrics.RenderAsync(daemon).ConfigureAwait(false);
-            ctx.Response.ContentType = "text/plain; version=0.0.4; charset=utf-8";
-            await ctx.Response.WriteAsync(text).ConfigureAwait(false);
-        });
-        await app.StartAsync().ConfigureAwait(false);
-        if (!string.IsNullOrEmpty(socketPath) && !OperatingSystem.IsWindows())
-        {
-            // Root and the CLI only: the socket shows the node's routing state.
-            File.SetUnixFileMode(socketPath, UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.GroupRead | UnixFileMode.GroupWrite);
+
+            if (metricsEndpoint is not null)
+            {
+                metrics = MetricsEndpoint.Start(metricsEndpoint, () => Metrics.RenderAsync(daemon));
+            }
         }
-        return new ControlApi(app);
+        catch
+        {
+            _ = grpc?.DisposeAsync().AsTask();
+            throw;
+        }
+
+        return Task.FromResult(new ControlApi(grpc, metrics));
     }
 
     public async ValueTask DisposeAsync()
     {
-        await _app.StopAsync().ConfigureAwait(false);
-        await _app.DisposeAsync().ConfigureAwait(false);
+        if (_grpc is not null)
+        {
+            await _grpc.DisposeAsync().ConfigureAwait(false);
+        }
+
+        if (_metrics is not null)
+        {
+            await _metrics.DisposeAsync().ConfigureAwait(false);
+        }
     }
 }
 

@@ -85,7 +85,7 @@ try
     await daemon.StartAsync().ConfigureAwait(false);
     if (apiSocket is not "none" and not "" || metrics is not null)
     {
-        api = await ControlApi.StartAsync(daemon, apiSocket is "none" or "" ? null : apiSocket, metrics).ConfigureAwait(false);
+        api = await ControlApi.StartAsync(daemon, apiSocket is "none" or "" ? null : apiSocket, metrics, log.Write).ConfigureAwait(false);
         log.Write(BgpLogLevel.Info, $"control API on {(apiSocket is "none" or "" ? "(off)" : apiSocket)}{(metrics is null ? "" : $", metrics on http://{metrics}/metrics")}");
     }
 }

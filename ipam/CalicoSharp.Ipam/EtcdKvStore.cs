@@ -1,8 +1,7 @@
-using System.Net.Sockets;
+using CalicoSharp.Rpc;
 using Etcdserverpb;
 using Google.Protobuf;
 using Grpc.Core;
-using Grpc.Net.Client;
 
 namespace CalicoSharp.Ipam;
 
@@ -17,6 +16,10 @@ public sealed record EtcdOptions
     /// <summary>Bound on every call: dead, quorum-less or frozen etcd fails within this time.</summary>
     public TimeSpan Timeout { get; init; } = TimeSpan.FromSeconds(5);
 
+    /// <summary>Do etcd's I/O on the calling thread, one call at a time (<see cref="GrpcClientOptions.Blocking"/>):
+    /// for short-lived processes such as the CNI plugin and the CLI. Watching needs it off.</summary>
+    public bool Blocking { get; init; }
+
     /// <summary>Parses a comma-separated endpoint list, as ETCD_ENDPOINTS and --etcd-endpoints give it.</summary>
     public static IReadOnlyList<string> ParseEndpoints(string? text)
     {
@@ -28,48 +31,50 @@ public sealed record EtcdOptions
 
         foreach (var e in list)
         {
-            _ = ToUri(e);
+            _ = ToEndpoint(e);
         }
 
         return list;
     }
 
-    internal static Uri ToUri(string endpoint)
+    internal static GrpcEndpoint ToEndpoint(string endpoint)
     {
-        string text = endpoint.Contains("://", StringComparison.Ordinal) ? endpoint : "http://" + endpoint;
-        if (!Uri.TryCreate(text, UriKind.Absolute, out var uri) || uri.Scheme is not ("http" or "https" or "unix"))
+        if (!GrpcEndpoint.TryParse(endpoint, out GrpcEndpoint? parsed))
         {
             throw new IpamException(IpamErrorKind.InvalidArgument, $"etcd endpoint '{endpoint}' is not http://host:port, https://host:port or unix:///path");
         }
 
-        return uri;
+        return parsed!;
     }
 }
 
-/// <summary><see cref="IKvStore"/> over etcd's v3 gRPC API (dotnet-etcd's generated client), with
-/// fail-over across the endpoints of a cluster and a hard deadline on every call.</summary>
+/// <summary><see cref="IKvStore"/> over etcd's v3 gRPC API (dotnet-etcd's message types on CalicoSharp.Rpc's
+/// HTTP/2 client), with fail-over across the endpoints of a cluster and a hard deadline on every call.</summary>
 public sealed class EtcdKvStore : IKvStore
 {
-    private readonly EtcdOptions options;
-    private readonly GrpcChannel[] channels;
-    // etcd's KV service, called through the channel's own invoker. The generated KVClient wraps every
-    // invoker in an interceptor, one more generic virtual call that NativeAOT resolves at run time in its
-    // type loader: the type loader's share of a CNI ADD's CPU went from 26 % to 20 % without it.
-    private static readonly Method<RangeRequest, RangeResponse> RangeMethod = Unary<RangeRequest, RangeResponse>("Range", RangeResponse.Parser);
-    private static readonly Method<TxnRequest, TxnResponse> TxnMethod = Unary<TxnRequest, TxnResponse>("Txn", TxnResponse.Parser);
-    private static readonly Method<WatchRequest, WatchResponse> WatchMethod = new(MethodType.DuplexStreaming, "etcdserverpb.Watch", "Watch",
-        Marshallers.Create<WatchRequest>(r => r.ToByteArray(), _ => throw new NotSupportedException()),
-        Marshallers.Create<WatchResponse>(r => r.ToByteArray(), WatchResponse.Parser.ParseFrom));
+    private const string RangeMethod = "/etcdserverpb.KV/Range";
+    private const string TxnMethod = "/etcdserverpb.KV/Txn";
+    private const string WatchMethod = "/etcdserverpb.Watch/Watch";
 
-    private readonly CallInvoker[] clients;
+    private readonly EtcdOptions options;
+    private readonly GrpcClient[] clients;
     private int current;
 
     public EtcdKvStore(EtcdOptions options)
     {
         ArgumentNullException.ThrowIfNull(options);
         this.options = options;
-        channels = [.. options.Endpoints.Select(e => CreateChannel(EtcdOptions.ToUri(e), options.Timeout))];
-        clients = [.. channels.Select(c => c.CreateCallInvoker())];
+        var grpc = new GrpcClientOptions
+        {
+            ConnectTimeout = options.Timeout,
+            // A whole-IPAM read (check, usage) of a large cluster is tens of megabytes: 10,000 blocks are 13 MB.
+            MaxReceiveMessageSize = 1 << 30,
+            // A long-lived client (bgpd's watch) notices an etcd that vanished without a reset.
+            KeepAliveInterval = options.Blocking ? null : TimeSpan.FromSeconds(30),
+            Blocking = options.Blocking,
+            KeepAliveTimeout = options.Timeout,
+        };
+        clients = [.. options.Endpoints.Select(e => new GrpcClient(EtcdOptions.ToEndpoint(e), grpc))];
     }
 
     public EtcdOptions Options => options;
@@ -79,9 +84,10 @@ public sealed class EtcdKvStore : IKvStore
         ArgumentNullException.ThrowIfNull(reads);
         if (reads.Count == 1)
         {
-            return CallAsync(async (kv, callOptions) =>
+            var range = ToRange(reads[0]);
+            return CallAsync(async (client, deadline, token) =>
             {
-                var response = await RangeAsync(kv, ToRange(reads[0]), callOptions).ConfigureAwait(false);
+                var response = await client.UnaryAsync(RangeMethod, range, RangeResponse.Parser, deadline, token).ConfigureAwait(false);
                 return (IReadOnlyList<IReadOnlyList<KvEntry>>)[ToEntries(response)];
             }, "read", ct);
         }
@@ -93,9 +99,9 @@ public sealed class EtcdKvStore : IKvStore
             txn.Success.Add(new RequestOp { RequestRange = ToRange(read) });
         }
 
-        return CallAsync(async (kv, callOptions) =>
+        return CallAsync(async (client, deadline, token) =>
         {
-            var response = await TxnAsync(kv, txn, callOptions).ConfigureAwait(false);
+            var response = await client.UnaryAsync(TxnMethod, txn, TxnResponse.Parser, deadline, token).ConfigureAwait(false);
             return (IReadOnlyList<IReadOnlyList<KvEntry>>)[.. response.Responses.Select(r => ToEntries(r.ResponseRange))];
         }, "read", ct);
     }
@@ -123,9 +129,9 @@ public sealed class EtcdKvStore : IKvStore
                 : new RequestOp { RequestPut = new PutRequest { Key = ByteString.CopyFromUtf8(op.Key), Value = ByteString.CopyFrom(op.Value) } });
         }
 
-        return CallAsync(async (kv, callOptions) =>
+        return CallAsync(async (client, deadline, token) =>
         {
-            var response = await TxnAsync(kv, txn, callOptions).ConfigureAwait(false);
+            var response = await client.UnaryAsync(TxnMethod, txn, TxnResponse.Parser, deadline, token).ConfigureAwait(false);
             return new KvTxnResult(response.Succeeded, response.Header.Revision);
         }, "transaction", ct);
     }
@@ -140,34 +146,38 @@ public sealed class EtcdKvStore : IKvStore
     {
         ArgumentNullException.ThrowIfNull(prefixes);
         ArgumentNullException.ThrowIfNull(changed);
-        CallInvoker invoker = clients[Volatile.Read(ref current)];
+        GrpcClient client = clients[Volatile.Read(ref current)];
         try
         {
-            using var call = invoker.AsyncDuplexStreamingCall(WatchMethod, null, new CallOptions(cancellationToken: ct));
+            await using var call = await client.StartStreamingAsync(WatchMethod, ct).ConfigureAwait(false);
             foreach (string prefix in prefixes)
             {
-                await call.RequestStream.WriteAsync(new WatchRequest
+                await call.WriteAsync(new WatchRequest
                 {
                     CreateRequest = new WatchCreateRequest { Key = ByteString.CopyFromUtf8(prefix), RangeEnd = PrefixEnd(prefix) },
                 }, ct).ConfigureAwait(false);
             }
+
             int created = 0;
-            while (await call.ResponseStream.MoveNext(ct).ConfigureAwait(false))
+            while (await call.ReadAsync(ct).ConfigureAwait(false) is { } bytes)
             {
-                WatchResponse r = call.ResponseStream.Current;
+                WatchResponse r = WatchResponse.Parser.ParseFrom(bytes);
                 if (r.Created && ++created == prefixes.Count)
                 {
                     started?.Invoke();
                 }
+
                 if (r.Canceled)
                 {
                     throw new IpamException(IpamErrorKind.DatastoreUnavailable, $"etcd cancelled the watch: {r.CancelReason}");
                 }
+
                 if (r.Events.Count > 0)
                 {
                     changed(r.Header.Revision);
                 }
             }
+
             throw new IpamException(IpamErrorKind.DatastoreUnavailable, "etcd closed the watch stream");
         }
         catch (RpcException e) when (!ct.IsCancellationRequested)
@@ -178,26 +188,13 @@ public sealed class EtcdKvStore : IKvStore
 
     public void Dispose()
     {
-        foreach (var c in channels)
+        foreach (var c in clients)
         {
             c.Dispose();
         }
     }
 
-    private static Method<TRequest, TResponse> Unary<TRequest, TResponse>(string name, Google.Protobuf.MessageParser<TResponse> parser)
-        where TRequest : Google.Protobuf.IMessage<TRequest>
-        where TResponse : Google.Protobuf.IMessage<TResponse> =>
-        new(MethodType.Unary, "etcdserverpb.KV", name,
-            Marshallers.Create<TRequest>(r => r.ToByteArray(), _ => throw new NotSupportedException()),
-            Marshallers.Create<TResponse>(r => r.ToByteArray(), parser.ParseFrom));
-
-    private static async Task<RangeResponse> RangeAsync(CallInvoker kv, RangeRequest request, CallOptions options) =>
-        await kv.AsyncUnaryCall(RangeMethod, null, options, request).ResponseAsync.ConfigureAwait(false);
-
-    private static async Task<TxnResponse> TxnAsync(CallInvoker kv, TxnRequest request, CallOptions options) =>
-        await kv.AsyncUnaryCall(TxnMethod, null, options, request).ResponseAsync.ConfigureAwait(false);
-
-    private async Task<T> CallAsync<T>(Func<CallInvoker, CallOptions, Task<T>> call, string what, CancellationToken ct)
+    private async Task<T> CallAsync<T>(Func<GrpcClient, DateTime, CancellationToken, Task<T>> call, string what, CancellationToken ct)
     {
         var deadline = DateTime.UtcNow + options.Timeout;
         var errors = new List<string>();
@@ -207,14 +204,14 @@ public sealed class EtcdKvStore : IKvStore
             int index = (start + i) % clients.Length;
             try
             {
-                var result = await call(clients[index], new CallOptions(deadline: deadline, cancellationToken: ct)).ConfigureAwait(false);
+                var result = await call(clients[index], deadline, ct).ConfigureAwait(false);
                 Volatile.Write(ref current, index);
                 return result;
             }
             catch (RpcException e) when (e.StatusCode == StatusCode.Unavailable && DateTime.UtcNow < deadline && !ct.IsCancellationRequested)
             {
-                // Not reached (refused, reset, no leader): the next member may answer.
-                errors.Add($"{options.Endpoints[index]}: {Describe(e)}");
+                // Not reached (refused, reset, going away, no leader): the next member may answer.
+                errors.Add($"{options.Endpoints[index]}: {e.Status.Detail}");
             }
             catch (RpcException e) when (e.StatusCode is StatusCode.DeadlineExceeded or StatusCode.Cancelled || ct.IsCancellationRequested)
             {
@@ -223,7 +220,7 @@ public sealed class EtcdKvStore : IKvStore
             }
             catch (RpcException e)
             {
-                throw new IpamException(IpamErrorKind.DatastoreUnavailable, $"etcd {what} failed at {options.Endpoints[index]}: {Describe(e)}", e);
+                throw new IpamException(IpamErrorKind.DatastoreUnavailable, $"etcd {what} failed at {options.Endpoints[index]}: {e.StatusCode}: {e.Status.Detail}", e);
             }
             catch (OperationCanceledException e)
             {
@@ -233,20 +230,6 @@ public sealed class EtcdKvStore : IKvStore
         }
 
         throw new IpamException(IpamErrorKind.DatastoreUnavailable, $"etcd is unreachable: {string.Join("; ", errors)}");
-    }
-
-    /// <summary>The most specific reason gRPC knows: etcd's own message, else the innermost socket error
-    /// ("Connection refused"), not "Error connecting to subchannel."</summary>
-    private static string Describe(RpcException e)
-    {
-        Exception? inner = e.Status.DebugException;
-        while (inner?.InnerException is not null)
-        {
-            inner = inner.InnerException;
-        }
-
-        bool generic = string.IsNullOrEmpty(e.Status.Detail) || e.Status.Detail.StartsWith("Error ", StringComparison.Ordinal);
-        return generic ? $"{e.StatusCode}: {inner?.Message ?? e.Status.Detail}" : $"{e.StatusCode}: {e.Status.Detail}";
     }
 
     private static RangeRequest ToRange(KvRead read)
@@ -285,47 +268,5 @@ public sealed class EtcdKvStore : IKvStore
         }
 
         return list;
-    }
-
-    private static GrpcChannel CreateChannel(Uri uri, TimeSpan timeout)
-    {
-        var handler = new SocketsHttpHandler
-        {
-            ConnectTimeout = timeout,
-            PooledConnectionIdleTimeout = Timeout.InfiniteTimeSpan,
-            KeepAlivePingDelay = TimeSpan.FromSeconds(30),
-            KeepAlivePingTimeout = timeout,
-            EnableMultipleHttp2Connections = true,
-        };
-        Uri address = uri;
-        if (uri.Scheme == "unix")
-        {
-            var path = uri.AbsolutePath;
-            handler.ConnectCallback = async (_, token) =>
-            {
-                var socket = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);
-                try
-                {
-                    await socket.ConnectAsync(new UnixDomainSocketEndPoint(path), token).ConfigureAwait(false);
-                    return new NetworkStream(socket, ownsSocket: true);
-                }
-                catch
-                {
-                    socket.Dispose();
-                    throw;
-                }
-            };
-            address = new Uri("http://localhost");
-        }
-
-        return GrpcChannel.ForAddress(address, new GrpcChannelOptions
-        {
-            HttpHandler = handler,
-            Credentials = address.Scheme == "https" ? ChannelCredentials.SecureSsl : ChannelCredentials.Insecure,
-            MaxRetryAttempts = 0,
-            // A whole-IPAM read (check, usage) of a large cluster is tens of megabytes: 10,000 blocks are 13 MB.
-            MaxReceiveMessageSize = 1 << 30,
-            DisposeHttpClient = true,
-        });
     }
 }

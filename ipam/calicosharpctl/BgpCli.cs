@@ -1,9 +1,8 @@
 using System.CommandLine;
 using System.Globalization;
-using System.Net.Sockets;
 using CalicoSharp.Proto;
 using Grpc.Core;
-using Grpc.Net.Client;
+using CalicoSharp.Rpc;
 
 namespace CalicoSharp.Ctl;
 
@@ -20,46 +19,26 @@ internal static class BgpCli
     };
 
     /// <summary>A client for the bgpd control API on a Unix socket.</summary>
-    public static (GrpcChannel Channel, Proto.Bgpd.BgpdClient Client) Connect(string socketPath)
+    public static GrpcClient Connect(string socketPath)
     {
         if (!File.Exists(socketPath))
         {
             throw new IOException($"bgpd's control socket {socketPath} does not exist: is calicosharp-bgpd running on this node (or give --bgpd-socket)?");
         }
-        var handler = new SocketsHttpHandler
-        {
-            ConnectCallback = async (_, ct) =>
-            {
-                var s = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);
-                try
-                {
-                    await s.ConnectAsync(new UnixDomainSocketEndPoint(socketPath), ct).ConfigureAwait(false);
-                    return new NetworkStream(s, ownsSocket: true);
-                }
-                catch
-                {
-                    s.Dispose();
-                    throw;
-                }
-            },
-        };
-        GrpcChannel channel = GrpcChannel.ForAddress("http://bgpd", new GrpcChannelOptions { HttpHandler = handler });
-        return (channel, new Proto.Bgpd.BgpdClient(channel));
+
+        return new GrpcClient(new GrpcEndpoint("unix", "localhost", 0, socketPath), new GrpcClientOptions { MaxReceiveMessageSize = 1 << 30 });
     }
 
     internal static async Task<T> CallAsync<T>(string socket, Func<Proto.Bgpd.BgpdClient, CallOptions, Task<T>> call, CancellationToken ct)
     {
-        (GrpcChannel channel, Proto.Bgpd.BgpdClient client) = Connect(socket);
-        using (channel)
+        await using GrpcClient client = Connect(socket);
+        try
         {
-            try
-            {
-                return await call(client, new CallOptions(deadline: DateTime.UtcNow.AddSeconds(5), cancellationToken: ct)).ConfigureAwait(false);
-            }
-            catch (RpcException e)
-            {
-                throw new IOException($"bgpd at {socket}: {e.Status.Detail}", e);
-            }
+            return await call(new Proto.Bgpd.BgpdClient(client.CreateCallInvoker()), new CallOptions(deadline: DateTime.UtcNow.AddSeconds(5), cancellationToken: ct)).ConfigureAwait(false);
+        }
+        catch (RpcException e)
+        {
+            throw new IOException($"bgpd at {socket}: {e.Status.Detail}", e);
         }
     }
 

@@ -95,7 +95,7 @@ internal static class Cli
         }
 
         var timeout = TimeSpan.FromSeconds(secs);
-        return new IpamClient(new EtcdKvStore(new EtcdOptions { Endpoints = EtcdOptions.ParseEndpoints(text), Timeout = timeout }), new IpamClientOptions { Timeout = timeout });
+        return new IpamClient(new EtcdKvStore(new EtcdOptions { Endpoints = EtcdOptions.ParseEndpoints(text), Timeout = timeout, Blocking = true }), new IpamClientOptions { Timeout = timeout });
     }
 
     private static bool Json(ParseResult p) => p.GetValue(OutputFormat) switch
