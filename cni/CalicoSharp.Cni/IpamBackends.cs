@@ -29,7 +29,7 @@ public sealed class CalicoIpamBackend(IpamClient client) : IIpamBackend
         var endpoints = conf.EtcdEndpoints.Count > 0 ? conf.EtcdEndpoints : ["http://127.0.0.1:2379"];
         try
         {
-            var store = new EtcdKvStore(new EtcdOptions { Endpoints = EtcdOptions.ParseEndpoints(string.Join(',', endpoints)), Timeout = conf.EtcdTimeout });
+            var store = new EtcdKvStore(new EtcdOptions { Endpoints = EtcdOptions.ParseEndpoints(string.Join(',', endpoints)), Timeout = conf.EtcdTimeout, Blocking = true });
             return new CalicoIpamBackend(new IpamClient(store, new IpamClientOptions { Timeout = conf.EtcdTimeout, HintDirectory = Path.Combine(stateDirectory ?? DefaultStateDirectory, "ipam"), LockDirectory = Path.Combine(stateDirectory ?? DefaultStateDirectory, "locks") }));
         }
         catch (IpamException e)

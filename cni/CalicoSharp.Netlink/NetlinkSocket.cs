@@ -14,10 +14,12 @@ public sealed record NetlinkMessage(ushort Type, ushort Flags, byte[] Payload);
 /// our sequence number and port id; dumps are read to NLMSG_DONE and retried when interrupted.</summary>
 public sealed unsafe class NetlinkSocket : IDisposable
 {
-    private const int ReceiveBufferSize = 256 * 1024;
+    // Most answers are a few hundred bytes; a dump's datagrams are at most ~32 KiB (the kernel's cap); a
+    // single answer may be larger (a link with many SR-IOV VFs). The buffer grows to the datagram it peeks.
+    private const int InitialReceiveBuffer = 8 * 1024;
     private readonly int fd;
     private readonly uint portId;
-    private readonly byte[] receive = new byte[ReceiveBufferSize];
+    private byte[] receive = new byte[InitialReceiveBuffer];
     private uint seq;
     private bool disposed;
 
@@ -284,21 +286,34 @@ public sealed unsafe class NetlinkSocket : IDisposable
 
     private int ReceiveOnce(string operation)
     {
+        // The next datagram's whole length, without taking it (MSG_TRUNC reports it even past the buffer).
+        byte peek;
+        long size = Recv(&peek, 1, MSG_PEEK | MSG_TRUNC, operation);
+        if (size > receive.Length)
+        {
+            receive = new byte[(int)Math.Max(size, receive.Length * 2L)];
+        }
+
         fixed (byte* p = receive)
         {
-            while (true)
-            {
-                long n = recv(fd, p, (size_t)receive.Length, 0);
-                if (n >= 0)
-                {
-                    return (int)n;
-                }
+            return (int)Recv(p, receive.Length, 0, operation);
+        }
+    }
 
-                int err = Marshal.GetLastPInvokeError();
-                if (err != EINTR)
-                {
-                    throw new NetlinkException($"{operation} (receive)", err);
-                }
+    private long Recv(byte* buffer, int length, int flags, string operation)
+    {
+        while (true)
+        {
+            long n = recv(fd, buffer, (size_t)length, flags);
+            if (n >= 0)
+            {
+                return n;
+            }
+
+            int err = Marshal.GetLastPInvokeError();
+            if (err != EINTR)
+            {
+                throw new NetlinkException($"{operation} (receive)", err);
             }
         }
     }

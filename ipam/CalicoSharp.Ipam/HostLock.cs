@@ -13,6 +13,9 @@ internal static partial class HostLock
     private const int OCreate = 0x40;
     private const int OCloexec = 0x80000;
 
+    // The soname, as Tmds.LibC names it: a bare "libc" sends the loader through ~60 failing paths first.
+    private const string LibC = "libc.so.6";
+
     public static SafeFileHandle Open(string path)
     {
         int fd = OpenFile(path, OReadWrite | OCreate | OCloexec, Convert.ToInt32("644", 8));
@@ -21,9 +24,9 @@ internal static partial class HostLock
             : throw new IOException($"cannot open the host lock file {path}: {Marshal.GetPInvokeErrorMessage(Marshal.GetLastPInvokeError())}");
     }
 
-    [LibraryImport("libc", EntryPoint = "flock", SetLastError = true)]
+    [LibraryImport(LibC, EntryPoint = "flock", SetLastError = true)]
     public static partial int Flock(int fd, int operation);
 
-    [LibraryImport("libc", EntryPoint = "open", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
+    [LibraryImport(LibC, EntryPoint = "open", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
     private static partial int OpenFile(string path, int flags, int mode);
 }

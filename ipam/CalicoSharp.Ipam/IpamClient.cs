@@ -108,8 +108,6 @@ public sealed partial class IpamClient : IDisposable
             return null;
         }
 
-        // Connect first (one cheap read): the lock is then held for round trips only, not for a handshake.
-        await RunAsync("connecting to etcd", t => store.GetAsync(Keys.Config, t), ct).ConfigureAwait(false);
         Directory.CreateDirectory(options.LockDirectory);
         var path = Path.Combine(options.LockDirectory, node + ".lock");
         var handle = HostLock.Open(path);
