@@ -11,11 +11,16 @@ internal static class SpeakerProcesses
     public interface IRunning : IDisposable
     {
         int Pid { get; }
+
+        /// <summary>The control API's socket, when the speaker serves one.</summary>
+        string? ApiSocket => null;
     }
 
-    private sealed class Bgpd(Process p, string dir) : IRunning
+    private sealed class Bgpd(Process p, string dir, string? api) : IRunning
     {
         public int Pid => p.Id;
+
+        public string? ApiSocket => api;
 
         public void Dispose()
         {
@@ -36,19 +41,21 @@ internal static class SpeakerProcesses
         public void Dispose() => b.Dispose();
     }
 
-    /// <summary>calicosharp-bgpd from its config file, without the control API (the benchmarks measure the speaker);
-    /// kernel route programming only when asked.</summary>
-    public static IRunning StartBgpd(string ns, string bin, string configJson, bool kernel = false)
+    /// <summary>calicosharp-bgpd from its config file; kernel route programming only when asked; the control API and
+    /// metrics (on <paramref name="metricsAddress"/>) only when asked, as the throughput runs measure the speaker.</summary>
+    public static IRunning StartBgpd(string ns, string bin, string configJson, bool kernel = false, string? metricsAddress = null)
     {
         string dir = Directory.CreateTempSubdirectory("calicosharp-bench-").FullName;
         string cfg = Path.Combine(dir, "bgpd.json");
         File.WriteAllText(cfg, configJson);
+        string? api = metricsAddress is null ? null : Path.Combine(dir, "bgpd.sock");
         var psi = new ProcessStartInfo("ip") { UseShellExecute = false };
-        foreach (string a in new[] { "netns", "exec", ns, bin, "--config", cfg, "--api-socket", "none", "--log-level", "warning" }.Concat(kernel ? [] : ["--no-kernel"]))
+        foreach (string a in new[] { "netns", "exec", ns, bin, "--config", cfg, "--api-socket", api ?? "none", "--log-level", "warning" }
+            .Concat(kernel ? [] : ["--no-kernel"]).Concat(metricsAddress is null ? [] : ["--metrics-address", metricsAddress]))
         {
             psi.ArgumentList.Add(a);
         }
-        return new Bgpd(Process.Start(psi)!, dir);
+        return new Bgpd(Process.Start(psi)!, dir, api);
     }
 
     public static IRunning StartBird(string ns, string config) => new Bird(BirdProcess.Start(ns, config));
