@@ -230,16 +230,41 @@ public static class Plugin
     private static async Task<CniResult?> DelAsync(PluginContext ctx, IIpamBackend ipam, IDataplane? dataplane)
     {
         // DEL forgives: a missing netns, link or handle is success. The kernel's veth removal takes
-        // ~16 ms, so the release runs beside it; a new pod that gets the address at once still works,
-        // because ADD replaces the /32 route.
-        var release = ipam.DelAsync(ctx);
+        // ~16 ms, so the release runs beside it, the teardown on a thread of its own (etcd's calls run on
+        // this one, blocking); a new pod that gets the address at once still works, because ADD replaces
+        // the /32 route.
+        Exception? teardownError = null;
+        Thread? teardown = null;
+        if (dataplane is not null)
+        {
+            teardown = new Thread(() =>
+            {
+                try
+                {
+                    dataplane.Teardown(ctx);
+                }
+#pragma warning disable CA1031 // carried to the calling thread, which rethrows it
+                catch (Exception e)
+#pragma warning restore CA1031
+                {
+                    teardownError = e;
+                }
+            }, 256 * 1024) { Name = "teardown", IsBackground = true };
+            teardown.Start();
+        }
+
         try
         {
-            dataplane?.Teardown(ctx);
+            await ipam.DelAsync(ctx).ConfigureAwait(false);
         }
         finally
         {
-            await release.ConfigureAwait(false);
+            teardown?.Join();
+        }
+
+        if (teardownError is not null)
+        {
+            System.Runtime.ExceptionServices.ExceptionDispatchInfo.Throw(teardownError);
         }
 
         return null;
