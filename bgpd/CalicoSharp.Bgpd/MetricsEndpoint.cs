@@ -49,35 +49,17 @@ internal sealed class MetricsEndpoint : IAsyncDisposable
         return new MetricsEndpoint(socket, render);
     }
 
-    private async Task AcceptLoopAsync()
+    private Task AcceptLoopAsync() => Rpc.SocketListener.AcceptAsync(listener, client =>
     {
-        while (!stopping.IsCancellationRequested)
+        if (Interlocked.Increment(ref open) > MaxConnections)
         {
-            Socket client;
-            try
-            {
-                client = await listener.AcceptAsync(stopping.Token).ConfigureAwait(false);
-            }
-            catch (Exception e) when (e is OperationCanceledException or ObjectDisposedException or SocketException)
-            {
-                if (stopping.IsCancellationRequested)
-                {
-                    return;
-                }
-
-                continue;
-            }
-
-            if (Interlocked.Increment(ref open) > MaxConnections)
-            {
-                Interlocked.Decrement(ref open);
-                client.Dispose();
-                continue;
-            }
-
-            _ = ServeAsync(client);
+            Interlocked.Decrement(ref open);
+            client.Dispose();
+            return;
         }
-    }
+
+        _ = ServeAsync(client);
+    }, stopping.Token);
 
     private async Task ServeAsync(Socket client)
     {

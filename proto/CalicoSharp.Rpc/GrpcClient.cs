@@ -648,13 +648,9 @@ internal sealed class ClientConnection : Http2Connection
         Http2Stream? s;
         lock (Gate)
         {
-            if (!Streams.TryGetValue(id, out s))
+            s = FindStreamLocked(id, FrameType.Headers);
+            if (s is null)
             {
-                if (IsIdle(id))
-                {
-                    throw new Http2Exception(Http2ErrorCode.ProtocolError, $"HEADERS on stream {id}, which this client did not open");
-                }
-
                 return;
             }
 

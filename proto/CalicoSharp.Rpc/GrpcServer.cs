@@ -110,45 +110,22 @@ public sealed class GrpcServer : IAsyncDisposable
         }
     }
 
-    private async Task AcceptLoopAsync(Socket listener)
+    private Task AcceptLoopAsync(Socket listener) => SocketListener.AcceptAsync(listener, client =>
     {
-        while (!stopping.IsCancellationRequested)
+        var conn = new ServerConnection(this, new NetworkStream(client, ownsSocket: true));
+        lock (gate)
         {
-            Socket client;
-            try
+            if (stopping.IsCancellationRequested)
             {
-                client = await listener.AcceptAsync(stopping.Token).ConfigureAwait(false);
-            }
-            catch (Exception e) when (e is OperationCanceledException or ObjectDisposedException or SocketException)
-            {
-                if (stopping.IsCancellationRequested)
-                {
-                    return;
-                }
-
-                continue;
+                conn.Close("the server is stopping");
+                return;
             }
 
-            if (client.AddressFamily != AddressFamily.Unix)
-            {
-                client.NoDelay = true;
-            }
-
-            var conn = new ServerConnection(this, new NetworkStream(client, ownsSocket: true));
-            lock (gate)
-            {
-                if (stopping.IsCancellationRequested)
-                {
-                    conn.Close("the server is stopping");
-                    return;
-                }
-
-                connections.Add(conn);
-            }
-
-            _ = ServeConnectionAsync(conn);
+            connections.Add(conn);
         }
-    }
+
+        _ = ServeConnectionAsync(conn);
+    }, stopping.Token);
 
     private async Task ServeConnectionAsync(ServerConnection conn)
     {

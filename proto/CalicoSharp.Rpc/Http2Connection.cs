@@ -404,14 +404,10 @@ internal abstract class Http2Connection : IAsyncDisposable
                 connectionCredit = 0;
             }
 
-            if (!Streams.TryGetValue(id, out s))
+            s = FindStreamLocked(id, FrameType.Data);
+            if (s is null)
             {
-                if (IsIdle(id))
-                {
-                    throw new Http2Exception(Http2ErrorCode.ProtocolError, $"DATA on idle stream {id}");
-                }
-
-                return; // a stream this side already closed or reset: frames in flight are dropped
+                return;
             }
 
             if (s.RemoteClosed)
@@ -616,18 +612,22 @@ internal abstract class Http2Connection : IAsyncDisposable
 
     protected void QueueControlLocked(FrameType type, byte flags, int stream, ReadOnlySpan<byte> payload) => control.Frame(type, flags, stream, payload);
 
+    /// <summary>Under the gate: the open stream a frame names, or null for one already closed (frames in
+    /// flight after a close are dropped); a frame on a stream never opened is a connection error
+    /// (RFC 9113 §5.1, the idle state).</summary>
+    protected Http2Stream? FindStreamLocked(int id, FrameType type) =>
+        Streams.TryGetValue(id, out Http2Stream? s) ? s
+        : IsIdle(id) ? throw new Http2Exception(Http2ErrorCode.ProtocolError, $"{type} on idle stream {id}")
+        : null;
+
     private void OnRstStream(int id, Http2ErrorCode code)
     {
         Http2Stream? s;
         lock (Gate)
         {
-            if (!Streams.TryGetValue(id, out s))
+            s = FindStreamLocked(id, FrameType.RstStream);
+            if (s is null)
             {
-                if (IsIdle(id))
-                {
-                    throw new Http2Exception(Http2ErrorCode.ProtocolError, $"RST_STREAM on idle stream {id}");
-                }
-
                 return;
             }
 
@@ -739,7 +739,7 @@ internal abstract class Http2Connection : IAsyncDisposable
                     throw new Http2Exception(Http2ErrorCode.FlowControlError, "connection window above 2^31-1");
                 }
             }
-            else if (Streams.TryGetValue(id, out Http2Stream? s))
+            else if (FindStreamLocked(id, FrameType.WindowUpdate) is { } s)
             {
                 if (increment == 0)
                 {
@@ -753,10 +753,6 @@ internal abstract class Http2Connection : IAsyncDisposable
                     QueueResetLocked(s, Http2ErrorCode.FlowControlError, "stream window above 2^31-1");
                     return;
                 }
-            }
-            else if (IsIdle(id))
-            {
-                throw new Http2Exception(Http2ErrorCode.ProtocolError, $"WINDOW_UPDATE on idle stream {id}");
             }
 
             SignalWindowLocked();

@@ -2,6 +2,7 @@ using System.Buffers.Binary;
 using System.Net;
 using System.Net.Sockets;
 using CalicoSharp.Rpc.Tests.Echo;
+using static CalicoSharp.Rpc.Tests.RawFrames;
 using Google.Protobuf;
 using Grpc.Core;
 
@@ -11,18 +12,6 @@ namespace CalicoSharp.Rpc.Tests;
 /// a clear gRPC status, never a hang or a stray exception.</summary>
 public class ClientTests
 {
-    private static byte[] Frame(byte type, byte flags, int stream, byte[] payload)
-    {
-        byte[] f = new byte[9 + payload.Length];
-        f[0] = (byte)(payload.Length >> 16);
-        f[1] = (byte)(payload.Length >> 8);
-        f[2] = (byte)payload.Length;
-        f[3] = type;
-        f[4] = flags;
-        BinaryPrimitives.WriteInt32BigEndian(f.AsSpan(5), stream);
-        payload.CopyTo(f, 9);
-        return f;
-    }
 
     private static byte[] Headers(int stream, bool end, params (string, string)[] fields) => Frame(1, (byte)(4 | (end ? 1 : 0)), stream, GrpcWire.Block(fields));
 
@@ -105,7 +94,6 @@ public class ClientTests
         return e;
     }
 
-    private static byte[] Concat(params byte[][] parts) => [.. parts.SelectMany(p => p)];
 
     [Theory]
     [InlineData(false)]

@@ -1,6 +1,7 @@
 using System.Buffers.Binary;
 using System.Net.Sockets;
 using CalicoSharp.Rpc.Tests.Echo;
+using static CalicoSharp.Rpc.Tests.RawFrames;
 
 namespace CalicoSharp.Rpc.Tests;
 
@@ -10,18 +11,6 @@ public class ProtocolTests
 {
     private static readonly byte[] Preface = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"u8.ToArray();
 
-    private static byte[] Frame(byte type, byte flags, int stream, params byte[] payload)
-    {
-        byte[] f = new byte[9 + payload.Length];
-        f[0] = (byte)(payload.Length >> 16);
-        f[1] = (byte)(payload.Length >> 8);
-        f[2] = (byte)payload.Length;
-        f[3] = type;
-        f[4] = flags;
-        BinaryPrimitives.WriteInt32BigEndian(f.AsSpan(5), stream);
-        payload.CopyTo(f, 9);
-        return f;
-    }
 
     private static byte[] Settings(params (ushort Id, uint Value)[] s)
     {
@@ -45,7 +34,6 @@ public class ProtocolTests
     /// <summary>A valid request's header block for the echo service.</summary>
     private static byte[] RequestBlock() => GrpcWire.Block([(":method", "POST"), (":scheme", "http"), (":path", "/calicosharp.test.Echo/Say"), (":authority", "x"), ("content-type", "application/grpc"), ("te", "trailers")]);
 
-    private static byte[] Concat(params byte[][] parts) => [.. parts.SelectMany(p => p)];
 
     /// <summary>Sends the bytes after a valid preface and SETTINGS; returns the first GOAWAY or RST_STREAM
     /// the server answers with (type, stream, code), reading until it closes.</summary>
