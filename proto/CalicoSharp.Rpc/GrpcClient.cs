@@ -134,12 +134,13 @@ public sealed class GrpcClient : IAsyncDisposable, IDisposable
     {
         ClientConnection conn = await ConnectAsync(call).ConfigureAwait(false);
         Http2Stream s = conn.NewStream();
+        conn.Call = call;
         try
         {
             await conn.SendRequestAsync(s, RequestHeaders(method, deadline, metadata), framedRequest, endStream: true, call.Token).ConfigureAwait(false);
             if (options.Blocking)
             {
-                conn.ReadUntilEnded(s, call);
+                conn.ReadUntilEnded(s);
             }
 
             await CheckResponseHeadersAsync(s, call.Token).ConfigureAwait(false);
@@ -567,21 +568,27 @@ internal sealed class ClientConnection : Http2Connection
         socket.Blocking = true;
     }
 
-    /// <summary>Blocking mode: reads on the calling thread until the stream has ended (or failed),
-    /// each read bounded by the call's deadline.</summary>
-    public void ReadUntilEnded(Http2Stream s, GrpcClient.CallScope call)
+    /// <summary>Blocking mode: the call whose deadline bounds every read (one call at a time).</summary>
+    public GrpcClient.CallScope? Call { get; set; }
+
+    /// <summary>Blocking mode: reads on the calling thread until the stream has ended (or failed).</summary>
+    public void ReadUntilEnded(Http2Stream s)
     {
         while (!s.Ended.IsCompleted)
         {
-            TimeSpan? left = call.Left;
-            if (left == TimeSpan.Zero)
-            {
-                throw new TimeoutException("deadline passed");
-            }
-
-            socket.ReceiveTimeout = left is { } t ? (int)Math.Min(int.MaxValue, t.TotalMilliseconds) + 1 : 0;
             ReadBlocking();
         }
+    }
+
+    protected override void BeforeBlockingRead()
+    {
+        TimeSpan? left = Call?.Left;
+        if (left == TimeSpan.Zero)
+        {
+            throw new TimeoutException("deadline passed");
+        }
+
+        socket.ReceiveTimeout = left is { } t ? (int)Math.Min(int.MaxValue, t.TotalMilliseconds) + 1 : 0;
     }
 
     /// <summary>A stream not yet opened: it takes its id when its HEADERS are sent.</summary>

@@ -139,6 +139,7 @@ internal abstract class Http2Connection : IAsyncDisposable
     /// connection is failed (its streams see why); a read timeout propagates to the caller.</summary>
     protected void ReadBlocking()
     {
+        BeforeBlockingRead();
         try
         {
             Received(io.Read(ReadSpace().Span));
@@ -155,6 +156,11 @@ internal abstract class Http2Connection : IAsyncDisposable
         {
             FailReaderAsync(e).GetAwaiter().GetResult();
         }
+    }
+
+    /// <summary>Blocking mode: bounds the next read (a client sets its call's deadline here).</summary>
+    protected virtual void BeforeBlockingRead()
+    {
     }
 
     private static bool IsReaderFailure(Exception e) => e is Http2Exception or HpackException or IOException or ObjectDisposedException

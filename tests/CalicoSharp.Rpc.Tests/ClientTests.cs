@@ -154,6 +154,22 @@ public class ClientTests
         Assert.Equal(StatusCode.DeadlineExceeded, e.StatusCode);
     }
 
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public async Task A_server_that_grants_no_credit_ends_a_large_request_at_its_deadline(bool blocking)
+    {
+        // SETTINGS_INITIAL_WINDOW_SIZE 0: after the first 64 KiB the client may send nothing more.
+        byte[] noCredit = Frame(4, 0, 0, [0, 4, 0, 0, 0, 0]);
+        await using var server = new ScriptedServer(_ => noCredit);
+        await using var client = new GrpcClient(server.Endpoint, new GrpcClientOptions { Blocking = blocking });
+        var sw = System.Diagnostics.Stopwatch.StartNew();
+        var e = await Assert.ThrowsAsync<RpcException>(() => client.UnaryAsync("/calicosharp.test.Echo/Say",
+            new EchoRequest { Payload = ByteString.CopyFrom(new byte[200_000]) }, EchoReply.Parser, DateTime.UtcNow.AddMilliseconds(500), default));
+        Assert.Equal(StatusCode.DeadlineExceeded, e.StatusCode);
+        Assert.InRange(sw.ElapsedMilliseconds, 400, 3000);
+    }
+
     [Fact]
     public async Task A_request_the_server_did_not_process_is_sent_again()
     {
