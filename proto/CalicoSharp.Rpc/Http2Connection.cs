@@ -430,7 +430,7 @@ internal abstract class Http2Connection : IAsyncDisposable
             }
         }
 
-        if (!HeadersSeen(s))
+        if (!s.HeadersReceived)
         {
             QueueReset(id, Http2ErrorCode.ProtocolError, "DATA before HEADERS");
             return;
@@ -576,8 +576,6 @@ internal abstract class Http2Connection : IAsyncDisposable
     protected virtual void OnPingAck(long payload)
     {
     }
-
-    protected static bool HeadersSeen(Http2Stream s) => s.HeadersReceived;
 
     /// <summary>Marks the remote side ended and retires the stream when both sides are done.</summary>
     protected void EndRemote(Http2Stream s)
