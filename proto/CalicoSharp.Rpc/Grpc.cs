@@ -15,18 +15,24 @@ internal static class GrpcWire
     public static byte[] Frame(ReadOnlySpan<byte> message)
     {
         byte[] framed = new byte[5 + message.Length];
-        BinaryPrimitives.WriteInt32BigEndian(framed.AsSpan(1), message.Length);
         message.CopyTo(framed.AsSpan(5));
+        WritePrefix(framed);
         return framed;
     }
 
     public static byte[] Frame(Google.Protobuf.IMessage message)
     {
-        int size = message.CalculateSize();
-        byte[] framed = new byte[5 + size];
-        BinaryPrimitives.WriteInt32BigEndian(framed.AsSpan(1), size);
+        byte[] framed = new byte[5 + message.CalculateSize()];
         Google.Protobuf.MessageExtensions.WriteTo(message, framed.AsSpan(5));
+        WritePrefix(framed);
         return framed;
+    }
+
+    /// <summary>Fills in the prefix of a framed message whose bytes follow it: uncompressed, its length.</summary>
+    public static void WritePrefix(Span<byte> framed)
+    {
+        framed[0] = 0;
+        BinaryPrimitives.WriteInt32BigEndian(framed[1..], framed.Length - 5);
     }
 
     public static byte[] Block(IEnumerable<(string Name, string Value)> fields)
@@ -204,8 +210,7 @@ internal static class Marshalling
             }
 
             byte[] framed = buffer.WrittenSpan.ToArray();
-            framed[0] = 0;
-            BinaryPrimitives.WriteInt32BigEndian(framed.AsSpan(1), framed.Length - 5);
+            GrpcWire.WritePrefix(framed);
             return framed;
         }
     }

@@ -134,7 +134,11 @@ public sealed class GrpcClient : IAsyncDisposable, IDisposable
     {
         ClientConnection conn = await ConnectAsync(call).ConfigureAwait(false);
         Http2Stream s = conn.NewStream();
-        conn.Call = call;
+        if (options.Blocking)
+        {
+            conn.Call = call; // bounds every blocking read, the sending side's included
+        }
+
         try
         {
             await conn.SendRequestAsync(s, RequestHeaders(method, deadline, metadata), framedRequest, endStream: true, call.Token).ConfigureAwait(false);
@@ -146,8 +150,7 @@ public sealed class GrpcClient : IAsyncDisposable, IDisposable
             await CheckResponseHeadersAsync(s, call.Token).ConfigureAwait(false);
             byte[]? message = await conn.ReadMessageAsync(s, call.Token).ConfigureAwait(false);
             byte[]? extra = message is null ? null : await conn.ReadMessageAsync(s, call.Token).ConfigureAwait(false);
-            await s.Ended.WaitAsync(call.Token).ConfigureAwait(false);
-            Status status = GrpcWire.StatusOf(s.Trailers ?? await s.Headers.ConfigureAwait(false));
+            Status status = await EndStatusAsync(s, call.Token).ConfigureAwait(false);
             if (status.StatusCode != StatusCode.OK)
             {
                 throw new RpcException(status);
@@ -203,6 +206,14 @@ public sealed class GrpcClient : IAsyncDisposable, IDisposable
 
     /// <summary>A <see cref="CallInvoker"/> for clients Grpc.Tools generated; it carries unary calls.</summary>
     public CallInvoker CreateCallInvoker() => new Invoker(this);
+
+    /// <summary>Waits for the server to end the stream; its status comes from the trailers, or from the
+    /// headers of a trailers-only answer.</summary>
+    internal static async Task<Status> EndStatusAsync(Http2Stream s, CancellationToken ct)
+    {
+        await s.Ended.WaitAsync(ct).ConfigureAwait(false);
+        return GrpcWire.StatusOf(s.Trailers ?? await s.Headers.ConfigureAwait(false));
+    }
 
     internal static async Task CheckResponseHeadersAsync(Http2Stream s, CancellationToken ct)
     {
@@ -401,8 +412,7 @@ public sealed class GrpcStreamingCall : IAsyncDisposable
             return m;
         }
 
-        await stream.Ended.WaitAsync(ct).ConfigureAwait(false);
-        Status status = GrpcWire.StatusOf(stream.Trailers ?? await stream.Headers.ConfigureAwait(false));
+        Status status = await GrpcClient.EndStatusAsync(stream, ct).ConfigureAwait(false);
         if (status.StatusCode != StatusCode.OK)
         {
             throw new RpcException(status, $"{method}: {status.Detail}");

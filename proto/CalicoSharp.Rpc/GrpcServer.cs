@@ -342,10 +342,12 @@ internal sealed class ServerConnection : Http2Connection
     private async Task ServeAsync(Http2Stream s, List<HeaderField> headers, CancellationTokenSource cts)
     {
         string path = GrpcWire.Get(headers, ":path") ?? string.Empty;
+        DateTime deadline = DateTime.MaxValue;
         try
         {
             if (GrpcWire.ParseTimeout(GrpcWire.Get(headers, "grpc-timeout")) is { } timeout)
             {
+                deadline = DateTime.UtcNow + timeout;
                 cts.CancelAfter(timeout);
             }
 
@@ -370,7 +372,7 @@ internal sealed class ServerConnection : Http2Connection
                 throw new RpcException(new Status(StatusCode.Internal, request is null ? "no request message" : "more than one request message to a unary method"));
             }
 
-            var context = new CallContext(path, headers, cts.Token);
+            var context = new CallContext(path, headers, deadline, cts.Token);
             byte[] response = await method(request, context).ConfigureAwait(false);
             await SendAsync(s, GrpcWire.Block([(":status", "200"), ("content-type", GrpcWire.ContentType)]), response,
                 GrpcWire.Block([("grpc-status", "0")]), true, cts.Token).ConfigureAwait(false);
@@ -472,7 +474,7 @@ internal sealed class ServerConnection : Http2Connection
     }
 
     /// <summary>What a handler learns of its call.</summary>
-    private sealed class CallContext(string method, List<HeaderField> headers, CancellationToken ct) : ServerCallContext
+    private sealed class CallContext(string method, List<HeaderField> headers, DateTime deadline, CancellationToken ct) : ServerCallContext
     {
         private readonly Metadata trailers = [];
         private Metadata? requestHeaders;
@@ -483,7 +485,7 @@ internal sealed class ServerConnection : Http2Connection
 
         protected override string PeerCore => "unix:";
 
-        protected override DateTime DeadlineCore => GrpcWire.ParseTimeout(GrpcWire.Get(headers, "grpc-timeout")) is { } t ? DateTime.UtcNow + t : DateTime.MaxValue;
+        protected override DateTime DeadlineCore => deadline;
 
         protected override Metadata RequestHeadersCore => requestHeaders ??= ToMetadata(headers);
 

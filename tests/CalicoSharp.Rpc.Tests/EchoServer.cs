@@ -9,13 +9,24 @@ internal sealed class EchoService : Echo.Echo.EchoBase
 {
     public int Cancelled;
 
-    public override Task<EchoReply> Say(EchoRequest request, ServerCallContext context) => Task.FromResult(new EchoReply
+    public override async Task<EchoReply> Say(EchoRequest request, ServerCallContext context)
     {
-        Text = request.Text,
-        Payload = request.ReplySize > 0 ? ByteString.CopyFrom(Pattern(request.ReplySize)) : request.Payload,
-        Authority = context.Host,
-        CustomHeader = context.RequestHeaders.GetValue("x-custom") ?? "",
-    });
+        DateTime deadline = context.Deadline;
+        if (request.Text == "deadline")
+        {
+            await Task.Delay(20);
+        }
+
+        return new EchoReply
+        {
+            Text = request.Text,
+            Payload = request.ReplySize > 0 ? ByteString.CopyFrom(Pattern(request.ReplySize)) : request.Payload,
+            Authority = context.Host,
+            CustomHeader = context.RequestHeaders.GetValue("x-custom") ?? "",
+            DeadlineMsLeft = deadline == DateTime.MaxValue ? -1 : (long)(deadline - DateTime.UtcNow).TotalMilliseconds,
+            DeadlineStable = context.Deadline == deadline,
+        };
+    }
 
     public override Task<EchoReply> Fail(FailRequest request, ServerCallContext context) => request.ThrowUnexpected
         ? throw new InvalidOperationException(request.Detail)

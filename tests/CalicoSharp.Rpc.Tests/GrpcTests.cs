@@ -117,6 +117,17 @@ public class GrpcTests
     }
 
     [Fact]
+    public async Task The_handler_sees_the_callers_deadline_and_it_stays_put()
+    {
+        await using var server = new EchoServer();
+        await using var client = new GrpcClient(server.UnixEndpoint);
+        EchoReply r = await Client(client).SayAsync(new EchoRequest { Text = "deadline" }, deadline: DateTime.UtcNow.AddSeconds(10));
+        Assert.True(r.DeadlineStable, "two reads of the handler's deadline differ");
+        Assert.InRange(r.DeadlineMsLeft, 5_000, 10_000);
+        Assert.Equal(-1, (await Client(client).SayAsync(new EchoRequest { Text = "deadline" })).DeadlineMsLeft);
+    }
+
+    [Fact]
     public async Task Cancelling_a_call_resets_its_stream()
     {
         await using var server = new EchoServer();
