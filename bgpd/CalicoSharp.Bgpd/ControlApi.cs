@@ -31,7 +31,7 @@ public sealed class ControlApi : IAsyncDisposable
     /// <summary>Where the metrics endpoint listens (its port when 0 was asked for), if it is on.</summary>
     public IPEndPoint? MetricsEndPoint => _metrics?.LocalEndPoint;
 
-    public static Task<ControlApi> StartAsync(Daemon daemon, string? socketPath, string? metricsAddress, Action<BgpLogLevel, string>? log = null)
+    public static async Task<ControlApi> StartAsync(Daemon daemon, string? socketPath, string? metricsAddress, Action<BgpLogLevel, string>? log = null)
     {
         ArgumentNullException.ThrowIfNull(daemon);
         IPEndPoint? metricsEndpoint = null;
@@ -62,11 +62,16 @@ public sealed class ControlApi : IAsyncDisposable
         }
         catch
         {
-            _ = grpc?.DisposeAsync().AsTask();
+            // Nothing half-started stays behind: the socket file goes before the error is reported.
+            if (grpc is not null)
+            {
+                await grpc.DisposeAsync().ConfigureAwait(false);
+            }
+
             throw;
         }
 
-        return Task.FromResult(new ControlApi(grpc, metrics));
+        return new ControlApi(grpc, metrics);
     }
 
     public async ValueTask DisposeAsync()
