@@ -112,7 +112,7 @@ public sealed class BgpPeer
     /// <summary>Export state: the peer waits for the output queue to drain.</summary>
     internal bool WaitingForDrain { get; set; }
 
-    internal Queue<int> Pending { get; } = new();
+    internal NativeQueue<int> Pending { get; } = new();
 
     /// <summary>End-of-RIB still owed to the peer for the initial table transfer.</summary>
     internal bool EndOfRibOwed { get; set; }

@@ -108,15 +108,15 @@ internal sealed class RouteStore
 {
     /// <summary>The prefix in one word: an IPv4 prefix as address | length &lt;&lt; 32 | 1 &lt;&lt; 40 (so one compare
     /// matches it), an IPv6 prefix's low 64 bits (with <see cref="Hi"/> and <see cref="Length"/>).</summary>
-    public ulong[] Key = new ulong[16];
-    public ulong[]? Hi;
-    public byte[] Length = new byte[16];
-    public byte[] FamilyOf = new byte[16];
-    public byte[] Flags0 = new byte[16];
-    public byte[] Count = new byte[16];
-    public byte[] Reason = new byte[16];
+    public readonly NativeArray<ulong> Key = new(16);
+    public NativeArray<ulong>? Hi;
+    public readonly NativeArray<byte> Length = new(16);
+    public readonly NativeArray<byte> FamilyOf = new(16);
+    public readonly NativeArray<byte> Flags0 = new(16);
+    public readonly NativeArray<byte> Count = new(16);
+    public readonly NativeArray<byte> Reason = new(16);
     /// <summary>The first path's peer as its index + 1 (0: this speaker); see <see cref="PeerOf"/>.</summary>
-    public ushort[] Peer0 = new ushort[16];
+    public readonly NativeArray<ushort> Peer0 = new(16);
     public PathAttributes?[] Attrs0 = new PathAttributes?[16];
 
     /// <summary>Paths after the first, for the few prefixes that have several.</summary>
@@ -124,7 +124,7 @@ internal sealed class RouteStore
     private BgpPeer?[] _peers = new BgpPeer?[8];
 
     /// <summary>Advertised bits (low 32) and queued bits (high 32) for peers 0-31; the RIB keeps the rest.</summary>
-    public ulong[] Bits = new ulong[16];
+    public readonly NativeArray<ulong> Bits = new(16);
 
     private readonly Stack<int> _free = new();
     private int _used;
@@ -132,15 +132,15 @@ internal sealed class RouteStore
     // pass other prefixes (every insert of a new prefix is a search that fails) never touch the key arrays.
     private const int SlotBits = 26;
     private const int SlotMask = (1 << SlotBits) - 1;
-    private int[] _index = NewIndex(16);
+    private NativeArray<int> _index = NewIndex(16);
     private int _shift = 60;
 
     public int EntryCount { get; private set; }
 
-    private static int[] NewIndex(int n)
+    private static NativeArray<int> NewIndex(int n)
     {
-        int[] a = new int[n];
-        Array.Fill(a, -1);
+        NativeArray<int> a = new(n);
+        a.AsSpan().Fill(-1);
         return a;
     }
 
@@ -170,7 +170,7 @@ internal sealed class RouteStore
 
     public int Find(in Prefix p)
     {
-        int[] idx = _index;
+        NativeArray<int> idx = _index;
         int mask = idx.Length - 1;
         ulong key = KeyOf(p);
         ulong hash = Hash(p);
@@ -211,7 +211,7 @@ internal sealed class RouteStore
         Key[i] = KeyOf(p);
         if (p.Family == Afi.IPv6)
         {
-            Hi ??= new ulong[Key.Length];
+            Hi ??= new NativeArray<ulong>(Key.Length);
             Hi[i] = p.Hi;
         }
         Length[i] = p.Length;
@@ -232,19 +232,16 @@ internal sealed class RouteStore
     private void GrowSlots()
     {
         int n = Key.Length * 2;
-        Array.Resize(ref Key, n);
-        if (Hi is not null)
-        {
-            Array.Resize(ref Hi, n);
-        }
-        Array.Resize(ref Length, n);
-        Array.Resize(ref FamilyOf, n);
-        Array.Resize(ref Flags0, n);
-        Array.Resize(ref Count, n);
-        Array.Resize(ref Reason, n);
-        Array.Resize(ref Peer0, n);
+        Key.Resize(n);
+        Hi?.Resize(n);
+        Length.Resize(n);
+        FamilyOf.Resize(n);
+        Flags0.Resize(n);
+        Count.Resize(n);
+        Reason.Resize(n);
+        Peer0.Resize(n);
         Array.Resize(ref Attrs0, n);
-        Array.Resize(ref Bits, n);
+        Bits.Resize(n);
     }
 
     private void Place(int i)
@@ -261,22 +258,23 @@ internal sealed class RouteStore
 
     private void GrowIndex()
     {
-        int[] old = _index;
+        NativeArray<int> old = _index;
         _index = NewIndex(old.Length * 2);
         _shift--;
-        foreach (int e in old)
+        foreach (int e in old.AsSpan())
         {
             if (e >= 0)
             {
                 Place(e & SlotMask);
             }
         }
+        old.Release();
     }
 
     /// <summary>Removes the slot from the index (backward-shift deletion) and frees it.</summary>
     public void Remove(int slot)
     {
-        int[] idx = _index;
+        NativeArray<int> idx = _index;
         int mask = idx.Length - 1;
         int h = Position(HashOf(slot));
         for (; (idx[h] & SlotMask) != slot; h = (h + 1) & mask)
@@ -311,12 +309,17 @@ internal sealed class RouteStore
     {
         get
         {
-            int[] idx = _index;
-            foreach (int e in idx)
+            NativeArray<int> idx = _index;
+            for (int h = 0; h < idx.Length; h++)
             {
+                int e = idx[h];
                 if (e >= 0)
                 {
                     yield return e & SlotMask;
+                }
+                if (!ReferenceEquals(idx, _index))
+                {
+                    throw new InvalidOperationException("the RIB grew while its entries were listed");
                 }
             }
         }
