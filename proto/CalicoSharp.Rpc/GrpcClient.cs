@@ -461,7 +461,12 @@ internal sealed class ClientConnection : Http2Connection
     public static async Task<ClientConnection> OpenAsync(GrpcEndpoint endpoint, GrpcClientOptions options, GrpcClient.CallScope call)
     {
         using var connectCts = CancellationTokenSource.CreateLinkedTokenSource(call.Token);
-        connectCts.CancelAfter(options.ConnectTimeout);
+        if (!options.Blocking)
+        {
+            // Blocking connects are bounded by poll and socket timeouts: a timer would start the timer thread.
+            connectCts.CancelAfter(options.ConnectTimeout);
+        }
+
         Socket socket = endpoint.UnixPath is not null
             ? new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified)
             : new Socket(SocketType.Stream, ProtocolType.Tcp) { NoDelay = true };
