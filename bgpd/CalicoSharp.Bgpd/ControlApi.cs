@@ -21,11 +21,13 @@ public sealed class ControlApi : IAsyncDisposable
 
     private readonly GrpcServer? _grpc;
     private readonly MetricsEndpoint? _metrics;
+    private readonly NodeIpamService? _nodeIpam;
 
-    private ControlApi(GrpcServer? grpc, MetricsEndpoint? metrics)
+    private ControlApi(GrpcServer? grpc, MetricsEndpoint? metrics, NodeIpamService? nodeIpam)
     {
         _grpc = grpc;
         _metrics = metrics;
+        _nodeIpam = nodeIpam;
     }
 
     /// <summary>Where the metrics endpoint listens (its port when 0 was asked for), if it is on.</summary>
@@ -42,6 +44,7 @@ public sealed class ControlApi : IAsyncDisposable
 
         GrpcServer? grpc = null;
         MetricsEndpoint? metrics = null;
+        NodeIpamService? nodeIpam = null;
         try
         {
             if (!string.IsNullOrEmpty(socketPath))
@@ -51,7 +54,13 @@ public sealed class ControlApi : IAsyncDisposable
                     OnHandlerError = (method, e) => log?.Invoke(BgpLogLevel.Error, $"control API {method} failed: {e}"),
                 });
                 grpc.AddService(b => Proto.Bgpd.BindService(b, new BgpdService(daemon)));
-                // Root and the CLI only: the socket shows the node's routing state.
+                if (daemon.Ipam is { } ipam)
+                {
+                    nodeIpam = new NodeIpamService(ipam, daemon.NodeName, log ?? ((_, _) => { }));
+                    grpc.AddService(b => Proto.NodeIpam.BindService(b, nodeIpam));
+                }
+
+                // Root and its group only: the socket shows the node's routing state and allocates its addresses.
                 grpc.ListenUnixSocket(socketPath, UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.GroupRead | UnixFileMode.GroupWrite);
             }
 
@@ -68,10 +77,11 @@ public sealed class ControlApi : IAsyncDisposable
                 await grpc.DisposeAsync().ConfigureAwait(false);
             }
 
+            nodeIpam?.Dispose();
             throw;
         }
 
-        return new ControlApi(grpc, metrics);
+        return new ControlApi(grpc, metrics, nodeIpam);
     }
 
     public async ValueTask DisposeAsync()
@@ -85,6 +95,9 @@ public sealed class ControlApi : IAsyncDisposable
         {
             await _metrics.DisposeAsync().ConfigureAwait(false);
         }
+
+        // After the server: no call can be waiting for its turn any more.
+        _nodeIpam?.Dispose();
     }
 }
 

@@ -58,6 +58,9 @@ public sealed class DaemonOptions
 
     /// <summary>Where a bgppeer's password secretKeyRef {name, key} is read: &lt;dir&gt;/&lt;name&gt;/&lt;key&gt;.</summary>
     public string SecretsDirectory { get; init; } = DefaultSecretsDirectory;
+
+    /// <summary>The node's state folder, shared with the CNI plugin: IPAM block hints and the host lock.</summary>
+    public string StateDirectory { get; init; } = IpamClientOptions.DefaultStateDirectory;
 }
 
 /// <summary>
@@ -108,6 +111,8 @@ public sealed class Daemon : IAsyncDisposable
         {
             _etcd = new EtcdKvStore(new EtcdOptions { Endpoints = options.EtcdEndpoints });
             _cluster = new EtcdClusterSource(_etcd, NodeName);
+            // Not disposed on its own: it shares the daemon's etcd client, which the daemon disposes.
+            Ipam = new IpamClient(_etcd, IpamClientOptions.InStateDirectory(options.StateDirectory, TimeSpan.FromSeconds(5)));
         }
         if (options.Kernel)
         {
@@ -121,6 +126,9 @@ public sealed class Daemon : IAsyncDisposable
     }
 
     public string NodeName { get; }
+
+    /// <summary>The allocator the control API serves to the CNI plugin; null without etcd.</summary>
+    internal IpamClient? Ipam { get; }
 
     public string? Ipv4Cidr { get; }
 

@@ -18,13 +18,15 @@ const string Usage = """
       --metrics-address <a:p>   serve Prometheus metrics at http://<a:p>/metrics (default: off)
       --secrets-dir <dir>       where a bgppeer's password secretKeyRef {name, key} is read: <dir>/<name>/<key>
                                 (default /etc/calicosharp/secrets, e.g. a mounted Kubernetes secret)
+      --state-dir <dir>         the node's state folder, shared with the CNI plugin (IPAM block hints, host
+                                lock; default /var/lib/calicosharp, env CALICOSHARP_STATE_DIR)
       --log-level <level>       debug, info (default), warning, error
     """;
 string? config = null, node = Environment.GetEnvironmentVariable("NODENAME"), ip4 = Environment.GetEnvironmentVariable("IP"),
     ip6 = Environment.GetEnvironmentVariable("IP6"), asText = Environment.GetEnvironmentVariable("AS"),
     etcd = Environment.GetEnvironmentVariable(EtcdOptions.EnvironmentVariable);
 bool kernel = true;
-string? apiSocket = ControlApi.DefaultSocket, metrics = null, secrets = null;
+string? apiSocket = ControlApi.DefaultSocket, metrics = null, secrets = null, stateDir = Environment.GetEnvironmentVariable("CALICOSHARP_STATE_DIR");
 BgpLogLevel level = BgpLogLevel.Info;
 for (int i = 0; i < args.Length; i++)
 {
@@ -41,6 +43,7 @@ for (int i = 0; i < args.Length; i++)
         case "--api-socket": apiSocket = Next(); break;
         case "--metrics-address": metrics = Next(); break;
         case "--secrets-dir": secrets = Next(); break;
+        case "--state-dir": stateDir = Next(); break;
         case "--log-level":
             if (!Enum.TryParse(Next(), true, out level))
             {
@@ -81,6 +84,7 @@ try
         EtcdEndpoints = string.IsNullOrEmpty(etcd) ? [] : EtcdOptions.ParseEndpoints(etcd),
         Kernel = kernel,
         SecretsDirectory = secrets ?? DaemonOptions.DefaultSecretsDirectory,
+        StateDirectory = string.IsNullOrEmpty(stateDir) ? IpamClientOptions.DefaultStateDirectory : stateDir,
     }, log.Write);
     await daemon.StartAsync().ConfigureAwait(false);
     if (apiSocket is not "none" and not "" || metrics is not null)

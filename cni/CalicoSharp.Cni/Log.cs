@@ -8,6 +8,7 @@ public sealed class Log
     private readonly string? path;
     private readonly int threshold;
     private readonly string prefix;
+    private readonly Lock gate = new();
 
     public Log(string? path, string level, string prefix)
     {
@@ -50,7 +51,11 @@ public sealed class Log
                 Directory.CreateDirectory(dir);
             }
 
-            File.AppendAllText(path, string.Create(CultureInfo.InvariantCulture, $"{DateTime.UtcNow:yyyy-MM-dd HH:mm:ss.fff} [{level}] {prefix}{message}\n"));
+            // IPAM and the dataplane work on two threads during ADD: one line at a time.
+            lock (gate)
+            {
+                File.AppendAllText(path, string.Create(CultureInfo.InvariantCulture, $"{DateTime.UtcNow:yyyy-MM-dd HH:mm:ss.fff} [{level}] {prefix}{message}\n"));
+            }
         }
         catch (IOException)
         {

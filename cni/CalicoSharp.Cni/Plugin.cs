@@ -107,7 +107,7 @@ public static class Plugin
             }
 
             var stateDir = env.GetValueOrDefault("CALICOSHARP_STATE_DIR");
-            using var ipam = (options.Ipam ?? (c => DefaultIpam(c, stateDir)))(conf);
+            using var ipam = (options.Ipam ?? (c => DefaultIpam(c, stateDir, ctx.Log)))(conf);
             var dataplane = kind == PluginKind.Network ? (options.Dataplane ?? (() => new LinuxDataplane()))() : null;
             var result = cniEnv.Command switch
             {
@@ -153,8 +153,8 @@ public static class Plugin
         }
     }
 
-    private static IIpamBackend DefaultIpam(NetConf conf, string? stateDir) =>
-        conf.Ipam.Type == IpamType ? CalicoIpamBackend.Create(conf, stateDir) : new ExecIpamBackend();
+    private static IIpamBackend DefaultIpam(NetConf conf, string? stateDir, Log log) =>
+        conf.Ipam.Type == IpamType ? CalicoIpamBackend.Create(conf, stateDir, log) : new ExecIpamBackend();
 
     private static async Task<CniResult> AddAsync(PluginContext ctx, IIpamBackend ipam, IDataplane? dataplane, Action<string> step)
     {

@@ -4,6 +4,16 @@ namespace CalicoSharp.Ipam;
 
 public sealed record IpamClientOptions
 {
+    /// <summary>The node's state folder, shared by the CNI plugin and bgpd: block hints and lock files.</summary>
+    public const string DefaultStateDirectory = "/var/lib/calicosharp";
+
+    /// <summary>Options for a node's allocator: hints in &lt;dir&gt;/ipam, the host lock in &lt;dir&gt;/locks.</summary>
+    public static IpamClientOptions InStateDirectory(string? stateDirectory, TimeSpan timeout)
+    {
+        string dir = stateDirectory ?? DefaultStateDirectory;
+        return new IpamClientOptions { Timeout = timeout, HintDirectory = Path.Combine(dir, "ipam"), LockDirectory = Path.Combine(dir, "locks") };
+    }
+
     /// <summary>Bound on one whole operation, retries included.</summary>
     public TimeSpan Timeout { get; init; } = TimeSpan.FromSeconds(5);
 

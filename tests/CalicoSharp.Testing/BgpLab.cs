@@ -285,7 +285,7 @@ public sealed class BgpLab : IAsyncDisposable
         foreach (string a in new[] { "netns", "exec", n.Netns.Name }.Concat(BgpdCommand).Concat(
         [
             "--node-name", n.Name, "--ipv4-address", $"{n.Address}/{n.PrefixLength}", "--etcd-endpoints", Etcd.UnixEndpoint, "--log-level", "debug",
-            "--api-socket", n.ApiSocket, "--metrics-address", LabNode.MetricsAddress, "--secrets-dir", SecretsDirectory,
+            "--api-socket", n.ApiSocket, "--metrics-address", LabNode.MetricsAddress, "--secrets-dir", SecretsDirectory, "--state-dir", n.StateDir,
         ]).Concat(Model == TorModel.AsPerComputeServer ? ["--as", n.As.ToString(CultureInfo.InvariantCulture)] : []).Concat(extra))
         {
             psi.ArgumentList.Add(a);
@@ -354,7 +354,7 @@ public sealed class BgpLab : IAsyncDisposable
             ["CNI_ARGS"] = $"IgnoreUnknown=1;K8S_POD_NAMESPACE=lab;K8S_POD_NAME={name}",
             ["CALICOSHARP_STATE_DIR"] = node.StateDir,
         };
-        string conf = $$$"""{"cniVersion":"1.0.0","name":"k8s-pod-network","type":"calicosharp","mtu":1400,"etcd_endpoints":"{{{Etcd.UnixEndpoint}}}","nodename":"{{{node.Name}}}","ipam":{"type":"calicosharp-ipam"}}""";
+        string conf = $$$"""{"cniVersion":"1.0.0","name":"k8s-pod-network","type":"calicosharp","mtu":1400,"etcd_endpoints":"{{{Etcd.UnixEndpoint}}}","nodename":"{{{node.Name}}}","bgpd_socket":"{{{node.ApiSocket}}}","ipam":{"type":"calicosharp-ipam"}}""";
         ProcessResult r = await ProcessRunner.RunAsync("ip", new[] { "netns", "exec", node.Netns.Name }.Concat(CniCommand), TimeSpan.FromSeconds(60), env, conf).ConfigureAwait(false);
         if (r.ExitCode != 0)
         {
