@@ -38,16 +38,25 @@ public sealed class EtcdServer : IDisposable
 
     public static EtcdServer Start()
     {
-        var s = new EtcdServer();
-        try
+        for (int attempt = 1; ; attempt++)
         {
-            s.Launch();
-            return s;
-        }
-        catch
-        {
-            s.Dispose();
-            throw;
+            var s = new EtcdServer();
+            try
+            {
+                s.Launch();
+                return s;
+            }
+            catch (InvalidOperationException e) when (attempt < 4 && e.Message.Contains("address already in use", StringComparison.Ordinal))
+            {
+                // The free port was taken between choosing it and etcd binding it (tests run in parallel, and
+                // their clients' own ports come from the same range): choose again.
+                s.Dispose();
+            }
+            catch
+            {
+                s.Dispose();
+                throw;
+            }
         }
     }
 
