@@ -78,16 +78,11 @@ internal static partial class CniBench
         var ours = $$$"""{"cniVersion":"1.0.0","name":"bench","type":"calicosharp","mtu":1500,"etcd_endpoints":"{{{etcdEndpoint}}}","nodename":"bench-node","bgpd_socket":"{{{socket}}}","log_level":"debug","log_file_path":"{{{log}}}","ipam":{"type":"calicosharp-ipam"}}""";
         var direct = $$$"""{"cniVersion":"1.0.0","name":"bench","type":"calicosharp","mtu":1500,"etcd_endpoints":"{{{etcdEndpoint}}}","nodename":"bench-node","bgpd_socket":"","log_level":"debug","log_file_path":"{{{directLog}}}","ipam":{"type":"calicosharp-ipam"}}""";
         var reference = $$$"""{"cniVersion":"1.0.0","name":"ref","type":"ptp","ipMasq":false,"mtu":1500,"ipam":{"type":"host-local","subnet":"10.89.0.0/16","dataDir":"{{{Path.Combine(work, "host-local")}}}"}}""";
-        using var bgpd = StartAgent(Path.Combine(bin, "calicosharp-bgpd"), etcdEndpoint, socket, state);
-        try
+        // The node's bgpd (in the bench's node namespace), only as the plugin's allocator: no peers, no kernel routes.
+        using (BgpdProcess.Start([Path.Combine(bin, "calicosharp-bgpd")], ["--node-name", "bench-node", "--ipv4-address", "10.255.255.1/32", "--as", "64512",
+            "--etcd-endpoints", etcdEndpoint, "--no-kernel", "--api-socket", socket, "--state-dir", state, "--log-level", "warning"], socket))
         {
-            await WaitForSocketAsync(socket, bgpd);
             await MeasureAsync(o, bin, pods, log, directLog, state, ours, direct, reference);
-        }
-        finally
-        {
-            bgpd.Kill(entireProcessTree: true);
-            await bgpd.WaitForExitAsync();
         }
 
         return 0;
@@ -149,37 +144,6 @@ internal static partial class CniBench
         }
 
         await Task.WhenAll(batch.Select((ns, i) => Exec(Path.Combine(bin, "calicosharp"), "DEL", $"burst{i}", "/var/run/netns/" + ns, ours, state)));
-    }
-
-    /// <summary>The node's bgpd, only as the plugin's allocator: no peers, no kernel routes.</summary>
-    private static Process StartAgent(string bgpd, string etcdEndpoint, string socket, string state)
-    {
-        var psi = new ProcessStartInfo(bgpd) { UseShellExecute = false, RedirectStandardError = true, RedirectStandardOutput = true };
-        foreach (var a in new[] { "--node-name", "bench-node", "--ipv4-address", "10.255.255.1/32", "--as", "64512", "--etcd-endpoints", etcdEndpoint,
-            "--no-kernel", "--api-socket", socket, "--state-dir", state, "--log-level", "warning" })
-        {
-            psi.ArgumentList.Add(a);
-        }
-
-        var p = Process.Start(psi)!;
-        p.OutputDataReceived += (_, _) => { };
-        p.ErrorDataReceived += (_, _) => { };
-        p.BeginOutputReadLine();
-        p.BeginErrorReadLine();
-        return p;
-    }
-
-    private static async Task WaitForSocketAsync(string socket, Process bgpd)
-    {
-        for (int i = 0; i < 100 && !File.Exists(socket); i++)
-        {
-            if (bgpd.HasExited)
-            {
-                throw new InvalidOperationException($"bgpd exited with {bgpd.ExitCode} before its socket appeared");
-            }
-
-            await Task.Delay(50);
-        }
     }
 
     private static async Task<(List<double> Add, List<double> Del)> Sequential(string plugin, string conf, string[] pods, string idPrefix, string state)

@@ -1,4 +1,3 @@
-using System.Diagnostics;
 using System.Net;
 using System.Net.Sockets;
 using CalicoSharp.Cni;
@@ -14,96 +13,33 @@ namespace CalicoSharp.Cni.Tests;
 [Trait("Category", "Privileged")]
 public sealed class NodeAgentTests : IDisposable
 {
-    private readonly EtcdServer etcd = EtcdServer.Start();
-    private readonly string prefix = TestNetns.NewLabPrefix();
-    private readonly TestNetns node;
-    private readonly NetNs nodeNs;
-    private readonly List<TestNetns> pods = [];
+    private readonly CniNodeLab lab = new(("10.78.0.0/16", "agent-v4"));
     private readonly string dir = Directory.CreateTempSubdirectory("calicosharp-agent-").FullName;
-    private readonly IpamClient ipam;
-    private readonly Process bgpd;
+    private readonly BgpdProcess bgpd;
 
-    public NodeAgentTests()
-    {
-        node = TestNetns.Create(prefix + "-node1");
-        nodeNs = NetNs.Open(node.Path);
-        ipam = new IpamClient(new EtcdKvStore(new EtcdOptions { Endpoints = [etcd.Endpoint] }));
-        ipam.AddPoolAsync(new PoolRequest { Cidr = "10.78.0.0/16", Name = "agent-v4" }).GetAwaiter().GetResult();
-        bgpd = StartBgpd("node1", Socket);
-    }
+    public NodeAgentTests() => bgpd = StartBgpd("node1", Socket);
+
+    private IpamClient ipam => lab.Ipam;
 
     private string Socket => Path.Combine(dir, "bgpd.sock");
-
-    private string StateDir => Path.Combine(dir, "state");
 
     private string LogFile => Path.Combine(dir, "cni.log");
 
     public void Dispose()
     {
-        bgpd.Kill(entireProcessTree: true);
-        bgpd.WaitForExit();
         bgpd.Dispose();
-        foreach (var p in pods)
-        {
-            p.Dispose();
-        }
-
-        nodeNs.Dispose();
-        node.Dispose();
-        ipam.Dispose();
-        etcd.Dispose();
+        lab.Dispose();
         Directory.Delete(dir, true);
     }
 
-    private Process StartBgpd(string nodeName, string socket)
-    {
-        var psi = new ProcessStartInfo("ip") { UseShellExecute = false, RedirectStandardError = true, RedirectStandardOutput = true };
-        foreach (var a in new[] { "netns", "exec", node.Name, "dotnet", RepoPaths.ProjectDll("bgpd/calicosharp-bgpd", "calicosharp-bgpd"),
-            "--node-name", nodeName, "--ipv4-address", "10.255.0.1/32", "--as", "64512", "--etcd-endpoints", etcd.UnixEndpoint,
-            "--no-kernel", "--api-socket", socket, "--state-dir", StateDir, "--log-level", "debug" })
-        {
-            psi.ArgumentList.Add(a);
-        }
+    private string[] BgpdCommand => ["ip", "netns", "exec", lab.Node.Name, "dotnet", RepoPaths.ProjectDll("bgpd/calicosharp-bgpd", "calicosharp-bgpd")];
 
-        var p = Process.Start(psi)!;
-        p.OutputDataReceived += (_, _) => { };
-        p.ErrorDataReceived += (_, _) => { };
-        p.BeginOutputReadLine();
-        p.BeginErrorReadLine();
-        var sw = Stopwatch.StartNew();
-        while (!File.Exists(socket))
-        {
-            if (p.HasExited || sw.Elapsed > TimeSpan.FromSeconds(30))
-            {
-                throw new InvalidOperationException($"bgpd did not open {socket}");
-            }
-
-            Thread.Sleep(50);
-        }
-
-        return p;
-    }
+    private BgpdProcess StartBgpd(string nodeName, string socket) => BgpdProcess.Start(BgpdCommand,
+        ["--node-name", nodeName, "--ipv4-address", "10.255.0.1/32", "--as", "64512", "--etcd-endpoints", lab.Etcd.UnixEndpoint,
+         "--no-kernel", "--api-socket", socket, "--state-dir", lab.StateDir, "--log-level", "debug"], socket);
 
     private string Conf(string socket, string nodeName = "node1", string pools = "") =>
-        $$$"""{"cniVersion":"1.0.0","name":"net","type":"calicosharp","mtu":1400,"etcd_endpoints":"{{{etcd.UnixEndpoint}}}","nodename":"{{{nodeName}}}","bgpd_socket":"{{{socket}}}","log_level":"debug","log_file_path":"{{{LogFile}}}","ipam":{"type":"calicosharp-ipam"{{{pools}}}}}""";
-
-    private Dictionary<string, string> Env(string command, string containerId, TestNetns pod) => new()
-    {
-        ["CNI_COMMAND"] = command,
-        ["CNI_CONTAINERID"] = containerId,
-        ["CNI_NETNS"] = pod.Path,
-        ["CNI_IFNAME"] = "eth0",
-        ["CNI_PATH"] = "/usr/lib/cni",
-        ["CNI_ARGS"] = $"IgnoreUnknown=1;K8S_POD_NAMESPACE=lab;K8S_POD_NAME={containerId}",
-        ["CALICOSHARP_STATE_DIR"] = StateDir,
-    };
-
-    private TestNetns NewPod()
-    {
-        var p = TestNetns.Create($"{prefix}-pod{pods.Count + 1}");
-        pods.Add(p);
-        return p;
-    }
+        $$$"""{"cniVersion":"1.0.0","name":"net","type":"calicosharp","mtu":1400,"etcd_endpoints":"{{{lab.Etcd.UnixEndpoint}}}","nodename":"{{{nodeName}}}","bgpd_socket":"{{{socket}}}","log_level":"debug","log_file_path":"{{{LogFile}}}","ipam":{"type":"calicosharp-ipam"{{{pools}}}}}""";
 
     private static NetConf Parse(string conf) => NetConf.Parse(System.Text.Encoding.UTF8.GetBytes(conf));
 
@@ -119,8 +55,8 @@ public sealed class NodeAgentTests : IDisposable
     [Fact]
     public async Task ADD_takes_its_address_from_bgpd_with_the_pods_attributes_and_DEL_releases_it()
     {
-        var pod = NewPod();
-        var (code, result) = await PluginHarness.RunAsync(PluginKind.Network, Env("ADD", "agent1", pod), Conf(Socket), new PluginOptions { Dataplane = () => new LinuxDataplane(nodeNs) });
+        var pod = lab.NewPod();
+        var (code, result) = await PluginHarness.RunAsync(PluginKind.Network, lab.Env("ADD", "agent1", pod), Conf(Socket), new PluginOptions { Dataplane = () => new LinuxDataplane(lab.NodeNs) });
         Assert.Equal(0, code);
         var address = IPAddress.Parse(result.GetProperty("ips")[0].GetProperty("address").GetString()!.Split('/')[0]);
         Assert.Contains("allocated by bgpd at " + Socket, await File.ReadAllTextAsync(LogFile));
@@ -132,7 +68,7 @@ public sealed class NodeAgentTests : IDisposable
         Assert.Equal("lab", lookup.Attributes["namespace"]);
         Assert.Equal("agent1", lookup.Attributes["pod"]);
 
-        Assert.Equal(0, (await PluginHarness.RunAsync(PluginKind.Network, Env("DEL", "agent1", pod), Conf(Socket), new PluginOptions { Dataplane = () => new LinuxDataplane(nodeNs) })).Code);
+        Assert.Equal(0, (await PluginHarness.RunAsync(PluginKind.Network, lab.Env("DEL", "agent1", pod), Conf(Socket), new PluginOptions { Dataplane = () => new LinuxDataplane(lab.NodeNs) })).Code);
         Assert.Empty(await ipam.AddressesOfHandleAsync("net.agent1"));
     }
 
@@ -162,8 +98,8 @@ public sealed class NodeAgentTests : IDisposable
             Assert.Equal(IpamErrorKind.PoolExhausted, e.Kind);
         }
 
-        var pod = NewPod();
-        var (code, err) = await PluginHarness.RunAsync(PluginKind.Network, Env("ADD", "full", pod), Conf(Socket, pools: ",\"ipv4_pools\":[\"tiny\"]"), new PluginOptions { Dataplane = () => new LinuxDataplane(nodeNs) });
+        var pod = lab.NewPod();
+        var (code, err) = await PluginHarness.RunAsync(PluginKind.Network, lab.Env("ADD", "full", pod), Conf(Socket, pools: ",\"ipv4_pools\":[\"tiny\"]"), new PluginOptions { Dataplane = () => new LinuxDataplane(lab.NodeNs) });
         Assert.Equal((int)CniCode.PoolExhausted, err.GetProperty("code").GetInt32());
         Assert.Equal(1, code);
         Assert.Empty(await ipam.AddressesOfHandleAsync("net.full"));
@@ -177,7 +113,7 @@ public sealed class NodeAgentTests : IDisposable
     public async Task When_bgpd_does_not_answer_the_plugin_assigns_itself(string how)
     {
         string socket = Path.Combine(dir, how + ".sock");
-        Process? other = null;
+        BgpdProcess? other = null;
         Socket? bound = null;
         switch (how)
         {
@@ -190,8 +126,8 @@ public sealed class NodeAgentTests : IDisposable
                 other = StartBgpd("node2", socket);
                 break;
             case "no-etcd":
-                socket = Path.Combine(dir, "noetcd.sock");
-                other = StartNoEtcdBgpd(socket);
+                // Its control API but no etcd (configured by flags only): it does not serve NodeIpam.
+                other = BgpdProcess.Start(BgpdCommand, ["--node-name", "node1", "--ipv4-address", "10.255.0.2/32", "--as", "64512", "--no-kernel", "--api-socket", socket], socket);
                 break;
         }
 
@@ -203,8 +139,8 @@ public sealed class NodeAgentTests : IDisposable
                 Assert.Null(agent?.TryAssign(Request("net.fallback-probe")));
             }
 
-            var pod = NewPod();
-            var (code, result) = await PluginHarness.RunAsync(PluginKind.Network, Env("ADD", how, pod), conf, new PluginOptions { Dataplane = () => new LinuxDataplane(nodeNs) });
+            var pod = lab.NewPod();
+            var (code, result) = await PluginHarness.RunAsync(PluginKind.Network, lab.Env("ADD", how, pod), conf, new PluginOptions { Dataplane = () => new LinuxDataplane(lab.NodeNs) });
             Assert.Equal(0, code);
             var address = IPAddress.Parse(result.GetProperty("ips")[0].GetProperty("address").GetString()!.Split('/')[0]);
             Assert.Equal("node1", (await ipam.LookupAsync(address))!.Attributes!["node"]);
@@ -216,36 +152,7 @@ public sealed class NodeAgentTests : IDisposable
         finally
         {
             bound?.Dispose();
-            if (other is not null)
-            {
-                other.Kill(entireProcessTree: true);
-                other.WaitForExit();
-                other.Dispose();
-            }
+            other?.Dispose();
         }
-    }
-
-    /// <summary>A bgpd with its control API but no etcd (config from flags only): it does not serve NodeIpam.</summary>
-    private Process StartNoEtcdBgpd(string socket)
-    {
-        var psi = new ProcessStartInfo("ip") { UseShellExecute = false, RedirectStandardError = true, RedirectStandardOutput = true };
-        foreach (var a in new[] { "netns", "exec", node.Name, "dotnet", RepoPaths.ProjectDll("bgpd/calicosharp-bgpd", "calicosharp-bgpd"),
-            "--node-name", "node1", "--ipv4-address", "10.255.0.2/32", "--as", "64512", "--no-kernel", "--api-socket", socket })
-        {
-            psi.ArgumentList.Add(a);
-        }
-
-        var p = Process.Start(psi)!;
-        p.OutputDataReceived += (_, _) => { };
-        p.ErrorDataReceived += (_, _) => { };
-        p.BeginOutputReadLine();
-        p.BeginErrorReadLine();
-        var sw = Stopwatch.StartNew();
-        while (!File.Exists(socket) && !p.HasExited && sw.Elapsed < TimeSpan.FromSeconds(30))
-        {
-            Thread.Sleep(50);
-        }
-
-        return p;
     }
 }

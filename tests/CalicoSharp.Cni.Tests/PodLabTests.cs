@@ -14,58 +14,28 @@ namespace CalicoSharp.Cni.Tests;
 [Trait("Category", "Privileged")]
 public sealed class PodLabTests : IDisposable
 {
-    private readonly EtcdServer etcd = EtcdServer.Start();
-    private readonly string prefix = TestNetns.NewLabPrefix();
-    private readonly TestNetns node;
-    private readonly NetNs nodeNs;
-    private readonly List<TestNetns> pods = [];
-    private readonly string stateDir = Directory.CreateTempSubdirectory("calicosharp-cni-state-").FullName;
-    private readonly IpamClient ipam;
-    private int podCount;
+    private readonly CniNodeLab lab = new(("10.77.0.0/16", "lab-v4"), ("fd77:1:2::/48", "lab-v6"));
 
-    public PodLabTests()
-    {
-        node = TestNetns.Create(prefix + "-node1");
-        nodeNs = NetNs.Open(node.Path);
-        ipam = new IpamClient(new EtcdKvStore(new EtcdOptions { Endpoints = [etcd.Endpoint] }));
-        ipam.AddPoolAsync(new PoolRequest { Cidr = "10.77.0.0/16", Name = "lab-v4" }).GetAwaiter().GetResult();
-        ipam.AddPoolAsync(new PoolRequest { Cidr = "fd77:1:2::/48", Name = "lab-v6" }).GetAwaiter().GetResult();
-    }
+    private EtcdServer etcd => lab.Etcd;
 
-    public void Dispose()
-    {
-        foreach (var p in pods)
-        {
-            p.Dispose();
-        }
+    private string prefix => lab.Prefix;
 
-        nodeNs.Dispose();
-        node.Dispose();
-        ipam.Dispose();
-        etcd.Dispose();
-        Directory.Delete(stateDir, true);
-    }
+    private TestNetns node => lab.Node;
 
-    private TestNetns NewPod()
-    {
-        var p = TestNetns.Create($"{prefix}-pod{++podCount}");
-        pods.Add(p);
-        return p;
-    }
+    private NetNs nodeNs => lab.NodeNs;
+
+    private string stateDir => lab.StateDir;
+
+    private IpamClient ipam => lab.Ipam;
+
+    public void Dispose() => lab.Dispose();
+
+    private TestNetns NewPod() => lab.NewPod();
 
     private string Conf(string version = "1.1.0", string extra = "", string ipamExtra = "\"assign_ipv6\":\"true\"", string name = "k8s-pod-network", string nodeName = "node1") =>
         $$"""{"cniVersion":"{{version}}","name":"{{name}}","type":"calicosharp","mtu":1400,"etcd_endpoints":"{{etcd.UnixEndpoint}}","nodename":"{{nodeName}}","ipam":{"type":"calicosharp-ipam",{{ipamExtra}}}{{extra}}}""";
 
-    private Dictionary<string, string> Env(string command, string containerId, TestNetns? pod, string? netns = null) => new()
-    {
-        ["CNI_COMMAND"] = command,
-        ["CNI_CONTAINERID"] = containerId,
-        ["CNI_NETNS"] = netns ?? pod?.Path ?? string.Empty,
-        ["CNI_IFNAME"] = "eth0",
-        ["CNI_PATH"] = "/usr/lib/cni",
-        ["CNI_ARGS"] = $"IgnoreUnknown=1;K8S_POD_NAMESPACE=lab;K8S_POD_NAME={containerId}",
-        ["CALICOSHARP_STATE_DIR"] = stateDir,
-    };
+    private Dictionary<string, string> Env(string command, string containerId, TestNetns? pod, string? netns = null) => lab.Env(command, containerId, pod, netns);
 
     private Task<(int Code, JsonElement Out)> Run(Dictionary<string, string> env, string conf, PluginKind kind = PluginKind.Network, Action<string>? afterStep = null) =>
         PluginHarness.RunAsync(kind, env, conf, new PluginOptions { Dataplane = () => new LinuxDataplane(nodeNs), AfterStep = afterStep });
