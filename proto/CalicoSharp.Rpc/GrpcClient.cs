@@ -438,13 +438,14 @@ internal sealed class ClientConnection : Http2Connection
     private TaskCompletionSource? pingAck;
     private CancellationTokenSource? keepAlive;
 
-    private readonly Socket socket;
+    /// <summary>Blocking mode: bounds the next read (milliseconds, 0 none).</summary>
+    private readonly Action<int>? setReceiveTimeout;
 
-    private ClientConnection(Stream io, Socket socket, GrpcClientOptions options)
+    private ClientConnection(Stream io, Action<int>? setReceiveTimeout, GrpcClientOptions options)
         : base(io, options.MaxReceiveMessageSize, options.Blocking)
     {
         this.options = options;
-        this.socket = socket;
+        this.setReceiveTimeout = setReceiveTimeout;
     }
 
     public bool CanOpenStreams
@@ -467,24 +468,42 @@ internal sealed class ClientConnection : Http2Connection
             connectCts.CancelAfter(options.ConnectTimeout);
         }
 
-        Socket socket = endpoint.UnixPath is not null
-            ? new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified)
-            : new Socket(SocketType.Stream, ProtocolType.Tcp) { NoDelay = true };
-        Stream io;
+        Stream? io = null;
+        Action<int>? setReceiveTimeout = null;
         try
         {
             EndPoint target = endpoint.UnixPath is not null ? new UnixDomainSocketEndPoint(endpoint.UnixPath)
                 : IPAddress.TryParse(endpoint.Host, out IPAddress? ip) ? new IPEndPoint(ip, endpoint.Port) : new DnsEndPoint(endpoint.Host, endpoint.Port);
             if (options.Blocking)
             {
-                ConnectBlocking(socket, target, Min(options.ConnectTimeout, call.Left));
+                if (target is DnsEndPoint dns)
+                {
+                    IPAddress[] addresses = Dns.GetHostAddresses(dns.Host);
+                    target = new IPEndPoint(addresses.FirstOrDefault() ?? throw new SocketException((int)SocketError.HostNotFound), dns.Port);
+                }
+
+                var blocking = BlockingSocket.Connect(target, Min(options.ConnectTimeout, call.Left));
+                io = blocking;
+                setReceiveTimeout = ms => blocking.ReceiveTimeout = ms;
             }
             else
             {
-                await socket.ConnectAsync(target, connectCts.Token).ConfigureAwait(false);
+                Socket socket = endpoint.UnixPath is not null
+                    ? new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified)
+                    : new Socket(SocketType.Stream, ProtocolType.Tcp) { NoDelay = true };
+                try
+                {
+                    await socket.ConnectAsync(target, connectCts.Token).ConfigureAwait(false);
+                }
+                catch
+                {
+                    socket.Dispose();
+                    throw;
+                }
+
+                io = new NetworkStream(socket, ownsSocket: true);
             }
 
-            io = new NetworkStream(socket, ownsSocket: true);
             if (endpoint.Tls)
             {
                 var tls = new SslStream(io, leaveInnerStreamOpen: false);
@@ -496,7 +515,7 @@ internal sealed class ClientConnection : Http2Connection
                 };
                 if (options.Blocking)
                 {
-                    socket.ReceiveTimeout = (int)Min(options.ConnectTimeout, call.Left).TotalMilliseconds + 1;
+                    setReceiveTimeout!((int)Min(options.ConnectTimeout, call.Left).TotalMilliseconds + 1);
                     tls.AuthenticateAsClient(auth);
                 }
                 else
@@ -508,7 +527,7 @@ internal sealed class ClientConnection : Http2Connection
         catch (Exception e) when ((e is OperationCanceledException && connectCts.IsCancellationRequested) || e is TimeoutException
             || e is IOException { InnerException: SocketException { SocketErrorCode: SocketError.TimedOut } })
         {
-            socket.Dispose();
+            io?.Dispose();
             if (call.Token.IsCancellationRequested)
             {
                 throw call.Expired("connect", endpoint);
@@ -518,11 +537,11 @@ internal sealed class ClientConnection : Http2Connection
         }
         catch (Exception e) when (e is SocketException or IOException or System.Security.Authentication.AuthenticationException)
         {
-            socket.Dispose();
+            io?.Dispose();
             throw new RpcException(new Status(StatusCode.Unavailable, $"cannot connect to {endpoint}: {e.Message}", e));
         }
 
-        var conn = new ClientConnection(io, socket, options);
+        var conn = new ClientConnection(io, setReceiveTimeout, options);
         conn.QueueHandshake(client: true,
         [
             (Http2.SettingsEnablePush, 0),
@@ -546,43 +565,6 @@ internal sealed class ClientConnection : Http2Connection
 
     private static TimeSpan Min(TimeSpan a, TimeSpan? b) => b is { } v && v < a ? v : a;
 
-    /// <summary>connect(2) bounded by a timeout, without the socket engine: non-blocking connect, then poll.</summary>
-    private static void ConnectBlocking(Socket socket, EndPoint target, TimeSpan timeout)
-    {
-        if (target is UnixDomainSocketEndPoint)
-        {
-            // Local: refused or accepted at once. (A non-blocking socket would start the socket engine's thread.)
-            socket.Connect(target);
-            return;
-        }
-
-        if (target is DnsEndPoint dns)
-        {
-            IPAddress[] addresses = Dns.GetHostAddresses(dns.Host);
-            target = new IPEndPoint(addresses.FirstOrDefault() ?? throw new SocketException((int)SocketError.HostNotFound), dns.Port);
-        }
-
-        socket.Blocking = false;
-        try
-        {
-            socket.Connect(target);
-        }
-        catch (SocketException e) when (e.SocketErrorCode is SocketError.WouldBlock or SocketError.InProgress)
-        {
-            if (!socket.Poll((int)Math.Min(int.MaxValue, timeout.TotalMicroseconds), SelectMode.SelectWrite))
-            {
-                throw new TimeoutException("connect timed out");
-            }
-
-            if (socket.GetSocketOption(SocketOptionLevel.Socket, SocketOptionName.Error) is int error && error != 0)
-            {
-                throw new SocketException(error);
-            }
-        }
-
-        socket.Blocking = true;
-    }
-
     /// <summary>Blocking mode: the call whose deadline bounds every read (one call at a time).</summary>
     public GrpcClient.CallScope? Call { get; set; }
 
@@ -603,7 +585,7 @@ internal sealed class ClientConnection : Http2Connection
             throw new TimeoutException("deadline passed");
         }
 
-        socket.ReceiveTimeout = left is { } t ? (int)Math.Min(int.MaxValue, t.TotalMilliseconds) + 1 : 0;
+        setReceiveTimeout?.Invoke(left is { } t ? (int)Math.Min(int.MaxValue, t.TotalMilliseconds) + 1 : 0);
     }
 
     /// <summary>A stream not yet opened: it takes its id when its HEADERS are sent.</summary>
