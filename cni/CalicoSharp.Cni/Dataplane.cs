@@ -9,15 +9,29 @@ namespace CalicoSharp.Cni;
 /// <summary>Wires a pod to its node. Implementations: <see cref="LinuxDataplane"/> (netlink), and fakes in tests.</summary>
 public interface IDataplane
 {
-    /// <summary>Creates the pod's interfaces, addresses and routes; returns the result's interfaces.
-    /// Calls <paramref name="afterStep"/> after each step (tests inject failures there).</summary>
-    List<CniInterface> Setup(PluginContext ctx, IReadOnlyList<CniIp> ips, Action<string> afterStep);
+    /// <summary>The first half of ADD, which needs no address: the pod's interfaces for the given families,
+    /// configured and up. Calls <paramref name="afterStep"/> after each step (tests inject failures there).</summary>
+    IPreparedPod Prepare(PluginContext ctx, PodFamilies families, Action<string> afterStep);
+
 
     /// <summary>Removes what Setup made; a missing namespace or link is not an error.</summary>
     void Teardown(PluginContext ctx);
 
     /// <summary>Verifies the pod's wiring against a previous result; throws naming what differs.</summary>
     void Check(PluginContext ctx, CniResult prev);
+}
+
+/// <summary>A pod whose interfaces exist (<see cref="IDataplane.Prepare"/>) and wait for their addresses.</summary>
+public interface IPreparedPod : IDisposable
+{
+    /// <summary>The second half of ADD: addresses, routes and neighbour entries; returns the result's interfaces.</summary>
+    List<CniInterface> Complete(IReadOnlyList<CniIp> ips, Action<string> afterStep);
+}
+
+/// <summary>Which address families a pod is given.</summary>
+public readonly record struct PodFamilies(bool V4, bool V6)
+{
+    public static PodFamilies Of(IReadOnlyList<CniIp> ips) => new(ips.Any(i => !i.IsIPv6), ips.Any(i => i.IsIPv6));
 }
 
 /// <summary>The dataplane conventions (Calico's): host veth "cali" + 11 hex of sha1(namespace.pod),
@@ -36,103 +50,136 @@ public sealed class LinuxDataplane(NetNs? hostNs = null) : IDataplane
         return HostInterface.Name(env.PodNamespace, env.PodName, env.ContainerId);
     }
 
-    public List<CniInterface> Setup(PluginContext ctx, IReadOnlyList<CniIp> ips, Action<string> afterStep)
+    public IPreparedPod Prepare(PluginContext ctx, PodFamilies families, Action<string> afterStep)
     {
         ArgumentNullException.ThrowIfNull(ctx);
-        ArgumentNullException.ThrowIfNull(ips);
         ArgumentNullException.ThrowIfNull(afterStep);
         var env = ctx.Env;
         var hostName = HostVethName(env);
-        bool v4 = ips.Any(i => !i.IsIPv6), v6 = ips.Any(i => i.IsIPv6);
-        using var ns = OpenNetns(env.Netns);
-        using var host = OpenHost();
-        using var pod = RtNetlink.Open(ns);
-
-        // A leftover host veth of the same name (a crashed ADD of this pod) would make creation fail.
-        if (host.GetLink(hostName) is { } stale)
+        bool v4 = families.V4, v6 = families.V6;
+        var ns = OpenNetns(env.Netns);
+        RtNetlink? host = null, pod = null;
+        try
         {
-            ctx.Log.Warning($"removing stale {hostName} (#{stale.Index}) before ADD");
-            host.DeleteLink(hostName);
+            host = OpenHost();
+            pod = RtNetlink.Open(ns);
+
+            // A leftover host veth of the same name (a crashed ADD of this pod) would make creation fail.
+            if (host.GetLink(hostName) is { } stale)
+            {
+                ctx.Log.Warning($"removing stale {hostName} (#{stale.Index}) before ADD");
+                host.DeleteLink(hostName);
+            }
+
+            if (pod.GetLink(env.IfName) is not null)
+            {
+                throw new CniException(CniCode.DataplaneFailure, $"interface {env.IfName} already exists in {env.Netns}");
+            }
+
+            host.CreateVeth(hostName, env.IfName, ns, ctx.Conf.Mtu, HostMac);
+            afterStep("veth");
+            var hostLink = host.GetLink(hostName) ?? throw new CniException(CniCode.DataplaneFailure, $"{hostName} vanished after creation");
+            var podLink = pod.GetLink(env.IfName) ?? throw new CniException(CniCode.DataplaneFailure, $"{env.IfName} vanished after creation");
+
+            // Host side: sysctls before the link goes up (IPv6 DAD must be off before it starts).
+            if (v4)
+            {
+                HostSysctl($"net/ipv4/conf/{hostName}/proxy_arp", "1");
+                HostSysctl($"net/ipv4/conf/{hostName}/forwarding", "1");
+                WriteIfDifferent("net/ipv4/ip_forward", "1");
+            }
+
+            if (v6)
+            {
+                HostSysctl($"net/ipv6/conf/{hostName}/accept_dad", "0");
+                HostSysctl($"net/ipv6/conf/{hostName}/proxy_ndp", "1");
+                HostSysctl($"net/ipv6/conf/{hostName}/forwarding", "1");
+                WriteIfDifferent("net/ipv6/conf/all/forwarding", "1");
+            }
+
+            afterStep("host-sysctls");
+            host.SetLinkUp(hostLink.Index);
+            afterStep("host-up");
+
+            if (v6)
+            {
+                ns.WriteSysctl($"net/ipv6/conf/{env.IfName}/accept_dad", "0");
+                afterStep("pod-sysctls");
+            }
+
+            pod.SetLinkUp(podLink.Index);
+            afterStep("pod-up");
+            return new PreparedPod(ctx, families, ns, host, pod, hostName, hostLink.Index, podLink);
+        }
+        catch
+        {
+            pod?.Dispose();
+            host?.Dispose();
+            ns.Dispose();
+            throw;
+        }
+    }
+
+    private sealed class PreparedPod(PluginContext ctx, PodFamilies families, NetNs ns, RtNetlink host, RtNetlink pod, string hostName, int hostIndex, Link podLink) : IPreparedPod
+    {
+        public List<CniInterface> Complete(IReadOnlyList<CniIp> ips, Action<string> afterStep)
+        {
+            ArgumentNullException.ThrowIfNull(ips);
+            ArgumentNullException.ThrowIfNull(afterStep);
+            if (PodFamilies.Of(ips) != families)
+            {
+                throw new CniException(CniCode.IpamFailure, $"IPAM gave {string.Join(", ", ips.Select(i => i.Address))}, not the address families the network asks for");
+            }
+
+            bool v4 = families.V4, v6 = families.V6;
+            foreach (var ip in ips)
+            {
+                pod.AddAddress(podLink.Index, ip.Address, ip.IsIPv6 ? 128 : 32, noDad: ip.IsIPv6);
+            }
+
+            afterStep("pod-addresses");
+            if (v4)
+            {
+                pod.AddRoute(new Route { Destination = GatewayV4, PrefixLength = 32, OutIndex = podLink.Index, Scope = Netlink.Rt.RT_SCOPE_LINK });
+                pod.AddRoute(new Route { Destination = IPAddress.Any, PrefixLength = 0, Gateway = GatewayV4, OutIndex = podLink.Index });
+            }
+
+            if (v6)
+            {
+                pod.AddRoute(new Route { Destination = IPAddress.IPv6Any, PrefixLength = 0, Gateway = GatewayV6, OutIndex = podLink.Index });
+            }
+
+            afterStep("pod-routes");
+            if (v4)
+            {
+                pod.AddNeighbour(podLink.Index, GatewayV4, HostMac);
+            }
+
+            if (v6)
+            {
+                pod.AddNeighbour(podLink.Index, GatewayV6, HostMac);
+            }
+
+            afterStep("pod-neighbours");
+            foreach (var ip in ips)
+            {
+                host.AddRoute(HostRoute(ip, hostIndex), replace: true);
+            }
+
+            afterStep("host-routes");
+            return
+            [
+                new CniInterface(hostName, MacText, null, ctx.Conf.Mtu),
+                new CniInterface(ctx.Env.IfName, podLink.Mac is { } m ? FormatMac(m) : null, ctx.Env.Netns, ctx.Conf.Mtu),
+            ];
         }
 
-        if (pod.GetLink(env.IfName) is not null)
+        public void Dispose()
         {
-            throw new CniException(CniCode.DataplaneFailure, $"interface {env.IfName} already exists in {env.Netns}");
+            pod.Dispose();
+            host.Dispose();
+            ns.Dispose();
         }
-
-        host.CreateVeth(hostName, env.IfName, ns, ctx.Conf.Mtu, HostMac);
-        afterStep("veth");
-        var hostLink = host.GetLink(hostName) ?? throw new CniException(CniCode.DataplaneFailure, $"{hostName} vanished after creation");
-        var podLink = pod.GetLink(env.IfName) ?? throw new CniException(CniCode.DataplaneFailure, $"{env.IfName} vanished after creation");
-
-        // Host side: sysctls before the link goes up (IPv6 DAD must be off before it starts).
-        if (v4)
-        {
-            HostSysctl($"net/ipv4/conf/{hostName}/proxy_arp", "1");
-            HostSysctl($"net/ipv4/conf/{hostName}/forwarding", "1");
-            WriteIfDifferent("net/ipv4/ip_forward", "1");
-        }
-
-        if (v6)
-        {
-            HostSysctl($"net/ipv6/conf/{hostName}/accept_dad", "0");
-            HostSysctl($"net/ipv6/conf/{hostName}/proxy_ndp", "1");
-            HostSysctl($"net/ipv6/conf/{hostName}/forwarding", "1");
-            WriteIfDifferent("net/ipv6/conf/all/forwarding", "1");
-        }
-
-        afterStep("host-sysctls");
-        host.SetLinkUp(hostLink.Index);
-        afterStep("host-up");
-
-        if (v6)
-        {
-            ns.WriteSysctl($"net/ipv6/conf/{env.IfName}/accept_dad", "0");
-            afterStep("pod-sysctls");
-        }
-
-        pod.SetLinkUp(podLink.Index);
-        afterStep("pod-up");
-        foreach (var ip in ips)
-        {
-            pod.AddAddress(podLink.Index, ip.Address, ip.IsIPv6 ? 128 : 32, noDad: ip.IsIPv6);
-        }
-
-        afterStep("pod-addresses");
-        if (v4)
-        {
-            pod.AddRoute(new Route { Destination = GatewayV4, PrefixLength = 32, OutIndex = podLink.Index, Scope = Netlink.Rt.RT_SCOPE_LINK });
-            pod.AddRoute(new Route { Destination = IPAddress.Any, PrefixLength = 0, Gateway = GatewayV4, OutIndex = podLink.Index });
-        }
-
-        if (v6)
-        {
-            pod.AddRoute(new Route { Destination = IPAddress.IPv6Any, PrefixLength = 0, Gateway = GatewayV6, OutIndex = podLink.Index });
-        }
-
-        afterStep("pod-routes");
-        if (v4)
-        {
-            pod.AddNeighbour(podLink.Index, GatewayV4, HostMac);
-        }
-
-        if (v6)
-        {
-            pod.AddNeighbour(podLink.Index, GatewayV6, HostMac);
-        }
-
-        afterStep("pod-neighbours");
-        foreach (var ip in ips)
-        {
-            host.AddRoute(HostRoute(ip, hostLink.Index), replace: true);
-        }
-
-        afterStep("host-routes");
-        return
-        [
-            new CniInterface(hostName, MacText, null, ctx.Conf.Mtu),
-            new CniInterface(env.IfName, podLink.Mac is { } m ? FormatMac(m) : null, env.Netns, ctx.Conf.Mtu),
-        ];
     }
 
     public void Teardown(PluginContext ctx)

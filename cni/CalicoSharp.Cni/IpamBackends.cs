@@ -8,6 +8,13 @@ public interface IIpamBackend : IDisposable
 {
     Task<CniResult> AddAsync(PluginContext ctx);
 
+    /// <summary>ADD that may run <paramref name="whileWaiting"/> (once) while its answer is on its way; one
+    /// that cannot overlap does not run it.</summary>
+    Task<CniResult> AddAsync(PluginContext ctx, Action whileWaiting) => AddAsync(ctx);
+
+    /// <summary>The families ADD will return, when known before it runs; null: unknown until it answers.</summary>
+    PodFamilies? FamiliesOf(PluginContext ctx) => null;
+
     Task DelAsync(PluginContext ctx);
 
     Task CheckAsync(PluginContext ctx, CniResult prev);
@@ -38,7 +45,17 @@ public sealed class CalicoIpamBackend(IpamClient client, NodeAgent? agent = null
 
     public static string HandleOf(PluginContext ctx) => $"{ctx.Conf.Name}.{ctx.Env.ContainerId}";
 
-    public async Task<CniResult> AddAsync(PluginContext ctx)
+    public PodFamilies? FamiliesOf(PluginContext ctx)
+    {
+        ArgumentNullException.ThrowIfNull(ctx);
+        return new PodFamilies(ctx.Conf.Ipam.AssignIpv4, ctx.Conf.Ipam.AssignIpv6);
+    }
+
+    public Task<CniResult> AddAsync(PluginContext ctx) => AddAsync(ctx, null);
+
+    /// <summary>Through bgpd, <paramref name="whileWaiting"/> runs while bgpd assigns; against etcd itself the
+    /// I/O leaves no gap for it and it does not run.</summary>
+    public async Task<CniResult> AddAsync(PluginContext ctx, Action? whileWaiting)
     {
         ArgumentNullException.ThrowIfNull(ctx);
         var ipam = ctx.Conf.Ipam;
@@ -64,7 +81,7 @@ public sealed class CalicoIpamBackend(IpamClient client, NodeAgent? agent = null
             Ipv6Pools = ipam.Ipv6Pools,
             ReuseExisting = true,
         };
-        var got = await Map(() => Task.FromResult(agent?.TryAssign(request))).ConfigureAwait(false);
+        var got = await Map(() => Task.FromResult(agent?.TryAssign(request, whileWaiting))).ConfigureAwait(false);
         if (got is not null)
         {
             ctx.Log.Debug($"allocated by bgpd at {agent!.Socket}");

@@ -45,8 +45,10 @@ public sealed class NodeAgent : IDisposable
     }
 
     /// <summary>Assigns through bgpd; null when bgpd could not answer (the caller does it itself). An allocator
-    /// error (pool exhausted, etcd unreachable...) is thrown as the <see cref="IpamException"/> it is.</summary>
-    public IReadOnlyList<AssignedAddress>? TryAssign(AutoAssignRequest request)
+    /// error (pool exhausted, etcd unreachable...) is thrown as the <see cref="IpamException"/> it is.
+    /// <paramref name="whileWaiting"/> runs once the request is on its way, while bgpd works (not at all if it
+    /// could not be sent).</summary>
+    public IReadOnlyList<AssignedAddress>? TryAssign(AutoAssignRequest request, Action? whileWaiting = null)
     {
         ArgumentNullException.ThrowIfNull(request);
         var message = new Proto.AssignRequest { HandleId = request.HandleId, Node = request.Node, NumIpv4 = request.Num4, NumIpv6 = request.Num6 };
@@ -57,7 +59,7 @@ public sealed class NodeAgent : IDisposable
 
         message.Ipv4Pools.AddRange(request.Ipv4Pools ?? []);
         message.Ipv6Pools.AddRange(request.Ipv6Pools ?? []);
-        var reply = Call(request.HandleId, "assign", AssignMethod, message, Proto.AssignReply.Parser);
+        var reply = Call(request.HandleId, "assign", AssignMethod, message, Proto.AssignReply.Parser, whileWaiting);
         if (reply is null)
         {
             return null;
@@ -67,13 +69,13 @@ public sealed class NodeAgent : IDisposable
         return [.. reply.Addresses.Select(a => new AssignedAddress(IPAddress.Parse(a.Address), IpNet.Parse(a.Block), 0))];
     }
 
-    private T? Call<T>(string handleId, string what, string method, IMessage request, MessageParser<T> parser)
+    private T? Call<T>(string handleId, string what, string method, IMessage request, MessageParser<T> parser, Action? whileWaiting)
         where T : class, IMessage<T>
     {
         try
         {
             // A blocking client completes the call on this thread.
-            return _client.UnaryAsync(method, request, parser, DateTime.UtcNow + _timeout, CancellationToken.None).GetAwaiter().GetResult();
+            return _client.UnaryAsync(method, request, parser, DateTime.UtcNow + _timeout, CancellationToken.None, whileWaiting).GetAwaiter().GetResult();
         }
         catch (RpcException e)
         {

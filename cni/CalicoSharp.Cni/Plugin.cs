@@ -159,21 +159,64 @@ public static class Plugin
     private static async Task<CniResult> AddAsync(PluginContext ctx, IIpamBackend ipam, IDataplane? dataplane, Action<string> step)
     {
         long start = System.Diagnostics.Stopwatch.GetTimestamp();
-        var ips = await ipam.AddAsync(ctx).ConfigureAwait(false);
-        var ipamTime = System.Diagnostics.Stopwatch.GetElapsedTime(start);
         if (dataplane is null)
         {
-            ctx.Log.Debug(FormattableString.Invariant($"timing ipam={ipamTime.TotalMilliseconds:0.00}ms"));
-            return ips;
+            var result = await ipam.AddAsync(ctx).ConfigureAwait(false);
+            ctx.Log.Debug(FormattableString.Invariant($"timing ipam={System.Diagnostics.Stopwatch.GetElapsedTime(start).TotalMilliseconds:0.00}ms"));
+            return result;
         }
 
+        // When IPAM knows the families beforehand it may make the pod's interfaces while its answer is on the
+        // way (bgpd assigning); a failure there is kept until IPAM has answered, so both halves are undone.
+        IPreparedPod? prepared = null;
+        Exception? prepareFailed = null;
+        TimeSpan prepareTime = TimeSpan.Zero;
+        var families = ipam.FamiliesOf(ctx);
+        void PrepareMeanwhile(PodFamilies f)
+        {
+            long p = System.Diagnostics.Stopwatch.GetTimestamp();
+            try
+            {
+                prepared = dataplane.Prepare(ctx, f, step);
+            }
+            catch (Exception e)
+            {
+                prepareFailed = e;
+            }
+
+            prepareTime = System.Diagnostics.Stopwatch.GetElapsedTime(p);
+        }
+
+        CniResult ips;
         try
         {
+            ips = families is { } f
+                ? await ipam.AddAsync(ctx, () => PrepareMeanwhile(f)).ConfigureAwait(false)
+                : await ipam.AddAsync(ctx).ConfigureAwait(false);
+        }
+        catch (Exception e) when (prepared is not null || prepareFailed is not null)
+        {
+            // IPAM failed and gave back what it took itself; the interfaces made meanwhile go.
+            ctx.Log.Error($"ADD failed, undoing: {e.Message}");
+            prepared?.Dispose();
+            Undo(() => dataplane.Teardown(ctx), ctx);
+            throw;
+        }
+
+        var ipamTime = System.Diagnostics.Stopwatch.GetElapsedTime(start) - prepareTime;
+        try
+        {
+            if (prepareFailed is not null)
+            {
+                System.Runtime.ExceptionServices.ExceptionDispatchInfo.Throw(prepareFailed);
+            }
+
             step("ipam");
             long netlinkStart = System.Diagnostics.Stopwatch.GetTimestamp();
-            var interfaces = dataplane.Setup(ctx, ips.Ips, step);
+            prepared ??= dataplane.Prepare(ctx, PodFamilies.Of(ips.Ips), step);
+            var interfaces = prepared.Complete(ips.Ips, step);
             ctx.Log.Debug(FormattableString.Invariant(
-                $"timing ipam={ipamTime.TotalMilliseconds:0.00}ms netlink={System.Diagnostics.Stopwatch.GetElapsedTime(netlinkStart).TotalMilliseconds:0.00}ms"));
+                $"timing ipam={ipamTime.TotalMilliseconds:0.00}ms netlink={(prepareTime + System.Diagnostics.Stopwatch.GetElapsedTime(netlinkStart)).TotalMilliseconds:0.00}ms"));
             var routes = new List<CniRoute>();
             if (ips.Ips.Any(i => !i.IsIPv6))
             {
@@ -197,9 +240,15 @@ public static class Plugin
         {
             // ADD compensates: nothing of this pod stays in the kernel or in IPAM.
             ctx.Log.Error($"ADD failed, undoing: {e.Message}");
+            prepared?.Dispose();
+            prepared = null;
             Undo(() => dataplane.Teardown(ctx), ctx);
             await UndoAsync(() => ipam.DelAsync(ctx), ctx).ConfigureAwait(false);
             throw;
+        }
+        finally
+        {
+            prepared?.Dispose();
         }
     }
 

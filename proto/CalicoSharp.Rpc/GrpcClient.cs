@@ -87,17 +87,46 @@ public sealed class GrpcClient : IAsyncDisposable, IDisposable
 
     public GrpcEndpoint Endpoint { get; }
 
-    /// <summary>A unary call: one request message, one response message.</summary>
-    public async Task<T> UnaryAsync<T>(string method, IMessage request, MessageParser<T> parser, DateTime? deadline, CancellationToken ct)
+    /// <summary>A unary call: one request message, one response message. <paramref name="whileWaiting"/>, if
+    /// given, runs once, after the request has been sent and before the answer is read — in blocking mode
+    /// the caller's own work done while the server does its part. If it throws, the answer is still read
+    /// (the call has happened), then its exception is thrown.</summary>
+    public async Task<T> UnaryAsync<T>(string method, IMessage request, MessageParser<T> parser, DateTime? deadline, CancellationToken ct, Action? whileWaiting = null)
         where T : IMessage<T>
     {
         ArgumentNullException.ThrowIfNull(parser);
-        byte[] response = await UnaryAsync(method, GrpcWire.Frame(request), deadline, null, ct).ConfigureAwait(false);
+        var meanwhile = whileWaiting is null ? null : new Meanwhile(whileWaiting);
+        byte[] response = await UnaryAsync(method, GrpcWire.Frame(request), deadline, null, ct, meanwhile).ConfigureAwait(false);
+        meanwhile?.ThrowIfFailed();
         return parser.ParseFrom(response);
     }
 
+    /// <summary>The caller's work during a call: run at most once (a refused stream is sent again without it),
+    /// its failure kept until the answer is in.</summary>
+    internal sealed class Meanwhile(Action work)
+    {
+        private Action? pending = work;
+        private System.Runtime.ExceptionServices.ExceptionDispatchInfo? failure;
+
+        public void Run()
+        {
+            Action? w = pending;
+            pending = null;
+            try
+            {
+                w?.Invoke();
+            }
+            catch (Exception e)
+            {
+                failure = System.Runtime.ExceptionServices.ExceptionDispatchInfo.Capture(e);
+            }
+        }
+
+        public void ThrowIfFailed() => failure?.Throw();
+    }
+
     /// <summary>A unary call with an already framed request (<see cref="GrpcWire.Frame(ReadOnlySpan{byte})"/>).</summary>
-    internal async Task<byte[]> UnaryAsync(string method, byte[] framedRequest, DateTime? deadline, Metadata? metadata, CancellationToken ct)
+    internal async Task<byte[]> UnaryAsync(string method, byte[] framedRequest, DateTime? deadline, Metadata? metadata, CancellationToken ct, Meanwhile? meanwhile = null)
     {
         using var call = new CallScope(deadline, ct, options.Blocking);
         if (options.Blocking)
@@ -114,7 +143,7 @@ public sealed class GrpcClient : IAsyncDisposable, IDisposable
             {
                 try
                 {
-                    return await UnaryCoreAsync(method, framedRequest, deadline, metadata, call).ConfigureAwait(false);
+                    return await UnaryCoreAsync(method, framedRequest, deadline, metadata, call, meanwhile).ConfigureAwait(false);
                 }
                 catch (StreamRefusedException) when (attempt < 3 && !call.Token.IsCancellationRequested && call.Left != TimeSpan.Zero)
                 {
@@ -130,7 +159,7 @@ public sealed class GrpcClient : IAsyncDisposable, IDisposable
         }
     }
 
-    private async Task<byte[]> UnaryCoreAsync(string method, byte[] framedRequest, DateTime? deadline, Metadata? metadata, CallScope call)
+    private async Task<byte[]> UnaryCoreAsync(string method, byte[] framedRequest, DateTime? deadline, Metadata? metadata, CallScope call, Meanwhile? meanwhile)
     {
         ClientConnection conn = await ConnectAsync(call).ConfigureAwait(false);
         Http2Stream s = conn.NewStream();
@@ -142,6 +171,7 @@ public sealed class GrpcClient : IAsyncDisposable, IDisposable
         try
         {
             await conn.SendRequestAsync(s, RequestHeaders(method, deadline, metadata), framedRequest, endStream: true, call.Token).ConfigureAwait(false);
+            meanwhile?.Run();
             if (options.Blocking)
             {
                 conn.ReadUntilEnded(s);

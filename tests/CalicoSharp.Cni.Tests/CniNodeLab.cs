@@ -52,6 +52,22 @@ internal sealed class CniNodeLab : IDisposable
         ["CALICOSHARP_STATE_DIR"] = StateDir,
     };
 
+    /// <summary>Neither the kernel (links, the node's routes into <paramref name="routePrefix"/>, the pod's
+    /// eth0) nor etcd (the handle, any allocation, any inconsistency) holds anything of a pod.</summary>
+    public async Task AssertNothingLeftAsync(string handle, TestNetns? pod, string routePrefix)
+    {
+        Assert.DoesNotContain("cali", TestNetns.Ip("-n", Node.Name, "-o", "link"), StringComparison.Ordinal);
+        Assert.DoesNotContain(routePrefix, TestNetns.Ip("-n", Node.Name, "route"), StringComparison.Ordinal);
+        if (pod is not null)
+        {
+            Assert.DoesNotContain("eth0", TestNetns.Ip("-n", pod.Name, "-o", "link"), StringComparison.Ordinal);
+        }
+
+        Assert.Null(await Ipam.Store.GetAsync(Keys.Handle(handle), default));
+        Assert.All(await Ipam.GetUsageAsync(), u => Assert.Equal(0, u.InUse));
+        Assert.Empty((await Ipam.CheckAsync()).Problems);
+    }
+
     public void Dispose()
     {
         foreach (var p in pods)

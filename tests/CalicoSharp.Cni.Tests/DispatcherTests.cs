@@ -53,11 +53,21 @@ public sealed class DispatcherTests : IDisposable
     {
         public List<string> Calls { get; } = [];
 
-        public List<CniInterface> Setup(PluginContext ctx, IReadOnlyList<CniIp> ips, Action<string> afterStep)
+        public IPreparedPod Prepare(PluginContext ctx, PodFamilies families, Action<string> afterStep)
         {
             Calls.Add("setup");
             afterStep("veth");
-            return [new CniInterface("calitest", "ee:ee:ee:ee:ee:ee", null), new CniInterface(ctx.Env.IfName, "02:00:00:00:00:01", ctx.Env.Netns)];
+            return new FakePod(ctx);
+        }
+
+        private sealed class FakePod(PluginContext ctx) : IPreparedPod
+        {
+            public List<CniInterface> Complete(IReadOnlyList<CniIp> ips, Action<string> afterStep) =>
+                [new CniInterface("calitest", "ee:ee:ee:ee:ee:ee", null), new CniInterface(ctx.Env.IfName, "02:00:00:00:00:01", ctx.Env.Netns)];
+
+            public void Dispose()
+            {
+            }
         }
 
         public void Teardown(PluginContext ctx) => Calls.Add("teardown");

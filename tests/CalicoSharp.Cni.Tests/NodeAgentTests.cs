@@ -72,6 +72,32 @@ public sealed class NodeAgentTests : IDisposable
         Assert.Empty(await ipam.AddressesOfHandleAsync("net.agent1"));
     }
 
+    public static TheoryData<string> AddSteps() => ["veth", "host-sysctls", "host-up", "pod-up", "ipam", "pod-addresses", "host-routes"];
+
+    /// <summary>The interfaces are made while bgpd assigns: a failure there (or after) waits for bgpd's answer,
+    /// then undoes both halves.</summary>
+    [Theory]
+    [MemberData(nameof(AddSteps))]
+    public async Task A_failure_after_any_ADD_step_through_bgpd_leaves_nothing_behind(string failAfter)
+    {
+        var pod = lab.NewPod();
+        var (code, err) = await PluginHarness.RunAsync(PluginKind.Network, lab.Env("ADD", "failing", pod), Conf(Socket), new PluginOptions
+        {
+            Dataplane = () => new LinuxDataplane(lab.NodeNs),
+            AfterStep = s =>
+            {
+                if (s == failAfter)
+                {
+                    throw new CniException(CniCode.DataplaneFailure, $"injected failure after {s}");
+                }
+            },
+        });
+        Assert.Equal(1, code);
+        Assert.Equal($"injected failure after {failAfter}", err.GetProperty("msg").GetString());
+        Assert.Contains("allocated by bgpd", await File.ReadAllTextAsync(LogFile));
+        await lab.AssertNothingLeftAsync("net.failing", pod, "10.78.");
+    }
+
     [Fact]
     public void Assigning_through_bgpd_twice_for_one_handle_gives_the_same_address()
     {

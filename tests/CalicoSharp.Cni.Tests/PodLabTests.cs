@@ -51,20 +51,7 @@ public sealed class PodLabTests : IDisposable
     private static string WithPrev(string conf, JsonElement result) => conf[..^1] + ",\"prevResult\":" + result.GetRawText() + "}";
 
     /// <summary>Nothing of the pod is left: no host veth, no interface in the pod, no host route, no handle, no address.</summary>
-    private async Task AssertNothingLeft(string containerId, TestNetns? pod)
-    {
-        var links = TestNetns.Ip("-n", node.Name, "-o", "link");
-        Assert.DoesNotContain("cali", links, StringComparison.Ordinal);
-        Assert.DoesNotContain("10.77.", TestNetns.Ip("-n", node.Name, "route"), StringComparison.Ordinal);
-        if (pod is not null)
-        {
-            Assert.DoesNotContain("eth0", TestNetns.Ip("-n", pod.Name, "-o", "link"), StringComparison.Ordinal);
-        }
-
-        Assert.Null(await ipam.Store.GetAsync(Keys.Handle("k8s-pod-network." + containerId), default));
-        Assert.All(await ipam.GetUsageAsync(), u => Assert.Equal(0, u.InUse));
-        Assert.Empty((await ipam.CheckAsync()).Problems);
-    }
+    private Task AssertNothingLeft(string containerId, TestNetns? pod) => lab.AssertNothingLeftAsync("k8s-pod-network." + containerId, pod, "10.77.");
 
     [Theory]
     [MemberData(nameof(PluginHarness.Versions), MemberType = typeof(PluginHarness))]
