@@ -27,7 +27,6 @@ public interface IIpamBackend : IDisposable
 /// <summary>The built-in IPAM: CalicoSharp's allocator against etcd. Handle "&lt;network&gt;.&lt;container id&gt;".</summary>
 public sealed class CalicoIpamBackend(IpamClient client, NodeAgent? agent = null) : IIpamBackend
 {
-
     public static CalicoIpamBackend Create(NetConf conf, string? stateDirectory = null, Log? log = null)
     {
         ArgumentNullException.ThrowIfNull(conf);

@@ -8,7 +8,8 @@ namespace CalicoSharp.Cni;
 
 /// <summary>
 /// The node's bgpd, asked to assign a pod's addresses through its NodeIpam service (its control socket): a warm
-/// process already connected to etcd does in ~1 ms what costs a fresh plugin process ~10 ms. Same allocator,
+/// process already connected to etcd does in a few milliseconds, while the plugin makes the pod's interfaces,
+/// what costs a fresh plugin process ~10 ms on its own. Same allocator,
 /// records and transactions either way. Any answer that is not the allocator's own (no socket, refused,
 /// another node, no etcd there, a broken connection, too slow) returns null and the plugin does the work
 /// itself: both paths are idempotent per handle (an assignment finds what the handle already holds), so
@@ -59,29 +60,21 @@ public sealed class NodeAgent : IDisposable
 
         message.Ipv4Pools.AddRange(request.Ipv4Pools ?? []);
         message.Ipv6Pools.AddRange(request.Ipv6Pools ?? []);
-        var reply = Call(request.HandleId, "assign", AssignMethod, message, Proto.AssignReply.Parser, whileWaiting);
-        if (reply is null)
+        Proto.AssignReply reply;
+        try
         {
+            // A blocking client completes the call on this thread.
+            reply = _client.UnaryAsync(AssignMethod, message, Proto.AssignReply.Parser, DateTime.UtcNow + _timeout, CancellationToken.None, whileWaiting).GetAwaiter().GetResult();
+        }
+        catch (RpcException e)
+        {
+            _log.Warning($"bgpd at {Socket} did not assign for {request.HandleId} ({e.StatusCode}: {e.Status.Detail}); doing it directly against etcd");
             return null;
         }
 
         Throw(reply.Failure);
+        // (The plugin has no use for the allocation's sequence number: DEL releases by handle.)
         return [.. reply.Addresses.Select(a => new AssignedAddress(IPAddress.Parse(a.Address), IpNet.Parse(a.Block), 0))];
-    }
-
-    private T? Call<T>(string handleId, string what, string method, IMessage request, MessageParser<T> parser, Action? whileWaiting)
-        where T : class, IMessage<T>
-    {
-        try
-        {
-            // A blocking client completes the call on this thread.
-            return _client.UnaryAsync(method, request, parser, DateTime.UtcNow + _timeout, CancellationToken.None, whileWaiting).GetAwaiter().GetResult();
-        }
-        catch (RpcException e)
-        {
-            _log.Warning($"bgpd at {Socket} did not {what} for {handleId} ({e.StatusCode}: {e.Status.Detail}); doing it directly against etcd");
-            return null;
-        }
     }
 
     private static void Throw(Proto.IpamFailure? failure)

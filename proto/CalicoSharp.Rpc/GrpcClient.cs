@@ -96,8 +96,17 @@ public sealed class GrpcClient : IAsyncDisposable, IDisposable
     {
         ArgumentNullException.ThrowIfNull(parser);
         var meanwhile = whileWaiting is null ? null : new Meanwhile(whileWaiting);
-        byte[] response = await UnaryAsync(method, GrpcWire.Frame(request), deadline, null, ct, meanwhile).ConfigureAwait(false);
-        meanwhile?.ThrowIfFailed();
+        byte[] response;
+        try
+        {
+            response = await UnaryAsync(method, GrpcWire.Frame(request), deadline, null, ct, meanwhile).ConfigureAwait(false);
+        }
+        finally
+        {
+            // The caller's own failure wins over the call's: it is the caller's to undo.
+            meanwhile?.ThrowIfFailed();
+        }
+
         return parser.ParseFrom(response);
     }
 

@@ -248,3 +248,50 @@ internal static class EchoClientExtensions
         await call.ResponseStream.MoveNext(CancellationToken.None);
     }
 }
+
+/// <summary>The caller's work during a unary call (<c>whileWaiting</c>): the CNI plugin makes a pod's
+/// interfaces while bgpd assigns its address.</summary>
+public class WhileWaitingTests
+{
+    private const string SlowMethod = "/calicosharp.test.Echo/Slow";
+    private const string FailMethod = "/calicosharp.test.Echo/Fail";
+
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public async Task The_work_runs_once_after_the_request_is_sent_and_before_the_answer_is_read(bool blocking)
+    {
+        await using var server = new EchoServer();
+        await using var client = new GrpcClient(server.UnixEndpoint, new GrpcClientOptions { Blocking = blocking });
+        var sw = System.Diagnostics.Stopwatch.StartNew();
+        int runs = 0;
+        TimeSpan ranAt = TimeSpan.Zero;
+        var reply = await client.UnaryAsync(SlowMethod, new SlowRequest { Milliseconds = 300 }, EchoReply.Parser, DateTime.UtcNow.AddSeconds(10), default, () =>
+        {
+            runs++;
+            ranAt = sw.Elapsed;
+        });
+        Assert.Equal("done", reply.Text);
+        Assert.Equal(1, runs);
+        // Well before the server's answer (300 ms after the request).
+        Assert.True(sw.Elapsed - ranAt > TimeSpan.FromMilliseconds(200), $"work at {ranAt}, answer at {sw.Elapsed}");
+    }
+
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public async Task A_failing_work_still_lets_the_call_finish_then_its_exception_wins(bool blocking)
+    {
+        await using var server = new EchoServer();
+        await using var client = new GrpcClient(server.UnixEndpoint, new GrpcClientOptions { Blocking = blocking });
+        var e = await Assert.ThrowsAsync<InvalidOperationException>(() => client.UnaryAsync(SlowMethod, new SlowRequest { Milliseconds = 100 }, EchoReply.Parser,
+            DateTime.UtcNow.AddSeconds(10), default, () => throw new InvalidOperationException("work failed")));
+        Assert.Equal("work failed", e.Message);
+        Assert.Equal(0, server.Service.Cancelled);
+
+        // Also over a call that fails itself.
+        e = await Assert.ThrowsAsync<InvalidOperationException>(() => client.UnaryAsync(FailMethod, new FailRequest { Code = (int)StatusCode.NotFound, Detail = "no" }, EchoReply.Parser,
+            DateTime.UtcNow.AddSeconds(10), default, () => throw new InvalidOperationException("work failed")));
+        Assert.Equal("work failed", e.Message);
+    }
+}
