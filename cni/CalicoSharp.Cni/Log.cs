@@ -1,14 +1,18 @@
 using System.Globalization;
+using System.Runtime.InteropServices;
+using System.Text;
+using Microsoft.Win32.SafeHandles;
 
 namespace CalicoSharp.Cni;
 
 /// <summary>Appends lines to the configured log file (never stdout: stdout is the result).</summary>
-public sealed class Log
+public sealed partial class Log
 {
     private readonly string? path;
     private readonly int threshold;
     private readonly string prefix;
     private readonly Lock gate = new();
+    private SafeFileHandle? file;
 
     public Log(string? path, string level, string prefix)
     {
@@ -43,26 +47,75 @@ public sealed class Log
             return;
         }
 
-        try
+        byte[] line = Encoding.UTF8.GetBytes(string.Create(CultureInfo.InvariantCulture, $"{DateTime.UtcNow:yyyy-MM-dd HH:mm:ss.fff} [{level}] {prefix}{message}\n"));
+        lock (gate)
         {
-            var dir = Path.GetDirectoryName(path);
-            if (!string.IsNullOrEmpty(dir))
+            try
             {
-                Directory.CreateDirectory(dir);
+                file ??= Open(path);
+                WriteAll(file, line);
             }
-
-            // IPAM and the dataplane work on two threads during ADD: one line at a time.
-            lock (gate)
+            catch (IOException)
             {
-                File.AppendAllText(path, string.Create(CultureInfo.InvariantCulture, $"{DateTime.UtcNow:yyyy-MM-dd HH:mm:ss.fff} [{level}] {prefix}{message}\n"));
+                // Logging must never fail a pod.
             }
-        }
-        catch (IOException)
-        {
-            // Logging must never fail a pod.
-        }
-        catch (UnauthorizedAccessException)
-        {
+            catch (UnauthorizedAccessException)
+            {
+            }
         }
     }
+
+    /// <summary>The log, opened once per process with O_APPEND: every line is one write(2) at the end of the
+    /// file, so the lines of plugins running at the same time (110 pods at once) interleave whole instead of
+    /// overwriting each other, as writes at a position found by seeking to the end did.</summary>
+    private static SafeFileHandle Open(string path)
+    {
+        var dir = Path.GetDirectoryName(path);
+        if (!string.IsNullOrEmpty(dir))
+        {
+            Directory.CreateDirectory(dir);
+        }
+
+        int fd = OpenAppend(path);
+        if (fd < 0)
+        {
+            throw new IOException($"cannot open {path}: {Marshal.GetPInvokeErrorMessage(Marshal.GetLastPInvokeError())}");
+        }
+
+        return new SafeFileHandle(fd, ownsHandle: true);
+    }
+
+    private static unsafe void WriteAll(SafeFileHandle file, byte[] line)
+    {
+        fixed (byte* b = line)
+        {
+            int done = 0;
+            while (done < line.Length)
+            {
+                nint n = WriteFd((int)file.DangerousGetHandle(), b + done, (nuint)(line.Length - done));
+                if (n < 0)
+                {
+                    int errno = Marshal.GetLastPInvokeError();
+                    if (errno == 4)
+                    {
+                        continue; // EINTR
+                    }
+
+                    throw new IOException($"log write failed: {Marshal.GetPInvokeErrorMessage(errno)}");
+                }
+
+                done += (int)n;
+            }
+        }
+    }
+
+    private const int OWronly = 0x1, OCreat = 0x40, OAppend = 0x400, OCloexec = 0x80000;
+
+    private static int OpenAppend(string path) => OpenFd(path, OWronly | OCreat | OAppend | OCloexec, 420 /* 0644 */);
+
+    [LibraryImport("libc.so.6", EntryPoint = "open", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
+    private static partial int OpenFd(string path, int flags, int mode);
+
+    [LibraryImport("libc.so.6", EntryPoint = "write", SetLastError = true)]
+    private static unsafe partial nint WriteFd(int fd, byte* buffer, nuint count);
 }
