@@ -17,7 +17,7 @@ namespace CalicoSharp.Bgpd;
 /// </summary>
 public sealed class ControlApi : IAsyncDisposable
 {
-    public const string DefaultSocket = "/run/calicosharp/bgpd.sock";
+    public const string DefaultSocket = Proto.ControlSocket.Default;
 
     private readonly GrpcServer? _grpc;
     private readonly MetricsEndpoint? _metrics;

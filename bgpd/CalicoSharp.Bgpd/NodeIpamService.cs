@@ -21,9 +21,11 @@ internal sealed class NodeIpamService(IpamClient ipam, string node, Action<BgpLo
         CheckNode(request.Node);
         long start = System.Diagnostics.Stopwatch.GetTimestamp();
         var reply = new Proto.AssignReply();
+        await _turn.WaitAsync(context.CancellationToken).ConfigureAwait(false);
         try
         {
-            var got = await InTurnAsync(() => ipam.AutoAssignAsync(new AutoAssignRequest
+            using var hostLock = await ipam.LockNodeAsync(node, context.CancellationToken).ConfigureAwait(false);
+            var got = await ipam.AutoAssignAsync(new AutoAssignRequest
             {
                 HandleId = request.HandleId,
                 Node = node,
@@ -33,13 +35,17 @@ internal sealed class NodeIpamService(IpamClient ipam, string node, Action<BgpLo
                 Ipv4Pools = [.. request.Ipv4Pools],
                 Ipv6Pools = [.. request.Ipv6Pools],
                 ReuseExisting = true,
-            }, context.CancellationToken), context.CancellationToken).ConfigureAwait(false);
+            }, context.CancellationToken).ConfigureAwait(false);
             reply.Addresses.AddRange(got.Select(a => new Proto.AssignedAddress { Address = a.Address.ToString(), Block = a.Block.ToString() }));
             log(BgpLogLevel.Debug, string.Create(CultureInfo.InvariantCulture, $"IPAM: assigned {string.Join(", ", got.Select(a => a.Address))} to {request.HandleId} for the CNI plugin in {System.Diagnostics.Stopwatch.GetElapsedTime(start).TotalMilliseconds:0.00} ms"));
         }
         catch (IpamException e)
         {
             reply.Failure = Failure(e);
+        }
+        finally
+        {
+            _turn.Release();
         }
 
         return reply;
@@ -50,20 +56,6 @@ internal sealed class NodeIpamService(IpamClient ipam, string node, Action<BgpLo
         if (!string.Equals(requested, node, StringComparison.Ordinal))
         {
             throw new RpcException(new Status(StatusCode.FailedPrecondition, $"this bgpd allocates for node '{node}', not '{requested}'"));
-        }
-    }
-
-    private async Task<T> InTurnAsync<T>(Func<Task<T>> body, CancellationToken ct)
-    {
-        await _turn.WaitAsync(ct).ConfigureAwait(false);
-        try
-        {
-            using var hostLock = await ipam.LockNodeAsync(node, ct).ConfigureAwait(false);
-            return await body().ConfigureAwait(false);
-        }
-        finally
-        {
-            _turn.Release();
         }
     }
 

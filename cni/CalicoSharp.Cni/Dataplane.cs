@@ -13,8 +13,7 @@ public interface IDataplane
     /// configured and up. Calls <paramref name="afterStep"/> after each step (tests inject failures there).</summary>
     IPreparedPod Prepare(PluginContext ctx, PodFamilies families, Action<string> afterStep);
 
-
-    /// <summary>Removes what Setup made; a missing namespace or link is not an error.</summary>
+    /// <summary>Removes what ADD made; a missing namespace or link is not an error.</summary>
     void Teardown(PluginContext ctx);
 
     /// <summary>Verifies the pod's wiring against a previous result; throws naming what differs.</summary>

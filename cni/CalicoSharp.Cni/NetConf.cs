@@ -27,7 +27,7 @@ public sealed class NetConf
     public string NodeNameFile { get; init; } = "/var/lib/calico/nodename";
 
     /// <summary>The node's bgpd control socket, asked to allocate and release first; "" never asks.</summary>
-    public string BgpdSocket { get; init; } = NodeAgent.DefaultSocket;
+    public string BgpdSocket { get; init; } = Proto.ControlSocket.Default;
 
     public string LogLevel { get; init; } = "info";
 
@@ -103,7 +103,7 @@ public sealed class NetConf
                 EtcdTimeout = TimeSpan.FromSeconds(timeout),
                 NodeName = Str(root, "nodename"),
                 NodeNameFile = Str(root, "nodename_file") ?? "/var/lib/calico/nodename",
-                BgpdSocket = Str(root, "bgpd_socket") ?? NodeAgent.DefaultSocket,
+                BgpdSocket = Str(root, "bgpd_socket") ?? Proto.ControlSocket.Default,
                 LogLevel = (Str(root, "log_level") ?? "info").ToLowerInvariant(),
                 LogFilePath = Str(root, "log_file_path"),
                 PrevResult = root.TryGetProperty("prevResult", out var prev) && prev.ValueKind == JsonValueKind.Object ? CniResult.Parse(prev) : null,

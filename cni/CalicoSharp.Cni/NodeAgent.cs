@@ -17,9 +17,6 @@ namespace CalicoSharp.Cni;
 /// </summary>
 public sealed class NodeAgent : IDisposable
 {
-    /// <summary>bgpd's default control socket.</summary>
-    public const string DefaultSocket = "/run/calicosharp/bgpd.sock";
-
     // The methods by name, called on the client itself: through a generated client and its CallInvoker, each
     // first call resolves a generic virtual method at run time (measured: ~1.5 ms of a fresh process).
     private const string AssignMethod = "/calicosharp.bgpd.v1.NodeIpam/Assign";

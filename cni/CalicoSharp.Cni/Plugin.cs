@@ -240,8 +240,6 @@ public static class Plugin
         {
             // ADD compensates: nothing of this pod stays in the kernel or in IPAM.
             ctx.Log.Error($"ADD failed, undoing: {e.Message}");
-            prepared?.Dispose();
-            prepared = null;
             Undo(() => dataplane.Teardown(ctx), ctx);
             await UndoAsync(() => ipam.DelAsync(ctx), ctx).ConfigureAwait(false);
             throw;

@@ -9,7 +9,7 @@ namespace CalicoSharp.Ctl;
 /// <summary>calicosharpctl node status / bgp routes: what a node's bgpd reports through its control API.</summary>
 internal static class BgpCli
 {
-    public const string DefaultSocket = "/run/calicosharp/bgpd.sock";
+    public const string DefaultSocket = Proto.ControlSocket.Default;
 
     public static readonly Option<string> Socket = new("--bgpd-socket")
     {
