@@ -16,6 +16,10 @@ public interface IDataplane
     /// <summary>Removes what ADD made; a missing namespace or link is not an error.</summary>
     void Teardown(PluginContext ctx);
 
+    /// <summary>Removes what a failing ADD made, and only that: an interface that was there before it (the
+    /// pod's name taken) is not this ADD's to remove.</summary>
+    void UndoAdd(PluginContext ctx) => Teardown(ctx);
+
     /// <summary>Verifies the pod's wiring against a previous result; throws naming what differs.</summary>
     void Check(PluginContext ctx, CniResult prev);
 }
@@ -49,6 +53,10 @@ public sealed class LinuxDataplane(NetNs? hostNs = null) : IDataplane
         return HostInterface.Name(env.PodNamespace, env.PodName, env.ContainerId);
     }
 
+    /// <summary>The host end's IPv4 settings (net.ipv4.conf.&lt;cali…&gt;): proxy ARP answers the pod's ARP for
+    /// 169.254.1.1 should its neighbour entry go; forwarding routes what the pod sends.</summary>
+    private static readonly (ushort Id, uint Value)[] HostIPv4Conf = [(Netlink.Rt.IPV4_DEVCONF_PROXY_ARP, 1), (Netlink.Rt.IPV4_DEVCONF_FORWARDING, 1)];
+
     public IPreparedPod Prepare(PluginContext ctx, PodFamilies families, Action<string> afterStep)
     {
         ArgumentNullException.ThrowIfNull(ctx);
@@ -62,53 +70,37 @@ public sealed class LinuxDataplane(NetNs? hostNs = null) : IDataplane
         {
             host = OpenHost();
             pod = RtNetlink.Open(ns);
-
-            // A leftover host veth of the same name (a crashed ADD of this pod) would make creation fail.
-            if (host.GetLink(hostName) is { } stale)
-            {
-                ctx.Log.Warning($"removing stale {hostName} (#{stale.Index}) before ADD");
-                host.DeleteLink(hostName);
-            }
-
-            if (pod.GetLink(env.IfName) is not null)
-            {
-                throw new CniException(CniCode.DataplaneFailure, $"interface {env.IfName} already exists in {env.Netns}");
-            }
-
-            host.CreateVeth(hostName, env.IfName, ns, ctx.Conf.Mtu, HostMac);
+            var podMac = RandomMac();
+            var hostLink = CreateVeth(ctx, host, ns, hostName, podMac);
+            var podIndex = hostLink.ParentIndex;
             afterStep("veth");
-            var hostLink = host.GetLink(hostName) ?? throw new CniException(CniCode.DataplaneFailure, $"{hostName} vanished after creation");
-            var podLink = pod.GetLink(env.IfName) ?? throw new CniException(CniCode.DataplaneFailure, $"{env.IfName} vanished after creation");
 
-            // Host side: sysctls before the link goes up (IPv6 DAD must be off before it starts).
-            if (v4)
-            {
-                HostSysctl($"net/ipv4/conf/{hostName}/proxy_arp", "1");
-                HostSysctl($"net/ipv4/conf/{hostName}/forwarding", "1");
-                WriteIfDifferent("net/ipv4/ip_forward", "1");
-            }
-
+            // With IPv6, DAD must be off on both ends before they go up.
             if (v6)
             {
                 HostSysctl($"net/ipv6/conf/{hostName}/accept_dad", "0");
                 HostSysctl($"net/ipv6/conf/{hostName}/proxy_ndp", "1");
                 HostSysctl($"net/ipv6/conf/{hostName}/forwarding", "1");
                 WriteIfDifferent("net/ipv6/conf/all/forwarding", "1");
+                afterStep("host-sysctls");
             }
 
-            afterStep("host-sysctls");
-            host.SetLinkUp(hostLink.Index);
-            afterStep("host-up");
+            // The host end's IPv4 settings travel with its link-up message (a netlink attribute, not two files
+            // under /proc/sys).
+            if (v4)
+            {
+                WriteIfDifferent("net/ipv4/ip_forward", "1");
+            }
 
+            host.SetLinkUp(hostLink.Index, true, v4 ? HostIPv4Conf : null);
+            afterStep("host-up");
             if (v6)
             {
                 ns.WriteSysctl($"net/ipv6/conf/{env.IfName}/accept_dad", "0");
                 afterStep("pod-sysctls");
             }
 
-            pod.SetLinkUp(podLink.Index);
-            afterStep("pod-up");
-            return new PreparedPod(ctx, families, ns, host, pod, hostName, hostLink.Index, podLink);
+            return new PreparedPod(ctx, families, ns, host, pod, hostName, hostLink.Index, podIndex, podMac);
         }
         catch
         {
@@ -119,7 +111,50 @@ public sealed class LinuxDataplane(NetNs? hostNs = null) : IDataplane
         }
     }
 
-    private sealed class PreparedPod(PluginContext ctx, PodFamilies families, NetNs ns, RtNetlink host, RtNetlink pod, string hostName, int hostIndex, Link podLink) : IPreparedPod
+    /// <summary>Creates the pod's veth pair, the pod end with a random MAC of its own (the result names it).
+    /// When a name is taken: a host end left by a crashed ADD of this pod is removed and creation tried once
+    /// more; an interface of the pod's name already in its namespace is an error.</summary>
+    private static Link CreateVeth(PluginContext ctx, RtNetlink host, NetNs ns, string hostName, PhysicalAddress podMac)
+    {
+        var env = ctx.Env;
+        try
+        {
+            return host.CreateVeth(hostName, env.IfName, ns, ctx.Conf.Mtu, HostMac, podMac);
+        }
+        catch (NetlinkException e) when (e.Exists)
+        {
+            if (host.GetLink(hostName) is not { } stale)
+            {
+                throw PodInterfaceExists(env);
+            }
+
+            ctx.Log.Warning($"removing stale {hostName} (#{stale.Index}) before ADD");
+            host.DeleteLink(hostName);
+        }
+
+        try
+        {
+            return host.CreateVeth(hostName, env.IfName, ns, ctx.Conf.Mtu, HostMac, podMac);
+        }
+        catch (NetlinkException e) when (e.Exists)
+        {
+            throw PodInterfaceExists(env);
+        }
+    }
+
+    private static CniException PodInterfaceExists(CniEnv env) => new(CniCode.DataplaneFailure, $"interface {env.IfName} already exists in {env.Netns}");
+
+    /// <summary>A random unicast, locally administered MAC (what the kernel would pick).</summary>
+    private static PhysicalAddress RandomMac()
+    {
+        var bytes = new byte[6];
+        Random.Shared.NextBytes(bytes);
+        bytes[0] = (byte)((bytes[0] & 0xfe) | 0x02);
+        return new PhysicalAddress(bytes);
+    }
+
+    private sealed class PreparedPod(PluginContext ctx, PodFamilies families, NetNs ns, RtNetlink host, RtNetlink pod,
+        string hostName, int hostIndex, int podIndex, PhysicalAddress podMac) : IPreparedPod
     {
         public List<CniInterface> Complete(IReadOnlyList<CniIp> ips, Action<string> afterStep)
         {
@@ -130,36 +165,31 @@ public sealed class LinuxDataplane(NetNs? hostNs = null) : IDataplane
                 throw new CniException(CniCode.IpamFailure, $"IPAM gave {string.Join(", ", ips.Select(i => i.Address))}, not the address families the network asks for");
             }
 
+            // Everything in the pod goes in one batch, in order: the link up (a route through a link that is down
+            // is refused), addresses, the link route to the gateway before the default route through it, the
+            // neighbour entry.
             bool v4 = families.V4, v6 = families.V6;
+            var batch = pod.NewBatch().SetLinkUp(podIndex);
             foreach (var ip in ips)
             {
-                pod.AddAddress(podLink.Index, ip.Address, ip.IsIPv6 ? 128 : 32, noDad: ip.IsIPv6);
+                batch.AddAddress(podIndex, ip.Address, ip.IsIPv6 ? 128 : 32, noDad: ip.IsIPv6);
             }
 
-            afterStep("pod-addresses");
             if (v4)
             {
-                pod.AddRoute(new Route { Destination = GatewayV4, PrefixLength = 32, OutIndex = podLink.Index, Scope = Netlink.Rt.RT_SCOPE_LINK });
-                pod.AddRoute(new Route { Destination = IPAddress.Any, PrefixLength = 0, Gateway = GatewayV4, OutIndex = podLink.Index });
+                batch.AddRoute(new Route { Destination = GatewayV4, PrefixLength = 32, OutIndex = podIndex, Scope = Netlink.Rt.RT_SCOPE_LINK });
+                batch.AddRoute(new Route { Destination = IPAddress.Any, PrefixLength = 0, Gateway = GatewayV4, OutIndex = podIndex });
+                batch.AddNeighbour(podIndex, GatewayV4, HostMac);
             }
 
             if (v6)
             {
-                pod.AddRoute(new Route { Destination = IPAddress.IPv6Any, PrefixLength = 0, Gateway = GatewayV6, OutIndex = podLink.Index });
+                batch.AddRoute(new Route { Destination = IPAddress.IPv6Any, PrefixLength = 0, Gateway = GatewayV6, OutIndex = podIndex });
+                batch.AddNeighbour(podIndex, GatewayV6, HostMac);
             }
 
-            afterStep("pod-routes");
-            if (v4)
-            {
-                pod.AddNeighbour(podLink.Index, GatewayV4, HostMac);
-            }
-
-            if (v6)
-            {
-                pod.AddNeighbour(podLink.Index, GatewayV6, HostMac);
-            }
-
-            afterStep("pod-neighbours");
+            batch.Commit();
+            afterStep("pod-network");
             foreach (var ip in ips)
             {
                 host.AddRoute(HostRoute(ip, hostIndex), replace: true);
@@ -169,7 +199,7 @@ public sealed class LinuxDataplane(NetNs? hostNs = null) : IDataplane
             return
             [
                 new CniInterface(hostName, MacText, null, ctx.Conf.Mtu),
-                new CniInterface(ctx.Env.IfName, podLink.Mac is { } m ? FormatMac(m) : null, ctx.Env.Netns, ctx.Conf.Mtu),
+                new CniInterface(ctx.Env.IfName, FormatMac(podMac), ctx.Env.Netns, ctx.Conf.Mtu),
             ];
         }
 
@@ -184,13 +214,10 @@ public sealed class LinuxDataplane(NetNs? hostNs = null) : IDataplane
     public void Teardown(PluginContext ctx)
     {
         ArgumentNullException.ThrowIfNull(ctx);
-        var hostName = HostVethName(ctx.Env);
-        using var host = OpenHost();
 
         // Deleting either end of a veth deletes both, and the kernel drops the routes through it.
-        if (host.DeleteLink(hostName))
+        if (DeleteHostEnd(ctx))
         {
-            ctx.Log.Info($"deleted {hostName}");
             return;
         }
 
@@ -212,6 +239,27 @@ public sealed class LinuxDataplane(NetNs? hostNs = null) : IDataplane
         {
             // The namespace is gone: so is everything in it.
         }
+    }
+
+    /// <summary>The host end named for this pod is the only trace of a failed ADD: removing it removes the pod
+    /// end, its addresses, and every route through either.</summary>
+    public void UndoAdd(PluginContext ctx)
+    {
+        ArgumentNullException.ThrowIfNull(ctx);
+        DeleteHostEnd(ctx);
+    }
+
+    private bool DeleteHostEnd(PluginContext ctx)
+    {
+        var hostName = HostVethName(ctx.Env);
+        using var host = OpenHost();
+        if (!host.DeleteLink(hostName))
+        {
+            return false;
+        }
+
+        ctx.Log.Info($"deleted {hostName}");
+        return true;
     }
 
     public void Check(PluginContext ctx, CniResult prev)

@@ -199,7 +199,7 @@ public static class Plugin
             // IPAM failed and gave back what it took itself; the interfaces made meanwhile go.
             ctx.Log.Error($"ADD failed, undoing: {e.Message}");
             prepared?.Dispose();
-            Undo(() => dataplane.Teardown(ctx), ctx);
+            Undo(() => dataplane.UndoAdd(ctx), ctx);
             throw;
         }
 
@@ -240,7 +240,7 @@ public static class Plugin
         {
             // ADD compensates: nothing of this pod stays in the kernel or in IPAM.
             ctx.Log.Error($"ADD failed, undoing: {e.Message}");
-            Undo(() => dataplane.Teardown(ctx), ctx);
+            Undo(() => dataplane.UndoAdd(ctx), ctx);
             await UndoAsync(() => ipam.DelAsync(ctx), ctx).ConfigureAwait(false);
             throw;
         }

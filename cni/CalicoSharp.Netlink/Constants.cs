@@ -1,7 +1,7 @@
 namespace CalicoSharp.Netlink;
 
 // Values from the kernel's uapi headers (linux/netlink.h, linux/rtnetlink.h, linux/if_link.h,
-// linux/if_addr.h, linux/neighbour.h, linux/veth.h). The test suite compiles a C program against
+// linux/if_addr.h, linux/neighbour.h, linux/veth.h, linux/ip.h). The test suite compiles a C program against
 // the installed headers and compares every value and struct size here.
 #pragma warning disable CA1707 // the kernel's names, kept so they can be grepped for
 
@@ -67,7 +67,11 @@ public static class Rt
     public const ushort IFLA_OPERSTATE = 16;
     public const ushort IFLA_LINKINFO = 18;
     public const ushort IFLA_NET_NS_PID = 19;
+    public const ushort IFLA_AF_SPEC = 26;
     public const ushort IFLA_NET_NS_FD = 28;
+    public const ushort IFLA_INET_CONF = 1;
+    public const ushort IPV4_DEVCONF_FORWARDING = 1;
+    public const ushort IPV4_DEVCONF_PROXY_ARP = 3;
     public const ushort IFLA_INFO_KIND = 1;
     public const ushort IFLA_INFO_DATA = 2;
     public const ushort VETH_INFO_PEER = 1;

@@ -21,11 +21,65 @@ public sealed class RtNetlink : IDisposable
 
     public void Dispose() => socket.Dispose();
 
+    private void Request((MessageBuilder Message, string Operation) request) => socket.Request(request.Message, request.Operation);
+
+    /// <summary>Starts a batch: requests sent to the kernel in one system call and applied in order.</summary>
+    public Batch NewBatch() => new(socket);
+
+    /// <summary>Changes sent together (<see cref="Commit"/>): one system call and one wait instead of one per
+    /// request. The kernel applies them in order, so a later one may depend on an earlier one (a route via a
+    /// gateway after the route to that gateway).</summary>
+    public sealed class Batch
+    {
+        private readonly NetlinkSocket socket;
+        private readonly List<MessageBuilder> messages = [];
+        private readonly List<string> operations = [];
+
+        internal Batch(NetlinkSocket socket) => this.socket = socket;
+
+        public Batch SetLinkUp(int index)
+        {
+            var m = new MessageBuilder(Rt.RTM_NEWLINK, Nl.NLM_F_REQUEST);
+            m.IfInfo(Rt.AF_UNSPEC, index, Rt.IFF_UP, Rt.IFF_UP);
+            return Add((m, $"setting link #{index} up"));
+        }
+
+        public Batch AddAddress(int index, IPAddress address, int prefixLength, bool noDad = false, bool replace = false) =>
+            Add(NewAddress(index, address, prefixLength, noDad, replace));
+
+        public Batch AddRoute(Route route, bool replace = false) => Add(NewRoute(route, replace));
+
+        public Batch AddNeighbour(int index, IPAddress address, PhysicalAddress mac, ushort state = Rt.NUD_PERMANENT) =>
+            Add(NewNeighbour(index, address, mac, state));
+
+        /// <summary>Sends the batch; throws the first refusal (the kernel still tries every request).</summary>
+        public void Commit()
+        {
+            foreach (var error in socket.RequestMany(messages, i => operations[i]))
+            {
+                if (error is not null)
+                {
+                    throw error;
+                }
+            }
+        }
+
+        private Batch Add((MessageBuilder Message, string Operation) request)
+        {
+            messages.Add(request.Message);
+            operations.Add(request.Operation);
+            return this;
+        }
+    }
+
     // ---- links ----------------------------------------------------------------------------------
 
-    /// <summary>Creates a veth pair. The peer is placed straight into <paramref name="peerNs"/> (no
-    /// window in which it is visible here) when given.</summary>
-    public void CreateVeth(string name, string peerName, NetNs? peerNs, int mtu = 0, PhysicalAddress? mac = null, PhysicalAddress? peerMac = null)
+    /// <summary>Creates a veth pair and returns this end as made; its <see cref="Link.ParentIndex"/> is the peer's
+    /// index (in the peer's namespace). The peer is placed straight into <paramref name="peerNs"/> (no window in
+    /// which it is visible here) when given. Both ends are created down (the peer cannot be created up: it is
+    /// opened before it is paired, and veth refuses that with ENOTCONN). Fails with EEXIST when either name is
+    /// taken in its namespace.</summary>
+    public Link CreateVeth(string name, string peerName, NetNs? peerNs, int mtu = 0, PhysicalAddress? mac = null, PhysicalAddress? peerMac = null)
     {
         ArgumentNullException.ThrowIfNull(name);
         ArgumentNullException.ThrowIfNull(peerName);
@@ -69,7 +123,9 @@ public sealed class RtNetlink : IDisposable
             }
         }
 
-        socket.Request(m, $"creating veth {name} (peer {peerName}{(peerNs is null ? string.Empty : $" in {peerNs.Path}")})");
+        string operation = $"creating veth {name} (peer {peerName}{(peerNs is null ? string.Empty : $" in {peerNs.Path}")})";
+        socket.Request(m, operation);
+        return GetLink(name) ?? throw new NetlinkException($"{operation}: {name} vanished after creation");
     }
 
     /// <summary>The link with this name, or null.</summary>
@@ -96,11 +152,26 @@ public sealed class RtNetlink : IDisposable
         return [.. socket.Query(m, "listing links").Where(x => x.Type == Rt.RTM_NEWLINK).Select(x => ParseLink(x.Payload))];
     }
 
-    public void SetLinkUp(int index, bool up = true)
+    /// <summary>Sets a link up or down and, in the same message, the interface's IPv4 settings given as
+    /// IPV4_DEVCONF_* ids and values (what net.ipv4.conf.&lt;interface&gt;.* holds).</summary>
+    public void SetLinkUp(int index, bool up = true, IReadOnlyList<(ushort Id, uint Value)>? ipv4Conf = null)
     {
         var m = new MessageBuilder(Rt.RTM_NEWLINK, Nl.NLM_F_REQUEST);
         m.IfInfo(Rt.AF_UNSPEC, index, up ? Rt.IFF_UP : 0, Rt.IFF_UP);
-        socket.Request(m, $"setting link #{index} {(up ? "up" : "down")}");
+        if (ipv4Conf is { Count: > 0 })
+        {
+            using (m.Nested(Rt.IFLA_AF_SPEC))
+            using (m.Nested(Rt.AF_INET))
+            using (m.Nested(Rt.IFLA_INET_CONF))
+            {
+                foreach (var (id, value) in ipv4Conf)
+                {
+                    m.AttrU32(id, value);
+                }
+            }
+        }
+
+        socket.Request(m, $"setting link #{index} {(up ? "up" : "down")}{(ipv4Conf is { Count: > 0 } ? " and its IPv4 settings" : string.Empty)}");
     }
 
     public void SetMtu(int index, int mtu)
@@ -132,7 +203,10 @@ public sealed class RtNetlink : IDisposable
 
     // ---- addresses --------------------------------------------------------------------------------
 
-    public void AddAddress(int index, IPAddress address, int prefixLength, bool noDad = false, bool replace = false)
+    public void AddAddress(int index, IPAddress address, int prefixLength, bool noDad = false, bool replace = false) =>
+        Request(NewAddress(index, address, prefixLength, noDad, replace));
+
+    private static (MessageBuilder Message, string Operation) NewAddress(int index, IPAddress address, int prefixLength, bool noDad, bool replace)
     {
         ArgumentNullException.ThrowIfNull(address);
         var m = AddressMessage(Rt.RTM_NEWADDR, (ushort)(Nl.NLM_F_REQUEST | Nl.NLM_F_CREATE | (replace ? Nl.NLM_F_REPLACE : Nl.NLM_F_EXCL)), index, address, prefixLength);
@@ -141,7 +215,7 @@ public sealed class RtNetlink : IDisposable
             m.AttrU32(Rt.IFA_FLAGS, Rt.IFA_F_NODAD);
         }
 
-        socket.Request(m, $"adding address {address}/{prefixLength} to link #{index}");
+        return (m, $"adding address {address}/{prefixLength} to link #{index}");
     }
 
     public bool DeleteAddress(int index, IPAddress address, int prefixLength)
@@ -205,11 +279,13 @@ public sealed class RtNetlink : IDisposable
     // ---- routes -----------------------------------------------------------------------------------
 
     /// <summary>Adds a route; with <paramref name="replace"/>, adds or replaces (ip route replace).</summary>
-    public void AddRoute(Route route, bool replace = false)
+    public void AddRoute(Route route, bool replace = false) => Request(NewRoute(route, replace));
+
+    private static (MessageBuilder Message, string Operation) NewRoute(Route route, bool replace)
     {
         ArgumentNullException.ThrowIfNull(route);
         var flags = (ushort)(Nl.NLM_F_REQUEST | Nl.NLM_F_CREATE | (replace ? Nl.NLM_F_REPLACE : Nl.NLM_F_EXCL));
-        socket.Request(RouteMessage(Rt.RTM_NEWROUTE, flags, route), $"{(replace ? "replacing" : "adding")} route {route}");
+        return (RouteMessage(Rt.RTM_NEWROUTE, flags, route), $"{(replace ? "replacing" : "adding")} route {route}");
     }
 
     /// <summary>Deletes a route; false when it does not exist.</summary>
@@ -435,7 +511,10 @@ public sealed class RtNetlink : IDisposable
     // ---- neighbours -------------------------------------------------------------------------------
 
     /// <summary>Adds (or replaces) a neighbour entry; permanent by default.</summary>
-    public void AddNeighbour(int index, IPAddress address, PhysicalAddress mac, ushort state = Rt.NUD_PERMANENT)
+    public void AddNeighbour(int index, IPAddress address, PhysicalAddress mac, ushort state = Rt.NUD_PERMANENT) =>
+        Request(NewNeighbour(index, address, mac, state));
+
+    private static (MessageBuilder Message, string Operation) NewNeighbour(int index, IPAddress address, PhysicalAddress mac, ushort state)
     {
         ArgumentNullException.ThrowIfNull(address);
         ArgumentNullException.ThrowIfNull(mac);
@@ -443,7 +522,7 @@ public sealed class RtNetlink : IDisposable
         m.NdMsg(address.AddressFamily == AddressFamily.InterNetworkV6 ? Rt.AF_INET6 : Rt.AF_INET, index, state);
         m.AttrAddress(Rt.NDA_DST, address);
         m.Attr(Rt.NDA_LLADDR, mac.GetAddressBytes());
-        socket.Request(m, $"adding neighbour {address} lladdr {mac} on link #{index}");
+        return (m, $"adding neighbour {address} lladdr {mac} on link #{index}");
     }
 
     public bool DeleteNeighbour(int index, IPAddress address)

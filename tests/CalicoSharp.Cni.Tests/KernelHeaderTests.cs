@@ -28,7 +28,7 @@ public class KernelHeaderTests
         try
         {
             var c = new System.Text.StringBuilder();
-            c.AppendLine("#include <stdio.h>\n#include <sys/socket.h>\n#include <linux/netlink.h>\n#include <linux/rtnetlink.h>\n#include <linux/if_link.h>\n#include <linux/if_addr.h>\n#include <linux/neighbour.h>\n#include <linux/veth.h>\n#include <linux/if.h>");
+            c.AppendLine("#include <stdio.h>\n#include <sys/socket.h>\n#include <linux/netlink.h>\n#include <linux/rtnetlink.h>\n#include <linux/if_link.h>\n#include <linux/if_addr.h>\n#include <linux/neighbour.h>\n#include <linux/veth.h>\n#include <linux/if.h>\n#include <linux/ip.h>");
             c.AppendLine("int main(void) {");
             foreach (var f in fields)
             {

@@ -134,4 +134,77 @@ public sealed class NetlinkTests : IDisposable
         Assert.Equal("1", handle.Run(() => Sysctl.Read("net/ipv4/conf/vetha4/proxy_arp")));
         Assert.False(File.Exists("/proc/sys/net/ipv4/conf/vetha4/proxy_arp")); // written in the namespace, not here
     }
+
+    [Fact]
+    public void A_veth_is_made_down_and_names_its_peer_and_IPv4_settings_go_with_link_up()
+    {
+        var made = nl.CreateVeth("vetha5", "vethb5", null, 1400, PhysicalAddress.Parse("EE-EE-EE-EE-EE-EE"), PhysicalAddress.Parse("02-00-00-00-00-55"));
+        var peer = nl.GetLink("vethb5")!;
+        Assert.Equal(peer.Index, made.ParentIndex);
+        Assert.Equal("02:00:00:00:00:55", Cni.LinuxDataplane.FormatMac(peer.Mac!));
+        Assert.False(made.IsUp);
+        Assert.False(peer.IsUp);
+
+        nl.SetLinkUp(made.Index, true, [(Rt.IPV4_DEVCONF_PROXY_ARP, 1), (Rt.IPV4_DEVCONF_FORWARDING, 1)]);
+        Assert.True(nl.GetLink(made.Index)!.IsUp);
+        Assert.Equal("1", handle.Run(() => Sysctl.Read("net/ipv4/conf/vetha5/proxy_arp")));
+        Assert.Equal("1", handle.Run(() => Sysctl.Read("net/ipv4/conf/vetha5/forwarding")));
+        var e = Assert.Throws<NetlinkException>(() => nl.SetLinkUp(made.Index, true, [(999, 1)]));
+        Assert.Contains($"setting link #{made.Index} up and its IPv4 settings", e.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public void A_batch_is_applied_in_order_and_throws_its_first_refusal()
+    {
+        nl.CreateVeth("vetha6", "vethb6", null);
+        var a = nl.GetLink("vetha6")!;
+        var gateway = IPAddress.Parse("169.254.1.1");
+        nl.NewBatch()
+            .SetLinkUp(a.Index)
+            .AddAddress(a.Index, IPAddress.Parse("10.90.6.1"), 32)
+            .AddRoute(new Route { Destination = gateway, PrefixLength = 32, OutIndex = a.Index, Scope = Rt.RT_SCOPE_LINK })
+            .AddRoute(new Route { Destination = IPAddress.Any, PrefixLength = 0, Gateway = gateway, OutIndex = a.Index })
+            .AddNeighbour(a.Index, gateway, PhysicalAddress.Parse("EE-EE-EE-EE-EE-EE"))
+            .Commit();
+        Assert.True(nl.GetLink(a.Index)!.IsUp);
+        Assert.Contains(nl.ListRoutes(AddressFamily.InterNetwork), r => r.PrefixLength == 0 && gateway.Equals(r.Gateway));
+        Assert.Contains(nl.ListNeighbours(a.Index, AddressFamily.InterNetwork), n => n.Address.Equals(gateway));
+
+        // The second request fails (the address exists); the third still runs; the first refusal is thrown.
+        var e = Assert.Throws<NetlinkException>(() => nl.NewBatch()
+            .AddAddress(a.Index, IPAddress.Parse("10.90.6.2"), 32)
+            .AddAddress(a.Index, IPAddress.Parse("10.90.6.1"), 32)
+            .AddAddress(a.Index, IPAddress.Parse("10.90.6.3"), 32)
+            .Commit());
+        Assert.True(e.Exists);
+        Assert.Contains("adding address 10.90.6.1/32", e.Message, StringComparison.Ordinal);
+        Assert.Equal(3, nl.ListAddresses(a.Index, AddressFamily.InterNetwork).Count);
+    }
+
+    [Fact]
+    public async Task Work_in_a_namespace_leaves_the_calling_thread_where_it_was()
+    {
+        static string? Here() => new FileInfo("/proc/thread-self/ns/net").LinkTarget;
+        string? Inside() => handle.Run(Here);
+        string? home = Here();
+        string? target = Inside();
+        Assert.NotEqual(home, target);
+
+        // A thread of its own is switched in and back.
+        string? after = null, seen = null;
+        var t = new Thread(() =>
+        {
+            seen = Inside();
+            after = Here();
+        });
+        t.Start();
+        t.Join();
+        Assert.Equal(target, seen);
+        Assert.Equal(home, after);
+
+        // A pool thread is never switched: the work runs on a fresh thread.
+        var (poolSeen, poolAfter) = await Task.Run(() => (Inside(), Here()));
+        Assert.Equal(target, poolSeen);
+        Assert.Equal(home, poolAfter);
+    }
 }

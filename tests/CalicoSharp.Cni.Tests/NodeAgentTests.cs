@@ -72,7 +72,7 @@ public sealed class NodeAgentTests : IDisposable
         Assert.Empty(await ipam.AddressesOfHandleAsync("net.agent1"));
     }
 
-    public static TheoryData<string> AddSteps() => ["veth", "host-sysctls", "host-up", "pod-up", "ipam", "pod-addresses", "host-routes"];
+    public static TheoryData<string> AddSteps() => ["veth", "host-up", "ipam", "pod-network", "host-routes"];
 
     /// <summary>The interfaces are made while bgpd assigns: a failure there (or after) waits for bgpd's answer,
     /// then undoes both halves.</summary>

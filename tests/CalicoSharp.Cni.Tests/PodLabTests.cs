@@ -137,7 +137,7 @@ public sealed class PodLabTests : IDisposable
     }
 
     public static TheoryData<string> AddSteps() =>
-        ["ipam", "veth", "host-sysctls", "host-up", "pod-sysctls", "pod-up", "pod-addresses", "pod-routes", "pod-neighbours", "host-routes"];
+        ["ipam", "veth", "host-sysctls", "host-up", "pod-sysctls", "pod-network", "host-routes"];
 
     [Theory]
     [MemberData(nameof(AddSteps))]
@@ -256,6 +256,31 @@ public sealed class PodLabTests : IDisposable
         }
 
         await AssertNothingLeft("t4", extra);
+    }
+
+    [Fact]
+    public async Task ADD_replaces_a_stale_host_veth_and_refuses_a_taken_pod_interface()
+    {
+        // A host end left by a crashed ADD of this pod is removed, and the ADD goes on.
+        var pod = NewPod();
+        var host = LinuxDataplane.HostVethName(CniEnv.Parse(Env("ADD", "stale", pod)));
+        TestNetns.Ip("-n", node.Name, "link", "add", host, "type", "veth", "peer", "name", "leftover");
+        var (code, result) = await Run(Env("ADD", "stale", pod), Conf());
+        Assert.True(code == 0, result.ToString());
+        Assert.DoesNotContain("leftover", TestNetns.Ip("-n", node.Name, "-o", "link"), StringComparison.Ordinal);
+        Assert.Equal(0, (await Run(Env("DEL", "stale", pod), Conf())).Code);
+        await AssertNothingLeft("stale", pod);
+
+        // An interface of the pod's name in its namespace is the caller's: an error, and nothing is left.
+        var taken = NewPod();
+        TestNetns.Ip("-n", taken.Name, "link", "add", "eth0", "type", "veth", "peer", "name", "theirs");
+        var (bad, err) = await Run(Env("ADD", "taken", taken), Conf());
+        Assert.Equal(1, bad);
+        Assert.Equal(CniCode.DataplaneFailure, err.GetProperty("code").GetInt32());
+        Assert.Contains("interface eth0 already exists in", err.GetProperty("msg").GetString(), StringComparison.Ordinal);
+        Assert.Contains("eth0@theirs", TestNetns.Ip("-n", taken.Name, "-o", "link"), StringComparison.Ordinal);
+        Assert.DoesNotContain("cali", TestNetns.Ip("-n", node.Name, "-o", "link"), StringComparison.Ordinal);
+        Assert.Empty(await ipam.AddressesOfHandleAsync("k8s-pod-network.taken"));
     }
 
     [Fact]
