@@ -112,7 +112,8 @@ public sealed class Daemon : IAsyncDisposable
             _etcd = new EtcdKvStore(new EtcdOptions { Endpoints = options.EtcdEndpoints });
             _cluster = new EtcdClusterSource(_etcd, NodeName);
             // Not disposed on its own: it shares the daemon's etcd client, which the daemon disposes.
-            Ipam = new IpamClient(_etcd, IpamClientOptions.InStateDirectory(options.StateDirectory, TimeSpan.FromSeconds(5)));
+            // It assigns for this node alone, request after request: the next one starts from what the last one knew.
+            Ipam = new IpamClient(_etcd, IpamClientOptions.InStateDirectory(options.StateDirectory, TimeSpan.FromSeconds(5)) with { KeepNodeView = true });
         }
         if (options.Kernel)
         {

@@ -106,10 +106,11 @@ public sealed class EtcdKvStore : IKvStore
         }, "read", ct);
     }
 
-    public Task<KvTxnResult> TxnAsync(IReadOnlyList<KvCompare> compares, IReadOnlyList<KvOp> ops, CancellationToken ct)
+    public Task<KvTxnResult> TxnAsync(IReadOnlyList<KvCompare> compares, IReadOnlyList<KvOp> ops, IReadOnlyList<KvRead> otherwise, CancellationToken ct)
     {
         ArgumentNullException.ThrowIfNull(compares);
         ArgumentNullException.ThrowIfNull(ops);
+        ArgumentNullException.ThrowIfNull(otherwise);
         var txn = new TxnRequest();
         foreach (var c in compares)
         {
@@ -129,10 +130,16 @@ public sealed class EtcdKvStore : IKvStore
                 : new RequestOp { RequestPut = new PutRequest { Key = ByteString.CopyFromUtf8(op.Key), Value = ByteString.CopyFrom(op.Value) } });
         }
 
+        foreach (var read in otherwise)
+        {
+            txn.Failure.Add(new RequestOp { RequestRange = ToRange(read) });
+        }
+
         return CallAsync(async (client, deadline, token) =>
         {
             var response = await client.UnaryAsync(TxnMethod, txn, TxnResponse.Parser, deadline, token).ConfigureAwait(false);
-            return new KvTxnResult(response.Succeeded, response.Header.Revision);
+            return new KvTxnResult(response.Succeeded, response.Header.Revision,
+                response.Succeeded || otherwise.Count == 0 ? null : [.. response.Responses.Select(r => ToEntries(r.ResponseRange))]);
         }, "transaction", ct);
     }
 

@@ -16,6 +16,11 @@ public sealed partial class IpamClient
 
         public required Dictionary<string, string> Labels { get; init; }
 
+        /// <summary>Mod revisions of the config and node records as read (0: absent).</summary>
+        public required long ConfigRev { get; init; }
+
+        public required long NodeRev { get; init; }
+
         /// <summary>This node's affinities: block → (state, revision).</summary>
         public required Dictionary<IpNet, (BlockAffinity Affinity, long Rev)> Affinities { get; init; }
 
@@ -39,9 +44,29 @@ public sealed partial class IpamClient
 
     private async Task<IReadOnlyList<AssignedAddress>> AutoAssignCoreAsync(AutoAssignRequest request, CancellationToken ct)
     {
-        var hint4 = request.Num4 > 0 ? GetHint(request.Node, false) : null;
-        var hint6 = request.Num6 > 0 ? GetHint(request.Node, true) : null;
-        var (view, handle) = await ReadNodeViewAsync(request.Node, request.HandleId, [hint4, hint6], ct).ConfigureAwait(false);
+        IpNet?[] hinted = [request.Num4 > 0 ? GetHint(request.Node, false) : null, request.Num6 > 0 ? GetHint(request.Node, true) : null];
+        var attrs = new Dictionary<string, string>(request.Attributes ?? new Dictionary<string, string>(), StringComparer.Ordinal)
+        {
+            ["node"] = request.Node,
+            ["timestamp"] = BlockLogic.FormatGoTime(Now),
+        };
+
+        // Taken out while in use: a concurrent assignment reads for itself.
+        var kept = options.KeepNodeView ? Interlocked.Exchange(ref keptView, null) : null;
+        (NodeView View, HandleState Handle)? fresh = null;
+        if (kept is not null && kept.Node == request.Node)
+        {
+            var (done, read) = await AssignFromKeptViewAsync(kept, request, hinted, attrs, ct).ConfigureAwait(false);
+            if (done is not null)
+            {
+                keptView = kept;
+                return done;
+            }
+
+            fresh = read;
+        }
+
+        var (view, handle) = fresh ?? await ReadNodeViewAsync(request.Node, request.HandleId, hinted, ct).ConfigureAwait(false);
         if (request.ReuseExisting && handle.Handle?.Block is { Count: > 0 })
         {
             var held = await HeldAddressesAsync(request.HandleId, handle.Handle, ct).ConfigureAwait(false);
@@ -50,12 +75,6 @@ public sealed partial class IpamClient
                 return held;
             }
         }
-
-        var attrs = new Dictionary<string, string>(request.Attributes ?? new Dictionary<string, string>(), StringComparer.Ordinal)
-        {
-            ["node"] = request.Node,
-            ["timestamp"] = BlockLogic.FormatGoTime(Now),
-        };
 
         // Validate the pool choice of both families before anything is written.
         var pools4 = request.Num4 > 0 ? SelectPools(view, false, request.Ipv4Pools) : [];
@@ -89,10 +108,86 @@ public sealed partial class IpamClient
             throw;
         }
 
+        if (options.KeepNodeView)
+        {
+            keptView = view;
+        }
+
         return assigned;
     }
 
-    private async Task<(NodeView View, HandleState Handle)> ReadNodeViewAsync(string node, string handleId, IpNet?[] hintBlocks, CancellationToken ct)
+    /// <summary>The common case from what the last assignment knew: every address from the node's hinted blocks,
+    /// which hold enough free ones. One transaction writes them if the config, pools, node, affinities, blocks
+    /// are still as known and the handle does not exist yet; if anything differs, the same round trip reads the
+    /// node's view afresh, and that is returned instead. (Null, null): the kept view cannot serve the request.</summary>
+    private async Task<(IReadOnlyList<AssignedAddress>? Done, (NodeView View, HandleState Handle)? Fresh)> AssignFromKeptViewAsync(
+        NodeView view, AutoAssignRequest request, IpNet?[] hinted, Dictionary<string, string> attrs, CancellationToken ct)
+    {
+        // etcd caps a transaction's compares and ops (128 each by default).
+        if (view.Pools.Count > 64)
+        {
+            return (null, null);
+        }
+
+        var handle = new HandleState(request.HandleId, null, 0);
+        var compares = new List<KvCompare> { new(Keys.Config, view.ConfigRev), new(Keys.Node(view.Node), view.NodeRev), new(handle.Key, 0) };
+        compares.AddRange(view.Pools.Select(p => new KvCompare(Keys.Pool(p.Name), p.ModRevision)));
+        var ops = new List<KvOp>(3);
+        var plan = new List<(BlockState Block, List<int> Ordinals)>(2);
+        foreach (var (v6, count, requested) in new[] { (false, request.Num4, request.Ipv4Pools), (true, request.Num6, request.Ipv6Pools) })
+        {
+            if (count == 0)
+            {
+                continue;
+            }
+
+            List<IpPool> pools;
+            try
+            {
+                pools = SelectPools(view, v6, requested);
+            }
+            catch (IpamException)
+            {
+                return (null, null); // the kept view may be behind: the full path decides
+            }
+
+            if (hinted[v6 ? 1 : 0] is not { } cidr || !view.Blocks.TryGetValue(cidr, out var bs) || bs.Block is not { } block
+                || block.Unallocated.Count < count || block.Affinity != Keys.AffinityOf(view.Node) || !pools.Any(p => p.Cidr.Contains(cidr))
+                || !view.Affinities.TryGetValue(cidr, out var aff) || aff.Affinity.State != BlockAffinity.Confirmed)
+            {
+                return (null, null);
+            }
+
+            compares.Add(new KvCompare(Keys.Affinity(view.Node, cidr), aff.Rev));
+            compares.Add(new KvCompare(Keys.Block(cidr), bs.Rev));
+            plan.Add((bs, BlockLogic.Allocate(block, count, request.HandleId, attrs)));
+            handle.Add(cidr, count);
+            ops.Add(KvOp.Put(Keys.Block(cidr), RecordJson.Encode(block)));
+        }
+
+        ops.Add(handle.Op());
+        var result = await store.TxnAsync(compares, ops, ViewReads(view.Node, request.HandleId, hinted), ct).ConfigureAwait(false);
+        if (!result.Succeeded)
+        {
+            return (null, ViewFrom(view.Node, request.HandleId, hinted, result.Reads!));
+        }
+
+        var assigned = new List<AssignedAddress>(request.Num4 + request.Num6);
+        foreach (var (bs, ordinals) in plan)
+        {
+            bs.Rev = result.Revision;
+            assigned.AddRange(ordinals.Select(o => new AssignedAddress(bs.Cidr.AddressAt((UInt128)o), bs.Cidr, bs.Block!.SequenceNumber)));
+        }
+
+        return (assigned, null);
+    }
+
+    private async Task<(NodeView View, HandleState Handle)> ReadNodeViewAsync(string node, string handleId, IpNet?[] hintBlocks, CancellationToken ct) =>
+        ViewFrom(node, handleId, hintBlocks, await store.ReadAsync(ViewReads(node, handleId, hintBlocks), ct).ConfigureAwait(false));
+
+    /// <summary>Everything an allocation needs to know about its node, in one round trip: config, pools, the
+    /// node's labels and affinities, the handle, and the hinted blocks.</summary>
+    private static List<KvRead> ViewReads(string node, string handleId, IpNet?[] hintBlocks)
     {
         var reads = new List<KvRead>
         {
@@ -102,9 +197,13 @@ public sealed partial class IpamClient
             KvRead.Under(Keys.HostAffinityPrefix(node)),
             KvRead.One(Keys.Handle(handleId)),
         };
+        reads.AddRange(hintBlocks.OfType<IpNet>().Select(h => KvRead.One(Keys.Block(h))));
+        return reads;
+    }
+
+    private static (NodeView View, HandleState Handle) ViewFrom(string node, string handleId, IpNet?[] hintBlocks, IReadOnlyList<IReadOnlyList<KvEntry>> r)
+    {
         var hinted = hintBlocks.OfType<IpNet>().ToList();
-        reads.AddRange(hinted.Select(h => KvRead.One(Keys.Block(h))));
-        var r = await store.ReadAsync(reads, ct).ConfigureAwait(false);
         var affinities = new Dictionary<IpNet, (BlockAffinity, long)>();
         foreach (var e in r[3])
         {
@@ -120,6 +219,8 @@ public sealed partial class IpamClient
             Config = ConfigFrom(r[0]),
             Pools = PoolsFrom(r[1]),
             Labels = LabelsFrom(r[2]),
+            ConfigRev = r[0].FirstOrDefault()?.ModRevision ?? 0,
+            NodeRev = r[2].FirstOrDefault()?.ModRevision ?? 0,
             Affinities = affinities,
         };
         for (int i = 0; i < hinted.Count; i++)

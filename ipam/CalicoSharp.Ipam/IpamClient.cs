@@ -31,6 +31,12 @@ public sealed record IpamClientOptions
 
     /// <summary>Where <see cref="IpamClient.LockNodeAsync"/> keeps one lock file per node. Null: no lock.</summary>
     public string? LockDirectory { get; init; }
+
+    /// <summary>For a long-lived allocator of one node (bgpd): keep what the last assignment knew of the node
+    /// (config, pools, labels, affinities, blocks, each with its revision) and start the next one from it:
+    /// one transaction that compares every record it relies on, and reads them all afresh in the same round
+    /// trip when one has changed.</summary>
+    public bool KeepNodeView { get; init; }
 }
 
 /// <summary>What to allocate: N IPv4 and/or M IPv6 addresses for a handle on a node.</summary>
@@ -70,6 +76,7 @@ public sealed partial class IpamClient : IDisposable
     private readonly IpamClientOptions options;
     private readonly Dictionary<string, IpNet> hints = new(StringComparer.Ordinal);
     private readonly Lock hintGate = new();
+    private NodeView? keptView;
 
     public IpamClient(IKvStore store, IpamClientOptions? options = null)
     {

@@ -24,8 +24,9 @@ public readonly record struct KvOp(string Key, byte[]? Value)
 }
 
 /// <summary>Outcome of a transaction; <paramref name="Revision"/> is the store revision after it
-/// (every key it wrote now has that mod revision).</summary>
-public readonly record struct KvTxnResult(bool Succeeded, long Revision);
+/// (every key it wrote now has that mod revision). When it failed, <paramref name="Reads"/> holds what its
+/// fallback reads found (one list per read), at the revision its compares failed at.</summary>
+public readonly record struct KvTxnResult(bool Succeeded, long Revision, IReadOnlyList<IReadOnlyList<KvEntry>>? Reads = null);
 
 /// <summary>The small slice of etcd's v3 API that IPAM needs. Every call honours its token
 /// and fails with <see cref="IpamErrorKind.DatastoreUnavailable"/> when the store cannot answer.</summary>
@@ -35,7 +36,11 @@ public interface IKvStore : IDisposable
     Task<IReadOnlyList<IReadOnlyList<KvEntry>>> ReadAsync(IReadOnlyList<KvRead> reads, CancellationToken ct);
 
     /// <summary>Atomically: if every compare holds, apply every op.</summary>
-    Task<KvTxnResult> TxnAsync(IReadOnlyList<KvCompare> compares, IReadOnlyList<KvOp> ops, CancellationToken ct);
+    Task<KvTxnResult> TxnAsync(IReadOnlyList<KvCompare> compares, IReadOnlyList<KvOp> ops, CancellationToken ct) => TxnAsync(compares, ops, [], ct);
+
+    /// <summary>Atomically: if every compare holds, apply every op; if not, run the reads of <paramref name="otherwise"/>
+    /// instead and return what they found (<see cref="KvTxnResult.Reads"/>): a guess and its correction in one round trip.</summary>
+    Task<KvTxnResult> TxnAsync(IReadOnlyList<KvCompare> compares, IReadOnlyList<KvOp> ops, IReadOnlyList<KvRead> otherwise, CancellationToken ct);
 }
 
 public static class KvStoreExtensions

@@ -31,36 +31,42 @@ public sealed class MemoryKvStore : IKvStore
         lock (gate)
         {
             RoundTrips++;
-            var result = new List<IReadOnlyList<KvEntry>>(reads.Count);
-            foreach (var read in reads)
-            {
-                var list = new List<KvEntry>();
-                if (read.Prefix)
-                {
-                    foreach (var (k, v) in data)
-                    {
-                        if (k.StartsWith(read.Key, StringComparison.Ordinal))
-                        {
-                            list.Add(read.KeysOnly ? v with { Value = [] } : v);
-                        }
-                    }
-                }
-                else if (data.TryGetValue(read.Key, out var e))
-                {
-                    list.Add(e);
-                }
-
-                result.Add(list);
-            }
-
-            return Task.FromResult<IReadOnlyList<IReadOnlyList<KvEntry>>>(result);
+            return Task.FromResult(Read(reads));
         }
     }
 
-    public Task<KvTxnResult> TxnAsync(IReadOnlyList<KvCompare> compares, IReadOnlyList<KvOp> ops, CancellationToken ct)
+    private IReadOnlyList<IReadOnlyList<KvEntry>> Read(IReadOnlyList<KvRead> reads)
+    {
+        var result = new List<IReadOnlyList<KvEntry>>(reads.Count);
+        foreach (var read in reads)
+        {
+            var list = new List<KvEntry>();
+            if (read.Prefix)
+            {
+                foreach (var (k, v) in data)
+                {
+                    if (k.StartsWith(read.Key, StringComparison.Ordinal))
+                    {
+                        list.Add(read.KeysOnly ? v with { Value = [] } : v);
+                    }
+                }
+            }
+            else if (data.TryGetValue(read.Key, out var e))
+            {
+                list.Add(e);
+            }
+
+            result.Add(list);
+        }
+
+        return result;
+    }
+
+    public Task<KvTxnResult> TxnAsync(IReadOnlyList<KvCompare> compares, IReadOnlyList<KvOp> ops, IReadOnlyList<KvRead> otherwise, CancellationToken ct)
     {
         ArgumentNullException.ThrowIfNull(compares);
         ArgumentNullException.ThrowIfNull(ops);
+        ArgumentNullException.ThrowIfNull(otherwise);
         ct.ThrowIfCancellationRequested();
         var hook = BeforeTxn;
         BeforeTxn = null;
@@ -73,7 +79,7 @@ public sealed class MemoryKvStore : IKvStore
                 long have = data.TryGetValue(c.Key, out var e) ? e.ModRevision : 0;
                 if (have != c.ModRevision)
                 {
-                    return Task.FromResult(new KvTxnResult(false, revision));
+                    return Task.FromResult(new KvTxnResult(false, revision, otherwise.Count > 0 ? Read(otherwise) : null));
                 }
             }
 

@@ -56,6 +56,66 @@ public sealed class AllocatorTests : IDisposable
     }
 
     [Fact]
+    public async Task A_kept_node_view_makes_a_warm_allocation_one_transaction()
+    {
+        using var kept = new IpamClient(new SharedStore(store), new IpamClientOptions { Time = time, KeepNodeView = true });
+        await AddPool("10.244.0.0/16", "p4");
+        await AddPool("fd00:244::/48", "p6");
+        var first = await kept.AutoAssignAsync(new AutoAssignRequest { HandleId = "h1", Node = "node1", Num4 = 1, Num6 = 1 });
+        int before = store.RoundTrips;
+        var second = await kept.AutoAssignAsync(new AutoAssignRequest { HandleId = "h2", Node = "node1", Num4 = 1, Num6 = 1, Attributes = new Dictionary<string, string> { ["pod"] = "p2" } });
+        Assert.Equal(1, store.RoundTrips - before);
+        Assert.Equal(first.Select(a => a.Block), second.Select(a => a.Block));
+        Assert.Empty(first.Select(a => a.Address).Intersect(second.Select(a => a.Address)));
+
+        // What it wrote is what the full path writes: the handle, the attributes, the sequence numbers.
+        var h = await store.GetAsync(Keys.Handle("h2"), default);
+        Assert.Equal(2, RecordJson.DecodeHandle(h!.Value, h.Key).Block!.Values.Sum());
+        foreach (var a in second)
+        {
+            Assert.Equal("h2", (await ipam.LookupAsync(a.Address))!.HandleId);
+            var block = RecordJson.DecodeBlock((await store.GetAsync(Keys.Block(a.Block), default))!.Value, "b");
+            Assert.Equal(a.SequenceNumber, BlockLogic.SequenceOf(block, (int)a.Block.OffsetOf(a.Address)));
+            Assert.Equal("p2", (await ipam.LookupAsync(a.Address))!.Attributes!["pod"]);
+        }
+
+        before = store.RoundTrips;
+        await kept.AutoAssignAsync(new AutoAssignRequest { HandleId = "h3", Node = "node1", Num4 = 1 });
+        Assert.Equal(1, store.RoundTrips - before);
+    }
+
+    [Fact]
+    public async Task A_kept_node_view_that_is_behind_costs_no_extra_round_trip_and_is_never_trusted()
+    {
+        using var kept = new IpamClient(new SharedStore(store), new IpamClientOptions { Time = time, KeepNodeView = true });
+        await AddPool("10.244.0.0/16", "p4");
+        await AddPool("10.245.0.0/16", "q4");
+        var a1 = Assert.Single(await kept.AutoAssignAsync(new AutoAssignRequest { HandleId = "h1", Node = "node1", Num4 = 1, Ipv4Pools = ["p4"] }));
+
+        // Another process releases from the same block: the guess fails, and its answer is the fresh view.
+        Assert.Equal(1, await ipam.ReleaseByHandleAsync("h1"));
+        int before = store.RoundTrips;
+        var a2 = Assert.Single(await kept.AutoAssignAsync(new AutoAssignRequest { HandleId = "h2", Node = "node1", Num4 = 1, Ipv4Pools = ["p4"] }));
+        Assert.Equal(2, store.RoundTrips - before);
+        Assert.Equal(a1.Block, a2.Block);
+
+        // A pool disabled meanwhile is not allocated from.
+        await ipam.SetPoolDisabledAsync("p4", true);
+        var err = await Assert.ThrowsAsync<IpamException>(() => kept.AutoAssignAsync(new AutoAssignRequest { HandleId = "h3", Node = "node1", Num4 = 1, Ipv4Pools = ["p4"] }));
+        Assert.Contains("disabled", err.Message, StringComparison.Ordinal);
+        var a3 = Assert.Single(await kept.AutoAssignAsync(new AutoAssignRequest { HandleId = "h3", Node = "node1", Num4 = 1 }));
+        Assert.True(IpNet.Parse("10.245.0.0/16").Contains(a3.Address));
+
+        // A retried ADD (the handle exists) gets what it holds, not a second address.
+        var again = Assert.Single(await kept.AutoAssignAsync(new AutoAssignRequest { HandleId = "h3", Node = "node1", Num4 = 1, ReuseExisting = true }));
+        Assert.Equal(a3.Address, again.Address);
+
+        // Strict affinity switched on meanwhile is honoured by the next assignment (the config is compared).
+        await ipam.ConfigureAsync(strictAffinity: true, maxBlocksPerHost: 1);
+        await Assert.ThrowsAsync<IpamException>(() => kept.AutoAssignAsync(new AutoAssignRequest { HandleId = "h4", Node = "node1", Num4 = 1, Ipv4Pools = ["p4"] }));
+    }
+
+    [Fact]
     public async Task Warm_allocation_uses_the_hint_file_across_clients()
     {
         var dir = Directory.CreateTempSubdirectory("calicosharp-hint-").FullName;
@@ -333,7 +393,7 @@ internal sealed class SharedStore(IKvStore inner) : IKvStore
 {
     public Task<IReadOnlyList<IReadOnlyList<KvEntry>>> ReadAsync(IReadOnlyList<KvRead> reads, CancellationToken ct) => inner.ReadAsync(reads, ct);
 
-    public Task<KvTxnResult> TxnAsync(IReadOnlyList<KvCompare> compares, IReadOnlyList<KvOp> ops, CancellationToken ct) => inner.TxnAsync(compares, ops, ct);
+    public Task<KvTxnResult> TxnAsync(IReadOnlyList<KvCompare> compares, IReadOnlyList<KvOp> ops, IReadOnlyList<KvRead> otherwise, CancellationToken ct) => inner.TxnAsync(compares, ops, otherwise, ct);
 
     public void Dispose()
     {

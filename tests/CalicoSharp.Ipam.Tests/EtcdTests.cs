@@ -37,6 +37,52 @@ public sealed class EtcdTests : IDisposable
     }
 
     [Fact]
+    public async Task A_failed_transaction_answers_with_its_fallback_reads()
+    {
+        var store = ipam.Store;
+        var put = await store.TxnAsync([new KvCompare("/t/a", 0)], [KvOp.Put("/t/a", [1]), KvOp.Put("/t/b", [2])], [KvRead.Under("/t/")], default);
+        Assert.True(put.Succeeded);
+        Assert.Null(put.Reads);
+
+        var lost = await store.TxnAsync([new KvCompare("/t/a", 0)], [KvOp.Put("/t/a", [9])], [KvRead.Under("/t/"), KvRead.One("/t/none")], default);
+        Assert.False(lost.Succeeded);
+        Assert.Equal(2, lost.Reads!.Count);
+        Assert.Equal(["/t/a", "/t/b"], lost.Reads[0].Select(e => e.Key));
+        Assert.All(lost.Reads[0], e => Assert.Equal(put.Revision, e.ModRevision));
+        Assert.Equal([1], lost.Reads[0][0].Value);
+        Assert.Empty(lost.Reads[1]);
+    }
+
+    [Fact]
+    public async Task A_kept_node_view_against_etcd_assigns_in_one_transaction_and_survives_changes()
+    {
+        using var kept = new IpamClient(new EtcdKvStore(new EtcdOptions { Endpoints = [etcd.Endpoint] }), new IpamClientOptions { Time = time, KeepNodeView = true });
+        await ipam.AddPoolAsync(new PoolRequest { Cidr = "10.249.0.0/16", Name = "kept" });
+        var live = new Dictionary<string, IPAddress>(StringComparer.Ordinal);
+        for (int i = 0; i < 10; i++)
+        {
+            live[$"k{i}"] = Assert.Single(await Assign("node1", $"k{i}", client: kept)).Address;
+            if (i % 3 == 2)
+            {
+                // Another process changes the block under the kept view.
+                Assert.Equal(1, await ipam.ReleaseByHandleAsync($"k{i - 1}"));
+                live.Remove($"k{i - 1}");
+            }
+        }
+
+        // Every live handle holds its own address, exactly as recorded, and nothing else is allocated.
+        Assert.Equal(live.Count, live.Values.Distinct().Count());
+        foreach (var (handle, address) in live)
+        {
+            Assert.Equal(handle, (await ipam.LookupAsync(address))!.HandleId);
+        }
+
+        var report = await ipam.CheckAsync(new HashSet<string>(live.Keys, StringComparer.Ordinal));
+        Assert.Empty(report.Problems);
+        Assert.Equal(live.Count, report.Allocations);
+    }
+
+    [Fact]
     public async Task Exhaustion_borrowing_reclaim_and_node_release()
     {
         await ipam.AddPoolAsync(new PoolRequest { Cidr = "10.251.0.0/25", Name = "two-blocks" });
