@@ -1,6 +1,5 @@
 using System.Net;
 using System.Net.Sockets;
-using System.Text.Encodings.Web;
 using System.Text.Json;
 using CalicoSharp.Ipam;
 
@@ -103,7 +102,7 @@ public sealed class CniResult
     {
         bool legacy = version is "0.3.0" or "0.3.1" or "0.4.0";
         using var ms = new MemoryStream();
-        using (var w = new Utf8JsonWriter(ms, new JsonWriterOptions { Encoder = JavaScriptEncoder.UnsafeRelaxedJsonEscaping, Indented = true }))
+        using (var w = new Utf8JsonWriter(ms, JsonOut.Options))
         {
             w.WriteStartObject();
             w.WriteString("cniVersion", version);

@@ -62,10 +62,33 @@ public static class Plugin
 
         // File descriptors 0 and 1 as plain files: System.Console would start its signal-handling thread.
         using var stdin = new FileStream(new Microsoft.Win32.SafeHandles.SafeFileHandle(0, ownsHandle: false), FileAccess.Read, 0);
-        using var buffer = new MemoryStream();
-        stdin.CopyTo(buffer);
+        byte[] config = ReadToEnd(stdin);
         using var stdout = new FileStream(new Microsoft.Win32.SafeHandles.SafeFileHandle(1, ownsHandle: false), FileAccess.Write, 0);
-        return await RunAsync(kind, env, buffer.ToArray(), stdout).ConfigureAwait(false);
+        return await RunAsync(kind, env, config, stdout).ConfigureAwait(false);
+    }
+
+    /// <summary>A stream to its end in plain reads: Stream.CopyTo rents an 80 KiB buffer from the shared array
+    /// pool, and setting the pool up and faulting the buffer in cost 0.4 ms of every call (measured) for a
+    /// config of a few hundred bytes.</summary>
+    private static byte[] ReadToEnd(Stream stream)
+    {
+        var buffer = new byte[4096];
+        int length = 0;
+        while (true)
+        {
+            if (length == buffer.Length)
+            {
+                Array.Resize(ref buffer, buffer.Length * 2);
+            }
+
+            int n = stream.Read(buffer, length, buffer.Length - length);
+            if (n == 0)
+            {
+                return buffer.AsSpan(0, length).ToArray();
+            }
+
+            length += n;
+        }
     }
 
     public static bool SupportsCheck(string version) => version is "0.4.0" or "1.0.0" or "1.1.0";
@@ -396,7 +419,7 @@ public static class Plugin
     public static byte[] ErrorJson(string version, int code, string msg, string? details)
     {
         using var ms = new MemoryStream();
-        using (var w = new Utf8JsonWriter(ms, new JsonWriterOptions { Indented = true, Encoder = System.Text.Encodings.Web.JavaScriptEncoder.UnsafeRelaxedJsonEscaping }))
+        using (var w = new Utf8JsonWriter(ms, JsonOut.Options))
         {
             w.WriteStartObject();
             w.WriteString("cniVersion", version);

@@ -1018,19 +1018,24 @@ internal abstract class Http2Connection : IAsyncDisposable
             SignalWindowLocked();
         }
 
-        RpcException error = Unavailable(reason);
-        foreach (Http2Stream s in open)
+        // The error is only made for streams that get it: a status's text names its code by reflection, cold
+        // code that a short-lived client closing an idle connection has no use for.
+        if (open.Count > 0)
         {
-            s.LocalClosed = true;
-            s.Abort(error);
-            OnStreamReset(s);
+            RpcException error = Unavailable(reason);
+            foreach (Http2Stream s in open)
+            {
+                s.LocalClosed = true;
+                s.Abort(error);
+                OnStreamReset(s);
+            }
         }
 
         io.Dispose();
     }
 
     /// <summary>Closes the transport; open streams fail as Unavailable with the reason.</summary>
-    public void Close(string why) => Fail(new ObjectDisposedException(GetType().Name, $"the connection was closed: {why}"));
+    public void Close(string why) => Fail(new ObjectDisposedException("HTTP/2 connection", $"the connection was closed: {why}"));
 
     public virtual ValueTask DisposeAsync()
     {
