@@ -30,12 +30,27 @@ internal sealed unsafe partial class BlockingSocket : Stream
 
     private BlockingSocket(int fd) => this.fd = fd;
 
-    /// <summary>Connects to a Unix socket path or an IP endpoint, waiting at most <paramref name="timeout"/>.</summary>
-    public static BlockingSocket Connect(EndPoint target, TimeSpan timeout)
+    /// <summary>Connects to a Unix socket path, waiting at most <paramref name="timeout"/>. A path, not a
+    /// UnixDomainSocketEndPoint: constructing one probes which address families the system supports (three
+    /// sockets opened and closed, ~0.3 ms of a fresh process).</summary>
+    public static BlockingSocket ConnectUnix(string path, TimeSpan timeout)
+    {
+        ArgumentNullException.ThrowIfNull(path);
+        Span<byte> address = stackalloc byte[128];
+        return Connect(address[..EncodeUnix(path, address)], AfUnix, timeout);
+    }
+
+    /// <summary>Connects to an IP endpoint, waiting at most <paramref name="timeout"/>.</summary>
+    public static BlockingSocket Connect(IPEndPoint target, TimeSpan timeout)
     {
         ArgumentNullException.ThrowIfNull(target);
         Span<byte> address = stackalloc byte[128];
-        int length = Encode(target, address, out int family);
+        int length = EncodeIp(target, address, out int family);
+        return Connect(address[..length], family, timeout);
+    }
+
+    private static BlockingSocket Connect(ReadOnlySpan<byte> address, int family, TimeSpan timeout)
+    {
         int fd = socket(family, SockStream | SockCloexec | (family == AfUnix ? 0 : SockNonblock), 0);
         if (fd < 0)
         {
@@ -45,7 +60,7 @@ internal sealed unsafe partial class BlockingSocket : Stream
         var s = new BlockingSocket(fd);
         try
         {
-            s.ConnectCore(address[..length], family, timeout);
+            s.ConnectCore(address, family, timeout);
             return s;
         }
         catch
@@ -115,34 +130,39 @@ internal sealed unsafe partial class BlockingSocket : Stream
         }
     }
 
-    /// <summary>The sockaddr of a Unix path or IP endpoint (its length returned).</summary>
-    private static int Encode(EndPoint target, Span<byte> a, out int family)
+    /// <summary>The sockaddr_un of a path (its length returned).</summary>
+    private static int EncodeUnix(string path, Span<byte> a)
     {
         a.Clear();
-        switch (target)
+        BinaryPrimitives.WriteUInt16LittleEndian(a, AfUnix);
+        if (Encoding.UTF8.GetByteCount(path) > 107)
         {
-            case UnixDomainSocketEndPoint unix:
-                family = AfUnix;
-                BinaryPrimitives.WriteUInt16LittleEndian(a, AfUnix);
-                string path = unix.ToString();
-                int n = Encoding.UTF8.GetBytes(path, a[2..109]);
-                return 2 + n + 1;
-            case IPEndPoint ip when ip.AddressFamily == AddressFamily.InterNetwork:
-                family = AfInet;
-                BinaryPrimitives.WriteUInt16LittleEndian(a, AfInet);
-                BinaryPrimitives.WriteUInt16BigEndian(a[2..], (ushort)ip.Port);
-                ip.Address.TryWriteBytes(a[4..8], out _);
-                return 16;
-            case IPEndPoint ip6 when ip6.AddressFamily == AddressFamily.InterNetworkV6:
-                family = AfInet6;
-                BinaryPrimitives.WriteUInt16LittleEndian(a, AfInet6);
-                BinaryPrimitives.WriteUInt16BigEndian(a[2..], (ushort)ip6.Port);
-                ip6.Address.TryWriteBytes(a[8..24], out _);
-                BinaryPrimitives.WriteUInt32LittleEndian(a[24..], (uint)ip6.Address.ScopeId);
-                return 28;
-            default:
-                throw new ArgumentException($"{target} is not a Unix path or an IP endpoint", nameof(target));
+            throw new ArgumentException($"the socket path {path} is longer than 107 bytes", nameof(path));
         }
+
+        int n = Encoding.UTF8.GetBytes(path, a[2..109]);
+        return 2 + n + 1;
+    }
+
+    /// <summary>The sockaddr_in or sockaddr_in6 of an IP endpoint (its length returned).</summary>
+    private static int EncodeIp(IPEndPoint ip, Span<byte> a, out int family)
+    {
+        a.Clear();
+        if (ip.AddressFamily == AddressFamily.InterNetwork)
+        {
+            family = AfInet;
+            BinaryPrimitives.WriteUInt16LittleEndian(a, AfInet);
+            BinaryPrimitives.WriteUInt16BigEndian(a[2..], (ushort)ip.Port);
+            ip.Address.TryWriteBytes(a[4..8], out _);
+            return 16;
+        }
+
+        family = AfInet6;
+        BinaryPrimitives.WriteUInt16LittleEndian(a, AfInet6);
+        BinaryPrimitives.WriteUInt16BigEndian(a[2..], (ushort)ip.Port);
+        ip.Address.TryWriteBytes(a[8..24], out _);
+        BinaryPrimitives.WriteUInt32LittleEndian(a[24..], (uint)ip.Address.ScopeId);
+        return 28;
     }
 
     /// <summary>Milliseconds a read may wait (0: no bound), as SO_RCVTIMEO.</summary>

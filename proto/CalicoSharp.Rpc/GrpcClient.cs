@@ -511,22 +511,28 @@ internal sealed class ClientConnection : Http2Connection
         Action<int>? setReceiveTimeout = null;
         try
         {
-            EndPoint target = endpoint.UnixPath is not null ? new UnixDomainSocketEndPoint(endpoint.UnixPath)
-                : IPAddress.TryParse(endpoint.Host, out IPAddress? ip) ? new IPEndPoint(ip, endpoint.Port) : new DnsEndPoint(endpoint.Host, endpoint.Port);
             if (options.Blocking)
             {
-                if (target is DnsEndPoint dns)
+                TimeSpan bound = Min(options.ConnectTimeout, call.Left);
+                BlockingSocket blocking;
+                if (endpoint.UnixPath is not null)
                 {
-                    IPAddress[] addresses = Dns.GetHostAddresses(dns.Host);
-                    target = new IPEndPoint(addresses.FirstOrDefault() ?? throw new SocketException((int)SocketError.HostNotFound), dns.Port);
+                    blocking = BlockingSocket.ConnectUnix(endpoint.UnixPath, bound);
+                }
+                else
+                {
+                    IPAddress address = IPAddress.TryParse(endpoint.Host, out IPAddress? ip) ? ip
+                        : Dns.GetHostAddresses(endpoint.Host).FirstOrDefault() ?? throw new SocketException((int)SocketError.HostNotFound);
+                    blocking = BlockingSocket.Connect(new IPEndPoint(address, endpoint.Port), bound);
                 }
 
-                var blocking = BlockingSocket.Connect(target, Min(options.ConnectTimeout, call.Left));
                 io = blocking;
                 setReceiveTimeout = ms => blocking.ReceiveTimeout = ms;
             }
             else
             {
+                EndPoint target = endpoint.UnixPath is not null ? new UnixDomainSocketEndPoint(endpoint.UnixPath)
+                    : IPAddress.TryParse(endpoint.Host, out IPAddress? ip) ? new IPEndPoint(ip, endpoint.Port) : new DnsEndPoint(endpoint.Host, endpoint.Port);
                 Socket socket = endpoint.UnixPath is not null
                     ? new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified)
                     : new Socket(SocketType.Stream, ProtocolType.Tcp) { NoDelay = true };
