@@ -392,14 +392,29 @@ public static class Plugin
         return (options.HostName ?? (() => Environment.MachineName))().Trim().ToLowerInvariant();
     }
 
-    /// <summary>The cniVersion on stdin if it can be read, for VERSION and for early errors.</summary>
+    /// <summary>The cniVersion on stdin if it can be read, for VERSION and for early errors: one pass of a reader
+    /// over the bytes (validating them whole), not a second document of the config that NetConf parses.</summary>
     private static string GuessVersion(byte[] stdin)
     {
         try
         {
-            using var doc = JsonDocument.Parse(stdin);
-            return doc.RootElement.ValueKind == JsonValueKind.Object && doc.RootElement.TryGetProperty("cniVersion", out var v) && v.ValueKind == JsonValueKind.String
-                && NetConf.SupportedVersions.Contains(v.GetString()) ? v.GetString()! : "1.1.0";
+            var reader = new Utf8JsonReader(stdin);
+            if (!reader.Read() || reader.TokenType != JsonTokenType.StartObject)
+            {
+                return "1.1.0";
+            }
+
+            string? version = null;
+            while (reader.Read())
+            {
+                if (reader.TokenType == JsonTokenType.PropertyName && reader.CurrentDepth == 1 && reader.ValueTextEquals("cniVersion"u8))
+                {
+                    reader.Read();
+                    version = reader.TokenType == JsonTokenType.String ? reader.GetString() : null;
+                }
+            }
+
+            return version is not null && NetConf.SupportedVersions.Contains(version) ? version : "1.1.0";
         }
         catch (JsonException)
         {
