@@ -72,7 +72,8 @@ public sealed class LinuxDataplane(NetNs? hostNs = null) : IDataplane
             pod = RtNetlink.Open(ns);
             var podMac = RandomMac();
             var hostLink = CreateVeth(ctx, host, ns, hostName, podMac);
-            var podIndex = hostLink.ParentIndex;
+            var podIndex = hostLink.ParentIndex > 0 ? hostLink.ParentIndex
+                : throw new CniException(CniCode.DataplaneFailure, $"{hostName} does not name its peer's index (IFLA_LINK)");
             afterStep("veth");
 
             // With IPv6, DAD must be off on both ends before they go up.

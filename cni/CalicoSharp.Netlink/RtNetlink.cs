@@ -37,12 +37,7 @@ public sealed class RtNetlink : IDisposable
 
         internal Batch(NetlinkSocket socket) => this.socket = socket;
 
-        public Batch SetLinkUp(int index)
-        {
-            var m = new MessageBuilder(Rt.RTM_NEWLINK, Nl.NLM_F_REQUEST);
-            m.IfInfo(Rt.AF_UNSPEC, index, Rt.IFF_UP, Rt.IFF_UP);
-            return Add((m, $"setting link #{index} up"));
-        }
+        public Batch SetLinkUp(int index) => Add(LinkUp(index, true, null));
 
         public Batch AddAddress(int index, IPAddress address, int prefixLength, bool noDad = false, bool replace = false) =>
             Add(NewAddress(index, address, prefixLength, noDad, replace));
@@ -154,7 +149,9 @@ public sealed class RtNetlink : IDisposable
 
     /// <summary>Sets a link up or down and, in the same message, the interface's IPv4 settings given as
     /// IPV4_DEVCONF_* ids and values (what net.ipv4.conf.&lt;interface&gt;.* holds).</summary>
-    public void SetLinkUp(int index, bool up = true, IReadOnlyList<(ushort Id, uint Value)>? ipv4Conf = null)
+    public void SetLinkUp(int index, bool up = true, IReadOnlyList<(ushort Id, uint Value)>? ipv4Conf = null) => Request(LinkUp(index, up, ipv4Conf));
+
+    private static (MessageBuilder Message, string Operation) LinkUp(int index, bool up, IReadOnlyList<(ushort Id, uint Value)>? ipv4Conf)
     {
         var m = new MessageBuilder(Rt.RTM_NEWLINK, Nl.NLM_F_REQUEST);
         m.IfInfo(Rt.AF_UNSPEC, index, up ? Rt.IFF_UP : 0, Rt.IFF_UP);
@@ -171,7 +168,7 @@ public sealed class RtNetlink : IDisposable
             }
         }
 
-        socket.Request(m, $"setting link #{index} {(up ? "up" : "down")}{(ipv4Conf is { Count: > 0 } ? " and its IPv4 settings" : string.Empty)}");
+        return (m, $"setting link #{index} {(up ? "up" : "down")}{(ipv4Conf is { Count: > 0 } ? " and its IPv4 settings" : string.Empty)}");
     }
 
     public void SetMtu(int index, int mtu)
