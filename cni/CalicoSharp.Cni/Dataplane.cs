@@ -118,32 +118,24 @@ public sealed class LinuxDataplane(NetNs? hostNs = null) : IDataplane
     private static Link CreateVeth(PluginContext ctx, RtNetlink host, NetNs ns, string hostName, PhysicalAddress podMac)
     {
         var env = ctx.Env;
-        try
+        for (int attempt = 0; ; attempt++)
         {
-            return host.CreateVeth(hostName, env.IfName, ns, ctx.Conf.Mtu, HostMac, podMac);
-        }
-        catch (NetlinkException e) when (e.Exists)
-        {
-            if (host.GetLink(hostName) is not { } stale)
+            try
             {
-                throw PodInterfaceExists(env);
+                return host.CreateVeth(hostName, env.IfName, ns, ctx.Conf.Mtu, HostMac, podMac);
             }
+            catch (NetlinkException e) when (e.Exists)
+            {
+                if (attempt > 0 || host.GetLink(hostName) is not { } stale)
+                {
+                    throw new CniException(CniCode.DataplaneFailure, $"interface {env.IfName} already exists in {env.Netns}");
+                }
 
-            ctx.Log.Warning($"removing stale {hostName} (#{stale.Index}) before ADD");
-            host.DeleteLink(hostName);
-        }
-
-        try
-        {
-            return host.CreateVeth(hostName, env.IfName, ns, ctx.Conf.Mtu, HostMac, podMac);
-        }
-        catch (NetlinkException e) when (e.Exists)
-        {
-            throw PodInterfaceExists(env);
+                ctx.Log.Warning($"removing stale {hostName} (#{stale.Index}) before ADD");
+                host.DeleteLink(hostName);
+            }
         }
     }
-
-    private static CniException PodInterfaceExists(CniEnv env) => new(CniCode.DataplaneFailure, $"interface {env.IfName} already exists in {env.Netns}");
 
     /// <summary>A random unicast, locally administered MAC (what the kernel would pick).</summary>
     private static PhysicalAddress RandomMac()
