@@ -108,10 +108,20 @@ public sealed class BgpLab : IAsyncDisposable
 
     public List<LabNode> Nodes { get; } = [];
 
-    /// <summary>How bgpd is started: the published binary when given, else the built dll through 'dotnet'.</summary>
-    public string[] BgpdCommand { get; set; } = ["dotnet", RepoPaths.ProjectDll("bgpd/calicosharp-bgpd", "calicosharp-bgpd")];
+    /// <summary>How bgpd is started: the published binary when given, else the built dll through 'dotnet'. The
+    /// default is looked up when first used, so a lab given published binaries (make demo) needs no JIT build.</summary>
+    public string[] BgpdCommand
+    {
+        get => field ??= ["dotnet", RepoPaths.ProjectDll("bgpd/calicosharp-bgpd", "calicosharp-bgpd")];
+        set;
+    }
 
-    public string[] CniCommand { get; set; } = ["dotnet", RepoPaths.ProjectDll("cni/calicosharp", "calicosharp")];
+    /// <summary>How the CNI plugin is run; like <see cref="BgpdCommand"/>, the built dll unless set.</summary>
+    public string[] CniCommand
+    {
+        get => field ??= ["dotnet", RepoPaths.ProjectDll("cni/calicosharp", "calicosharp")];
+        set;
+    }
 
     /// <summary>Whether the ToR sets itself as the next hop of what it passes on (else, as a route reflector does by
     /// default, the originating node stays the next hop, which the others reach through the fabric route).</summary>
