@@ -1,4 +1,3 @@
-using System.Security.Cryptography;
 using System.Text;
 
 namespace CalicoSharp.Netlink;
@@ -13,9 +12,7 @@ public static class HostInterface
         ArgumentNullException.ThrowIfNull(containerId);
         if (!string.IsNullOrEmpty(podNamespace) && !string.IsNullOrEmpty(podName))
         {
-#pragma warning disable CA5350 // not security: Calico's interface naming, which must match
-            byte[] hash = SHA1.HashData(Encoding.UTF8.GetBytes($"{podNamespace}.{podName}"));
-#pragma warning restore CA5350
+            byte[] hash = Sha1.HashData(Encoding.UTF8.GetBytes($"{podNamespace}.{podName}"));
             return "cali" + Convert.ToHexStringLower(hash)[..11];
         }
         return "cali" + containerId[..Math.Min(11, containerId.Length)];
