@@ -133,9 +133,8 @@ public sealed class CalicoIpamBackend(IpamClient client, NodeAgent? agent = null
     {
         ArgumentNullException.ThrowIfNull(ctx);
         ArgumentNullException.ThrowIfNull(valid);
-        var prefix = ctx.Conf.Name + ".";
-        var live = valid.Select(v => prefix + v.ContainerId).ToHashSet(StringComparer.Ordinal);
-        foreach (var handle in await Map(() => client.HandlesOnNodeAsync(prefix, ctx.Node)).ConfigureAwait(false))
+        var live = valid.Select(v => $"{ctx.Conf.Name}.{v.ContainerId}").ToHashSet(StringComparer.Ordinal);
+        foreach (var handle in await Map(() => client.HandlesOfNetworkOnNodeAsync(ctx.Conf.Name, ctx.Node)).ConfigureAwait(false))
         {
             if (!live.Contains(handle))
             {

@@ -327,12 +327,17 @@ public sealed partial class IpamClient
             allocated ? BlockLogic.SequenceOf(bs.Block, o) : null, pool);
     }
 
-    /// <summary>Handles whose id starts with <paramref name="prefix"/> and that hold an address allocated
-    /// for <paramref name="node"/> (per the allocation's "node" attribute).</summary>
-    public Task<IReadOnlyList<string>> HandlesOnNodeAsync(string prefix, string node, CancellationToken ct = default)
+    /// <summary>Handles of the CNI network <paramref name="network"/> ("&lt;network&gt;.&lt;container id&gt;") that
+    /// hold an address allocated for <paramref name="node"/> (per the allocation's "node" attribute). Network
+    /// names may hold dots, so the prefix alone is ambiguous ("k8s.x.b1" may be network "k8s.x"'s): a handle
+    /// belongs to the network when it is the network, a dot and the allocation's "containerID" attribute, or,
+    /// for an allocation without that attribute, when what follows the network's dot holds no dot of its own
+    /// (runtimes' container ids are hex).</summary>
+    public Task<IReadOnlyList<string>> HandlesOfNetworkOnNodeAsync(string network, string node, CancellationToken ct = default)
     {
-        ArgumentNullException.ThrowIfNull(prefix);
+        ArgumentNullException.ThrowIfNull(network);
         ValidateNode(node);
+        string prefix = network + ".";
         return RunAsync("listing handles", async t =>
         {
             var handles = await store.ListAsync(Keys.HandlePrefix + prefix, keysOnly: false, t).ConfigureAwait(false);
@@ -362,7 +367,8 @@ public sealed partial class IpamClient
                 var block = RecordJson.DecodeBlock(e.Value, e.Key);
                 foreach (var a in block.Attributes)
                 {
-                    if (a.HandleId is { } id && byBlock[cidrs[i]].Contains(id) && a.Secondary?.GetValueOrDefault("node") == node)
+                    if (a.HandleId is { } id && byBlock[cidrs[i]].Contains(id) && a.Secondary?.GetValueOrDefault("node") == node
+                        && (a.Secondary.GetValueOrDefault("containerID") is { } container ? id == prefix + container : !id.AsSpan(prefix.Length).Contains('.')))
                     {
                         found.Add(id);
                     }

@@ -217,6 +217,25 @@ public sealed class PodLabTests : IDisposable
     }
 
     [Fact]
+    public async Task GC_of_a_network_leaves_a_network_whose_name_extends_it_with_a_dot()
+    {
+        // Handles are "<network>.<container id>": GC of "k8s" must not take "k8s.x"'s handle "k8s.x.b1" for a
+        // container "x.b1" of its own.
+        async Task Add(string net, string id) =>
+            Assert.Equal(0, (await Run(Env("ADD", id, null, "/none"), Conf(name: net, ipamExtra: "\"assign_ipv4\":true"), PluginKind.Ipam)).Code);
+        await Add("k8s", "a1");
+        await Add("k8s", "a2");
+        await Add("k8s.x", "b1");
+        var gc = Conf(name: "k8s")[..^1] + ",\"cni.dev/valid-attachments\":[{\"containerID\":\"a1\",\"ifname\":\"eth0\"}]}";
+        Assert.Equal(0, (await Run(Env("GC", "x", null, "/none"), gc, PluginKind.Ipam)).Code);
+        Assert.NotNull(await ipam.Store.GetAsync(Keys.Handle("k8s.a1"), default));
+        Assert.Null(await ipam.Store.GetAsync(Keys.Handle("k8s.a2"), default));
+        Assert.NotNull(await ipam.Store.GetAsync(Keys.Handle("k8s.x.b1"), default));
+        Assert.Single(await ipam.AddressesOfHandleAsync("k8s.x.b1"));
+        Assert.Empty((await ipam.CheckAsync()).Problems);
+    }
+
+    [Fact]
     public async Task DEL_twice_and_DEL_of_a_missing_netns_succeed_and_ADD_to_one_fails_cleanly()
     {
         var pod = NewPod();
