@@ -53,6 +53,21 @@ public sealed class LinuxDataplane(NetNs? hostNs = null) : IDataplane
         return HostInterface.Name(env.PodNamespace, env.PodName, env.ContainerId);
     }
 
+    /// <summary>The host end's alias (ifalias), which records the container that owns it: the name comes from the
+    /// pod (Calico's), so when kubelet recreates a pod's sandbox two containers ask for the same name, and only
+    /// the alias tells a late DEL of the old one that the interface is no longer its own.</summary>
+    public static string OwnerAlias(string containerId) => OwnerPrefix + containerId;
+
+    private const string OwnerPrefix = "calicosharp:";
+
+    /// <summary>The container recorded on a host end, or null when it carries no alias of ours (made before
+    /// aliases were written, or by a failed ADD before its link-up).</summary>
+    public static string? OwnerOf(Link link)
+    {
+        ArgumentNullException.ThrowIfNull(link);
+        return link.Alias is { } a && a.StartsWith(OwnerPrefix, StringComparison.Ordinal) ? a[OwnerPrefix.Length..] : null;
+    }
+
     /// <summary>The host end's IPv4 settings (net.ipv4.conf.&lt;cali…&gt;): proxy ARP answers the pod's ARP for
     /// 169.254.1.1 should its neighbour entry go; forwarding routes what the pod sends.</summary>
     private static readonly (ushort Id, uint Value)[] HostIPv4Conf = [(Netlink.Rt.IPV4_DEVCONF_PROXY_ARP, 1), (Netlink.Rt.IPV4_DEVCONF_FORWARDING, 1)];
@@ -93,7 +108,7 @@ public sealed class LinuxDataplane(NetNs? hostNs = null) : IDataplane
                 WriteIfDifferent("net/ipv4/ip_forward", "1");
             }
 
-            host.SetLinkUp(hostLink.Index, true, v4 ? HostIPv4Conf : null);
+            host.SetLinkUp(hostLink.Index, true, v4 ? HostIPv4Conf : null, OwnerAlias(env.ContainerId));
             afterStep("host-up");
             if (v6)
             {
@@ -113,8 +128,10 @@ public sealed class LinuxDataplane(NetNs? hostNs = null) : IDataplane
     }
 
     /// <summary>Creates the pod's veth pair, the pod end with a random MAC of its own (the result names it).
-    /// When a name is taken: a host end left by a crashed ADD of this pod is removed and creation tried once
-    /// more; an interface of the pod's name already in its namespace is an error.</summary>
+    /// When a name is taken: the host end of this pod is replaced and creation tried once more — left by a
+    /// crashed ADD of this container, or held by an earlier sandbox of the same pod (kubelet runs one sandbox per
+    /// pod, so the newest ADD wins, as with Calico; the earlier container's late DEL then finds the alias of this
+    /// one and leaves it alone); an interface of the pod's name already in its namespace is an error.</summary>
     private static Link CreateVeth(PluginContext ctx, RtNetlink host, NetNs ns, string hostName, PhysicalAddress podMac)
     {
         var env = ctx.Env;
@@ -131,8 +148,10 @@ public sealed class LinuxDataplane(NetNs? hostNs = null) : IDataplane
                     throw new CniException(CniCode.DataplaneFailure, $"interface {env.IfName} already exists in {env.Netns}");
                 }
 
-                ctx.Log.Warning($"removing stale {hostName} (#{stale.Index}) before ADD");
-                host.DeleteLink(hostName);
+                ctx.Log.Warning(OwnerOf(stale) is { } owner && owner != env.ContainerId
+                    ? $"replacing {hostName} (#{stale.Index}) of container {owner}, an earlier sandbox of this pod"
+                    : $"removing stale {hostName} (#{stale.Index}) before ADD");
+                host.DeleteLink(stale.Index);
             }
         }
     }
@@ -242,11 +261,25 @@ public sealed class LinuxDataplane(NetNs? hostNs = null) : IDataplane
         DeleteHostEnd(ctx);
     }
 
+    /// <summary>Deletes the host end of this pod's name when it belongs to this container (or records no owner);
+    /// one held by another container — a newer sandbox of the same pod — is left as it is. Deleted by the index
+    /// that was inspected, so a link made under the same name meanwhile is never the one removed.</summary>
     private bool DeleteHostEnd(PluginContext ctx)
     {
         var hostName = HostVethName(ctx.Env);
         using var host = OpenHost();
-        if (!host.DeleteLink(hostName))
+        if (host.GetLink(hostName) is not { } link)
+        {
+            return false;
+        }
+
+        if (OwnerOf(link) is { } owner && owner != ctx.Env.ContainerId)
+        {
+            ctx.Log.Info($"{hostName} belongs to container {owner}, not to {ctx.Env.ContainerId}: left in place");
+            return false;
+        }
+
+        if (!host.DeleteLink(link.Index))
         {
             return false;
         }
@@ -265,6 +298,7 @@ public sealed class LinuxDataplane(NetNs? hostNs = null) : IDataplane
         using var host = OpenHost();
         using var pod = RtNetlink.Open(ns);
         var hostLink = host.GetLink(hostName) ?? throw Mismatch($"host interface {hostName} does not exist");
+        Expect(OwnerOf(hostLink) is not { } owner || owner == env.ContainerId, $"host interface {hostName} belongs to container {OwnerOf(hostLink)}, not to {env.ContainerId}");
         Expect(hostLink.IsUp, $"host interface {hostName} is down");
         Expect(hostLink.Mac?.Equals(HostMac) == true, $"host interface {hostName} has MAC {hostLink.Mac}, expected {MacText}");
         Expect(hostLink.Mtu == ctx.Conf.Mtu, $"host interface {hostName} has MTU {hostLink.Mtu}, expected {ctx.Conf.Mtu}");

@@ -65,6 +65,7 @@ public static class Rt
     public const ushort IFLA_MTU = 4;
     public const ushort IFLA_LINK = 5;
     public const ushort IFLA_OPERSTATE = 16;
+    public const ushort IFLA_IFALIAS = 20;
     public const ushort IFLA_LINKINFO = 18;
     public const ushort IFLA_NET_NS_PID = 19;
     public const ushort IFLA_AF_SPEC = 26;

@@ -4,7 +4,7 @@ using System.Net.NetworkInformation;
 namespace CalicoSharp.Netlink;
 
 /// <summary>A network interface as the kernel reports it.</summary>
-public sealed record Link(int Index, string Name, uint Flags, int Mtu, PhysicalAddress? Mac, string? Kind, int ParentIndex)
+public sealed record Link(int Index, string Name, uint Flags, int Mtu, PhysicalAddress? Mac, string? Kind, int ParentIndex, string? Alias = null)
 {
     public bool IsUp => (Flags & Rt.IFF_UP) != 0;
 }

@@ -37,7 +37,7 @@ public sealed class RtNetlink : IDisposable
 
         internal Batch(NetlinkSocket socket) => this.socket = socket;
 
-        public Batch SetLinkUp(int index) => Add(LinkUp(index, true, null));
+        public Batch SetLinkUp(int index) => Add(LinkUp(index, true, null, null));
 
         public Batch AddAddress(int index, IPAddress address, int prefixLength, bool noDad = false, bool replace = false) =>
             Add(NewAddress(index, address, prefixLength, noDad, replace));
@@ -148,13 +148,20 @@ public sealed class RtNetlink : IDisposable
     }
 
     /// <summary>Sets a link up or down and, in the same message, the interface's IPv4 settings given as
-    /// IPV4_DEVCONF_* ids and values (what net.ipv4.conf.&lt;interface&gt;.* holds).</summary>
-    public void SetLinkUp(int index, bool up = true, IReadOnlyList<(ushort Id, uint Value)>? ipv4Conf = null) => Request(LinkUp(index, up, ipv4Conf));
+    /// IPV4_DEVCONF_* ids and values (what net.ipv4.conf.&lt;interface&gt;.* holds) and its alias (ifalias: the
+    /// kernel ignores an alias in the message that creates a link, so it travels here).</summary>
+    public void SetLinkUp(int index, bool up = true, IReadOnlyList<(ushort Id, uint Value)>? ipv4Conf = null, string? alias = null) =>
+        Request(LinkUp(index, up, ipv4Conf, alias));
 
-    private static (MessageBuilder Message, string Operation) LinkUp(int index, bool up, IReadOnlyList<(ushort Id, uint Value)>? ipv4Conf)
+    private static (MessageBuilder Message, string Operation) LinkUp(int index, bool up, IReadOnlyList<(ushort Id, uint Value)>? ipv4Conf, string? alias)
     {
         var m = new MessageBuilder(Rt.RTM_NEWLINK, Nl.NLM_F_REQUEST);
         m.IfInfo(Rt.AF_UNSPEC, index, up ? Rt.IFF_UP : 0, Rt.IFF_UP);
+        if (alias is not null)
+        {
+            m.AttrString(Rt.IFLA_IFALIAS, alias);
+        }
+
         if (ipv4Conf is { Count: > 0 })
         {
             using (m.Nested(Rt.IFLA_AF_SPEC))
@@ -168,7 +175,7 @@ public sealed class RtNetlink : IDisposable
             }
         }
 
-        return (m, $"setting link #{index} {(up ? "up" : "down")}{(ipv4Conf is { Count: > 0 } ? " and its IPv4 settings" : string.Empty)}");
+        return (m, $"setting link #{index} {(up ? "up" : "down")}{(ipv4Conf is { Count: > 0 } ? " and its IPv4 settings" : string.Empty)}{(alias is null ? string.Empty : $" (alias '{alias}')")}");
     }
 
     public void SetMtu(int index, int mtu)
@@ -196,6 +203,15 @@ public sealed class RtNetlink : IDisposable
         m.IfInfo(Rt.AF_UNSPEC, 0);
         m.AttrString(Rt.IFLA_IFNAME, name);
         return RequestIfPresent(m, $"deleting link {name}", e => e.NotFound);
+    }
+
+    /// <summary>Deletes the link with this index; false when it does not exist. Unlike a name, an index is not
+    /// given to another link soon after, so a link that was inspected is the one deleted.</summary>
+    public bool DeleteLink(int index)
+    {
+        var m = new MessageBuilder(Rt.RTM_DELLINK, Nl.NLM_F_REQUEST);
+        m.IfInfo(Rt.AF_UNSPEC, index);
+        return RequestIfPresent(m, $"deleting link #{index}", e => e.NotFound);
     }
 
     // ---- addresses --------------------------------------------------------------------------------
@@ -611,7 +627,7 @@ public sealed class RtNetlink : IDisposable
         string name = string.Empty;
         int mtu = 0, parent = 0;
         PhysicalAddress? mac = null;
-        string? kind = null;
+        string? kind = null, alias = null;
         var a = new AttributeReader(p.AsSpan(Rt.IfInfoMsgSize));
         while (a.Next())
         {
@@ -621,6 +637,7 @@ public sealed class RtNetlink : IDisposable
                 case Rt.IFLA_MTU: mtu = (int)a.U32; break;
                 case Rt.IFLA_ADDRESS: mac = new PhysicalAddress(a.Value.ToArray()); break;
                 case Rt.IFLA_LINK: parent = (int)a.U32; break;
+                case Rt.IFLA_IFALIAS: alias = a.Text; break;
                 case Rt.IFLA_LINKINFO:
                     var info = new AttributeReader(a.Value);
                     while (info.Next())
@@ -635,6 +652,6 @@ public sealed class RtNetlink : IDisposable
             }
         }
 
-        return new Link(index, name, flags, mtu, mac, kind, parent);
+        return new Link(index, name, flags, mtu, mac, kind, parent, alias);
     }
 }

@@ -154,6 +154,19 @@ public sealed class NetlinkTests : IDisposable
     }
 
     [Fact]
+    public void An_alias_goes_with_link_up_reads_back_and_a_link_is_deleted_by_its_index()
+    {
+        var made = nl.CreateVeth("vetha7", "vethb7", null);
+        Assert.Null(made.Alias);
+        nl.SetLinkUp(made.Index, true, null, "calicosharp:0123abcd");
+        Assert.Equal("calicosharp:0123abcd", nl.GetLink("vetha7")!.Alias);
+        Assert.Contains("alias calicosharp:0123abcd", TestNetns.Ip("-n", ns.Name, "-d", "link", "show", "vetha7"), StringComparison.Ordinal);
+        Assert.True(nl.DeleteLink(made.Index));
+        Assert.False(nl.DeleteLink(made.Index));
+        Assert.Null(nl.GetLink("vethb7"));
+    }
+
+    [Fact]
     public void A_batch_is_applied_in_order_and_throws_its_first_refusal()
     {
         nl.CreateVeth("vetha6", "vethb6", null);

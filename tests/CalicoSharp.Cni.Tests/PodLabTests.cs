@@ -236,6 +236,42 @@ public sealed class PodLabTests : IDisposable
     }
 
     [Fact]
+    public async Task A_late_DEL_of_a_pods_old_sandbox_leaves_the_new_sandboxs_interface()
+    {
+        // kubelet recreates a pod's sandbox: the new container c2 gets the same host interface name (it comes
+        // from the pod), then a late or retried DEL of the old container c1 arrives.
+        Dictionary<string, string> PodEnv(string command, string id, TestNetns pod)
+        {
+            var env = Env(command, id, pod);
+            env["CNI_ARGS"] = $"IgnoreUnknown=1;K8S_POD_NAMESPACE=lab;K8S_POD_NAME=web-0;K8S_POD_INFRA_CONTAINER_ID={id};K8S_POD_UID=6f1c2d4e-0000-4000-8000-000000000001";
+            return env;
+        }
+
+        var conf = Conf(ipamExtra: "\"assign_ipv4\":true");
+        var (sandbox1, sandbox2) = (NewPod(), NewPod());
+        var (code1, first) = await Run(PodEnv("ADD", "c1", sandbox1), conf);
+        Assert.True(code1 == 0, first.ToString());
+        var (code2, second) = await Run(PodEnv("ADD", "c2", sandbox2), conf);
+        Assert.True(code2 == 0, second.ToString());
+        var ip2 = Address(second, AddressFamily.InterNetwork);
+        var hostName = LinuxDataplane.HostVethName(CniEnv.Parse(PodEnv("ADD", "c2", sandbox2)));
+
+        // The old sandbox's CHECK names the interface's owner now.
+        var (check1, err) = await Run(PodEnv("CHECK", "c1", sandbox1), WithPrev(conf, first));
+        Assert.Equal(1, check1);
+        Assert.Contains("belongs to container c2, not to c1", err.GetProperty("msg").GetString(), StringComparison.Ordinal);
+
+        Assert.Equal(0, (await Run(PodEnv("DEL", "c1", sandbox1), conf)).Code);
+        Assert.Contains(hostName, TestNetns.Ip("-n", node.Name, "-o", "link"), StringComparison.Ordinal);
+        Assert.Contains($"{ip2} dev {hostName}", TestNetns.Ip("-n", node.Name, "route"), StringComparison.Ordinal);
+        Assert.Contains($"{ip2}/32", TestNetns.Ip("-n", sandbox2.Name, "addr", "show", "eth0"), StringComparison.Ordinal);
+        Assert.Equal(0, (await Run(PodEnv("CHECK", "c2", sandbox2), WithPrev(conf, second))).Code);
+        Assert.Empty(await ipam.AddressesOfHandleAsync("k8s-pod-network.c1"));
+        Assert.Equal(0, (await Run(PodEnv("DEL", "c2", sandbox2), conf)).Code);
+        await AssertNothingLeft("c2", sandbox2);
+    }
+
+    [Fact]
     public async Task DEL_twice_and_DEL_of_a_missing_netns_succeed_and_ADD_to_one_fails_cleanly()
     {
         var pod = NewPod();
