@@ -9,7 +9,10 @@ namespace CalicoSharp.Bench;
 
 /// <summary>CNI ADD and DEL of the published NativeAOT plugin against the reference ptp + host-local
 /// plugins, same procedure in one run: a fresh namespace per pod, the plugins run as processes inside a
-/// node namespace (the timing harness runs there too, so no 'ip netns exec' is timed).</summary>
+/// node namespace (the timing harness runs there too, so no 'ip netns exec' is timed), each invoked as
+/// kubelet's runtime (containerd, CRI-O) invokes it: kubelet's CNI_ARGS with the pod's namespace, name,
+/// sandbox id and UID, a 64-hex container id, CNI_PATH, CNI_IFNAME eth0. The runtime's VERSION call (made
+/// once when it loads the network) is not counted.</summary>
 internal static partial class CniBench
 {
     private const int Pods = 60;
@@ -180,11 +183,13 @@ internal static partial class CniBench
     private static async Task<(int Code, double Ms, string Stdout)> Exec(string plugin, string command, string id, string netns, string conf, string state)
     {
         var psi = new ProcessStartInfo(plugin) { RedirectStandardInput = true, RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
+        var (containerId, podArgs) = AsKubelet(id);
         psi.Environment["CNI_COMMAND"] = command;
-        psi.Environment["CNI_CONTAINERID"] = id;
+        psi.Environment["CNI_CONTAINERID"] = containerId;
         psi.Environment["CNI_NETNS"] = netns;
         psi.Environment["CNI_IFNAME"] = "eth0";
-        psi.Environment["CNI_PATH"] = "/usr/lib/cni";
+        psi.Environment["CNI_PATH"] = $"{Path.GetDirectoryName(plugin)}:/usr/lib/cni";
+        psi.Environment["CNI_ARGS"] = podArgs;
         psi.Environment["CALICOSHARP_STATE_DIR"] = state;
         var sw = Stopwatch.StartNew();
         using var p = Process.Start(psi)!;
@@ -196,6 +201,18 @@ internal static partial class CniBench
         var ms = sw.Elapsed.TotalMilliseconds;
         await err;
         return (p.ExitCode, ms, await output);
+    }
+
+    /// <summary>What kubelet's runtime passes for a pod: the sandbox's container id (64 hex digits) and kubelet's
+    /// CNI_ARGS, derived from the bench's short pod id so that ADD and DEL of one pod agree.</summary>
+    private static (string ContainerId, string CniArgs) AsKubelet(string id)
+    {
+#pragma warning disable CA5351 // not security: a stable stand-in for a runtime's random sandbox id
+        string hex = Convert.ToHexStringLower(System.Security.Cryptography.MD5.HashData(Encoding.UTF8.GetBytes(id)));
+#pragma warning restore CA5351
+        string containerId = hex + hex;
+        string uid = $"{hex[..8]}-{hex[8..12]}-4{hex[13..16]}-8{hex[17..20]}-{hex[20..32]}";
+        return (containerId, $"IgnoreUnknown=1;K8S_POD_NAMESPACE=bench;K8S_POD_NAME=web-{id};K8S_POD_INFRA_CONTAINER_ID={containerId};K8S_POD_UID={uid}");
     }
 
     private static double Median(IEnumerable<double> values)
