@@ -132,9 +132,9 @@ public sealed class PeerConfig
         {
             throw new ArgumentException($"peer {DisplayName}: AS 0 is reserved (RFC 7607)");
         }
-        if (Password is { Length: > 80 })
+        if (Password is { } password && System.Text.Encoding.UTF8.GetByteCount(password) > 80)
         {
-            throw new ArgumentException($"peer {DisplayName}: TCP MD5 keys are at most 80 bytes (RFC 2385, Linux TCP_MD5SIG_MAXKEYLEN)");
+            throw new ArgumentException($"peer {DisplayName}: TCP MD5 keys are at most 80 bytes (RFC 2385, Linux TCP_MD5SIG_MAXKEYLEN), this one is {System.Text.Encoding.UTF8.GetByteCount(password)} in UTF-8");
         }
         if (Families.Count == 0)
         {

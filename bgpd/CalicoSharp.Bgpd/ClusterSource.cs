@@ -25,6 +25,9 @@ public sealed record SecretRef(string Name, string Key)
         && s.All(ch => char.IsAsciiLetterOrDigit(ch) || ch is '-' or '_' or '.');
 }
 
+/// <summary>A record bgpd could not use, by its etcd key, and why: reported and skipped, never fatal.</summary>
+public sealed record ResourceProblem(string Key, string Reason);
+
 /// <summary>One consistent read of everything bgpd follows in etcd.</summary>
 public sealed record ClusterSnapshot(
     long Revision,
@@ -38,6 +41,10 @@ public sealed record ClusterSnapshot(
     IReadOnlyList<IpNet> ConfirmedBlocks)
 {
     public static readonly ClusterSnapshot Empty = new(0, null, null, null, [], [], [], new Dictionary<IpNet, int>(), []);
+
+    /// <summary>Records of the read that were left out (not JSON, a pool without a CIDR): each is reported, the
+    /// rest applies.</summary>
+    public IReadOnlyList<ResourceProblem> Problems { get; init; } = [];
 }
 
 /// <summary>
@@ -47,7 +54,7 @@ public sealed record ClusterSnapshot(
 public sealed class EtcdClusterSource
 {
     private const string BgpConfigurations = Keys.ResourcePrefix + "bgpconfigurations/";
-    private const string BgpPeers = Keys.ResourcePrefix + "bgppeers/";
+    internal const string BgpPeers = Keys.ResourcePrefix + "bgppeers/";
 
     private readonly IKvStore _store;
     private readonly string _node;
@@ -72,6 +79,7 @@ public sealed class EtcdClusterSource
             KvRead.Under(Keys.HostAffinityPrefix(_node), false),
         ], ct).ConfigureAwait(false);
         long revision = r.SelectMany(x => x).Select(e => e.ModRevision).DefaultIfEmpty(0).Max();
+        var problems = new List<ResourceProblem>();
         uint? asn = null;
         bool? mesh = null;
         int? port = null;
@@ -83,62 +91,70 @@ public sealed class EtcdClusterSource
             {
                 continue;
             }
-            using JsonDocument d = Parse(e);
-            if (d.RootElement.TryGetProperty("spec", out JsonElement spec))
+            Use(e, problems, root =>
             {
-                asn = name == "default" ? UInt(spec, "asNumber") ?? asn : asn;
-                mesh = name == "default" && spec.TryGetProperty("nodeToNodeMeshEnabled", out JsonElement m) && m.ValueKind is JsonValueKind.True or JsonValueKind.False ? m.GetBoolean() : mesh;
-                port = spec.TryGetProperty("listenPort", out JsonElement lp) && lp.TryGetInt32(out int v) ? v : port;
-            }
+                if (Obj(root, "spec") is { } spec)
+                {
+                    asn = name == "default" ? UInt(spec, "asNumber") ?? asn : asn;
+                    mesh = name == "default" && spec.TryGetProperty("nodeToNodeMeshEnabled", out JsonElement m) && m.ValueKind is JsonValueKind.True or JsonValueKind.False ? m.GetBoolean() : mesh;
+                    port = spec.TryGetProperty("listenPort", out JsonElement lp) && lp.ValueKind == JsonValueKind.Number && lp.TryGetInt32(out int v) ? v : port;
+                }
+            });
         }
         var peers = new List<PeerResource>();
         foreach (KvEntry e in r[1])
         {
-            using JsonDocument d = Parse(e);
-            JsonElement spec = d.RootElement.TryGetProperty("spec", out JsonElement s) ? s : default;
-            if (spec.ValueKind != JsonValueKind.Object)
+            Use(e, problems, root =>
             {
-                continue;
-            }
-            string? password = spec.TryGetProperty("password", out JsonElement pw) && pw.ValueKind == JsonValueKind.String ? pw.GetString() : null;
-            SecretRef? secret = pw.ValueKind == JsonValueKind.Object && pw.TryGetProperty("secretKeyRef", out JsonElement sr)
-                ? new SecretRef(Str(sr, "name") ?? "", Str(sr, "key") ?? "") : null;
-            peers.Add(new PeerResource(e.Key[BgpPeers.Length..], Str(spec, "peerIP"), UInt(spec, "asNumber") ?? 0, Str(spec, "node"),
-                Str(spec, "nodeSelector"), Str(spec, "peerSelector"), Str(spec, "keepaliveTime"), Str(spec, "maxRestartTime"), password,
-                spec.TryGetProperty("ttlSecurity", out JsonElement ttl) && ttl.TryGetInt32(out int t) ? t : null) { PasswordSecret = secret });
+                if (Obj(root, "spec") is not { } spec)
+                {
+                    throw new ConfigException("bgppeer without spec");
+                }
+                string? password = spec.TryGetProperty("password", out JsonElement pw) && pw.ValueKind == JsonValueKind.String ? pw.GetString() : null;
+                SecretRef? secret = pw.ValueKind == JsonValueKind.Object && Obj(pw, "secretKeyRef") is { } sr
+                    ? new SecretRef(Str(sr, "name") ?? "", Str(sr, "key") ?? "") : null;
+                peers.Add(new PeerResource(e.Key[BgpPeers.Length..], Str(spec, "peerIP"), UInt(spec, "asNumber") ?? 0, Str(spec, "node"),
+                    Str(spec, "nodeSelector"), Str(spec, "peerSelector"), Str(spec, "keepaliveTime"), Str(spec, "maxRestartTime"), password,
+                    spec.TryGetProperty("ttlSecurity", out JsonElement ttl) && ttl.ValueKind == JsonValueKind.Number && ttl.TryGetInt32(out int t) ? t : null) { PasswordSecret = secret });
+            });
         }
         var nodes = new List<NodeInfo>();
         foreach (KvEntry e in r[2])
         {
-            using JsonDocument d = Parse(e);
-            JsonElement root = d.RootElement;
-            var labels = new Dictionary<string, string>(StringComparer.Ordinal);
-            if (root.TryGetProperty("metadata", out JsonElement md) && md.TryGetProperty("labels", out JsonElement lb) && lb.ValueKind == JsonValueKind.Object)
+            Use(e, problems, root =>
             {
-                foreach (JsonProperty l in lb.EnumerateObject())
+                var labels = new Dictionary<string, string>(StringComparer.Ordinal);
+                if (Obj(root, "metadata") is { } md && Obj(md, "labels") is { } lb)
                 {
-                    labels[l.Name] = l.Value.ToString();
+                    foreach (JsonProperty l in lb.EnumerateObject())
+                    {
+                        labels[l.Name] = l.Value.ToString();
+                    }
                 }
-            }
-            JsonElement bgp = root.TryGetProperty("spec", out JsonElement spec) && spec.TryGetProperty("bgp", out JsonElement b) ? b : default;
-            nodes.Add(new NodeInfo(e.Key[Keys.NodePrefix.Length..],
-                bgp.ValueKind == JsonValueKind.Object ? Address(Str(bgp, "ipv4Address")) : null,
-                bgp.ValueKind == JsonValueKind.Object ? Address(Str(bgp, "ipv6Address")) : null,
-                bgp.ValueKind == JsonValueKind.Object ? UInt(bgp, "asNumber") : null,
-                bgp.ValueKind == JsonValueKind.Object ? Str(bgp, "routeReflectorClusterID") : null,
-                labels));
+                JsonElement? bgp = Obj(root, "spec") is { } spec ? Obj(spec, "bgp") : null;
+                nodes.Add(new NodeInfo(e.Key[Keys.NodePrefix.Length..],
+                    bgp is { } b4 ? Address(Str(b4, "ipv4Address")) : null,
+                    bgp is { } b6 ? Address(Str(b6, "ipv6Address")) : null,
+                    bgp is { } ba ? UInt(ba, "asNumber") : null,
+                    bgp is { } bc ? Str(bc, "routeReflectorClusterID") : null,
+                    labels));
+            });
         }
         var pools = new List<IpNet>();
         var blockSizes = new Dictionary<IpNet, int>();
         foreach (KvEntry e in r[3])
         {
-            using JsonDocument d = Parse(e);
-            if (d.RootElement.TryGetProperty("spec", out JsonElement spec) && Str(spec, "cidr") is { } cidr && IpNet.TryParse(cidr, false, out IpNet net, out _))
+            Use(e, problems, root =>
             {
+                string? cidr = Obj(root, "spec") is { } spec ? Str(spec, "cidr") : null;
+                if (cidr is null || !IpNet.TryParse(cidr, false, out IpNet net, out _))
+                {
+                    throw new ConfigException(cidr is null ? "ippool without spec.cidr" : $"ippool cidr '{cidr}' is not a CIDR");
+                }
                 pools.Add(net);
-                blockSizes[net] = spec.TryGetProperty("blockSize", out JsonElement bs) && bs.TryGetInt32(out int size) ? size
+                blockSizes[net] = Obj(root, "spec") is { } sp && sp.TryGetProperty("blockSize", out JsonElement bs) && bs.ValueKind == JsonValueKind.Number && bs.TryGetInt32(out int size) ? size
                     : net.IsIPv6 ? IpPool.DefaultBlockSizeV6 : IpPool.DefaultBlockSizeV4;
-            }
+            });
         }
         var blocks = new List<IpNet>();
         foreach (KvEntry e in r[4])
@@ -146,14 +162,16 @@ public sealed class EtcdClusterSource
             // DESIGN: bgpd advertises a block once its affinity is confirmed.
             if (Keys.TryParseAffinityKey(e.Key, out _, out IpNet cidr))
             {
-                using JsonDocument d = Parse(e);
-                if (Str(d.RootElement, "state") == "confirmed" && !(d.RootElement.TryGetProperty("deleted", out JsonElement del) && del.ValueKind == JsonValueKind.True))
+                Use(e, problems, root =>
                 {
-                    blocks.Add(cidr);
-                }
+                    if (Str(root, "state") == "confirmed" && !(root.TryGetProperty("deleted", out JsonElement del) && del.ValueKind == JsonValueKind.True))
+                    {
+                        blocks.Add(cidr);
+                    }
+                });
             }
         }
-        return new ClusterSnapshot(revision, asn, mesh, port, nodes, peers, pools, blockSizes, blocks);
+        return new ClusterSnapshot(revision, asn, mesh, port, nodes, peers, pools, blockSizes, blocks) { Problems = problems };
     }
 
     /// <summary>
@@ -210,21 +228,36 @@ public sealed class EtcdClusterSource
         return result;
     }
 
-    private static JsonDocument Parse(KvEntry e)
+    /// <summary>Runs <paramref name="use"/> on the record's JSON object. A record that is not a JSON object, or whose
+    /// fields have the wrong shape, becomes a problem of its own: one broken record must not hide the others.</summary>
+    private static void Use(KvEntry e, List<ResourceProblem> problems, Action<JsonElement> use)
     {
         try
         {
-            return JsonDocument.Parse(e.Value);
+            using JsonDocument d = JsonDocument.Parse(e.Value);
+            if (d.RootElement.ValueKind != JsonValueKind.Object)
+            {
+                throw new ConfigException($"not a JSON object but {d.RootElement.ValueKind}");
+            }
+            use(d.RootElement);
         }
         catch (JsonException ex)
         {
-            throw new ConfigException($"etcd {e.Key}: not JSON: {ex.Message}");
+            problems.Add(new ResourceProblem(e.Key, $"not JSON: {ex.Message}"));
+        }
+        catch (Exception ex) when (ex is ConfigException or InvalidOperationException or FormatException)
+        {
+            problems.Add(new ResourceProblem(e.Key, ex.Message));
         }
     }
 
-    private static string? Str(JsonElement o, string name) => o.TryGetProperty(name, out JsonElement v) && v.ValueKind == JsonValueKind.String ? v.GetString() : null;
+    /// <summary>The member <paramref name="name"/> when it is a JSON object.</summary>
+    private static JsonElement? Obj(JsonElement o, string name) =>
+        o.ValueKind == JsonValueKind.Object && o.TryGetProperty(name, out JsonElement v) && v.ValueKind == JsonValueKind.Object ? v : null;
 
-    private static uint? UInt(JsonElement o, string name) => o.TryGetProperty(name, out JsonElement v) && v.ValueKind == JsonValueKind.Number && v.TryGetUInt32(out uint u) ? u : null;
+    private static string? Str(JsonElement o, string name) => o.ValueKind == JsonValueKind.Object && o.TryGetProperty(name, out JsonElement v) && v.ValueKind == JsonValueKind.String ? v.GetString() : null;
+
+    private static uint? UInt(JsonElement o, string name) => o.ValueKind == JsonValueKind.Object && o.TryGetProperty(name, out JsonElement v) && v.ValueKind == JsonValueKind.Number && v.TryGetUInt32(out uint u) ? u : null;
 
     private static IPAddress? Address(string? cidr) => cidr is not null && IPAddress.TryParse(cidr.Split('/')[0], out IPAddress? a) ? a : null;
 
@@ -252,7 +285,15 @@ public sealed class EtcdClusterSource
         using (var w = new Utf8JsonWriter(ms))
         {
             JsonElement root = default;
-            JsonDocument? doc = existing is null ? null : JsonDocument.Parse(existing);
+            JsonDocument? doc = null;
+            try
+            {
+                doc = existing is null ? null : JsonDocument.Parse(existing);
+            }
+            catch (JsonException)
+            {
+                // Our own record, unreadable: written afresh rather than left broken (or failing start-up).
+            }
             if (doc is not null)
             {
                 root = doc.RootElement;
@@ -294,8 +335,7 @@ public sealed class EtcdClusterSource
             {
                 w.WriteNumber("asNumber", a);
             }
-            if (root.ValueKind == JsonValueKind.Object && root.TryGetProperty("spec", out JsonElement s2) && s2.TryGetProperty("bgp", out JsonElement oldBgp)
-                && oldBgp.TryGetProperty("routeReflectorClusterID", out JsonElement rr))
+            if (Obj(root, "spec") is { } s2 && Obj(s2, "bgp") is { } oldBgp && oldBgp.TryGetProperty("routeReflectorClusterID", out JsonElement rr))
             {
                 w.WritePropertyName("routeReflectorClusterID");
                 rr.WriteTo(w);

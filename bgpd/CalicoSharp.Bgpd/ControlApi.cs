@@ -129,6 +129,8 @@ internal sealed class BgpdService : Proto.Bgpd.BgpdBase
             Version = typeof(Daemon).Assembly.GetName().Version?.ToString() ?? "",
         };
         s.OwnBlocks.AddRange(_d.OwnBlocks.Select(b => b.ToString()).Order(StringComparer.Ordinal));
+        s.Skipped.AddRange(_d.Problems.Select(p => new SkippedResource { Key = p.Key, Reason = p.Reason }));
+        s.ApplyErrors = _d.ApplyErrors;
         return s;
     });
 
@@ -325,6 +327,8 @@ internal static class Metrics
         Value("calicosharp_etcd_watch_up", "gauge", "1 while the etcd watch is open (changes apply at once; else at the next poll).", $"{(d.WatchUp ? 1 : 0)}");
         Value("calicosharp_etcd_watch_restarts_total", "counter", "Times the etcd watch broke and was opened again.", $"{d.WatchRestarts}");
         Value("calicosharp_etcd_errors_total", "counter", "Failed etcd reads.", $"{d.EtcdErrors}");
+        Value("calicosharp_config_skipped_resources", "gauge", "Records in etcd that bgpd skips as unusable (node status names them).", $"{d.Problems.Count}");
+        Value("calicosharp_config_apply_errors_total", "counter", "Times applying the configuration or reconciling the kernel failed as a whole.", $"{d.ApplyErrors}");
         Value("calicosharp_etcd_last_read_age_seconds", "gauge", "Seconds since the last successful etcd read.",
             $"{(d.LastEtcdRead is { } t ? (DateTimeOffset.UtcNow - t).TotalSeconds : -1):0.###}");
         return sb.ToString();

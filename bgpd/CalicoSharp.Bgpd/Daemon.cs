@@ -47,6 +47,10 @@ public sealed class DaemonOptions
     /// <summary>etcd endpoints; none: the config file is the only source.</summary>
     public IReadOnlyList<string> EtcdEndpoints { get; init; } = [];
 
+    /// <summary>The datastore to follow instead of etcd at <see cref="EtcdEndpoints"/> (tests: an in-memory store;
+    /// it is polled, not watched). The daemon does not dispose it.</summary>
+    public IKvStore? Store { get; init; }
+
     /// <summary>Program learned routes and block blackholes into the kernel (off for a pure route server).</summary>
     public bool Kernel { get; init; } = true;
 
@@ -107,22 +111,50 @@ public sealed class Daemon : IAsyncDisposable
         {
             throw new ConfigException($"ipv6Address: {Ipv6} is not an IPv6 address");
         }
-        if (options.EtcdEndpoints.Count > 0)
+        IKvStore? store = options.Store;
+        if (store is null && options.EtcdEndpoints.Count > 0)
         {
-            _etcd = new EtcdKvStore(new EtcdOptions { Endpoints = options.EtcdEndpoints });
-            _cluster = new EtcdClusterSource(_etcd, NodeName);
+            store = _etcd = new EtcdKvStore(new EtcdOptions { Endpoints = options.EtcdEndpoints });
+        }
+        if (store is not null)
+        {
+            _cluster = new EtcdClusterSource(store, NodeName);
             // Not disposed on its own: it shares the daemon's etcd client, which the daemon disposes.
             // It assigns for this node alone, request after request: the next one starts from what the last one knew.
-            Ipam = new IpamClient(_etcd, IpamClientOptions.InStateDirectory(options.StateDirectory, TimeSpan.FromSeconds(5)) with { KeepNodeView = true });
+            Ipam = new IpamClient(store, IpamClientOptions.InStateDirectory(options.StateDirectory, TimeSpan.FromSeconds(5)) with { KeepNodeView = true });
         }
         if (options.Kernel)
         {
             _routeTable = new NetlinkRouteTable();
             _kernel = new KernelRouteSync(_routeTable, log);
         }
-        if (_file.Import is not "pools" and not "all")
+        ValidateFile(_file);
+    }
+
+    /// <summary>Everything of a config file that can be wrong, checked before it is used: at start a bad file stops
+    /// bgpd (it is the operator's own), on reload it is refused and the running configuration stays.</summary>
+    private void ValidateFile(DaemonConfig file)
+    {
+        if (file.Import is not "pools" and not "all")
         {
-            throw new ConfigException($"import: '{_file.Import}' (must be \"pools\" or \"all\")");
+            throw new ConfigException($"import: '{file.Import}' (must be \"pools\" or \"all\")");
+        }
+        foreach (PeerSpec spec in file.Peers)
+        {
+            ToPeerConfig(spec, file);
+        }
+        foreach (string p in file.IpPools)
+        {
+            DaemonConfig.ParsePrefix(p, "ipPools");
+        }
+        foreach (string p in file.Originate)
+        {
+            DaemonConfig.ParsePrefix(p, "originate");
+        }
+        DaemonConfig.ParseAddress(file.ListenAddress, "listenAddress");
+        if (file.HoldTime is 1 or 2)
+        {
+            throw new ConfigException($"holdTime: {file.HoldTime} s (must be 0 or at least 3, RFC 4271 §4.2)");
         }
     }
 
@@ -148,6 +180,13 @@ public sealed class Daemon : IAsyncDisposable
     public DateTimeOffset StartedAt { get; } = DateTimeOffset.UtcNow;
 
     public long EtcdErrors { get; private set; }
+
+    /// <summary>Records in etcd that bgpd skips, by key, and why (node status and metrics show them).</summary>
+    public IReadOnlyList<ResourceProblem> Problems { get; private set; } = [];
+
+    /// <summary>Times applying the configuration or reconciling the kernel failed as a whole (each is retried at
+    /// the next change or poll).</summary>
+    public long ApplyErrors { get; private set; }
 
     public bool EtcdConfigured => _cluster is not null;
 
@@ -212,7 +251,8 @@ public sealed class Daemon : IAsyncDisposable
         IPEndPoint bound = Speaker.Listen(new IPEndPoint(listen, _file.ListenPort ?? Cluster.ListenPort ?? 179));
         _log(BgpLogLevel.Info, $"node {NodeName}: listening on {bound}, AS {LocalAs}, router id {rid}{(cluster is null ? "" : ", route reflector")}");
         _staleDeadline = DateTimeOffset.UtcNow + TimeSpan.FromSeconds(Speaker.Config.RestartTime);
-        await Speaker.InvokeAsync(Apply).ConfigureAwait(false);
+        // A record in etcd that cannot be used is skipped and reported, never a reason not to start.
+        await Speaker.InvokeAsync(() => Guard("applying the configuration", Apply)).ConfigureAwait(false);
         _loop = Task.Run(LoopAsync);
         if (_etcd is not null && _cluster is not null)
         {
@@ -315,17 +355,49 @@ public sealed class Daemon : IAsyncDisposable
             }
             await Speaker.InvokeAsync(() =>
             {
-                Apply();
-                if (_kernel is { KeepingStale: true } && DateTimeOffset.UtcNow >= _staleDeadline)
+                Guard("applying the configuration", Apply);
+                Guard("kernel routes", () =>
                 {
-                    _log(BgpLogLevel.Info, "kernel: restart time over, removing routes no peer sent again");
-                    _kernel.ReleaseStale();
-                }
-                else if (reconcile)
-                {
-                    _kernel?.Reconcile();
-                }
+                    if (_kernel is { KeepingStale: true } && DateTimeOffset.UtcNow >= _staleDeadline)
+                    {
+                        _log(BgpLogLevel.Info, "kernel: restart time over, removing routes no peer sent again");
+                        _kernel.ReleaseStale();
+                    }
+                    else if (reconcile)
+                    {
+                        _kernel?.Reconcile();
+                    }
+                });
             }).ConfigureAwait(false);
+        }
+    }
+
+    private readonly Dictionary<string, string> _guardErrors = new(StringComparer.Ordinal);
+
+    /// <summary>Runs one step of the loop so that nothing it throws ends the loop: bgpd must keep following etcd,
+    /// announcing and reconciling while the process lives (a dead loop in a live process is never restarted by
+    /// systemd). Logged once per distinct failure, counted, retried at the next change or poll.</summary>
+    private void Guard(string what, Action step)
+    {
+        try
+        {
+            step();
+            if (_guardErrors.Remove(what))
+            {
+                _log(BgpLogLevel.Info, $"{what}: working again");
+            }
+        }
+#pragma warning disable CA1031 // the loop must outlive any one failure; each is logged and retried
+        catch (Exception e)
+#pragma warning restore CA1031
+        {
+            ApplyErrors++;
+            string text = $"{e.GetType().Name}: {e.Message}";
+            if (!_guardErrors.TryGetValue(what, out string? last) || last != text)
+            {
+                _log(BgpLogLevel.Error, $"{what} failed: {text}; what did apply stays, retrying at the next change or poll");
+            }
+            _guardErrors[what] = text;
         }
     }
 
@@ -355,8 +427,10 @@ public sealed class Daemon : IAsyncDisposable
         DaemonConfig next = DaemonConfig.Load(f);
         await Speaker.InvokeAsync(() =>
         {
+            // Checked whole before it replaces the running file: a refused reload changes nothing.
+            ValidateFile(next);
             _file = next;
-            Apply();
+            Guard("applying the configuration", Apply);
         }).ConfigureAwait(false);
         _log(BgpLogLevel.Info, $"reloaded {f}");
     }
@@ -374,7 +448,9 @@ public sealed class Daemon : IAsyncDisposable
                 Speaker.Rib.Reimport(p);
             }
         }
-        ApplyPeers(DesiredPeers(c));
+        var problems = new List<ResourceProblem>(c.Problems);
+        ApplyPeers(DesiredPeers(c, problems));
+        Report(problems);
         var blocks = c.ConfirmedBlocks.Select(b => Prefix.Parse(b.ToString())).ToHashSet();
         var originate = new HashSet<Prefix>(blocks);
         foreach (string s in _file.Originate)
@@ -403,8 +479,35 @@ public sealed class Daemon : IAsyncDisposable
         _originated = originate;
     }
 
-    /// <summary>The peers this node should have: the file's, the bgppeers that select it, and the node mesh.</summary>
-    internal List<PeerConfig> DesiredPeers(ClusterSnapshot c)
+    private Dictionary<string, string> _problems = new(StringComparer.Ordinal);
+
+    /// <summary>Logs each skipped record once (again when its reason changes), and when it applies again.</summary>
+    private void Report(List<ResourceProblem> found)
+    {
+        var next = new Dictionary<string, string>(StringComparer.Ordinal);
+        foreach (ResourceProblem p in found)
+        {
+            next.TryAdd(p.Key, p.Reason);
+        }
+        foreach ((string key, string reason) in next)
+        {
+            if (!_problems.TryGetValue(key, out string? had) || had != reason)
+            {
+                _log(BgpLogLevel.Error, $"etcd {key}: {reason}; this record is skipped, everything else applies");
+            }
+        }
+        foreach (string key in _problems.Keys.Where(k => !next.ContainsKey(k)))
+        {
+            _log(BgpLogLevel.Info, $"etcd {key}: no longer skipped (fixed or removed)");
+        }
+        _problems = next;
+        Problems = [.. next.OrderBy(kv => kv.Key, StringComparer.Ordinal).Select(kv => new ResourceProblem(kv.Key, kv.Value))];
+    }
+
+    /// <summary>The peers this node should have: the file's, the bgppeers that select it, and the node mesh. A
+    /// bgppeer that cannot be used (a bad address, selector, timer, password) goes into <paramref name="problems"/>
+    /// and is left out; the others apply.</summary>
+    internal List<PeerConfig> DesiredPeers(ClusterSnapshot c, List<ResourceProblem> problems)
     {
         var result = new List<PeerConfig>();
         var seen = new HashSet<IPAddress>();
@@ -424,17 +527,36 @@ public sealed class Daemon : IAsyncDisposable
         }
         foreach (PeerResource r in c.Peers)
         {
+            try
+            {
+                AddResource(r);
+            }
+            catch (Exception e) when (e is ConfigException or IpamException or FormatException or ArgumentException)
+            {
+                problems.Add(new ResourceProblem(EtcdClusterSource.BgpPeers + r.Name, e.Message));
+            }
+        }
+        void AddResource(PeerResource r)
+        {
             bool Selected(string name, IReadOnlyDictionary<string, string> labels) => r.Node is not null ? r.Node == name
                 : r.NodeSelector is null || Selector.Parse(r.NodeSelector).Matches(labels);
             // Between two nodes, as in the mesh, only the one with the lower address connects.
             (string, uint, bool, bool) ToNode(NodeInfo n) => (n.Ipv4!.ToString(), n.AsNumber ?? c.AsNumber ?? 64512, iAmReflector && n.ClusterId is null,
                 Ipv4 is not null && Compare(Ipv4, n.Ipv4!) > 0);
             var targets = new List<(string Ip, uint As, bool Client, bool Passive)>();
+            if (r.PeerSelector is null && r.PeerIP is null)
+            {
+                throw new ConfigException("bgppeer has neither peerIP nor peerSelector");
+            }
+            if (r.PeerSelector is null && r.AsNumber == 0)
+            {
+                throw new ConfigException($"bgppeer {r.Name}: peerIP {r.PeerIP} without asNumber");
+            }
             if (Selected(NodeName, myLabels))
             {
                 targets.AddRange(r.PeerSelector is { } sel
                     ? c.Nodes.Where(n => n.Name != NodeName && n.Ipv4 is not null && Selector.Parse(sel).Matches(n.Labels)).Select(ToNode)
-                    : r.PeerIP is { } peerIp && r.AsNumber != 0 ? [(peerIp, r.AsNumber, false, false)] : []);
+                    : [(r.PeerIP!, r.AsNumber, false, false)]);
             }
             // The other end: a bgppeer whose peerSelector picks this node makes the nodes it applies to peers of
             // this node too (Calico configures both ends, e.g. route reflectors and their clients).
@@ -445,23 +567,22 @@ public sealed class Daemon : IAsyncDisposable
             string? password = r.Password;
             if (r.PasswordSecret is { } secret && targets.Count > 0 && (password = ReadSecret(secret, r.Name)) is null)
             {
-                continue; // without its password the session could not come up; ReadSecret said why
+                return; // without its password the session could not come up; ReadSecret said why
             }
-            foreach ((string ip, uint asn, bool client, bool passive) in targets)
+            // Every target converted before any is added: a bgppeer applies whole or not at all.
+            List<PeerConfig> configs = [.. targets.Select(t => ToPeerConfig(new PeerSpec
             {
-                Add(ToPeerConfig(new PeerSpec
-                {
-                    Name = r.Name,
-                    PeerIP = ip,
-                    AsNumber = asn,
-                    KeepaliveTime = r.KeepaliveTime,
-                    MaxRestartTime = r.MaxRestartTime,
-                    Password = password,
-                    TtlSecurity = r.TtlSecurity,
-                    RouteReflectorClient = client,
-                    Passive = passive,
-                }));
-            }
+                Name = r.Name,
+                PeerIP = t.Ip,
+                AsNumber = t.As,
+                KeepaliveTime = r.KeepaliveTime,
+                MaxRestartTime = r.MaxRestartTime,
+                Password = password,
+                TtlSecurity = r.TtlSecurity,
+                RouteReflectorClient = t.Client,
+                Passive = t.Passive,
+            }))];
+            configs.ForEach(Add);
         }
         if (c.NodeToNodeMesh ?? (c.Nodes.Count > 0 && _cluster is not null))
         {
@@ -556,7 +677,7 @@ public sealed class Daemon : IAsyncDisposable
     }
 
     private static string Key(PeerConfig p) =>
-        $"{p.Address}|{p.RemoteAs}|{p.LocalAddress}|{p.HoldTime}|{p.KeepaliveTime}|{p.Passive}|{p.RouteReflectorClient}|{p.NextHopSelf}|{p.MaxPrefixes}|{p.GracefulRestart}|{SocketOptions.Describe(p)}";
+        $"{p.Address}|{p.Port}|{p.RemoteAs}|{p.LocalAddress}|{p.HoldTime}|{p.KeepaliveTime}|{p.Passive}|{p.RouteReflectorClient}|{p.NextHopSelf}|{p.MaxPrefixes}|{p.GracefulRestart}|{SocketOptions.Describe(p)}";
 
     private void OnEndOfRib(BgpPeer peer, Afi family)
     {
@@ -622,22 +743,28 @@ public sealed class Daemon : IAsyncDisposable
         return hops.Count == 0 ? null : new KernelRoute(false, hops);
     }
 
-    public PeerConfig ToPeerConfig(PeerSpec spec)
+    public PeerConfig ToPeerConfig(PeerSpec spec) => ToPeerConfig(spec, _file);
+
+    private PeerConfig ToPeerConfig(PeerSpec spec, DaemonConfig file)
     {
         ArgumentNullException.ThrowIfNull(spec);
-        IPAddress address = DaemonConfig.ParseAddress(spec.PeerIP, "peerIP") ?? throw new ConfigException("a peer without peerIP");
+        if (string.IsNullOrEmpty(spec.PeerIP))
+        {
+            throw new ConfigException("a peer without peerIP");
+        }
+        (IPAddress address, int? port) = DaemonConfig.ParsePeerAddress(spec.PeerIP, "peerIP");
         if (spec.AsNumber == 0)
         {
             throw new ConfigException($"peer {spec.PeerIP}: asNumber is missing");
         }
         bool v4 = address.AddressFamily == AddressFamily.InterNetwork;
         IPAddress? source = DaemonConfig.ParseAddress(spec.SourceAddress, "sourceAddress") ?? (v4 ? Ipv4 : Ipv6);
-        ushort hold = _file.HoldTime ?? 90;
+        ushort hold = file.HoldTime ?? 90;
         if (spec.HoldTime is { } h)
         {
-            hold = (ushort)DaemonConfig.ParseDuration(h, $"peer {spec.PeerIP} holdTime").TotalSeconds;
+            hold = DaemonConfig.ParseSeconds(h, $"peer {spec.PeerIP} holdTime", 0, ushort.MaxValue);
         }
-        ushort? keepalive = spec.KeepaliveTime is { } k ? (ushort)DaemonConfig.ParseDuration(k, $"peer {spec.PeerIP} keepaliveTime").TotalSeconds : null;
+        ushort? keepalive = spec.KeepaliveTime is { } k ? DaemonConfig.ParseSeconds(k, $"peer {spec.PeerIP} keepaliveTime", 0, ushort.MaxValue) : null;
         if (spec.TtlSecurity is < 0 or > 254)
         {
             throw new ConfigException($"peer {spec.PeerIP}: ttlSecurity {spec.TtlSecurity} (0-254 hops)");
@@ -645,6 +772,7 @@ public sealed class Daemon : IAsyncDisposable
         var config = new PeerConfig
         {
             Address = address,
+            Port = port ?? 179,
             RemoteAs = spec.AsNumber,
             Name = spec.Name,
             LocalAddress = source,

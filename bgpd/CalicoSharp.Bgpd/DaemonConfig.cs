@@ -116,6 +116,41 @@ public sealed class DaemonConfig
         return total;
     }
 
+    /// <summary>A duration as whole seconds within [<paramref name="min"/>, <paramref name="max"/>]: BGP's timers are
+    /// 16-bit seconds on the wire, so a larger value must be refused, not wrapped.</summary>
+    public static ushort ParseSeconds(string text, string what, int min, int max)
+    {
+        TimeSpan d;
+        try
+        {
+            d = ParseDuration(text, what);
+        }
+        catch (Exception e) when (e is OverflowException or ArgumentException)
+        {
+            throw new ConfigException($"{what}: '{text}' is not a duration in range ({min}-{max} s)");
+        }
+        double seconds = d.TotalSeconds;
+        return seconds >= min && seconds <= max ? (ushort)seconds
+            : throw new ConfigException($"{what}: '{text}' is {seconds:0.###} s (must be {min}-{max} s)");
+    }
+
+    /// <summary>Calico's bgppeers peerIP: an address, or an address and a port ("10.0.0.1:1790", "[fd00::1]:1790";
+    /// an IPv6 address with a port needs the brackets). A "/length" suffix is tolerated as before.</summary>
+    public static (IPAddress Address, int? Port) ParsePeerAddress(string text, string what)
+    {
+        ArgumentNullException.ThrowIfNull(text);
+        // Not IPAddress.TryParse first: it accepts "[fd00::1]:1790" and drops the port.
+        if (text.Contains('/', StringComparison.Ordinal) || (!text.StartsWith('[') && IPAddress.TryParse(text, out _)))
+        {
+            return (ParseAddress(text, what) ?? throw new ConfigException($"{what}: empty"), null);
+        }
+        if (IPEndPoint.TryParse(text, out IPEndPoint? ep) && ep.Port is > 0 and <= 65535)
+        {
+            return (ep.Address, ep.Port);
+        }
+        throw new ConfigException($"{what}: '{text}' is not an IP address or address:port");
+    }
+
     internal static IPAddress? ParseAddress(string? text, string what)
     {
         if (string.IsNullOrEmpty(text))

@@ -18,7 +18,10 @@ public static class SocketOptions
     private const int Ipv6UnicastHops = 16;
     private const int Ipv6MinHopCount = 73;
 
-    public static string Describe(PeerConfig p) => $"{(p.Password is null ? "" : "md5")}|{p.TtlSecurityHops}";
+    /// <summary>What the socket options depend on, to tell when a peer's sockets must be set up again: the MD5 key
+    /// itself, not only that there is one (a changed password must reach the listener and new connections).
+    /// Compared in memory only, never logged.</summary>
+    public static string Describe(PeerConfig p) => $"{(p.Password is null ? "" : "md5:" + p.Password)}|{p.TtlSecurityHops}";
 
     /// <summary>On a connecting or accepted socket: the MD5 key for the peer and the GTSM TTLs.</summary>
     public static void Apply(Socket socket, PeerConfig? peer)

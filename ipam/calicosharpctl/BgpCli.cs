@@ -70,6 +70,16 @@ internal static class BgpCli
                     w.WriteString("etcdError", s.EtcdError);
                     w.WriteNumber("kernelOperations", s.KernelOperations);
                     w.WriteNumber("kernelErrors", s.KernelErrors);
+                    w.WriteStartArray("skipped");
+                    foreach (SkippedResource r in s.Skipped)
+                    {
+                        w.WriteStartObject();
+                        w.WriteString("key", r.Key);
+                        w.WriteString("reason", r.Reason);
+                        w.WriteEndObject();
+                    }
+                    w.WriteEndArray();
+                    w.WriteNumber("applyErrors", s.ApplyErrors);
                     w.WriteStartArray("peers");
                     foreach (Peer x in peers.Peers)
                     {
@@ -98,6 +108,10 @@ internal static class BgpCli
             if (s.EtcdError.Length > 0)
             {
                 o.WriteLine($"etcd: {s.EtcdError}");
+            }
+            foreach (SkippedResource r in s.Skipped)
+            {
+                o.WriteLine($"skipped: {r.Key}: {r.Reason}");
             }
             o.WriteLine();
             Output.Table(o, ["PEER ADDRESS", "PEER TYPE", "AS", "STATE", "SINCE", "PREFIXES (RX/ACC/ADV)", "INFO"],

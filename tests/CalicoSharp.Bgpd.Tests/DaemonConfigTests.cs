@@ -1,0 +1,196 @@
+using System.Net;
+using System.Text;
+using CalicoSharp.Bgp;
+using CalicoSharp.Bgpd;
+using CalicoSharp.Ipam;
+
+namespace CalicoSharp.Bgpd.Tests;
+
+/// <summary>bgpd following a datastore whose records are broken in every way found in the field: each bad record
+/// is reported by its key and skipped, everything else applies, the loop keeps following, and a refused reload
+/// changes nothing. The daemon runs against the in-memory store with no kernel; peers are on loopback
+/// addresses (nothing leaves this machine).</summary>
+public sealed class DaemonConfigTests : IAsyncDisposable
+{
+    private const string Peers = "/calico/resources/v3/projectcalico.org/bgppeers/";
+    private readonly MemoryKvStore store = new();
+    private readonly string dir = Directory.CreateTempSubdirectory("calicosharp-daemon-").FullName;
+    private readonly List<string> logLines = [];
+    private Daemon? daemon;
+
+    public async ValueTask DisposeAsync()
+    {
+        if (daemon is not null)
+        {
+            await daemon.DisposeAsync();
+        }
+        store.Dispose();
+        Directory.Delete(dir, true);
+    }
+
+    private void Put(string key, string json) => store.Put(key, Encoding.UTF8.GetBytes(json));
+
+    /// <summary>A bgppeers record as Calico writes it; the spec's members in JSON with ' for ".</summary>
+    private void PutPeer(string name, string spec) =>
+        Put(Peers + name, "{\"kind\":\"BGPPeer\",\"apiVersion\":\"projectcalico.org/v3\",\"metadata\":{\"name\":\"" + name + "\"},\"spec\":{" + spec.Replace('\'', '"') + "}}");
+
+    private async Task<Daemon> StartAsync(string? configFile = null)
+    {
+        Put("/calico/resources/v3/projectcalico.org/bgpconfigurations/default",
+            """{"kind":"BGPConfiguration","apiVersion":"projectcalico.org/v3","metadata":{"name":"default"},"spec":{"asNumber":64512,"nodeToNodeMeshEnabled":false,"listenPort":0}}""");
+        daemon = new Daemon(new DaemonOptions
+        {
+            NodeName = "node1",
+            Ipv4Address = "127.0.0.1/8",
+            Store = store,
+            Kernel = false,
+            ConfigFile = configFile,
+            PollInterval = TimeSpan.FromMilliseconds(50),
+            StateDirectory = dir,
+        }, (level, line) =>
+        {
+            lock (logLines)
+            {
+                logLines.Add($"{level} {line}");
+            }
+        });
+        await daemon.StartAsync();
+        return daemon;
+    }
+
+    private static async Task Until(Func<Task<bool>> condition, string what)
+    {
+        var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(10);
+        while (!await condition())
+        {
+            Assert.True(DateTime.UtcNow < deadline, "timed out waiting until " + what);
+            await Task.Delay(20);
+        }
+    }
+
+    private Task<PeerConfig?> PeerAsync(string address) => daemon!.Speaker.InvokeAsync(() => daemon.Speaker.FindPeer(IPAddress.Parse(address))?.Config);
+
+    private Task<IReadOnlyList<ResourceProblem>> ProblemsAsync() => daemon!.Speaker.InvokeAsync(() => daemon.Problems);
+
+    [Fact]
+    public async Task Every_bad_record_is_reported_by_its_key_and_skipped_and_the_rest_applies()
+    {
+        PutPeer("with-port", "'peerIP':'127.0.0.9:1790','asNumber':65009");
+        PutPeer("v6-with-port", "'peerIP':'[::1]:1791','asNumber':65011");
+        PutPeer("banana", "'peerIP':'127.0.0.21','asNumber':65021,'keepaliveTime':'banana'");
+        PutPeer("bad-selector", "'peerIP':'127.0.0.22','asNumber':65022,'nodeSelector':'rack == '");
+        PutPeer("keepalive-too-long", "'peerIP':'127.0.0.24','asNumber':65024,'keepaliveTime':'100000s'");
+        PutPeer("ttl", "'peerIP':'127.0.0.25','asNumber':65025,'ttlSecurity':300");
+        PutPeer("long-password", $"'peerIP':'127.0.0.26','asNumber':65026,'password':'{new string('é', 50)}'");
+        PutPeer("no-as", "'peerIP':'127.0.0.27'");
+        PutPeer("bad-ip", "'peerIP':'127.0.0.256','asNumber':65028");
+        Put(Peers + "not-json", "{\"spec\":");
+        Put(Peers + "a-string", "\"hello\"");
+        Put(Peers + "spec-is-a-number", """{"spec":7}""");
+        Put("/calico/resources/v3/projectcalico.org/ippools/bad", """{"spec":{"cidr":"10.0.0.0/99"}}""");
+        PutPeer("good", "'peerIP':'127.0.0.10','asNumber':65010");
+
+        await StartAsync();
+
+        var withPort = await PeerAsync("127.0.0.9");
+        Assert.NotNull(withPort);
+        Assert.Equal(1790, withPort.Port);
+        Assert.Equal(1791, (await PeerAsync("::1"))?.Port);
+        Assert.Equal(179, (await PeerAsync("127.0.0.10"))?.Port);
+        var problems = (await ProblemsAsync()).ToDictionary(p => p.Key, p => p.Reason);
+        Assert.Contains("'banana' is not a duration", problems[Peers + "banana"], StringComparison.Ordinal);
+        Assert.Contains("rack == ", problems[Peers + "bad-selector"], StringComparison.Ordinal);
+        Assert.Contains("must be 0-65535 s", problems[Peers + "keepalive-too-long"], StringComparison.Ordinal);
+        Assert.Contains("ttlSecurity 300", problems[Peers + "ttl"], StringComparison.Ordinal);
+        Assert.Contains("at most 80 bytes", problems[Peers + "long-password"], StringComparison.Ordinal);
+        Assert.Contains("without asNumber", problems[Peers + "no-as"], StringComparison.Ordinal);
+        Assert.Contains("not an IP address", problems[Peers + "bad-ip"], StringComparison.Ordinal);
+        Assert.StartsWith("not JSON", problems[Peers + "not-json"], StringComparison.Ordinal);
+        Assert.Contains("not a JSON object", problems[Peers + "a-string"], StringComparison.Ordinal);
+        Assert.Contains("without spec", problems[Peers + "spec-is-a-number"], StringComparison.Ordinal);
+        Assert.Contains("10.0.0.0/99", problems["/calico/resources/v3/projectcalico.org/ippools/bad"], StringComparison.Ordinal);
+        Assert.Equal(11, problems.Count);
+        foreach (string addr in new[] { "127.0.0.21", "127.0.0.22", "127.0.0.24", "127.0.0.25", "127.0.0.26", "127.0.0.27" })
+        {
+            Assert.Null(await PeerAsync(addr));
+        }
+
+        // Each is logged once, with its key, however often the loop applies.
+        await Task.Delay(300);
+        lock (logLines)
+        {
+            Assert.Single(logLines, l => l.Contains(Peers + "banana", StringComparison.Ordinal));
+        }
+
+        // The loop still follows etcd: a new peer applies, a fixed record applies and leaves the list.
+        PutPeer("later", "'peerIP':'127.0.0.11','asNumber':65012");
+        PutPeer("banana", "'peerIP':'127.0.0.21','asNumber':65021,'keepaliveTime':'20s'");
+        await Until(async () => await PeerAsync("127.0.0.11") is not null, "the later peer is configured");
+        await Until(async () => (await PeerAsync("127.0.0.21"))?.KeepaliveTime == 20, "the fixed peer is configured");
+        Assert.DoesNotContain(await ProblemsAsync(), p => p.Key == Peers + "banana");
+    }
+
+    [Fact]
+    public async Task A_refused_reload_keeps_the_running_configuration()
+    {
+        string file = Path.Combine(dir, "bgpd.json");
+        await File.WriteAllTextAsync(file, """{"peers":[{"peerIP":"127.0.0.12","asNumber":65012,"keepaliveTime":"30s"}]}""");
+        await StartAsync(file);
+        Assert.Equal((ushort)30, (await PeerAsync("127.0.0.12"))?.KeepaliveTime);
+
+        await File.WriteAllTextAsync(file, """{"peers":[{"peerIP":"127.0.0.13","asNumber":65013},{"peerIP":"127.0.0.12","asNumber":65012,"keepaliveTime":"banana"}]}""");
+        var e = await Assert.ThrowsAsync<ConfigException>(daemon!.ReloadAsync);
+        Assert.Contains("'banana' is not a duration", e.Message, StringComparison.Ordinal);
+        Assert.Equal((ushort)30, (await PeerAsync("127.0.0.12"))?.KeepaliveTime);
+        Assert.Null(await PeerAsync("127.0.0.13"));
+
+        // The loop goes on applying the old file (not the refused one) with etcd's changes.
+        PutPeer("from-etcd", "'peerIP':'127.0.0.14','asNumber':65014");
+        await Until(async () => await PeerAsync("127.0.0.14") is not null, "etcd's peer is configured");
+        Assert.Null(await PeerAsync("127.0.0.13"));
+
+        // RFC 4271 §4.2: a hold time of 1 or 2 s is refused too.
+        await File.WriteAllTextAsync(file, """{"peers":[{"peerIP":"127.0.0.12","asNumber":65012,"holdTime":"2s"}]}""");
+        e = await Assert.ThrowsAsync<ConfigException>(daemon.ReloadAsync);
+        Assert.Contains("hold time 2", e.Message, StringComparison.Ordinal);
+        Assert.Equal((ushort)30, (await PeerAsync("127.0.0.12"))?.KeepaliveTime);
+
+        await File.WriteAllTextAsync(file, """{"peers":[{"peerIP":"127.0.0.12","asNumber":65012,"keepaliveTime":"10s"}]}""");
+        await daemon.ReloadAsync();
+        Assert.Equal((ushort)10, (await PeerAsync("127.0.0.12"))?.KeepaliveTime);
+    }
+
+    [Fact]
+    public async Task A_changed_password_reconfigures_the_peer()
+    {
+        PutPeer("secret", "'peerIP':'127.0.0.15','asNumber':65015,'password':'old-secret'");
+        await StartAsync();
+        Assert.Equal("old-secret", (await PeerAsync("127.0.0.15"))?.Password);
+        PutPeer("secret", "'peerIP':'127.0.0.15','asNumber':65015,'password':'new-secret'");
+        await Until(async () => (await PeerAsync("127.0.0.15"))?.Password == "new-secret", "the new password is in use");
+    }
+
+    [Theory]
+    [InlineData("10.0.0.1", "10.0.0.1", null)]
+    [InlineData("10.0.0.1:1790", "10.0.0.1", 1790)]
+    [InlineData("fd00::1", "fd00::1", null)]
+    [InlineData("[fd00::1]:1790", "fd00::1", 1790)]
+    [InlineData("10.0.0.1/32", "10.0.0.1", null)]
+    public void Calicos_peerIP_forms(string text, string address, int? port)
+    {
+        var (a, p) = DaemonConfig.ParsePeerAddress(text, "peerIP");
+        Assert.Equal(IPAddress.Parse(address), a);
+        Assert.Equal(port, p);
+    }
+
+    [Theory]
+    [InlineData("10.0.0.1:0")]
+    [InlineData("10.0.0.1:70000")]
+    [InlineData("peer.example")]
+    [InlineData("10.0.0.1:")]
+    public void Bad_peerIP_forms_are_refused_with_the_text(string text)
+    {
+        var e = Assert.Throws<ConfigException>(() => DaemonConfig.ParsePeerAddress(text, "peerIP"));
+        Assert.Contains($"'{text}'", e.Message, StringComparison.Ordinal);
+    }
+}
