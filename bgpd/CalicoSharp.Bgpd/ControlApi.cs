@@ -285,6 +285,40 @@ internal sealed class BgpdService : Proto.Bgpd.BgpdBase
 /// <summary>Prometheus text exposition of the daemon's state.</summary>
 internal static class Metrics
 {
+    /// <summary>
+    /// Prometheus text exposition format ("Text format details", label values): a label value may hold any UTF-8, but
+    /// backslash, double quote and line feed are written \\, \" and \n. Peer names come from etcd and config files,
+    /// so without this one name could break the line or forge samples.
+    /// </summary>
+    public static string EscapeLabelValue(string value)
+    {
+        ArgumentNullException.ThrowIfNull(value);
+        if (value.AsSpan().IndexOfAny('\\', '"', '\n') < 0)
+        {
+            return value;
+        }
+        var sb = new StringBuilder(value.Length + 8);
+        foreach (char c in value)
+        {
+            switch (c)
+            {
+                case '\\':
+                    sb.Append(@"\\");
+                    break;
+                case '"':
+                    sb.Append(@"\""");
+                    break;
+                case '\n':
+                    sb.Append(@"\n");
+                    break;
+                default:
+                    sb.Append(c);
+                    break;
+            }
+        }
+        return sb.ToString();
+    }
+
     public static Task<string> RenderAsync(Daemon d) => d.Speaker.InvokeAsync(() =>
     {
         var sb = new StringBuilder();
@@ -293,11 +327,11 @@ internal static class Metrics
             sb.Append("# HELP ").Append(name).Append(' ').Append(help).Append('\n');
             sb.Append("# TYPE ").Append(name).Append(' ').Append(type).Append('\n');
         }
-        string Label(BgpPeer p) => $"peer=\"{p.Config.Address}\",name=\"{p.Config.DisplayName.Replace("\"", "", StringComparison.Ordinal)}\"";
+        string Label(BgpPeer p) => $"peer=\"{EscapeLabelValue(p.Config.Address.ToString())}\",name=\"{EscapeLabelValue(p.Config.DisplayName)}\"";
         Metric("calicosharp_bgp_sessions", "gauge", "BGP sessions by state.");
         foreach (SessionState s in Enum.GetValues<SessionState>())
         {
-            sb.Append(CultureInfo.InvariantCulture, $"calicosharp_bgp_sessions{{state=\"{s}\"}} {d.Speaker.Peers.Count(p => p.State == s)}\n");
+            sb.Append(CultureInfo.InvariantCulture, $"calicosharp_bgp_sessions{{state=\"{EscapeLabelValue(s.ToString())}\"}} {d.Speaker.Peers.Count(p => p.State == s)}\n");
         }
         void PerPeer(string name, string type, string help, Func<BgpPeer, long> value)
         {
