@@ -355,6 +355,8 @@ internal static class Metrics
         Value("calicosharp_bgp_rib_routes", "gauge", "Prefixes in the RIB.", $"{d.Speaker.Rib.Count}");
         Value("calicosharp_kernel_route_operations_total", "counter", "Kernel route replaces and deletes.", $"{d.Kernel?.Operations ?? 0}");
         Value("calicosharp_kernel_route_errors_total", "counter", "Kernel route operations that failed.", $"{d.Kernel?.Errors ?? 0}");
+        Value("calicosharp_bgp_local_prefixes_refused_total", "counter", "Announcements from peers refused because the prefix is inside a block affine to this node or an address it borrowed.",
+            $"{d.LocalPrefixesRefused}");
         Value("calicosharp_kernel_routes_left_to_others", "gauge", "Learned prefixes not installed because a route bgpd did not install (a pod's, a static one) holds their place.",
             $"{d.Kernel?.ForeignRoutesLeft ?? 0}");
         Value("calicosharp_etcd_up", "gauge", "1 when the last etcd read succeeded (0 without etcd or after an error).", $"{(d.EtcdConfigured && d.LastEtcdError is null ? 1 : 0)}");
