@@ -249,13 +249,9 @@ public static class MessageDecoder
         {
             AttributeDecoder.Decode(body.Slice(attrStart, attrLen), options, u);
         }
-        else if (u.Nlri.Count > 0)
+        if (!u.TreatAsWithdraw)
         {
-            MarkWithdraw(u, new BgpProtocolException(ErrorCode.UpdateMessage, Subcode.MissingWellKnownAttribute,
-                "NLRI without path attributes", [1], ErrorAction.TreatAsWithdraw));
-        }
-        if (u.Attributes is not null && !u.TreatAsWithdraw)
-        {
+            // Also when no attribute (or none we keep) came with the prefixes: Attributes is then null.
             CheckMandatory(u);
         }
         if (u.TreatAsWithdraw)
@@ -280,17 +276,26 @@ public static class MessageDecoder
         return u;
     }
 
+    /// <summary>
+    /// RFC 7606 §3(d): "If any of the well-known mandatory attributes are not present in an UPDATE message, then
+    /// 'treat-as-withdraw' MUST be used" — whatever else the UPDATE carries: NLRI or MP_REACH_NLRI with no
+    /// attributes at all, or only with attributes we do not keep (an unknown optional non-transitive one, a
+    /// discarded one), is treat-as-withdraw too. NEXT_HOP is needed only with NLRI in the classic field (RFC 4760
+    /// §3 makes it effectively discretionary for MP_REACH_NLRI). RFC 4271 §6.3: the data is the missing type code.
+    /// </summary>
     private static void CheckMandatory(UpdateMessage u)
     {
         if (u.Nlri.Count == 0 && u.MpReach.Count == 0)
         {
             return;
         }
-        PathAttributes a = u.Attributes!;
-        byte missing = !u.SeenOrigin ? (byte)1 : !u.SeenAsPath ? (byte)2 : (u.Nlri.Count > 0 && !a.HasNextHop) ? (byte)3 : (byte)0;
+        bool hasNextHop = u.Attributes is { HasNextHop: true };
+        byte missing = !u.SeenOrigin ? AttributeCode.Origin
+            : !u.SeenAsPath ? AttributeCode.AsPath
+            : (u.Nlri.Count > 0 && !hasNextHop) ? AttributeCode.NextHop
+            : (byte)0;
         if (missing != 0)
         {
-            // RFC 7606 §3 d: a missing well-known mandatory attribute is treat-as-withdraw.
             MarkWithdraw(u, new BgpProtocolException(ErrorCode.UpdateMessage, Subcode.MissingWellKnownAttribute,
                 $"missing well-known attribute {AttributeDecoder.Name(missing)}", [missing], ErrorAction.TreatAsWithdraw));
         }

@@ -92,11 +92,69 @@ public sealed class NotificationMessage : BgpMessage
         }
     }
 
+    /// <summary>The notification as the log and <c>node status</c> show it: the shutdown communication escaped.</summary>
     public override string ToString()
     {
-        string text = ShutdownText is { } s ? $" \"{s}\"" : Data.Length > 0 ? $" data {Convert.ToHexString(Data.Span)}" : "";
+        string text = ShutdownText is { } s ? $" \"{EscapeText(s)}\"" : Data.Length > 0 ? $" data {Convert.ToHexString(Data.Span)}" : "";
         return $"{Describe(Code, Subcode)}{text}";
     }
+
+    /// <summary>
+    /// Makes text from a peer safe to log and show on one line. RFC 9003 §2 lets the Shutdown Communication be any
+    /// UTF-8 the operator likes and says it is reported through means such as syslog; its security considerations
+    /// (§6) warn that a crafted one could be made to appear as additional log messages. So line breaks, other control
+    /// characters and everything not printable (format characters such as bidirectional overrides, separators,
+    /// private use, unassigned) become escapes (\n, \r, \t, \uXXXX, \UXXXXXXXX), and so do the backslash and the
+    /// double quote that delimit the text; printable characters of every script stay as they are.
+    /// </summary>
+    public static string EscapeText(string text)
+    {
+        ArgumentNullException.ThrowIfNull(text);
+        var sb = new System.Text.StringBuilder(text.Length + 8);
+        Span<char> utf16 = stackalloc char[2];
+        foreach (System.Text.Rune r in text.EnumerateRunes())
+        {
+            switch (r.Value)
+            {
+                case '\\':
+                    sb.Append(@"\\");
+                    break;
+                case '"':
+                    sb.Append(@"\""");
+                    break;
+                case '\n':
+                    sb.Append(@"\n");
+                    break;
+                case '\r':
+                    sb.Append(@"\r");
+                    break;
+                case '\t':
+                    sb.Append(@"\t");
+                    break;
+                default:
+                    if (IsPrintable(r))
+                    {
+                        sb.Append(utf16[..r.EncodeToUtf16(utf16)]);
+                    }
+                    else if (r.IsBmp)
+                    {
+                        sb.Append(System.Globalization.CultureInfo.InvariantCulture, $"\\u{r.Value:X4}");
+                    }
+                    else
+                    {
+                        sb.Append(System.Globalization.CultureInfo.InvariantCulture, $"\\U{r.Value:X8}");
+                    }
+                    break;
+            }
+        }
+        return sb.ToString();
+    }
+
+    private static bool IsPrintable(System.Text.Rune r) => System.Text.Rune.GetUnicodeCategory(r) is not (
+        System.Globalization.UnicodeCategory.Control or System.Globalization.UnicodeCategory.Format
+        or System.Globalization.UnicodeCategory.LineSeparator or System.Globalization.UnicodeCategory.ParagraphSeparator
+        or System.Globalization.UnicodeCategory.Surrogate or System.Globalization.UnicodeCategory.PrivateUse
+        or System.Globalization.UnicodeCategory.OtherNotAssigned);
 
     public static string Describe(ErrorCode code, byte subcode)
     {

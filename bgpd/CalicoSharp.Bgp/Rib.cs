@@ -175,13 +175,13 @@ public sealed class Rib
             }
             EndOfRibReceived?.Invoke(peer, eor);
         }
-        if (u.Attributes is not null && u.Nlri.Count > 0)
+        if (u.Nlri.Count > 0)
         {
-            Announce(peer, u.Attributes, u.Nlri);
+            AnnounceOrWithdraw(peer, u.Attributes, u.Nlri);
         }
-        if (u.MpReach.Count > 0 && u.MpAttributes() is { } mp)
+        if (u.MpReach.Count > 0)
         {
-            Announce(peer, mp, u.MpReach);
+            AnnounceOrWithdraw(peer, u.MpAttributes(), u.MpReach);
         }
         if (peer.Config.MaxPrefixes is { } limit && peer.PrefixesReceived > limit)
         {
@@ -193,6 +193,25 @@ public sealed class Rib
             peer.Shutdown(new BgpProtocolException(ErrorCode.Cease, Subcode.MaximumPrefixesReached, $"more than {limit} prefixes", data));
         }
         ScheduleFlush();
+    }
+
+    /// <summary>
+    /// The decoder turns announcements without their well-known attributes into withdrawals; an UPDATE built some
+    /// other way that still announces without attributes must not leave the peer's previous routes in place either.
+    /// RFC 7606 §3(d): a missing well-known mandatory attribute is "treat-as-withdraw".
+    /// </summary>
+    private void AnnounceOrWithdraw(BgpPeer peer, PathAttributes? received, List<Prefix> prefixes)
+    {
+        if (received is not null)
+        {
+            Announce(peer, received, prefixes);
+            return;
+        }
+        _speaker.Log(BgpLogLevel.Warning, $"peer {peer.Config.DisplayName}: {prefixes.Count} prefixes announced without path attributes, handled as withdrawn (RFC 7606 §3(d))");
+        foreach (Prefix p in prefixes)
+        {
+            Remove(p, peer);
+        }
     }
 
     private void Announce(BgpPeer peer, PathAttributes received, List<Prefix> prefixes)

@@ -287,6 +287,40 @@ internal sealed class BgpdService : Proto.Bgpd.BgpdBase
 /// <summary>Prometheus text exposition of the daemon's state.</summary>
 internal static class Metrics
 {
+    /// <summary>
+    /// Prometheus text exposition format ("Text format details", label values): a label value may hold any UTF-8, but
+    /// backslash, double quote and line feed are written \\, \" and \n. Peer names come from etcd and config files,
+    /// so without this one name could break the line or forge samples.
+    /// </summary>
+    public static string EscapeLabelValue(string value)
+    {
+        ArgumentNullException.ThrowIfNull(value);
+        if (value.AsSpan().IndexOfAny('\\', '"', '\n') < 0)
+        {
+            return value;
+        }
+        var sb = new StringBuilder(value.Length + 8);
+        foreach (char c in value)
+        {
+            switch (c)
+            {
+                case '\\':
+                    sb.Append(@"\\");
+                    break;
+                case '"':
+                    sb.Append(@"\""");
+                    break;
+                case '\n':
+                    sb.Append(@"\n");
+                    break;
+                default:
+                    sb.Append(c);
+                    break;
+            }
+        }
+        return sb.ToString();
+    }
+
     public static Task<string> RenderAsync(Daemon d) => d.Speaker.InvokeAsync(() =>
     {
         var sb = new StringBuilder();
@@ -295,11 +329,11 @@ internal static class Metrics
             sb.Append("# HELP ").Append(name).Append(' ').Append(help).Append('\n');
             sb.Append("# TYPE ").Append(name).Append(' ').Append(type).Append('\n');
         }
-        string Label(BgpPeer p) => $"peer=\"{p.Config.Address}\",name=\"{p.Config.DisplayName.Replace("\"", "", StringComparison.Ordinal)}\"";
+        string Label(BgpPeer p) => $"peer=\"{EscapeLabelValue(p.Config.Address.ToString())}\",name=\"{EscapeLabelValue(p.Config.DisplayName)}\"";
         Metric("calicosharp_bgp_sessions", "gauge", "BGP sessions by state.");
         foreach (SessionState s in Enum.GetValues<SessionState>())
         {
-            sb.Append(CultureInfo.InvariantCulture, $"calicosharp_bgp_sessions{{state=\"{s}\"}} {d.Speaker.Peers.Count(p => p.State == s)}\n");
+            sb.Append(CultureInfo.InvariantCulture, $"calicosharp_bgp_sessions{{state=\"{EscapeLabelValue(s.ToString())}\"}} {d.Speaker.Peers.Count(p => p.State == s)}\n");
         }
         void PerPeer(string name, string type, string help, Func<BgpPeer, long> value)
         {
@@ -323,6 +357,10 @@ internal static class Metrics
         Value("calicosharp_bgp_rib_routes", "gauge", "Prefixes in the RIB.", $"{d.Speaker.Rib.Count}");
         Value("calicosharp_kernel_route_operations_total", "counter", "Kernel route replaces and deletes.", $"{d.Kernel?.Operations ?? 0}");
         Value("calicosharp_kernel_route_errors_total", "counter", "Kernel route operations that failed.", $"{d.Kernel?.Errors ?? 0}");
+        Value("calicosharp_bgp_local_prefixes_refused_total", "counter", "Announcements from peers refused because the prefix is inside a block affine to this node or an address it borrowed.",
+            $"{d.LocalPrefixesRefused}");
+        Value("calicosharp_kernel_routes_left_to_others", "gauge", "Learned prefixes not installed because a route bgpd did not install (a pod's, a static one) holds their place.",
+            $"{d.Kernel?.ForeignRoutesLeft ?? 0}");
         Value("calicosharp_etcd_up", "gauge", "1 when the last etcd read succeeded (0 without etcd or after an error).", $"{(d.EtcdConfigured && d.LastEtcdError is null ? 1 : 0)}");
         Value("calicosharp_etcd_watch_up", "gauge", "1 while the etcd watch is open (changes apply at once; else at the next poll).", $"{(d.WatchUp ? 1 : 0)}");
         Value("calicosharp_etcd_watch_restarts_total", "counter", "Times the etcd watch broke and was opened again.", $"{d.WatchRestarts}");

@@ -86,6 +86,7 @@ public sealed class Daemon : IAsyncDisposable
     private HashSet<Prefix> _ownBlocks = [];
     private HashSet<Prefix> _originated = [];
     private HashSet<Prefix> _borrowed = [];
+    private readonly LocalPrefixes _local;
     private Dictionary<IPAddress, (PeerConfig Config, string Key)> _peerKeys = [];
     private Task? _loop;
     private Task? _watch;
@@ -97,6 +98,7 @@ public sealed class Daemon : IAsyncDisposable
         ArgumentNullException.ThrowIfNull(options);
         _options = options;
         _log = log;
+        _local = new LocalPrefixes(log);
         _file = options.ConfigFile is { } f ? DaemonConfig.Load(f) : new DaemonConfig();
         NodeName = options.NodeName ?? _file.NodeName ?? Environment.GetEnvironmentVariable("NODENAME") ?? Environment.MachineName;
         Ipv4Cidr = options.Ipv4Address ?? _file.Ipv4Address;
@@ -200,6 +202,9 @@ public sealed class Daemon : IAsyncDisposable
     public DateTimeOffset? LastEtcdRead { get; private set; }
 
     public IReadOnlyCollection<Prefix> OwnBlocks => _ownBlocks;
+
+    /// <summary>Announcements from peers refused because they fall inside this node's blocks or borrowed addresses.</summary>
+    public long LocalPrefixesRefused => _local.Refused;
 
     /// <summary>The AS this node speaks: flag, then the node's record, the file, the cluster default, 64512.</summary>
     public uint LocalAs => _options.AsNumber ?? Cluster.Nodes.FirstOrDefault(n => n.Name == NodeName)?.AsNumber ?? _file.AsNumber ?? Cluster.AsNumber ?? 64512;
@@ -440,9 +445,12 @@ public sealed class Daemon : IAsyncDisposable
     {
         ClusterSnapshot c = Cluster;
         var pools = c.Pools.Select(p => Prefix.Parse(p.ToString())).Concat(_file.IpPools.Select(p => DaemonConfig.ParsePrefix(p, "ipPools"))).Distinct().ToList();
-        if (!pools.SequenceEqual(_pools))
+        var blocks = c.ConfirmedBlocks.Select(b => Prefix.Parse(b.ToString())).ToHashSet();
+        bool poolsChanged = !pools.SequenceEqual(_pools);
+        _pools = pools;
+        // Both change what the import policy accepts: what the peers sent is judged again.
+        if (_local.Update(blocks, _borrowed) | poolsChanged)
         {
-            _pools = pools;
             foreach (BgpPeer p in Speaker.Peers)
             {
                 Speaker.Rib.Reimport(p);
@@ -451,7 +459,6 @@ public sealed class Daemon : IAsyncDisposable
         var problems = new List<ResourceProblem>(c.Problems);
         ApplyPeers(DesiredPeers(c, problems));
         Report(problems);
-        var blocks = c.ConfirmedBlocks.Select(b => Prefix.Parse(b.ToString())).ToHashSet();
         var originate = new HashSet<Prefix>(blocks);
         foreach (string s in _file.Originate)
         {
@@ -689,9 +696,14 @@ public sealed class Daemon : IAsyncDisposable
     }
 
     /// <summary>Only prefixes inside the IP pools are accepted (unless the file says "all"): a peer announcing a
-    /// default route or foreign prefixes must not capture this node's traffic.</summary>
+    /// default route or foreign prefixes must not capture this node's traffic. Never, whatever the file says, a
+    /// prefix inside this node's own blocks or an address it borrowed: those are its own pods.</summary>
     private PolicyResult ImportPolicy(BgpPeer? peer, Prefix prefix, ref PathAttributes attributes)
     {
+        if (_local.Refuse(peer, prefix))
+        {
+            return PolicyResult.Reject;
+        }
         if (_file.Import == "all")
         {
             return PolicyResult.Accept;

@@ -20,9 +20,12 @@ public interface IRouteTable
     /// <summary>Routes carrying <paramref name="protocol"/> in the main table, both families.</summary>
     IReadOnlyList<Route> List(byte protocol);
 
-    /// <summary>Replaces (or, with Delete, removes) each route; per change null or its error. Deleting a route
-    /// that is not there is not an error.</summary>
-    NetlinkException?[] Apply(IReadOnlyList<(Route Route, bool Delete)> changes);
+    /// <summary>Every route of the main table, both families, whatever program installed it.</summary>
+    IReadOnlyList<Route> ListAll();
+
+    /// <summary>Writes each route as its <see cref="RouteChange"/> says; per change null or its error. Deleting a
+    /// route that is not there is not an error; creating one where a route already is fails with EEXIST.</summary>
+    NetlinkException?[] Apply(IReadOnlyList<(Route Route, RouteChange Change)> changes);
 
     /// <summary>The gateway through which the kernel reaches a BGP next hop: the next hop itself on a connected
     /// network; else the gateway of the route to it (recursive resolution, as BIRD's "gateway recursive", for
@@ -39,10 +42,12 @@ public sealed class NetlinkRouteTable : IRouteTable, IDisposable
     // Writes come from the kernel writer thread, reads from the speaker's loop: a socket each.
     private readonly RtNetlink _writer = RtNetlink.Open();
 
-    public IReadOnlyList<Route> List(byte protocol) =>
-        [.. _nl.ListRoutes(AddressFamily.InterNetwork).Concat(_nl.ListRoutes(AddressFamily.InterNetworkV6)).Where(r => r.Protocol == protocol)];
+    public IReadOnlyList<Route> List(byte protocol) => [.. ListAll().Where(r => r.Protocol == protocol)];
 
-    public NetlinkException?[] Apply(IReadOnlyList<(Route Route, bool Delete)> changes) => _writer.ApplyRoutes(changes);
+    public IReadOnlyList<Route> ListAll() =>
+        [.. _nl.ListRoutes(AddressFamily.InterNetwork).Concat(_nl.ListRoutes(AddressFamily.InterNetworkV6))];
+
+    public NetlinkException?[] Apply(IReadOnlyList<(Route Route, RouteChange Change)> changes) => _writer.ApplyRoutes(changes);
 
     public IPAddress? Gateway(IPAddress nextHop, byte protocol) => _nl.GetRoute(nextHop) switch
     {
@@ -73,10 +78,18 @@ public sealed class NetlinkRouteTable : IRouteTable, IDisposable
 
 /// <summary>
 /// Keeps the kernel's routes of bgpd's protocol equal to the desired set: changes are queued by <see cref="Set"/>,
-/// handed over by <see cref="Flush"/> and written in order by a writer thread in batches (replace semantics, many
-/// requests per system call), so the speaker's loop goes on with BGP while the kernel works; a periodic reconcile
-/// repairs drift. After a restart, routes left by the previous
-/// run are kept (graceful restart) until <see cref="ReleaseStale"/> is called, then stale ones go.
+/// handed over by <see cref="Flush"/> and written in order by a writer thread in batches (many requests per system
+/// call), so the speaker's loop goes on with BGP while the kernel works; a periodic reconcile repairs drift. After a
+/// restart, routes left by the previous run are kept (graceful restart) until <see cref="ReleaseStale"/> is called,
+/// then stale ones go.
+/// <para>
+/// bgpd only ever replaces or deletes routes it installed. A route of another program in the place a learned route
+/// would take (same table, destination and metric: the CNI plugin's host route of a pod, a static route) is left
+/// as it is, and said once in the log. The kernel's replace does not look at the protocol, so bgpd keeps track of
+/// the places that hold its own routes (its successful writes, the routes of its protocol found at start and by
+/// every reconcile, which reads every route's protocol): those it replaces and deletes; anywhere else it only
+/// creates, exclusively, so the kernel refuses when a route is already there.
+/// </para>
 /// </summary>
 public sealed class KernelRouteSync : IDisposable
 {
@@ -90,6 +103,12 @@ public sealed class KernelRouteSync : IDisposable
     private readonly Thread _writer;
     private List<(Route Route, bool Delete)> _pending = [];
     private readonly Dictionary<IPAddress, IPAddress?> _gateways = [];
+
+    // Shared by the writer thread and the reconcile (the speaker's loop), under _gate: the places whose kernel route
+    // is bgpd's, and the places where another program's route was found (said once each).
+    private readonly object _gate = new();
+    private readonly HashSet<Prefix> _ours = [];
+    private readonly HashSet<Prefix> _foreign = [];
     private bool _keepStale;
     private long _operations;
     private long _errors;
@@ -109,10 +128,30 @@ public sealed class KernelRouteSync : IDisposable
 
     public IReadOnlyDictionary<Prefix, KernelRoute> Desired => _desired;
 
+    /// <summary>Desired prefixes left alone because another program's route holds their place.</summary>
+    public int ForeignRoutesLeft
+    {
+        get
+        {
+            lock (_gate)
+            {
+                return _foreign.Count;
+            }
+        }
+    }
+
     /// <summary>Routes of our protocol found at start: a previous run crashed and left them (RFC 4724 restarting speaker).</summary>
     public int Startup()
     {
-        int n = _table.List(Protocol).Count;
+        IReadOnlyList<Route> left = _table.List(Protocol);
+        int n = left.Count;
+        lock (_gate)
+        {
+            foreach (Route r in left)
+            {
+                _ours.Add(PrefixOf(r));
+            }
+        }
         _keepStale = n > 0;
         if (n > 0)
         {
@@ -183,26 +222,109 @@ public sealed class KernelRouteSync : IDisposable
     {
         foreach (List<(Route Route, bool Delete)> batch in _queue.GetConsumingEnumerable())
         {
+            List<(Route Route, RouteChange Change)> changes = Decide(batch);
+            if (changes.Count == 0)
+            {
+                continue;
+            }
             try
             {
-                NetlinkException?[] errors = _table.Apply(batch);
-                foreach (NetlinkException? e in errors)
+                NetlinkException?[] errors = _table.Apply(changes);
+                for (int i = 0; i < changes.Count; i++)
                 {
-                    if (e is not null)
-                    {
-                        Interlocked.Increment(ref _errors);
-                        _log(BgpLogLevel.Warning, $"kernel: {e.Message}");
-                    }
+                    Record(changes[i].Route, changes[i].Change, errors[i]);
                 }
             }
             catch (Exception e) when (e is NetlinkException or ObjectDisposedException)
             {
                 Interlocked.Increment(ref _errors);
-                _log(BgpLogLevel.Warning, $"kernel: writing {batch.Count} routes: {e.Message}");
+                _log(BgpLogLevel.Warning, $"kernel: writing {changes.Count} routes: {e.Message}");
             }
-            Interlocked.Add(ref _operations, batch.Count);
+            Interlocked.Add(ref _operations, changes.Count);
         }
     }
+
+    /// <summary>
+    /// How each queued change is written: in a place known to hold bgpd's route, replace or delete it; anywhere else
+    /// create exclusively, and never delete (what is there, if anything, is not bgpd's). A later change of a prefix in
+    /// the batch supersedes an earlier one (each is the whole desired state), so one place gets one request.
+    /// </summary>
+    private List<(Route Route, RouteChange Change)> Decide(List<(Route Route, bool Delete)> batch)
+    {
+        var last = new Dictionary<Prefix, int>(batch.Count);
+        for (int i = 0; i < batch.Count; i++)
+        {
+            last[PrefixOf(batch[i].Route)] = i;
+        }
+        var changes = new List<(Route Route, RouteChange Change)>(last.Count);
+        lock (_gate)
+        {
+            for (int i = 0; i < batch.Count; i++)
+            {
+                (Route route, bool delete) = batch[i];
+                Prefix p = PrefixOf(route);
+                if (last[p] != i)
+                {
+                    continue;
+                }
+                bool ours = _ours.Contains(p);
+                if (!delete)
+                {
+                    changes.Add((route, ours ? RouteChange.Replace : RouteChange.Create));
+                }
+                else if (ours)
+                {
+                    changes.Add((route, RouteChange.Delete));
+                }
+            }
+        }
+        return changes;
+    }
+
+    /// <summary>Notes what one write did to the places bgpd owns; errors are logged and counted (the reconcile
+    /// retries), except an exclusive create refused because another program's route is there.</summary>
+    private void Record(Route route, RouteChange change, NetlinkException? error)
+    {
+        Prefix p = PrefixOf(route);
+        string? say = null;
+        lock (_gate)
+        {
+            if (change == RouteChange.Delete)
+            {
+                _ours.Remove(p);
+            }
+            else if (error is null)
+            {
+                _ours.Add(p);
+                _foreign.Remove(p);
+            }
+            else if (change == RouteChange.Create && error.Exists)
+            {
+                if (_foreign.Add(p))
+                {
+                    say = $"kernel: {p} already has a route bgpd did not install; leaving it as it is (not replacing it with {route})";
+                }
+                error = null;
+            }
+        }
+        if (say is not null)
+        {
+            _log(BgpLogLevel.Warning, say);
+        }
+        if (error is not null)
+        {
+            Interlocked.Increment(ref _errors);
+            _log(BgpLogLevel.Warning, $"kernel: {error.Message}");
+        }
+    }
+
+    private static Prefix PrefixOf(Route r) => Prefix.FromAddress(r.Destination, r.PrefixLength);
+
+    /// <summary>The metric the kernel gives a route without one: 0 for IPv4, 1024 for IPv6 (IP6_RT_PRIO_USER).
+    /// Routes of the same table, destination and metric take the same place: one replaces the other.</summary>
+    private static uint Metric(Route r) => r.Priority != 0 ? r.Priority : DefaultMetric(r.IsIPv6);
+
+    private static uint DefaultMetric(bool ipv6) => ipv6 ? 1024u : 0u;
 
     /// <summary>Writes what is still queued, then stops the writer thread.</summary>
     public void Dispose()
@@ -213,20 +335,56 @@ public sealed class KernelRouteSync : IDisposable
         _queue.Dispose();
     }
 
-    /// <summary>Desired against actual: add what is missing, fix what differs, remove what is not wanted.</summary>
+    /// <summary>Desired against actual: add what is missing, fix what differs, remove what is not wanted; a place
+    /// where another program's route is, is left to it (the protocol of every route is read here).</summary>
     public (int Added, int Removed) Reconcile()
     {
         int added = 0, removed = 0;
         _gateways.Clear(); // next hops are resolved afresh: the routes to them may have changed
         var actual = new Dictionary<Prefix, Route>();
-        foreach (Route r in _table.List(Protocol))
+        var foreign = new Dictionary<Prefix, Route>();
+        foreach (Route r in _table.ListAll())
         {
-            actual[Prefix.FromAddress(r.Destination, r.PrefixLength)] = r;
+            Prefix p = PrefixOf(r);
+            if (r.Protocol == Protocol)
+            {
+                actual[p] = r;
+            }
+            else if (Metric(r) == DefaultMetric(r.IsIPv6))
+            {
+                // In the place bgpd's route (written without a metric) would take.
+                foreign[p] = r;
+            }
+        }
+        var newlyForeign = new List<(Prefix Prefix, Route Route)>();
+        lock (_gate)
+        {
+            _ours.UnionWith(actual.Keys);
+            foreach ((Prefix p, Route r) in foreign)
+            {
+                if (!actual.ContainsKey(p))
+                {
+                    _ours.Remove(p);
+                    if (_desired.ContainsKey(p) && _foreign.Add(p))
+                    {
+                        newlyForeign.Add((p, r));
+                    }
+                }
+            }
+            _foreign.RemoveWhere(p => !foreign.ContainsKey(p) || !_desired.ContainsKey(p));
+        }
+        foreach ((Prefix p, Route r) in newlyForeign)
+        {
+            _log(BgpLogLevel.Warning, $"kernel: {p} already has a route bgpd did not install ({r}); leaving it as it is (not replacing it with {_desired[p]})");
         }
         foreach ((Prefix p, KernelRoute want) in _desired)
         {
-            Route? route = ToRoute(p, want, resolve: true);
             bool present = actual.Remove(p, out Route? have);
+            if (!present && foreign.ContainsKey(p))
+            {
+                continue; // another program's route: not bgpd's to replace
+            }
+            Route? route = ToRoute(p, want, resolve: true);
             if (route is null)
             {
                 // No next hop is reachable (Set said so): nothing to install, and nothing stale may stay.

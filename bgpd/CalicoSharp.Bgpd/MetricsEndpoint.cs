@@ -7,32 +7,48 @@ namespace CalicoSharp.Bgpd;
 
 /// <summary>
 /// The Prometheus scrape endpoint: HTTP/1.1 (RFC 9112) on a TCP address, GET or HEAD of <c>/metrics</c>.
-/// Keep-alive as scrapers use it; bounded in what it reads, in open connections and in idle time, so a
-/// stray client cannot hold the daemon's memory or file descriptors.
+/// Keep-alive as scrapers use it; bounded in what it reads, in open connections and in time, so a stray or
+/// hostile client cannot hold the daemon's memory or file descriptors, nor keep scrapes out:
+/// <list type="bullet">
+/// <item>each request (head and body, or the wait for the next request on a kept-alive connection) must be
+/// complete within the request timeout, however slowly its bytes arrive: dribbling does not extend it;</item>
+/// <item>when all connection slots are taken, a new connection takes the slot of the connection that has waited
+/// longest for a request, so clients that send nothing (or half a head) cannot lock a scraper out.</item>
+/// </list>
 /// </summary>
 internal sealed class MetricsEndpoint : IAsyncDisposable
 {
     private const int MaxHead = 8 * 1024;
     private const int MaxConnections = 32;
-    private static readonly TimeSpan IdleTimeout = TimeSpan.FromSeconds(30);
+    public static readonly TimeSpan DefaultRequestTimeout = TimeSpan.FromSeconds(30);
 
     private readonly Socket listener;
     private readonly Func<Task<string>> render;
+    private readonly TimeSpan requestTimeout;
     private readonly CancellationTokenSource stopping = new();
     private readonly Task acceptLoop;
-    private int open;
+    private readonly HashSet<Connection> open = [];
 
-    private MetricsEndpoint(Socket listener, Func<Task<string>> render)
+    private MetricsEndpoint(Socket listener, Func<Task<string>> render, TimeSpan requestTimeout)
     {
         this.listener = listener;
         this.render = render;
+        this.requestTimeout = requestTimeout;
         acceptLoop = AcceptLoopAsync();
     }
 
     public IPEndPoint LocalEndPoint => (IPEndPoint)listener.LocalEndPoint!;
 
-    public static MetricsEndpoint Start(IPEndPoint address, Func<Task<string>> render)
+    /// <summary>Listens on <paramref name="address"/>; <paramref name="requestTimeout"/> bounds each request
+    /// (default <see cref="DefaultRequestTimeout"/>).</summary>
+    public static MetricsEndpoint Start(IPEndPoint address, Func<Task<string>> render, TimeSpan? requestTimeout = null)
     {
+        TimeSpan timeout = requestTimeout ?? DefaultRequestTimeout;
+        if (timeout <= TimeSpan.Zero)
+        {
+            throw new ArgumentOutOfRangeException(nameof(requestTimeout), timeout, "the metrics request timeout must be positive");
+        }
+
         var socket = new Socket(address.AddressFamily, SocketType.Stream, ProtocolType.Tcp);
         try
         {
@@ -46,31 +62,75 @@ internal sealed class MetricsEndpoint : IAsyncDisposable
             throw;
         }
 
-        return new MetricsEndpoint(socket, render);
+        return new MetricsEndpoint(socket, render, timeout);
+    }
+
+    /// <summary>One accepted client; <see cref="WaitingSince"/> is set while it owes us a request.</summary>
+    private sealed class Connection(Socket socket) : IDisposable
+    {
+        public Socket Socket { get; } = socket;
+
+        public CancellationTokenSource Evicted { get; } = new();
+
+        public long? WaitingSince { get; set; } = System.Diagnostics.Stopwatch.GetTimestamp();
+
+        public void Dispose() => Evicted.Dispose();
     }
 
     private Task AcceptLoopAsync() => Rpc.SocketListener.AcceptAsync(listener, client =>
     {
-        if (Interlocked.Increment(ref open) > MaxConnections)
+        var connection = new Connection(client);
+        Connection? evict = null;
+        lock (open)
         {
-            Interlocked.Decrement(ref open);
-            client.Dispose();
-            return;
+            if (open.Count >= MaxConnections)
+            {
+                evict = open.Where(c => c.WaitingSince is not null).MinBy(c => c.WaitingSince);
+                if (evict is null)
+                {
+                    // Every slot is busy answering: refuse the newcomer rather than grow.
+                    connection.Dispose();
+                    client.Dispose();
+                    return;
+                }
+
+                open.Remove(evict);
+            }
+
+            open.Add(connection);
         }
 
-        _ = ServeAsync(client);
+        // The evicted connection's own task sees the cancellation, closes its socket and frees its resources.
+        try
+        {
+            evict?.Evicted.Cancel();
+        }
+        catch (ObjectDisposedException)
+        {
+            // It ended on its own in the meantime: its slot is free anyway.
+        }
+
+        _ = ServeAsync(connection);
     }, stopping.Token);
 
-    private async Task ServeAsync(Socket client)
+    private async Task ServeAsync(Connection connection)
     {
         try
         {
-            using var stream = new NetworkStream(client, ownsSocket: true);
+            using var stream = new NetworkStream(connection.Socket, ownsSocket: true);
             // A head and a body of at most MaxHead each.
             byte[] buffer = new byte[2 * MaxHead];
             int filled = 0;
             while (!stopping.IsCancellationRequested)
             {
+                // The whole request, from the moment we wait for it, must arrive within the timeout.
+                lock (open)
+                {
+                    connection.WaitingSince = System.Diagnostics.Stopwatch.GetTimestamp();
+                }
+
+                using var deadline = CancellationTokenSource.CreateLinkedTokenSource(stopping.Token, connection.Evicted.Token);
+                deadline.CancelAfter(requestTimeout);
                 int headEnd;
                 while ((headEnd = buffer.AsSpan(0, filled).IndexOf("\r\n\r\n"u8)) < 0 || headEnd > MaxHead)
                 {
@@ -80,9 +140,7 @@ internal sealed class MetricsEndpoint : IAsyncDisposable
                         return;
                     }
 
-                    using var idle = CancellationTokenSource.CreateLinkedTokenSource(stopping.Token);
-                    idle.CancelAfter(IdleTimeout);
-                    int n = await stream.ReadAsync(buffer.AsMemory(filled), idle.Token).ConfigureAwait(false);
+                    int n = await stream.ReadAsync(buffer.AsMemory(filled), deadline.Token).ConfigureAwait(false);
                     if (n == 0)
                     {
                         return;
@@ -99,7 +157,7 @@ internal sealed class MetricsEndpoint : IAsyncDisposable
                     return;
                 }
 
-                // A body (unusual on GET) is read and dropped, within the same bound as a head.
+                // A body (unusual on GET) is read and dropped, within the same bounds as a head.
                 if (r.ContentLength > MaxHead)
                 {
                     await WriteAsync(stream, 413, "Content Too Large", "request body too large\n", head: false, close: true).ConfigureAwait(false);
@@ -108,13 +166,18 @@ internal sealed class MetricsEndpoint : IAsyncDisposable
 
                 while (filled - consumed < r.ContentLength)
                 {
-                    int n = await stream.ReadAsync(buffer.AsMemory(filled), stopping.Token).ConfigureAwait(false);
+                    int n = await stream.ReadAsync(buffer.AsMemory(filled), deadline.Token).ConfigureAwait(false);
                     if (n == 0)
                     {
                         return;
                     }
 
                     filled += n;
+                }
+
+                lock (open)
+                {
+                    connection.WaitingSince = null;
                 }
 
                 consumed += (int)r.ContentLength;
@@ -143,11 +206,16 @@ internal sealed class MetricsEndpoint : IAsyncDisposable
         }
         catch (Exception e) when (e is IOException or SocketException or OperationCanceledException or ObjectDisposedException)
         {
-            // client gone, idle too long, or stopping
+            // client gone, request too slow, slot taken by a newer client, or stopping
         }
         finally
         {
-            Interlocked.Decrement(ref open);
+            lock (open)
+            {
+                open.Remove(connection);
+            }
+
+            connection.Dispose();
         }
     }
 

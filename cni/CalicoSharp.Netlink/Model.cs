@@ -67,5 +67,20 @@ public sealed record Route
     }
 }
 
+/// <summary>How one route of a batch is written (<see cref="RtNetlink.ApplyRoutes(IReadOnlyList{ValueTuple{Route, RouteChange}})"/>).</summary>
+public enum RouteChange
+{
+    /// <summary>Create the route, or replace the route that holds its place (table, destination, metric), whichever
+    /// program installed that one (NLM_F_CREATE | NLM_F_REPLACE).</summary>
+    Replace,
+
+    /// <summary>Create the route only where no route is: the kernel refuses with EEXIST otherwise (NLM_F_CREATE |
+    /// NLM_F_EXCL), so a route another program installed is never overwritten.</summary>
+    Create,
+
+    /// <summary>Delete the route; the request carries the route's protocol, which the kernel matches.</summary>
+    Delete,
+}
+
 /// <summary>A neighbour (ARP/NDP) entry.</summary>
 public sealed record Neighbour(int Index, IPAddress Address, PhysicalAddress? Mac, ushort State);

@@ -313,18 +313,35 @@ public sealed class RtNetlink : IDisposable
     public NetlinkException?[] ApplyRoutes(IReadOnlyList<(Route Route, bool Delete)> changes)
     {
         ArgumentNullException.ThrowIfNull(changes);
+        return ApplyRoutes([.. changes.Select(c => (c.Route, c.Delete ? RouteChange.Delete : RouteChange.Replace))]);
+    }
+
+    /// <summary>Writes many routes, each as its <see cref="RouteChange"/> says, <see cref="NetlinkSocket.BatchSize"/>
+    /// per system call; returns per change null or its error (deleting a route that is not there is not one; creating
+    /// one where a route already is fails with EEXIST, <see cref="NetlinkException.Exists"/>).</summary>
+    public NetlinkException?[] ApplyRoutes(IReadOnlyList<(Route Route, RouteChange Change)> changes)
+    {
+        ArgumentNullException.ThrowIfNull(changes);
         var messages = new MessageBuilder[changes.Count];
         for (int i = 0; i < changes.Count; i++)
         {
-            (Route r, bool delete) = changes[i];
-            messages[i] = delete
-                ? RouteMessage(Rt.RTM_DELROUTE, Nl.NLM_F_REQUEST, r)
-                : RouteMessage(Rt.RTM_NEWROUTE, (ushort)(Nl.NLM_F_REQUEST | Nl.NLM_F_CREATE | Nl.NLM_F_REPLACE), r);
+            (Route r, RouteChange change) = changes[i];
+            messages[i] = change switch
+            {
+                RouteChange.Delete => RouteMessage(Rt.RTM_DELROUTE, Nl.NLM_F_REQUEST, r),
+                RouteChange.Create => RouteMessage(Rt.RTM_NEWROUTE, (ushort)(Nl.NLM_F_REQUEST | Nl.NLM_F_CREATE | Nl.NLM_F_EXCL), r),
+                _ => RouteMessage(Rt.RTM_NEWROUTE, (ushort)(Nl.NLM_F_REQUEST | Nl.NLM_F_CREATE | Nl.NLM_F_REPLACE), r),
+            };
         }
-        NetlinkException?[] errors = socket.RequestMany(messages, i => $"{(changes[i].Delete ? "deleting" : "replacing")} route {changes[i].Route}");
+        NetlinkException?[] errors = socket.RequestMany(messages, i => $"{changes[i].Change switch
+        {
+            RouteChange.Delete => "deleting",
+            RouteChange.Create => "adding",
+            _ => "replacing",
+        }} route {changes[i].Route}");
         for (int i = 0; i < errors.Length; i++)
         {
-            if (changes[i].Delete && errors[i] is { NotFound: true })
+            if (changes[i].Change == RouteChange.Delete && errors[i] is { NotFound: true })
             {
                 errors[i] = null;
             }

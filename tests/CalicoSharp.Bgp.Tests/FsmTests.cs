@@ -303,4 +303,23 @@ public class FsmTests
         h.Until(() => peer.State != SessionState.Established, "the session to end");
         Assert.Contains("bye", peer.LastError, StringComparison.Ordinal);
     }
+
+    [Fact]
+    public async Task Shutdown_communication_is_logged_and_shown_with_control_characters_escaped()
+    {
+        await using var h = new Harness();
+        BgpPeer peer = h.AddPeer("10.0.0.1", 65001);
+        ScriptedPeer s = h.Establish(peer, "10.0.0.1");
+        // A forged second log line, a terminal escape, a NUL, a right-to-left override, a quote and a backslash.
+        const string text = "maintenance\n2026-12-05T00:00:00Z info fake line\r\u001b[2J\u0000x\u202e\"q\"\\ é";
+        s.Send(MessageEncoder.Notification(NotificationMessage.Shutdown(text)));
+        h.Until(() => peer.State != SessionState.Established, "the session to end");
+        string shown = peer.LastError!;
+        string logged = Assert.Single(h.Log, l => l.Contains("received NOTIFICATION", StringComparison.Ordinal));
+        foreach (string line in new[] { shown, logged })
+        {
+            Assert.DoesNotContain(line, c => char.IsControl(c) || c == '\u202e');
+            Assert.Contains("\"maintenance\\n2026-12-05T00:00:00Z info fake line\\r\\u001B[2J\\u0000x\\u202E\\\"q\\\"\\\\ é\"", line, StringComparison.Ordinal);
+        }
+    }
 }

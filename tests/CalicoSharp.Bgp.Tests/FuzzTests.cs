@@ -40,6 +40,14 @@ public class FuzzTests
             Communities = [1, 2], LargeCommunities = [new LargeCommunity(1, 2, 3)], OriginatorId = 9, ClusterList = [7],
             Unknown = [new RawAttribute(0xE0, 99, [1, 2, 3])],
         };
+        // UPDATEs without (recognised) attributes: NLRI alone, NLRI with an unknown optional non-transitive attribute,
+        // MP_REACH_NLRI alone, and a plain withdrawal.
+        byte[] mpReach = [0, 2, 1, 16, 0xFD, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 64, 0xFD, 0, 0, 1, 0, 0, 0, 0];
+        seeds.Add(Wire.Update([], [], [16, 10, 1, 24, 10, 2, 3]));
+        seeds.Add(Wire.Update([], Wire.Attr(0x80, 99, 1, 2), [16, 10, 1]));
+        seeds.Add(Wire.Update([], Wire.Attr(0x80, 14, mpReach), []));
+        seeds.Add(Wire.Update([], [.. Wire.Attr(0x80, 14, mpReach), .. Wire.Attr(0xC0, 8, 0, 0, 0, 1)], [16, 10, 1]));
+        seeds.Add(Wire.Update([16, 10, 1, 26, 10, 9, 0, 0], [], []));
         foreach (bool as4 in new[] { true, false })
         {
             var enc = new UpdateEncoder(new CodecOptions(as4, false));
@@ -204,32 +212,77 @@ public class FuzzTests
             {
                 throw new FuzzFailure($"took {sw.ElapsedMilliseconds} ms");
             }
-            if (m is UpdateMessage { TreatAsWithdraw: false, Attributes: { } attrs } u && (u.Nlri.Count > 0 || u.MpReach.Count > 0))
+            if (m is UpdateMessage u)
             {
-                // A clean UPDATE re-encodes to the same meaning.
-                var w = new ArrayBufferWriter<byte>();
-                var enc = new UpdateEncoder(o);
-                List<Prefix> prefixes = u.Nlri.Count > 0 ? u.Nlri : u.MpReach;
-                PathAttributes a = u.Nlri.Count > 0 ? attrs : u.MpAttributes()!;
-                ReadOnlySpan<Prefix> rest = prefixes.ToArray();
-                var back = new List<Prefix>();
-                while (!rest.IsEmpty)
+                CheckUpdate(u, o);
+            }
+        }
+    }
+
+    /// <summary>
+    /// Properties of every decoded UPDATE, with or without attributes: an announcement that is not treat-as-withdraw
+    /// carries attributes (RFC 7606 §3(d)), announcements re-encode to the same meaning, and withdrawals (including
+    /// the prefixes of a treat-as-withdraw) re-encode to the same prefixes.
+    /// </summary>
+    private static void CheckUpdate(UpdateMessage u, CodecOptions o)
+    {
+        var enc = new UpdateEncoder(o);
+        var w = new ArrayBufferWriter<byte>();
+        bool announces = u.Nlri.Count > 0 || u.MpReach.Count > 0;
+        if (announces && u.TreatAsWithdraw)
+        {
+            throw new FuzzFailure($"treat-as-withdraw left {u.Nlri.Count + u.MpReach.Count} announced prefixes");
+        }
+        if (announces && u.Attributes is null)
+        {
+            throw new FuzzFailure($"{u.Nlri.Count + u.MpReach.Count} prefixes announced without attributes and not treat-as-withdraw");
+        }
+        if (announces)
+        {
+            // A clean UPDATE re-encodes to the same meaning.
+            List<Prefix> prefixes = u.Nlri.Count > 0 ? u.Nlri : u.MpReach;
+            PathAttributes a = u.Nlri.Count > 0 ? u.Attributes! : u.MpAttributes()!;
+            ReadOnlySpan<Prefix> rest = prefixes.ToArray();
+            var back = new List<Prefix>();
+            while (!rest.IsEmpty)
+            {
+                w.Clear();
+                int sent = enc.WriteAnnounce(w, a, rest);
+                rest = rest[sent..];
+                var again = (UpdateMessage)MessageDecoder.DecodeMessage(w.WrittenSpan, o);
+                // An IPv4 prefix from MP_REACH_NLRI goes back out in the NLRI field, with the same meaning.
+                PathAttributes? b = again.Nlri.Count > 0 ? again.Attributes : again.MpAttributes();
+                if (!a.Equals(b) && !(u.Nlri.Count > 0 && !a.HasNextHop))
                 {
-                    w.Clear();
-                    int sent = enc.WriteAnnounce(w, a, rest);
-                    rest = rest[sent..];
-                    var again = (UpdateMessage)MessageDecoder.DecodeMessage(w.WrittenSpan, o);
-                    PathAttributes? b = u.Nlri.Count > 0 ? again.Attributes : again.MpAttributes();
-                    if (!a.Equals(b) && !(u.Nlri.Count > 0 && !a.HasNextHop))
-                    {
-                        throw new FuzzFailure($"re-encoded attributes differ: {a} vs {b}");
-                    }
-                    back.AddRange(u.Nlri.Count > 0 ? again.Nlri : again.MpReach);
+                    throw new FuzzFailure($"re-encoded attributes differ: {a} vs {b}");
                 }
-                if (!back.SequenceEqual(prefixes))
+                back.AddRange(again.Nlri.Concat(again.MpReach));
+            }
+            if (!back.SequenceEqual(prefixes))
+            {
+                throw new FuzzFailure("re-encoded prefixes differ");
+            }
+        }
+        // Withdrawals carry no attributes; each family goes in its own UPDATE.
+        foreach (IGrouping<Afi, Prefix> family in u.Withdrawn.Concat(u.MpUnreach).GroupBy(p => p.Family))
+        {
+            ReadOnlySpan<Prefix> rest = family.ToArray();
+            var back = new List<Prefix>();
+            while (!rest.IsEmpty)
+            {
+                w.Clear();
+                int sent = enc.WriteWithdraw(w, rest);
+                rest = rest[sent..];
+                var again = (UpdateMessage)MessageDecoder.DecodeMessage(w.WrittenSpan, o);
+                if (again.TreatAsWithdraw || again.Attributes is not null || again.Nlri.Count > 0 || again.MpReach.Count > 0)
                 {
-                    throw new FuzzFailure("re-encoded prefixes differ");
+                    throw new FuzzFailure($"a re-encoded withdrawal of {family.Key} decodes as more than a withdrawal");
                 }
+                back.AddRange(again.Withdrawn.Concat(again.MpUnreach));
+            }
+            if (!back.SequenceEqual(family))
+            {
+                throw new FuzzFailure($"re-encoded {family.Key} withdrawals differ");
             }
         }
     }

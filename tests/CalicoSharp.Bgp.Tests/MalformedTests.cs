@@ -89,6 +89,11 @@ public class MalformedTests
             { "ORIGIN missing", U([.. AsPath4(65001), .. NextHop(10, 0, 0, 1)]), Expect.Withdraw, 3, 3 },
             { "NEXT_HOP missing", U(Ok), Expect.Withdraw, 3, 3 },
             { "NLRI without attributes", Update([], [], Nlri), Expect.Withdraw, 3, 3 },
+            { "NLRI with only an unknown optional non-transitive attribute", U(Attr(0x80, 99, 1)), Expect.Withdraw, 3, 3 },
+            { "NLRI with only a discarded ATOMIC_AGGREGATE", U(Attr(0x40, 6, 0)), Expect.Withdraw, 3, 3 },
+            { "NLRI with only an IPv6 MP_REACH_NLRI", U(Mp6(16, [64, 0xfd, 0, 0, 0, 0, 0, 0, 0])), Expect.Withdraw, 3, 3 },
+            { "MP_REACH_NLRI without other attributes", Update([], Mp6(16, [64, 0xfd, 0, 0, 0, 0, 0, 0, 0]), []), Expect.Withdraw, 3, 3 },
+            { "MP_REACH_NLRI with AS_PATH but no ORIGIN", Update([], [.. AsPath4(65001), .. Mp6(16, [64, 0xfd, 0, 0, 0, 0, 0, 0, 0])], []), Expect.Withdraw, 3, 3 },
             { "attribute overruns the block", U([.. Wire.Mandatory, 0x80, 4, 9, 0, 0]), Expect.Withdraw, 3, 5 },
             { "two octets left in the block", U([.. Wire.Mandatory, 0x80, 4]), Expect.Withdraw, 3, 1 },
         };

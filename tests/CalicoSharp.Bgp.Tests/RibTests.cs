@@ -224,6 +224,40 @@ public class RibTests
     }
 
     [Fact]
+    public async Task Nlri_with_no_recognised_attribute_withdraws_the_previous_route()
+    {
+        await using var h = new Harness();
+        BgpPeer a = h.AddPeer("10.0.0.1", 65001);
+        ScriptedPeer sa = h.Establish(a, "10.0.0.1");
+        sa.Announce(Attrs("10.0.0.1", 65001), "10.9.9.0/24", "10.9.8.0/24");
+        h.Until(() => a.PrefixesAccepted == 2, "the routes");
+        // RFC 7606 §3(d): the announcement of 10.9.9.0/24 carries only an optional non-transitive attribute we do
+        // not know, so ORIGIN, AS_PATH and NEXT_HOP are all missing: the prefix is withdrawn, the session stays.
+        sa.Send(Wire.Update([], Wire.Attr(0x80, 99, 1), Wire.Nlri24(10, 9, 9)));
+        h.Until(() => a.PrefixesAccepted == 1, "treat-as-withdraw of 10.9.9.0/24");
+        Assert.Null(h.Speaker.Rib.Find(P("10.9.9.0/24"))?.Best);
+        Assert.NotNull(h.Speaker.Rib.Find(P("10.9.8.0/24"))?.Best);
+        Assert.Equal(SessionState.Established, a.State);
+        Assert.Contains(h.Log, l => l.Contains("RFC 7606", StringComparison.Ordinal) && l.Contains("missing well-known attribute ORIGIN", StringComparison.Ordinal));
+    }
+
+    [Fact]
+    public async Task Mp_reach_nlri_with_no_other_attribute_withdraws_the_previous_route()
+    {
+        await using var h = new Harness();
+        BgpPeer a = h.AddPeer("10.0.0.1", 65001);
+        ScriptedPeer sa = h.Establish(a, "10.0.0.1");
+        sa.Announce(Attrs("fd00::1", 65001), "fd00:9::/64");
+        h.Until(() => a.PrefixesAccepted == 1, "the route");
+        // MP_REACH_NLRI for fd00:9::/64 (next hop fd00::1) and nothing else: RFC 7606 §3(d), treat-as-withdraw.
+        byte[] mp = [0, 2, 1, 16, 0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 64, 0xfd, 0, 0, 9, 0, 0, 0, 0];
+        sa.Send(Wire.Update([], Wire.Attr(0x80, 14, mp), []));
+        h.Until(() => a.PrefixesAccepted == 0, "treat-as-withdraw of fd00:9::/64");
+        Assert.Null(h.Speaker.Rib.Find(P("fd00:9::/64"))?.Best);
+        Assert.Equal(SessionState.Established, a.State);
+    }
+
+    [Fact]
     public async Task Import_policy_rejections_stay_in_adj_rib_in_but_are_never_best()
     {
         await using var h = new Harness();

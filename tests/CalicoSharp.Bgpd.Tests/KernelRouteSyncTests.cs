@@ -7,7 +7,9 @@ namespace CalicoSharp.Bgpd.Tests;
 /// <summary>KernelRouteSync against an in-memory route table: batching, next-hop resolution, reconcile.</summary>
 public sealed class KernelRouteSyncTests
 {
-    /// <summary>A kernel table in memory: 10.0.0.0/24 is connected, 10.9.0.0/16 is reached via 10.0.0.1.</summary>
+    /// <summary>A kernel table in memory: 10.0.0.0/24 is connected, 10.9.0.0/16 is reached via 10.0.0.1. One route
+    /// per destination (all at the default metric). As the kernel: replace takes the place whoever's route is in
+    /// it, an exclusive create fails with EEXIST where a route is, a delete matches the request's protocol.</summary>
     private sealed class FakeTable : IRouteTable
     {
         public Dictionary<string, Route> Routes { get; } = [];
@@ -22,24 +24,41 @@ public sealed class KernelRouteSyncTests
             }
         }
 
-        public NetlinkException?[] Apply(IReadOnlyList<(Route Route, bool Delete)> changes)
+        public IReadOnlyList<Route> ListAll()
+        {
+            lock (Routes)
+            {
+                return [.. Routes.Values];
+            }
+        }
+
+        public NetlinkException?[] Apply(IReadOnlyList<(Route Route, RouteChange Change)> changes)
         {
             lock (Routes)
             {
                 Batches.Add(changes.Count);
-                foreach ((Route r, bool delete) in changes)
+                var errors = new NetlinkException?[changes.Count];
+                for (int i = 0; i < changes.Count; i++)
                 {
+                    (Route r, RouteChange change) = changes[i];
                     string key = $"{r.Destination}/{r.PrefixLength}";
-                    if (delete)
+                    switch (change)
                     {
-                        Routes.Remove(key);
-                    }
-                    else
-                    {
-                        Routes[key] = r;
+                        case RouteChange.Delete:
+                            if (Routes.TryGetValue(key, out Route? have) && (r.Protocol == 0 || have.Protocol == r.Protocol))
+                            {
+                                Routes.Remove(key);
+                            }
+                            break;
+                        case RouteChange.Create when Routes.ContainsKey(key):
+                            errors[i] = new NetlinkException($"adding route {r}", 17);
+                            break;
+                        default:
+                            Routes[key] = r;
+                            break;
                     }
                 }
-                return new NetlinkException?[changes.Count];
+                return errors;
             }
         }
 
@@ -56,6 +75,86 @@ public sealed class KernelRouteSyncTests
     }
 
     private static KernelRoute Via(params string[] hops) => new(false, [.. hops.Select(IPAddress.Parse)]);
+
+    /// <summary>A pod's host route as the CNI plugin writes it: <c>10.244.0.7 dev cali... scope link</c>, protocol boot.</summary>
+    private static Route PodRoute(string address) => new()
+    {
+        Destination = IPAddress.Parse(address),
+        PrefixLength = 32,
+        OutIndex = 12,
+        Scope = Rt.RT_SCOPE_LINK,
+        Protocol = Rt.RTPROT_BOOT,
+    };
+
+    private static void WaitFor(FakeTable table, Func<Dictionary<string, Route>, bool> condition, string what)
+    {
+        Assert.True(SpinWait.SpinUntil(() => { lock (table.Routes) { return condition(table.Routes); } }, 5000), $"waited for {what}");
+    }
+
+    [Fact]
+    public void A_learned_route_never_replaces_nor_deletes_a_route_bgpd_did_not_install()
+    {
+        var table = new FakeTable();
+        Route pod = PodRoute("10.244.0.7");
+        table.Routes["10.244.0.7/32"] = pod;
+        var log = new List<string>();
+        using (var sync = new KernelRouteSync(table, (_, m) => { lock (log) { log.Add(m); } }))
+        {
+            // A peer announces the pod's /32; an ordinary learned block comes in the same batch.
+            sync.Set(Prefix.Parse("10.244.0.7/32"), Via("10.0.0.7"));
+            sync.Set(Prefix.Parse("10.244.1.0/26"), Via("10.0.0.7"));
+            sync.Flush();
+            WaitFor(table, r => r.ContainsKey("10.244.1.0/26"), "the learned block");
+            Assert.Same(pod, table.Routes["10.244.0.7/32"]);
+
+            // The reconcile neither "repairs" the pod's route into bgpd's nor removes it.
+            Assert.Equal((0, 0), sync.Reconcile());
+            Assert.Same(pod, table.Routes["10.244.0.7/32"]);
+
+            // The peer withdraws: bgpd deletes only what it installed.
+            sync.Set(Prefix.Parse("10.244.0.7/32"), null);
+            sync.Set(Prefix.Parse("10.244.1.0/26"), null);
+            sync.Flush();
+            WaitFor(table, r => !r.ContainsKey("10.244.1.0/26"), "the learned block to go");
+            Assert.Same(pod, table.Routes["10.244.0.7/32"]);
+        }
+        lock (log)
+        {
+            // Said once, not at every write and reconcile.
+            Assert.Single(log, m => m.Contains("10.244.0.7/32", StringComparison.Ordinal) && m.Contains("did not install", StringComparison.Ordinal));
+        }
+    }
+
+    [Fact]
+    public void A_route_another_program_put_over_bgpds_is_left_alone_after_the_reconcile_sees_it()
+    {
+        var table = new FakeTable();
+        using var sync = new KernelRouteSync(table, (_, _) => { });
+        sync.Set(Prefix.Parse("10.244.0.9/32"), Via("10.0.0.7"));
+        sync.Flush();
+        Assert.True(SpinWait.SpinUntil(() => sync.Operations == 1, 5000), "the writer wrote bgpd's route");
+        Assert.Equal(KernelRouteSync.Protocol, table.Routes["10.244.0.9/32"].Protocol);
+
+        // The CNI plugin wires a pod with that address and replaces bgpd's route by its host route.
+        Route pod = PodRoute("10.244.0.9");
+        lock (table.Routes)
+        {
+            table.Routes["10.244.0.9/32"] = pod;
+        }
+
+        // The reconcile reads the protocol and leaves the plugin's route; later changes of the learned path do too.
+        Assert.Equal((0, 0), sync.Reconcile());
+        sync.Set(Prefix.Parse("10.244.0.9/32"), Via("10.9.3.4"));
+        sync.Set(Prefix.Parse("10.244.2.0/26"), Via("10.0.0.7"));
+        sync.Flush();
+        WaitFor(table, r => r.ContainsKey("10.244.2.0/26"), "the learned block");
+        Assert.Same(pod, table.Routes["10.244.0.9/32"]);
+        sync.Set(Prefix.Parse("10.244.0.9/32"), null);
+        sync.Set(Prefix.Parse("10.244.2.0/26"), null);
+        sync.Flush();
+        WaitFor(table, r => !r.ContainsKey("10.244.2.0/26"), "the learned block to go");
+        Assert.Same(pod, table.Routes["10.244.0.9/32"]);
+    }
 
     [Fact]
     public void Next_hops_are_resolved_batched_and_reconciled_without_churn()

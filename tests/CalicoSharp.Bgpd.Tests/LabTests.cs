@@ -43,6 +43,41 @@ public class LabTests
     }
 }
 
+/// <summary>A peer announcing a local pod's address must not take the pod's traffic (issue 16, finding 2).</summary>
+[Trait("Category", "Privileged")]
+public class LocalPodProtectionTests
+{
+    [Fact]
+    public async Task A_peer_announcing_a_local_pods_address_does_not_take_its_route_or_traffic()
+    {
+        await using BgpLab lab = await BgpLab.StartAsync(TorModel.AsPerComputeServer, nodes: 2);
+        LabNode n1 = lab.Nodes[0], n2 = lab.Nodes[1];
+        LabPod a = await lab.AddPodAsync(n1, "pod-a");
+        LabPod b = await lab.AddPodAsync(n2, "pod-b");
+        await BgpLab.WaitAsync(() => BgpLab.KernelRoutes(n2).Contains($"{a.Block} via", StringComparison.Ordinal), "node1's block on node2", 60, lab.Diagnostics);
+        string RouteToPod() => TestNetns.Ip("-n", n1.Netns.Name, "route", "get", a.Address);
+        Assert.Contains(" dev cali", RouteToPod(), StringComparison.Ordinal);
+
+        // The ToR announces pod-a's /32 to every node, node1 included (as a misconfigured or hostile peer would).
+        // BIRD only exports BGP routes to its own kernel, so the ToR itself still forwards by node1's block.
+        string hijack = $"protocol static hijack {{ ipv4; route {a.Address}/32 blackhole; }}\n";
+        lab.Bird!.Reconfigure(lab.TorConfig() + hijack);
+        await BgpLab.WaitAsync(() => BgpLab.KernelRoutes(n2).Contains($"{a.Address} via", StringComparison.Ordinal), "the /32 on node2 (it was announced)", 60, lab.Diagnostics);
+        await BgpLab.WaitAsync(() => File.ReadAllText(n1.LogFile).Contains($"{a.Address}/32 refused: it is inside {a.Block}", StringComparison.Ordinal),
+            "node1's bgpd to refuse the /32", 30, lab.Diagnostics);
+        Assert.Contains(" dev cali", RouteToPod(), StringComparison.Ordinal);
+        Assert.DoesNotContain(a.Address + " ", BgpLab.KernelRoutes(n1), StringComparison.Ordinal);
+        Assert.True(await BgpLab.TcpExchangeAsync(b, a), lab.Diagnostics());
+
+        // Withdrawn: the pod's route stays, and so does its traffic.
+        lab.Bird.Reconfigure(lab.TorConfig());
+        await BgpLab.WaitAsync(() => !BgpLab.KernelRoutes(n2).Contains($"{a.Address} via", StringComparison.Ordinal), "the /32 withdrawn from node2", 60, lab.Diagnostics);
+        Assert.Contains(" dev cali", RouteToPod(), StringComparison.Ordinal);
+        Assert.True(await BgpLab.TcpExchangeAsync(b, a), lab.Diagnostics());
+        Assert.Single(File.ReadAllLines(n1.LogFile), l => l.Contains($"{a.Address}/32 refused", StringComparison.Ordinal));
+    }
+}
+
 /// <summary>The node-to-node models on one L2 segment (no BGP on the switch): Calico's full mesh, and a node as route reflector.</summary>
 [Trait("Category", "Privileged")]
 public class NodePeeringTests

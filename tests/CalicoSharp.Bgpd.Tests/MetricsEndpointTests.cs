@@ -9,8 +9,8 @@ public class MetricsEndpointTests
 {
     private const string Body = "# HELP x test\n# TYPE x gauge\nx 1\n";
 
-    private static MetricsEndpoint Start(Func<Task<string>>? render = null) =>
-        MetricsEndpoint.Start(new IPEndPoint(IPAddress.Loopback, 0), render ?? (() => Task.FromResult(Body)));
+    private static MetricsEndpoint Start(Func<Task<string>>? render = null, TimeSpan? requestTimeout = null) =>
+        MetricsEndpoint.Start(new IPEndPoint(IPAddress.Loopback, 0), render ?? (() => Task.FromResult(Body)), requestTimeout);
 
     /// <summary>Writes raw request bytes and reads until the server closes or <paramref name="responses"/>
     /// complete responses (by Content-Length) have arrived.</summary>
@@ -117,6 +117,115 @@ public class MetricsEndpointTests
         {
             Assert.Contains("Allow: GET, HEAD\r\n", r, StringComparison.Ordinal);
         }
+    }
+
+    [Fact]
+    public async Task Slow_clients_cannot_lock_out_a_scrape()
+    {
+        await using MetricsEndpoint m = Start();
+        var clients = new List<TcpClient>();
+        using var stop = new CancellationTokenSource();
+        var dribblers = new List<Task>();
+        try
+        {
+            // More clients than the endpoint serves at once: most send nothing, some send a partial head a byte at a time.
+            for (int i = 0; i < 40; i++)
+            {
+                var c = new TcpClient();
+                clients.Add(c);
+                await c.ConnectAsync(m.LocalEndPoint);
+                if (i % 5 == 0)
+                {
+                    NetworkStream stream = c.GetStream();
+                    dribblers.Add(Task.Run(async () =>
+                    {
+                        byte[] head = Encoding.ASCII.GetBytes("GET /metrics HTTP/1.1\r\nX-Slow: " + new string('a', 4000));
+                        foreach (byte b in head)
+                        {
+                            await stream.WriteAsync(new[] { b }, stop.Token);
+                            await Task.Delay(50, stop.Token);
+                        }
+                    }, stop.Token));
+                }
+            }
+
+            await Task.Delay(300);
+            var clock = System.Diagnostics.Stopwatch.StartNew();
+            string r = await ExchangeAsync(m, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
+            Assert.StartsWith("HTTP/1.1 200 OK\r\n", r, StringComparison.Ordinal);
+            Assert.True(clock.Elapsed < TimeSpan.FromSeconds(3), $"the scrape took {clock.Elapsed}");
+        }
+        finally
+        {
+            await stop.CancelAsync();
+            foreach (TcpClient c in clients)
+            {
+                c.Dispose();
+            }
+
+            await Task.WhenAll(dribblers.Select(t => t.ContinueWith(_ => { }, TaskScheduler.Default)));
+        }
+    }
+
+    [Fact]
+    public async Task A_request_dribbled_a_byte_at_a_time_is_closed_at_its_deadline()
+    {
+        await using MetricsEndpoint m = Start(requestTimeout: TimeSpan.FromSeconds(1));
+        using var c = new TcpClient();
+        await c.ConnectAsync(m.LocalEndPoint);
+        NetworkStream s = c.GetStream();
+        var clock = System.Diagnostics.Stopwatch.StartNew();
+        using var limit = new CancellationTokenSource(TimeSpan.FromSeconds(10));
+        bool closed = false;
+        try
+        {
+            // Each byte comes well inside any per-read timeout; the head never ends.
+            while (!limit.IsCancellationRequested)
+            {
+                await s.WriteAsync("a"u8.ToArray(), limit.Token);
+                await Task.Delay(100, limit.Token);
+                if (c.Client.Poll(0, SelectMode.SelectRead) && c.Client.Available == 0)
+                {
+                    closed = true;
+                    break;
+                }
+            }
+        }
+        catch (IOException)
+        {
+            closed = true;
+        }
+
+        Assert.True(closed, "the server kept a request that never ended open for 10 s");
+        Assert.InRange(clock.Elapsed, TimeSpan.FromSeconds(0.9), TimeSpan.FromSeconds(4));
+    }
+
+    [Fact]
+    public async Task A_body_that_never_arrives_is_closed_at_the_deadline()
+    {
+        await using MetricsEndpoint m = Start(requestTimeout: TimeSpan.FromSeconds(1));
+        using var c = new TcpClient();
+        await c.ConnectAsync(m.LocalEndPoint);
+        NetworkStream s = c.GetStream();
+        await s.WriteAsync(Encoding.ASCII.GetBytes("GET /metrics HTTP/1.1\r\nContent-Length: 100\r\n\r\nab"));
+        var clock = System.Diagnostics.Stopwatch.StartNew();
+        using var limit = new CancellationTokenSource(TimeSpan.FromSeconds(10));
+        int n;
+        try
+        {
+            n = await s.ReadAsync(new byte[16], limit.Token);
+        }
+        catch (OperationCanceledException)
+        {
+            n = -1;
+        }
+        catch (IOException)
+        {
+            n = 0; // closed with a reset: closed all the same
+        }
+
+        Assert.Equal(0, n);
+        Assert.InRange(clock.Elapsed, TimeSpan.FromSeconds(0.5), TimeSpan.FromSeconds(4));
     }
 
     [Fact]
