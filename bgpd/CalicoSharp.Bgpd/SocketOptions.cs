@@ -52,7 +52,8 @@ public static class SocketOptions
         }
     }
 
-    /// <summary>On a listening socket: the peer's MD5 key must be known before its SYN arrives.</summary>
+    /// <summary>On a listening socket: the peer's MD5 key must be known before its SYN arrives, and a GTSM peer's
+    /// SYN-ACK must leave with TTL 255.</summary>
     public static void ApplyListener(Socket listener, PeerConfig peer, bool add)
     {
         ArgumentNullException.ThrowIfNull(listener);
@@ -60,6 +61,36 @@ public static class SocketOptions
         if (peer.Password is { } key)
         {
             SetMd5(listener, peer.Address, add ? key : "");
+        }
+        if (add && peer.TtlSecurityHops > 0)
+        {
+            SetListenerTtl(listener, peer.Address);
+        }
+    }
+
+    /// <summary>
+    /// RFC 5082 §3 (i)(a): with GTSM, "set the outbound TTL for the protocol connection to 255". The passive side's
+    /// first packet of the connection is the SYN-ACK, and Linux sends it with the listening socket's unicast TTL (the
+    /// accepted socket, where <see cref="Apply"/> sets 255, does not exist yet). A peer that sets its minimum TTL
+    /// before connecting, as bgpd does, drops a SYN-ACK that left with the default 64: the session never comes up.
+    /// Only the outgoing TTL goes on the listener; a minimum there would hold every peer's SYN to this peer's rule,
+    /// so each peer's minimum stays on its own accepted socket.
+    /// The TTL is not put back when the last GTSM peer goes: 255 is harmless to peers without GTSM (they check no
+    /// TTL), and this call sees one peer at a time, so putting it back would need a count of GTSM peers kept in step
+    /// with every add and remove, for no difference a peer could notice.
+    /// </summary>
+    private static void SetListenerTtl(Socket listener, IPAddress peer)
+    {
+        if (peer.AddressFamily == AddressFamily.InterNetwork || peer.IsIPv4MappedToIPv6)
+        {
+            // An IPv4 peer reaches an IPv4 listener, or the dual-stack IPv6 one as a v4-mapped address: either way
+            // its SYN-ACK is an IPv4 packet, built with the IPv4 TTL (Linux takes IP_TTL on IPv6 sockets too).
+            listener.SetRawSocketOption(IpProtoIp, IpTtl, Int(255));
+        }
+        else if (listener.AddressFamily == AddressFamily.InterNetworkV6)
+        {
+            // An IPv6 peer can only reach an IPv6 listener (an IPv4 one has no IPv6 options to set).
+            listener.SetRawSocketOption(IpProtoIpv6, Ipv6UnicastHops, Int(255));
         }
     }
 
