@@ -14,6 +14,9 @@ public sealed record PeerResource(string Name, string? PeerIP, uint AsNumber, st
 {
     /// <summary>Calico's <c>password: {secretKeyRef: {name, key}}</c>: the password is in a secret, read from a file.</summary>
     public SecretRef? PasswordSecret { get; init; }
+
+    /// <summary>Calico's <c>sourceAddress</c>: "UseNodeIP" (the default) or "None".</summary>
+    public string? SourceAddress { get; init; }
 }
 
 /// <summary>A Kubernetes-style secret reference (a secret's name and one of its keys).</summary>
@@ -115,7 +118,7 @@ public sealed class EtcdClusterSource
                     ? new SecretRef(Str(sr, "name") ?? "", Str(sr, "key") ?? "") : null;
                 peers.Add(new PeerResource(e.Key[BgpPeers.Length..], Str(spec, "peerIP"), UInt(spec, "asNumber") ?? 0, Str(spec, "node"),
                     Str(spec, "nodeSelector"), Str(spec, "peerSelector"), Str(spec, "keepaliveTime"), Str(spec, "maxRestartTime"), password,
-                    spec.TryGetProperty("ttlSecurity", out JsonElement ttl) && ttl.ValueKind == JsonValueKind.Number && ttl.TryGetInt32(out int t) ? t : null) { PasswordSecret = secret });
+                    spec.TryGetProperty("ttlSecurity", out JsonElement ttl) && ttl.ValueKind == JsonValueKind.Number && ttl.TryGetInt32(out int t) ? t : null) { PasswordSecret = secret, SourceAddress = Str(spec, "sourceAddress") });
             });
         }
         var nodes = new List<NodeInfo>();

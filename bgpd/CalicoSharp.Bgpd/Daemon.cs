@@ -586,6 +586,7 @@ public sealed class Daemon : IAsyncDisposable
                 MaxRestartTime = r.MaxRestartTime,
                 Password = password,
                 TtlSecurity = r.TtlSecurity,
+                SourceAddress = r.SourceAddress,
                 RouteReflectorClient = t.Client,
                 Passive = t.Passive,
             }))];
@@ -770,7 +771,16 @@ public sealed class Daemon : IAsyncDisposable
             throw new ConfigException($"peer {spec.PeerIP}: asNumber is missing");
         }
         bool v4 = address.AddressFamily == AddressFamily.InterNetwork;
-        IPAddress? source = DaemonConfig.ParseAddress(spec.SourceAddress, "sourceAddress") ?? (v4 ? Ipv4 : Ipv6);
+        // Calico's sourceAddress: "UseNodeIP" (the default) binds the session to the node's address of the peer's
+        // family; "None" leaves the source to the kernel, the address of the interface toward the peer (a node
+        // whose uplinks are on different subnets: bound to the node's address, a session to the ToR of another
+        // link sends from an address that ToR has no route back to). The file may name an address.
+        IPAddress? source = spec.SourceAddress switch
+        {
+            null or "" or "UseNodeIP" => v4 ? Ipv4 : Ipv6,
+            "None" => null,
+            string a => DaemonConfig.ParseAddress(a, $"peer {spec.PeerIP} sourceAddress"),
+        };
         ushort hold = file.HoldTime ?? 90;
         if (spec.HoldTime is { } h)
         {

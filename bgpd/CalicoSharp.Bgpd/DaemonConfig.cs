@@ -197,7 +197,8 @@ public sealed class PeerSpec
 
     public int? MaxPrefixes { get; set; }
 
-    /// <summary>Source address for the session (default the node's address of the peer's family).</summary>
+    /// <summary>Source address for the session: "UseNodeIP" (the default: the node's address of the peer's family),
+    /// "None" (the kernel picks the address of the interface toward the peer; Calico's names), or an address.</summary>
     public string? SourceAddress { get; set; }
 }
 

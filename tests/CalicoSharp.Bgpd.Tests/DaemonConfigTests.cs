@@ -131,6 +131,26 @@ public sealed class DaemonConfigTests : IAsyncDisposable
     }
 
     [Fact]
+    public async Task A_bgppeers_sourceAddress_None_leaves_the_source_to_the_kernel_and_UseNodeIP_binds_the_node_address()
+    {
+        // Calico's two values; without the field the node's address is the source, as with "UseNodeIP".
+        PutPeer("none", "'peerIP':'127.0.0.31','asNumber':65031,'sourceAddress':'None'");
+        PutPeer("node-ip", "'peerIP':'127.0.0.32','asNumber':65032,'sourceAddress':'UseNodeIP'");
+        PutPeer("default", "'peerIP':'127.0.0.33','asNumber':65033");
+        PutPeer("nonsense", "'peerIP':'127.0.0.34','asNumber':65034,'sourceAddress':'Sometimes'");
+
+        await StartAsync();
+
+        PeerConfig? none = await PeerAsync("127.0.0.31");
+        Assert.NotNull(none);
+        Assert.Null(none.LocalAddress);
+        Assert.Equal(IPAddress.Loopback, (await PeerAsync("127.0.0.32"))?.LocalAddress);
+        Assert.Equal(IPAddress.Loopback, (await PeerAsync("127.0.0.33"))?.LocalAddress);
+        Assert.Null(await PeerAsync("127.0.0.34"));
+        Assert.Contains("'Sometimes' is not an IP address", (await ProblemsAsync()).Single(p => p.Key == Peers + "nonsense").Reason, StringComparison.Ordinal);
+    }
+
+    [Fact]
     public async Task A_refused_reload_keeps_the_running_configuration()
     {
         string file = Path.Combine(dir, "bgpd.json");

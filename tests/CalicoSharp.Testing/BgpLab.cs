@@ -22,11 +22,17 @@ public enum TorModel
     NodeRouteReflector,
 }
 
-/// <summary>A pod the CNI plugin wired: its namespace and address.</summary>
+/// <summary>A pod the CNI plugin wired: its namespace and address (and its IPAM IPv6 address in a dual-stack lab).</summary>
 public sealed record LabPod(string Name, LabNode Node, TestNetns Netns, string Address)
 {
+    /// <summary>The pod's IPv6 address; empty unless the lab is dual stack.</summary>
+    public string Address6 { get; init; } = "";
+
     /// <summary>The /26 block that holds the pod's address (the lab pool's block size).</summary>
     public string Block => IpNet.Enclosing(System.Net.IPAddress.Parse(Address), 26).ToString();
+
+    /// <summary>The /122 block that holds the pod's IPv6 address (the IPv6 pool's default block size).</summary>
+    public string Block6 => IpNet.Enclosing(System.Net.IPAddress.Parse(Address6), 122).ToString();
 }
 
 /// <summary>One node namespace, its link to the ToR and its bgpd.</summary>
@@ -40,6 +46,10 @@ public sealed class LabNode
         Address = sharedSegment ? $"172.30.0.{10 + index}" : $"172.30.{index}.2";
         PrefixLength = sharedSegment ? 24 : 30;
         TorAddress = sharedSegment ? "" : $"172.30.{index}.1";
+        Address2 = $"172.31.{index}.2";
+        TorAddress2 = $"172.31.{index}.1";
+        Address6 = $"fd30:0:{index}::2";
+        TorAddress6 = $"fd30:0:{index}::1";
     }
 
     public int Index { get; }
@@ -55,6 +65,18 @@ public sealed class LabNode
 
     /// <summary>The ToR's end of the node's link; empty on a shared segment (no BGP on the switch).</summary>
     public string TorAddress { get; }
+
+    /// <summary>The node's address on its link to the second ToR (a lab with two uplinks per node), a /30.</summary>
+    public string Address2 { get; }
+
+    /// <summary>The second ToR's end of that link.</summary>
+    public string TorAddress2 { get; }
+
+    /// <summary>The node's IPv6 address on its (first) ToR link, a /64 (a dual-stack lab).</summary>
+    public string Address6 { get; }
+
+    /// <summary>The ToR's IPv6 address on the node's link.</summary>
+    public string TorAddress6 { get; }
 
     public uint As { get; }
 
@@ -79,6 +101,10 @@ public sealed class LabNode
 public sealed class BgpLab : IAsyncDisposable
 {
     public const string Pool = "10.244.0.0/16";
+
+    /// <summary>The IPv6 pool of a dual-stack lab (blocks of Calico's default /122).</summary>
+    public const string Pool6 = "fd10:244::/112";
+
     public const uint TorAsPerCompute = 65100;
     public const uint RackAs = 64512;
 
@@ -105,6 +131,20 @@ public sealed class BgpLab : IAsyncDisposable
 
     /// <summary>The ToR's BIRD; null in the models without BGP on the switch.</summary>
     public BirdProcess? Bird { get; private set; }
+
+    /// <summary>The second ToR of a lab with <see cref="Uplinks"/> 2; null otherwise.</summary>
+    public TestNetns? Tor2 { get; private set; }
+
+    /// <summary>The second ToR's BIRD.</summary>
+    public BirdProcess? Bird2 { get; private set; }
+
+    /// <summary>Dual stack (the ToR models only): IPv6 addresses on the ToR links, an IPv6 pool, an IPv6 BGP session
+    /// (MP-BGP, Calico's second bgppeer per node) beside the IPv4 one, and the CNI plugin assigning both families.</summary>
+    public bool Ipv6 { get; set; }
+
+    /// <summary>Uplinks per node (the ToR models only): 2 adds a second ToR namespace with its own BIRD (the same AS
+    /// as the first), linked to every node on 172.31.&lt;node&gt;.0/30, so each node has two equal paths (ECMP).</summary>
+    public int Uplinks { get; set; } = 1;
 
     public List<LabNode> Nodes { get; } = [];
 
@@ -139,14 +179,35 @@ public sealed class BgpLab : IAsyncDisposable
         try
         {
             configure?.Invoke(lab);
+            bool segment = model is TorModel.NodeMesh or TorModel.NodeRouteReflector;
+            if (segment && (lab.Ipv6 || lab.Uplinks != 1))
+            {
+                throw new ArgumentException("IPv6 and two uplinks are built for the ToR models only");
+            }
+            if (lab.Uplinks is not (1 or 2))
+            {
+                throw new ArgumentException($"Uplinks is 1 or 2, not {lab.Uplinks}");
+            }
             lab.Etcd = EtcdServer.Start();
             lab.Ipam = new IpamClient(new EtcdKvStore(new EtcdOptions { Endpoints = [lab.Etcd.UnixEndpoint] }));
             await lab.Ipam.AddPoolAsync(new PoolRequest { Cidr = Pool, Name = "lab-pool" }).ConfigureAwait(false);
+            if (lab.Ipv6)
+            {
+                await lab.Ipam.AddPoolAsync(new PoolRequest { Cidr = Pool6, Name = "lab-pool-v6" }).ConfigureAwait(false);
+            }
             await lab.PutAsync("/calico/resources/v3/projectcalico.org/bgpconfigurations/default",
                 $$$"""{"kind":"BGPConfiguration","apiVersion":"projectcalico.org/v3","metadata":{"name":"default"},"spec":{"asNumber":{{{RackAs}}},"nodeToNodeMeshEnabled":false,"logSeverityScreen":"Info"}}""").ConfigureAwait(false);
             lab.Tor = TestNetns.Create(lab.Prefix + "-tor");
             Sysctl(lab.Tor, "net.ipv4.ip_forward=1");
-            bool segment = model is TorModel.NodeMesh or TorModel.NodeRouteReflector;
+            if (lab.Ipv6)
+            {
+                Sysctl(lab.Tor, "net.ipv6.conf.all.forwarding=1");
+            }
+            if (lab.Uplinks == 2)
+            {
+                lab.Tor2 = TestNetns.Create(lab.Prefix + "-tor2");
+                Sysctl(lab.Tor2, "net.ipv4.ip_forward=1");
+            }
             if (segment)
             {
                 // The switch is a bridge: the nodes share one L2 segment and peer with each other.
@@ -188,6 +249,31 @@ public sealed class BgpLab : IAsyncDisposable
                 TestNetns.Ip("-n", lab.Tor.Name, "link", "set", torIf, "up");
                 TestNetns.Ip("-n", node.Netns.Name, "link", "set", nodeIf, "up");
                 Sysctl(node.Netns, "net.ipv4.ip_forward=1");
+                if (lab.Ipv6)
+                {
+                    // nodad: the link is usable at once (BGP binds to the address), as on the IPv4 side.
+                    TestNetns.Ip("-n", lab.Tor.Name, "addr", "add", node.TorAddress6 + "/64", "dev", torIf, "nodad");
+                    TestNetns.Ip("-n", node.Netns.Name, "addr", "add", node.Address6 + "/64", "dev", nodeIf, "nodad");
+                    Sysctl(node.Netns, "net.ipv6.conf.all.forwarding=1");
+                    // Calico's way for IPv6: a second bgppeer, to the ToR's IPv6 address (MP-BGP, AFI 2).
+                    await lab.PutAsync($"/calico/resources/v3/projectcalico.org/bgppeers/tor-node{i}-v6",
+                        $$$"""{"kind":"BGPPeer","apiVersion":"projectcalico.org/v3","metadata":{"name":"tor-node{{{i}}}-v6"},"spec":{"node":"node{{{i}}}","peerIP":"{{{node.TorAddress6}}}","asNumber":{{{(model == TorModel.AsPerComputeServer ? TorAsPerCompute : RackAs)}}}}}""").ConfigureAwait(false);
+                }
+                if (lab.Tor2 is not null)
+                {
+                    string tor2If = $"{lab.Prefix}u{i}";
+                    string node2If = $"{lab.Prefix}v{i}";
+                    TestNetns.Ip("link", "add", tor2If, "netns", lab.Tor2.Name, "type", "veth", "peer", "name", node2If, "netns", node.Netns.Name);
+                    TestNetns.Ip("-n", lab.Tor2.Name, "addr", "add", node.TorAddress2 + "/30", "dev", tor2If);
+                    TestNetns.Ip("-n", node.Netns.Name, "addr", "add", node.Address2 + "/30", "dev", node2If);
+                    TestNetns.Ip("-n", lab.Tor2.Name, "link", "set", tor2If, "up");
+                    TestNetns.Ip("-n", node.Netns.Name, "link", "set", node2If, "up");
+                    // The node's address (its BGP identity, the IPv4 next hop it announces) is on the first link;
+                    // Calico's sourceAddress "None" lets the session to the second ToR leave from this link's own
+                    // address, which is then the next hop that ToR gets.
+                    await lab.PutAsync($"/calico/resources/v3/projectcalico.org/bgppeers/tor2-node{i}",
+                        $$$"""{"kind":"BGPPeer","apiVersion":"projectcalico.org/v3","metadata":{"name":"tor2-node{{{i}}}"},"spec":{"node":"node{{{i}}}","peerIP":"{{{node.TorAddress2}}}","asNumber":{{{(model == TorModel.AsPerComputeServer ? TorAsPerCompute : RackAs)}}},"sourceAddress":"None"}}""").ConfigureAwait(false);
+                }
                 if (lab.FabricRoute && !segment)
                 {
                     TestNetns.Ip("-n", node.Netns.Name, "route", "add", "172.30.0.0/16", "via", node.TorAddress);
@@ -202,6 +288,10 @@ public sealed class BgpLab : IAsyncDisposable
             if (!segment)
             {
                 lab.Bird = BirdProcess.Start(lab.Tor.Name, lab.TorConfig());
+            }
+            if (lab.Tor2 is not null)
+            {
+                lab.Bird2 = BirdProcess.Start(lab.Tor2.Name, lab.TorConfig(2));
             }
             if (startBgpd)
             {
@@ -251,16 +341,19 @@ public sealed class BgpLab : IAsyncDisposable
         }
     }
 
-    public string TorConfig()
+    /// <summary>BIRD's config for the ToR (<paramref name="tor"/> 2: the second ToR of a two-uplink lab, whose links
+    /// are 172.31.&lt;node&gt;.0/30; it has no IPv6 sessions).</summary>
+    public string TorConfig(int tor = 1)
     {
         var sb = new StringBuilder();
         bool ibgp = Model == TorModel.AsPerRack;
+        bool v6 = Ipv6 && tor == 1;
         uint torAs = ibgp ? RackAs : TorAsPerCompute;
         sb.Append(CultureInfo.InvariantCulture, $$"""
             log "{dir}/bird.log" all;
-            router id 172.30.0.1;
+            router id {{(tor == 1 ? "172.30.0.1" : "172.31.0.1")}};
             protocol device { scan time 1; }
-            protocol direct { ipv4; }
+            protocol direct { ipv4;{{(v6 ? " ipv6;" : "")}} }
             protocol kernel { ipv4 { import none; export filter { if source = RTS_BGP then accept; reject; }; }; merge paths on; }
             # Outside the pools: nodes must not install these.
             protocol static foreign { ipv4; route 192.168.77.0/24 blackhole; route 0.0.0.0/0 blackhole; }
@@ -273,9 +366,32 @@ public sealed class BgpLab : IAsyncDisposable
             }
 
             """);
+        if (v6)
+        {
+            // The IPv6 side: its own kernel protocol and sessions with an ipv6 channel (MP-BGP).
+            sb.Append(CultureInfo.InvariantCulture, $$"""
+                protocol kernel { ipv6 { import none; export filter { if source = RTS_BGP then accept; reject; }; }; merge paths on; }
+                protocol static foreign6 { ipv6; route fd99:77::/48 blackhole; route ::/0 blackhole; }
+                template bgp node6 {
+                  local as {{torAs}};
+                  hold time 9; keepalive time 3; connect retry time 1; error wait time 1, 2;
+                  graceful restart on;
+                  {{(ibgp ? "rr client; direct;" : "")}}
+                  ipv6 { import all; export all; {{(TorNextHopSelf ? "next hop self;" : "")}} };
+                }
+
+                """);
+        }
         foreach (LabNode n in Nodes)
         {
-            sb.Append(CultureInfo.InvariantCulture, $"protocol bgp node{n.Index} from node {{ neighbor {n.Address} as {n.As}; source address {n.TorAddress}; {TorPeerExtra?.Invoke(n)} }}\n");
+            (string nodeAddress, string torAddress) = tor == 1 ? (n.Address, n.TorAddress) : (n.Address2, n.TorAddress2);
+            // The second ToR only listens, as a ToR with a listen range for its servers does: the node must open
+            // that session itself, from its address on the second link.
+            sb.Append(CultureInfo.InvariantCulture, $"protocol bgp node{n.Index} from node {{ neighbor {nodeAddress} as {n.As}; source address {torAddress}; {(tor == 2 ? "passive on; " : "")}{TorPeerExtra?.Invoke(n)} }}\n");
+            if (v6)
+            {
+                sb.Append(CultureInfo.InvariantCulture, $"protocol bgp node{n.Index}v6 from node6 {{ neighbor {n.Address6} as {n.As}; source address {n.TorAddress6}; {TorPeerExtra?.Invoke(n)} }}\n");
+            }
         }
         return sb.ToString();
     }
@@ -296,7 +412,8 @@ public sealed class BgpLab : IAsyncDisposable
         [
             "--node-name", n.Name, "--ipv4-address", $"{n.Address}/{n.PrefixLength}", "--etcd-endpoints", Etcd.UnixEndpoint, "--log-level", "debug",
             "--api-socket", n.ApiSocket, "--metrics-address", LabNode.MetricsAddress, "--secrets-dir", SecretsDirectory, "--state-dir", n.StateDir,
-        ]).Concat(Model == TorModel.AsPerComputeServer ? ["--as", n.As.ToString(CultureInfo.InvariantCulture)] : []).Concat(extra))
+        ]).Concat(Model == TorModel.AsPerComputeServer ? ["--as", n.As.ToString(CultureInfo.InvariantCulture)] : [])
+            .Concat(Ipv6 ? ["--ipv6-address", n.Address6 + "/64"] : []).Concat(extra))
         {
             psi.ArgumentList.Add(a);
         }
@@ -364,7 +481,7 @@ public sealed class BgpLab : IAsyncDisposable
             ["CNI_ARGS"] = $"IgnoreUnknown=1;K8S_POD_NAMESPACE=lab;K8S_POD_NAME={name}",
             ["CALICOSHARP_STATE_DIR"] = node.StateDir,
         };
-        string conf = $$$"""{"cniVersion":"1.0.0","name":"k8s-pod-network","type":"calicosharp","mtu":1400,"etcd_endpoints":"{{{Etcd.UnixEndpoint}}}","nodename":"{{{node.Name}}}","bgpd_socket":"{{{node.ApiSocket}}}","ipam":{"type":"calicosharp-ipam"}}""";
+        string conf = $$$"""{"cniVersion":"1.0.0","name":"k8s-pod-network","type":"calicosharp","mtu":1400,"etcd_endpoints":"{{{Etcd.UnixEndpoint}}}","nodename":"{{{node.Name}}}","bgpd_socket":"{{{node.ApiSocket}}}","ipam":{"type":"calicosharp-ipam"{{{(Ipv6 ? ",\"assign_ipv6\":\"true\"" : "")}}}}}""";
         ProcessResult r = await ProcessRunner.RunAsync("ip", new[] { "netns", "exec", node.Netns.Name }.Concat(CniCommand), TimeSpan.FromSeconds(60), env, conf).ConfigureAwait(false);
         if (r.ExitCode != 0)
         {
@@ -372,27 +489,33 @@ public sealed class BgpLab : IAsyncDisposable
             throw new InvalidOperationException($"CNI ADD for {name} on {node.Name} failed: {r.Stdout} {r.Stderr}");
         }
         using JsonDocument d = JsonDocument.Parse(r.Stdout);
-        string ip = d.RootElement.GetProperty("ips")[0].GetProperty("address").GetString()!.Split('/')[0];
-        var pod = new LabPod(name, node, ns, ip);
+        string[] ips = [.. d.RootElement.GetProperty("ips").EnumerateArray().Select(e => e.GetProperty("address").GetString()!.Split('/')[0])];
+        var pod = new LabPod(name, node, ns, ips.First(a => !a.Contains(':', StringComparison.Ordinal)))
+        {
+            Address6 = ips.FirstOrDefault(a => a.Contains(':', StringComparison.Ordinal)) ?? "",
+        };
         _pods.Add(pod);
         return pod;
     }
 
-    /// <summary>A TCP exchange from one pod to another (nc), through the nodes and the ToR.</summary>
-    public static async Task<bool> TcpExchangeAsync(LabPod from, LabPod to, int port = 7000)
+    /// <summary>A TCP exchange from one pod to another (nc), through the nodes and the ToR; with
+    /// <paramref name="ipv6"/>, between their IPv6 addresses.</summary>
+    public static async Task<bool> TcpExchangeAsync(LabPod from, LabPod to, int port = 7000, bool ipv6 = false)
     {
+        string toAddress = ipv6 ? to.Address6 : to.Address;
+        string fromAddress = ipv6 ? from.Address6 : from.Address;
         var server = new ProcessStartInfo("ip") { UseShellExecute = false, RedirectStandardOutput = true, RedirectStandardError = true };
-        foreach (string a in new[] { "netns", "exec", to.Netns.Name, "timeout", "10", "nc", "-l", "-N", to.Address, port.ToString(CultureInfo.InvariantCulture) })
+        foreach (string a in new[] { "netns", "exec", to.Netns.Name, "timeout", "10", "nc", "-l", "-N", toAddress, port.ToString(CultureInfo.InvariantCulture) })
         {
             server.ArgumentList.Add(a);
         }
         using Process s = Process.Start(server)!;
         Task<string> received = s.StandardOutput.ReadToEndAsync();
-        string message = $"hello from {from.Name} ({from.Address}) to {to.Name}";
+        string message = $"hello from {from.Name} ({fromAddress}) to {to.Name}";
         for (int attempt = 0; attempt < 20; attempt++)
         {
             await Task.Delay(100).ConfigureAwait(false);
-            ProcessResult c = await ProcessRunner.RunAsync("ip", ["netns", "exec", from.Netns.Name, "timeout", "5", "nc", "-N", "-w", "2", to.Address, port.ToString(CultureInfo.InvariantCulture)],
+            ProcessResult c = await ProcessRunner.RunAsync("ip", ["netns", "exec", from.Netns.Name, "timeout", "5", "nc", "-N", "-w", "2", toAddress, port.ToString(CultureInfo.InvariantCulture)],
                 TimeSpan.FromSeconds(10), null, message + "\n").ConfigureAwait(false);
             if (c.ExitCode == 0)
             {
@@ -405,6 +528,9 @@ public sealed class BgpLab : IAsyncDisposable
 
     /// <summary>The node's routes of bgpd's protocol (ip route show proto 81).</summary>
     public static string KernelRoutes(LabNode n) => TestNetns.Ip("-n", n.Netns.Name, "route", "show", "proto", "81");
+
+    /// <summary>The node's IPv6 routes of bgpd's protocol (ip -6 route show proto 81).</summary>
+    public static string KernelRoutes6(LabNode n) => TestNetns.Ip("-6", "-n", n.Netns.Name, "route", "show", "proto", "81");
 
     public static async Task WaitAsync(Func<bool> condition, string what, double seconds = 30, Func<string>? diagnostics = null, CancellationToken ct = default)
     {
@@ -426,6 +552,10 @@ public sealed class BgpLab : IAsyncDisposable
         foreach (LabNode n in Nodes)
         {
             sb.AppendLine(CultureInfo.InvariantCulture, $"--- {n.Name} routes:\n{TestNetns.Ip("-n", n.Netns.Name, "route")}");
+            if (Ipv6)
+            {
+                sb.AppendLine(CultureInfo.InvariantCulture, $"--- {n.Name} IPv6 routes:\n{TestNetns.Ip("-6", "-n", n.Netns.Name, "route")}");
+            }
             if (File.Exists(n.LogFile))
             {
                 string[] lines = File.ReadAllLines(n.LogFile);
@@ -434,6 +564,11 @@ public sealed class BgpLab : IAsyncDisposable
         }
         sb.AppendLine(CultureInfo.InvariantCulture, $"--- tor routes:\n{TestNetns.Ip("-n", Tor.Name, "route")}");
         sb.AppendLine(Bird?.Birdc("show protocols"));
+        if (Tor2 is not null)
+        {
+            sb.AppendLine(CultureInfo.InvariantCulture, $"--- tor2 routes:\n{TestNetns.Ip("-n", Tor2.Name, "route")}");
+            sb.AppendLine(Bird2?.Birdc("show protocols"));
+        }
         return sb.ToString();
     }
 
@@ -454,8 +589,10 @@ public sealed class BgpLab : IAsyncDisposable
         var steps = new List<Action>();
         steps.AddRange(_pods.Select(p => (Action)p.Netns.Dispose));
         steps.Add(() => Bird?.Dispose());
+        steps.Add(() => Bird2?.Dispose());
         steps.AddRange(Nodes.Select(n => (Action)n.Netns.Dispose));
         steps.Add(() => Tor?.Dispose());
+        steps.Add(() => Tor2?.Dispose());
         steps.Add(() => Ipam?.Dispose());
         steps.Add(() => Etcd?.Dispose());
         var errors = new List<Exception>();
