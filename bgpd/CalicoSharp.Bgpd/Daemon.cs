@@ -61,7 +61,8 @@ public sealed class DaemonOptions
     /// 100,000: Kubernetes supports clusters of up to 5,000 nodes and Calico caps a node at 20 blocks by default
     /// (<c>maxBlocksPerHost</c>), so even a route reflector of such a cluster passes on fewer blocks than this
     /// (real nodes hold one to a few); borrowed /32s add a little. A peer past it is broken or hostile, and the cap
-    /// bounds what one peer can make bgpd hold to a few tens of MiB. Calico's bgppeers have no such field.
+    /// bounds what one peer can make bgpd's RIB hold to about 5 MiB (some 50 bytes a route, measured by the bench's
+    /// peer-memory run on the code that still stored refused routes). Calico's bgppeers have no such field.
     /// </summary>
     public const int DefaultPeerMaxPrefixes = 100_000;
 
