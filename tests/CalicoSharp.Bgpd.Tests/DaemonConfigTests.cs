@@ -11,7 +11,8 @@ namespace CalicoSharp.Bgpd.Tests;
 /// is reported by its key and skipped, everything else applies, the loop keeps following, and a refused reload
 /// changes nothing. The daemon runs against the in-memory store with no kernel; peers are on loopback
 /// addresses (nothing leaves this machine).</summary>
-public sealed class DaemonConfigTests : IAsyncDisposable
+[System.Diagnostics.CodeAnalysis.SuppressMessage("Reliability", "CA1001", Justification = "xunit disposes the fields through IAsyncLifetime.DisposeAsync")]
+public sealed class DaemonConfigTests : IAsyncLifetime
 {
     private const string Peers = "/calico/resources/v3/projectcalico.org/bgppeers/";
     private readonly MemoryKvStore store = new();
@@ -19,7 +20,11 @@ public sealed class DaemonConfigTests : IAsyncDisposable
     private readonly List<string> logLines = [];
     private Daemon? daemon;
 
-    public async ValueTask DisposeAsync()
+    public Task InitializeAsync() => Task.CompletedTask;
+
+    // IAsyncLifetime, not IAsyncDisposable: xunit 2 never calls DisposeAsync() of IAsyncDisposable on a test class, so
+    // every daemon and temp directory stayed behind.
+    public async Task DisposeAsync()
     {
         if (daemon is not null)
         {
