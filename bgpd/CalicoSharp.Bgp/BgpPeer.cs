@@ -93,9 +93,22 @@ public sealed class BgpPeer
 
     public long UpdatesSent { get; internal set; }
 
+    /// <summary>Prefixes the peer announced in this session, before import policy: every NLRI counts, each time it
+    /// comes (a re-announcement, an answer to our route refresh). A counter, not a table size: refused routes are not
+    /// kept, so how many distinct prefixes the peer holds is not known. Reset when the session is established.</summary>
     public long PrefixesReceived { get; internal set; }
 
+    /// <summary>The peer's routes in the RIB (accepted by import policy, stale ones included): a gauge, and what
+    /// <see cref="PeerConfig.MaxPrefixes"/> limits.</summary>
     public long PrefixesAccepted { get; internal set; }
+
+    /// <summary>Announcements of this session that were not stored: refused by import policy, unusable (an AS loop,
+    /// our own next hop) or of a family not negotiated. A counter like <see cref="PrefixesReceived"/>.</summary>
+    public long PrefixesRefused { get; internal set; }
+
+    /// <summary>Bit per <see cref="Afi"/>: import policy refused something of that family since the session came up or
+    /// since the last route refresh asked for it (what a wider policy must ask the peer for again).</summary>
+    internal int RefusedFamilies { get; set; }
 
     public long PrefixesAdvertised { get; internal set; }
 
@@ -497,6 +510,9 @@ public sealed class BgpPeer
         PeerGracefulRestart = open.GracefulRestart;
         UpdatesReceived = 0;
         UpdatesSent = 0;
+        PrefixesReceived = 0;
+        PrefixesRefused = 0;
+        RefusedFamilies = 0;
         Log(BgpLogLevel.Info, $"established (AS {open.As}, router id {open.RouterId}, hold {a.HoldTime.TotalSeconds:0} s, families {string.Join(",", Families)})");
         _speaker.Rib.OnPeerUp(this);
     }

@@ -8,6 +8,12 @@ namespace CalicoSharp.Bgp;
 /// the prefix is advertised to it and whether a change waits for it. A change queues the entry for every
 /// established peer once; each peer's queue is turned into packed UPDATEs while that peer's output queue
 /// has room, so a slow peer only delays itself. Runs on the speaker's event loop only.
+/// <para>
+/// Only routes the import policy accepts are stored: a refused announcement is counted
+/// (<see cref="BgpPeer.PrefixesRefused"/>) and forgotten, so what a peer sends outside the policy costs no
+/// memory however much it sends. When the policy may accept more, <see cref="Reimport"/> asks the peer for its
+/// routes again (RFC 2918 route refresh), as BIRD does without an import table.
+/// </para>
 /// </summary>
 public sealed class Rib
 {
@@ -118,7 +124,7 @@ public sealed class Rib
         for (int i = 1; i < entry.PathCount && result.Count < _speaker.Config.MaxPaths; i++)
         {
             RoutePath p = entry.PathAt(i);
-            if (p.Filtered || Decision.Compare(best, p, multipath: true).Result != 0)
+            if (Decision.Compare(best, p, multipath: true).Result != 0)
             {
                 break;
             }
@@ -136,7 +142,7 @@ public sealed class Rib
     public void Originate(Prefix prefix, PathAttributes? attributes = null)
     {
         PathAttributes a = _interner.Intern(attributes ?? new PathAttributes { Origin = Origin.Igp });
-        Upsert(prefix, null, a, filtered: false);
+        Upsert(prefix, null, a);
         _interner.ReleaseIfUnused(a);
         ScheduleFlush();
     }
@@ -183,9 +189,13 @@ public sealed class Rib
         {
             AnnounceOrWithdraw(peer, u.MpAttributes(), u.MpReach);
         }
-        if (peer.Config.MaxPrefixes is { } limit && peer.PrefixesReceived > limit)
+        // The limit counts the routes stored for the peer (accepted by import policy), like BIRD's import limit: those
+        // are what cost memory and what the node would route by; refused ones are forgotten as they arrive, and a ToR
+        // that sends more than the node wants (a full table, a default route) is no reason to drop its session.
+        if (peer.Config.MaxPrefixes is { } limit && peer.PrefixesAccepted > limit)
         {
-            _speaker.Log(BgpLogLevel.Warning, $"peer {peer.Config.DisplayName}: {peer.PrefixesReceived} prefixes, more than the limit of {limit}: closing the session");
+            _speaker.Log(BgpLogLevel.Warning, $"peer {peer.Config.DisplayName}: {peer.PrefixesAccepted} prefixes accepted, more than the limit of {limit}: closing the session");
+            // RFC 4486 §4: Cease, "Maximum Number of Prefixes Reached"; the data MAY carry AFI, SAFI and the upper bound.
             byte[] data = new byte[7];
             System.Buffers.Binary.BinaryPrimitives.WriteUInt16BigEndian(data, (ushort)(u.MpReach.Count > 0 ? u.MpReachAfi : Afi.IPv4));
             data[2] = 1;
@@ -216,11 +226,13 @@ public sealed class Rib
 
     private void Announce(BgpPeer peer, PathAttributes received, List<Prefix> prefixes)
     {
+        peer.PrefixesReceived += prefixes.Count;
         string? reject = SessionRules(peer, received);
         if (reject is not null)
         {
             // Not an error, but the routes are unusable: a previous announcement of the prefix goes (RFC 4271 §9.1.2).
             _speaker.Log(BgpLogLevel.Debug, $"peer {peer.Config.DisplayName}: {prefixes.Count} prefixes ignored: {reject}");
+            peer.PrefixesRefused += prefixes.Count;
             foreach (Prefix p in prefixes)
             {
                 Remove(p, peer);
@@ -239,20 +251,24 @@ public sealed class Rib
         {
             if (!peer.HasFamily(p.Family))
             {
+                peer.PrefixesRefused++;
                 continue;
             }
             PathAttributes use = a;
-            bool filtered = false;
             if (import is not null)
             {
                 PathAttributes edited = a;
-                filtered = import(peer, p, ref edited) == PolicyResult.Reject;
+                if (import(peer, p, ref edited) == PolicyResult.Reject)
+                {
+                    Refuse(peer, p);
+                    continue;
+                }
                 if (!ReferenceEquals(edited, a))
                 {
                     use = _interner.Intern(edited);
                 }
             }
-            Upsert(p, peer, use, filtered);
+            Upsert(p, peer, use);
             if (!ReferenceEquals(use, a))
             {
                 _interner.ReleaseIfUnused(use);
@@ -289,39 +305,42 @@ public sealed class Rib
         return null;
     }
 
-    private void Upsert(Prefix prefix, BgpPeer? peer, PathAttributes attributes, bool filtered)
+    /// <summary>
+    /// The policy refused the announcement: counted, not stored. The peer's previous route for the prefix goes, as
+    /// any new announcement replaces the last (RFC 4271 §3.1), and the family is marked so that a wider policy asks
+    /// the peer for it again.
+    /// </summary>
+    private void Refuse(BgpPeer peer, Prefix prefix)
+    {
+        peer.PrefixesRefused++;
+        peer.RefusedFamilies |= 1 << (int)prefix.Family;
+        Remove(prefix, peer);
+    }
+
+    private void Upsert(Prefix prefix, BgpPeer? peer, PathAttributes attributes)
     {
         int slot = _s.Find(prefix);
         if (slot < 0)
         {
             slot = _s.Add(prefix);
         }
-        byte flags = filtered ? RoutePath.FilteredFlag : (byte)0;
         int at = _s.IndexOf(slot, peer);
         if (at >= 0)
         {
             RoutePath old = _s.PathAt(slot, at);
-            if (ReferenceEquals(old.Attributes, attributes) && old.Flags == flags)
+            if (ReferenceEquals(old.Attributes, attributes) && old.Flags == 0)
             {
                 return;
             }
             _s.RemovePath(slot, at);
             _interner.Release(old.Attributes);
-            if (peer is not null && !old.Filtered)
-            {
-                peer.PrefixesAccepted--;
-            }
         }
         else if (peer is not null)
         {
-            peer.PrefixesReceived++;
-        }
-        AttributeInterner.AddReference(attributes);
-        if (peer is not null && !filtered)
-        {
             peer.PrefixesAccepted++;
         }
-        _s.InsertPath(slot, new RoutePath(peer, attributes, flags));
+        AttributeInterner.AddReference(attributes);
+        _s.InsertPath(slot, new RoutePath(peer, attributes, 0));
         Changed(slot);
     }
 
@@ -346,18 +365,14 @@ public sealed class Rib
         _interner.Release(path.Attributes);
         if (path.Peer is { } peer)
         {
-            peer.PrefixesReceived--;
-            if (!path.Filtered)
-            {
-                peer.PrefixesAccepted--;
-            }
+            peer.PrefixesAccepted--;
         }
     }
 
     private void UpdateReason(int slot)
     {
-        _s.Reason[slot] = (byte)(_s.HasBest(slot) && _s.Count[slot] > 1 && _s.PathAt(slot, 1) is { Filtered: false } second
-            ? Decision.Compare(_s.PathAt(slot, 0), second, multipath: false).Reason
+        _s.Reason[slot] = (byte)(_s.Count[slot] > 1
+            ? Decision.Compare(_s.PathAt(slot, 0), _s.PathAt(slot, 1), multipath: false).Reason
             : DecisionReason.OnlyPath);
     }
 
@@ -762,27 +777,61 @@ public sealed class Rib
         ScheduleFlush();
     }
 
-    /// <summary>Re-runs import policy over every stored path of the peer (after a policy change).</summary>
-    public void Reimport(BgpPeer peer)
+    /// <summary>
+    /// After the import policy changed: runs it again over the peer's stored routes (those it refuses now go), and,
+    /// when the new policy may accept more (<paramref name="mayAcceptMore"/>: a pool added, a block released) and the
+    /// peer had routes refused in a family this session, gets those routes back from the peer, since they were never
+    /// kept. With route refresh negotiated, a ROUTE-REFRESH per such family (RFC 2918 §3: "A BGP speaker may send a
+    /// ROUTE-REFRESH message to its peer only if it has received the Route Refresh Capability from its peer"; §4: the
+    /// peer re-advertises its Adj-RIB-Out). Without it the session is reset, as BIRD resets a channel whose import
+    /// filter changed when it has neither an import table nor route refresh (nest/proto.c channel_reconfigure).
+    /// </summary>
+    public void Reimport(BgpPeer peer, bool mayAcceptMore)
     {
         ArgumentNullException.ThrowIfNull(peer);
         RoutePolicy? import = peer.Config.Import ?? _speaker.Import;
-        foreach (int e in _s.All)
+        int dropped = 0;
+        if (import is not null)
         {
-            int at = _s.IndexOf(e, peer);
-            if (at < 0)
+            foreach (int e in _s.All)
             {
-                continue;
+                int at = _s.IndexOf(e, peer);
+                if (at < 0)
+                {
+                    continue;
+                }
+                PathAttributes a = _s.PathAt(e, at).Attributes;
+                Prefix prefix = _s.PrefixOf(e);
+                if (import(peer, prefix, ref a) == PolicyResult.Reject)
+                {
+                    Refuse(peer, prefix);
+                    dropped++;
+                }
             }
-            RoutePath p = _s.PathAt(e, at);
-            PathAttributes a = p.Attributes;
-            bool filtered = import is not null && import(peer, _s.PrefixOf(e), ref a) == PolicyResult.Reject;
-            if (filtered != p.Filtered)
+        }
+        if (dropped > 0)
+        {
+            _speaker.Log(BgpLogLevel.Info, $"peer {peer.Config.DisplayName}: {dropped} routes refused by the changed import policy, removed");
+        }
+        if (mayAcceptMore && peer.RefusedFamilies != 0 && peer.State == SessionState.Established)
+        {
+            Afi[] families = [.. peer.Families.Where(f => (peer.RefusedFamilies & (1 << (int)f)) != 0)];
+            if (peer.PeerRouteRefresh)
             {
-                _s.RemovePath(e, at);
-                peer.PrefixesAccepted += filtered ? -1 : 1;
-                _s.InsertPath(e, p.WithFlags(filtered ? (byte)(p.Flags | RoutePath.FilteredFlag) : (byte)(p.Flags & ~RoutePath.FilteredFlag)));
-                Changed(e);
+                peer.RefusedFamilies = 0;
+                foreach (Afi f in families)
+                {
+                    _ = peer.RequestRefresh(f);
+                }
+                _speaker.Log(BgpLogLevel.Info, $"peer {peer.Config.DisplayName}: import policy widened: route refresh requested for {string.Join(",", families)} (routes refused before were not kept)");
+            }
+            else
+            {
+                // RFC 4486 §4: a reset for a configuration change other than those with their own subcode is
+                // Cease / "Other Configuration Change".
+                _speaker.Log(BgpLogLevel.Warning, $"peer {peer.Config.DisplayName}: import policy widened and the peer has no route refresh (RFC 2918): resetting the session so it sends its routes again");
+                peer.Shutdown(new BgpProtocolException(ErrorCode.Cease, Subcode.OtherConfigurationChange,
+                    "import policy changed; the peer cannot be asked for its routes again without route refresh"));
             }
         }
         ScheduleFlush();

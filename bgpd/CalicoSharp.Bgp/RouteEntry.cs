@@ -19,7 +19,6 @@ public enum DecisionReason : byte
 /// <summary>A path to a prefix as one neighbour (or this speaker, <see cref="Peer"/> null) announced it.</summary>
 public readonly struct RoutePath
 {
-    internal const byte FilteredFlag = 1;
     internal const byte StaleFlag = 2;
 
     internal RoutePath(BgpPeer? peer, PathAttributes attributes, byte flags)
@@ -35,9 +34,6 @@ public readonly struct RoutePath
 
     internal byte Flags { get; }
 
-    /// <summary>Rejected by import policy: kept (Adj-RIB-In) but never selected.</summary>
-    public bool Filtered => (Flags & FilteredFlag) != 0;
-
     /// <summary>From a peer in graceful restart, waiting for it to announce again (RFC 4724 §4.2).</summary>
     public bool Stale => (Flags & StaleFlag) != 0;
 
@@ -47,9 +43,9 @@ public readonly struct RoutePath
 }
 
 /// <summary>
-/// One prefix in the RIB, as a view of its slot: every peer's path for it in preference order (the
-/// Adj-RIB-In entries for the prefix; the first unfiltered one is the Loc-RIB best). Valid on the speaker's
-/// loop until the RIB changes.
+/// One prefix in the RIB, as a view of its slot: every peer's path for it that import policy accepted, in
+/// preference order (the first is the Loc-RIB best). Routes the policy refused are not kept (see
+/// <see cref="Rib.Reimport"/>). Valid on the speaker's loop until the RIB changes.
 /// </summary>
 public readonly struct RouteEntry : IEquatable<RouteEntry>
 {
@@ -325,7 +321,7 @@ internal sealed class RouteStore
         }
     }
 
-    public bool HasBest(int i) => Count[i] > 0 && (Flags0[i] & RoutePath.FilteredFlag) == 0;
+    public bool HasBest(int i) => Count[i] > 0;
 
     public RoutePath PathAt(int i, int k)
     {
@@ -425,7 +421,7 @@ internal sealed class RouteStore
         return removed;
     }
 
-    /// <summary>Puts the path in its place in preference order (filtered paths last).</summary>
+    /// <summary>Puts the path in its place in preference order.</summary>
     public void InsertPath(int i, RoutePath p)
     {
         int n = Count[i];
@@ -460,12 +456,5 @@ internal sealed class RouteStore
 
     public void SetFlags(int i, int k, byte flags) => SetPath(i, k, PathAt(i, k).WithFlags(flags));
 
-    private static bool Better(RoutePath a, RoutePath b)
-    {
-        if (a.Filtered != b.Filtered)
-        {
-            return !a.Filtered;
-        }
-        return Decision.Compare(a, b, multipath: false).Result <= 0;
-    }
+    private static bool Better(RoutePath a, RoutePath b) => Decision.Compare(a, b, multipath: false).Result <= 0;
 }

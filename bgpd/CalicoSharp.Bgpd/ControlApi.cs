@@ -150,6 +150,7 @@ internal sealed class BgpdService : Proto.Bgpd.BgpdBase
                 LastError = p.LastError ?? "",
                 PrefixesReceived = p.PrefixesReceived,
                 PrefixesAccepted = p.PrefixesAccepted,
+                PrefixesRefused = p.PrefixesRefused,
                 PrefixesAdvertised = p.PrefixesAdvertised,
                 UpdatesReceived = p.UpdatesReceived,
                 UpdatesSent = p.UpdatesSent,
@@ -217,9 +218,8 @@ internal sealed class BgpdService : Proto.Bgpd.BgpdBase
                 HasMed = a.Med is not null,
                 Med = a.Med ?? 0,
                 Origin = a.Origin.ToString().ToLowerInvariant(),
-                Best = i == 0 && !p.Filtered,
+                Best = i == 0,
                 Multipath = multipath.Any(m => m.Peer == p.Peer),
-                Filtered = p.Filtered,
                 Stale = p.Stale,
                 OriginatorId = a.OriginatorId is { } o ? Dotted(o) : "",
             };
@@ -344,8 +344,9 @@ internal static class Metrics
             }
         }
         PerPeer("calicosharp_bgp_peer_up", "gauge", "1 when the session with the peer is established.", p => p.State == SessionState.Established ? 1 : 0);
-        PerPeer("calicosharp_bgp_prefixes_received", "gauge", "Prefixes the peer announced (Adj-RIB-In, before policy).", p => p.PrefixesReceived);
-        PerPeer("calicosharp_bgp_prefixes_accepted", "gauge", "Prefixes from the peer that import policy accepted.", p => p.PrefixesAccepted);
+        PerPeer("calicosharp_bgp_prefixes_received_total", "counter", "Prefix announcements received from the peer in the current session, before import policy (re-announcements count again).", p => p.PrefixesReceived);
+        PerPeer("calicosharp_bgp_prefixes_refused_total", "counter", "Prefix announcements from the peer in the current session that were not stored: refused by import policy, or unusable.", p => p.PrefixesRefused);
+        PerPeer("calicosharp_bgp_prefixes_accepted", "gauge", "The peer's routes in the RIB (accepted by import policy; what maxPrefixes limits).", p => p.PrefixesAccepted);
         PerPeer("calicosharp_bgp_prefixes_advertised", "gauge", "Prefixes advertised to the peer (Adj-RIB-Out).", p => p.PrefixesAdvertised);
         PerPeer("calicosharp_bgp_updates_received_total", "counter", "UPDATE messages received in the current session.", p => p.UpdatesReceived);
         PerPeer("calicosharp_bgp_updates_sent_total", "counter", "UPDATE messages sent in the current session.", p => p.UpdatesSent);

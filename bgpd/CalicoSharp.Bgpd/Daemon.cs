@@ -51,6 +51,21 @@ public sealed class DaemonOptions
     /// it is polled, not watched). The daemon does not dispose it.</summary>
     public IKvStore? Store { get; init; }
 
+    /// <summary>The most routes bgpd keeps from one peer that comes from etcd (a bgppeer or the node mesh), before it
+    /// closes the session (Cease / Maximum Number of Prefixes Reached, RFC 4486); flag <c>--peer-max-prefixes</c>.
+    /// Null: the config file's <c>peerMaxPrefixes</c>, else <see cref="DefaultPeerMaxPrefixes"/>; 0: no limit. Peers
+    /// of the config file have their own <c>maxPrefixes</c> (none unless set).</summary>
+    public int? PeerMaxPrefixes { get; init; }
+
+    /// <summary>
+    /// 100,000: Kubernetes supports clusters of up to 5,000 nodes and Calico caps a node at 20 blocks by default
+    /// (<c>maxBlocksPerHost</c>), so even a route reflector of such a cluster passes on fewer blocks than this
+    /// (real nodes hold one to a few); borrowed /32s add a little. A peer past it is broken or hostile, and the cap
+    /// bounds what one peer can make bgpd's RIB hold to about 5 MiB (some 50 bytes a route, measured by the bench's
+    /// peer-memory run on the code that still stored refused routes). Calico's bgppeers have no such field.
+    /// </summary>
+    public const int DefaultPeerMaxPrefixes = 100_000;
+
     /// <summary>Program learned routes and block blackholes into the kernel (off for a pure route server).</summary>
     public bool Kernel { get; init; } = true;
 
@@ -82,6 +97,7 @@ public sealed class Daemon : IAsyncDisposable
     private readonly KernelRouteSync? _kernel;
     private readonly HashSet<BgpPeer> _eorPending = [];
     private DaemonConfig _file;
+    private string? _appliedImport;
     private List<Prefix> _pools = [];
     private HashSet<Prefix> _ownBlocks = [];
     private HashSet<Prefix> _originated = [];
@@ -158,7 +174,14 @@ public sealed class Daemon : IAsyncDisposable
         {
             throw new ConfigException($"holdTime: {file.HoldTime} s (must be 0 or at least 3, RFC 4271 §4.2)");
         }
+        if (file.PeerMaxPrefixes is < 0)
+        {
+            throw new ConfigException($"peerMaxPrefixes: {file.PeerMaxPrefixes} (0 for no limit, or a number of prefixes)");
+        }
     }
+
+    /// <summary>The limit a peer from etcd gets (null: none): the flag, the file, the default.</summary>
+    internal int? EtcdPeerMaxPrefixes => (_options.PeerMaxPrefixes ?? _file.PeerMaxPrefixes ?? DaemonOptions.DefaultPeerMaxPrefixes) is var n and > 0 ? n : null;
 
     public string NodeName { get; }
 
@@ -174,6 +197,9 @@ public sealed class Daemon : IAsyncDisposable
     public IPAddress? Ipv6 { get; }
 
     public BgpSpeaker Speaker { get; private set; } = null!;
+
+    /// <summary>Where the speaker listens (the port chosen when the configuration says 0).</summary>
+    public IPEndPoint? ListenEndpoint { get; private set; }
 
     public KernelRouteSync? Kernel => _kernel;
 
@@ -254,6 +280,7 @@ public sealed class Daemon : IAsyncDisposable
         Speaker.Rib.EndOfRibReceived += OnEndOfRib;
         IPAddress listen = DaemonConfig.ParseAddress(_file.ListenAddress, "listenAddress") ?? IPAddress.IPv6Any;
         IPEndPoint bound = Speaker.Listen(new IPEndPoint(listen, _file.ListenPort ?? Cluster.ListenPort ?? 179));
+        ListenEndpoint = bound;
         _log(BgpLogLevel.Info, $"node {NodeName}: listening on {bound}, AS {LocalAs}, router id {rid}{(cluster is null ? "" : ", route reflector")}");
         _staleDeadline = DateTimeOffset.UtcNow + TimeSpan.FromSeconds(Speaker.Config.RestartTime);
         // A record in etcd that cannot be used is skipped and reported, never a reason not to start.
@@ -447,13 +474,21 @@ public sealed class Daemon : IAsyncDisposable
         var pools = c.Pools.Select(p => Prefix.Parse(p.ToString())).Concat(_file.IpPools.Select(p => DaemonConfig.ParsePrefix(p, "ipPools"))).Distinct().ToList();
         var blocks = c.ConfirmedBlocks.Select(b => Prefix.Parse(b.ToString())).ToHashSet();
         bool poolsChanged = !pools.SequenceEqual(_pools);
+        // A new pool, a block or borrowed address gone, "all" instead of "pools": the policy may accept routes it
+        // refused before, which bgpd did not keep; the RIB asks the peers for them again (route refresh).
+        bool mayAcceptMore = pools.Except(_pools).Any();
         _pools = pools;
-        // Both change what the import policy accepts: what the peers sent is judged again.
-        if (_local.Update(blocks, _borrowed) | poolsChanged)
+        bool importChanged = _file.Import != _appliedImport;
+        mayAcceptMore |= importChanged && _file.Import == "all";
+        _appliedImport = _file.Import;
+        bool localChanged = _local.Update(blocks, _borrowed);
+        mayAcceptMore |= localChanged && _local.Released;
+        // Each changes what the import policy accepts: what the peers sent is judged again.
+        if (localChanged | poolsChanged | importChanged)
         {
             foreach (BgpPeer p in Speaker.Peers)
             {
-                Speaker.Rib.Reimport(p);
+                Speaker.Rib.Reimport(p, mayAcceptMore);
             }
         }
         var problems = new List<ResourceProblem>(c.Problems);
@@ -589,6 +624,7 @@ public sealed class Daemon : IAsyncDisposable
                 SourceAddress = r.SourceAddress,
                 RouteReflectorClient = t.Client,
                 Passive = t.Passive,
+                MaxPrefixes = EtcdPeerMaxPrefixes,
             }))];
             configs.ForEach(Add);
         }
@@ -606,6 +642,7 @@ public sealed class Daemon : IAsyncDisposable
                     AsNumber = n.AsNumber ?? c.AsNumber ?? 64512,
                     Passive = passive,
                     RouteReflectorClient = iAmReflector && n.ClusterId is null,
+                    MaxPrefixes = EtcdPeerMaxPrefixes,
                 }));
             }
         }

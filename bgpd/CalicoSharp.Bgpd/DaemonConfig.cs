@@ -52,6 +52,11 @@ public sealed class DaemonConfig
     /// <summary>Hold time we offer (seconds; 0 or at least 3).</summary>
     public ushort? HoldTime { get; set; }
 
+    /// <summary>The most routes kept from one peer that comes from etcd (bgppeers, the node mesh) before its session is
+    /// closed (default 100,000; 0: no limit; the flag --peer-max-prefixes wins). Peers of this file use their own
+    /// <see cref="PeerSpec.MaxPrefixes"/>.</summary>
+    public int? PeerMaxPrefixes { get; set; }
+
     public static DaemonConfig Load(string path)
     {
         string text;
@@ -195,6 +200,8 @@ public sealed class PeerSpec
 
     public bool NextHopSelf { get; set; }
 
+    /// <summary>Close the session (Cease / Maximum Number of Prefixes Reached) when more of the peer's routes than this
+    /// are accepted by import policy; none by default for the file's peers.</summary>
     public int? MaxPrefixes { get; set; }
 
     /// <summary>Source address for the session: "UseNodeIP" (the default: the node's address of the peer's family),

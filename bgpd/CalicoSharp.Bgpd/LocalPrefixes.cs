@@ -24,6 +24,10 @@ internal sealed class LocalPrefixes
     /// <summary>Announcements refused so far (an import decision each, re-imports included).</summary>
     public long Refused { get; private set; }
 
+    /// <summary>The last <see cref="Update"/> that changed something took a block or a borrowed address away: prefixes
+    /// refused before may be accepted now.</summary>
+    public bool Released { get; private set; }
+
     /// <summary>Takes the node's current blocks and borrowed addresses; true when they changed (the caller then runs
     /// the import policy again over what the peers sent).</summary>
     public bool Update(IEnumerable<Prefix> blocks, IEnumerable<Prefix> borrowed)
@@ -34,6 +38,7 @@ internal sealed class LocalPrefixes
         {
             return false;
         }
+        Released = !_blocks.IsSubsetOf(b) || !_borrowed.IsSubsetOf(h);
         _blocks = b;
         _borrowed = h;
         // A prefix no longer covered may be logged again if it is ever refused again.

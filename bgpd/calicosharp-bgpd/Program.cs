@@ -20,6 +20,9 @@ const string Usage = """
                                 (default /etc/calicosharp/secrets, e.g. a mounted Kubernetes secret)
       --state-dir <dir>         the node's state folder, shared with the CNI plugin (IPAM block hints, host
                                 lock; default /var/lib/calicosharp, env CALICOSHARP_STATE_DIR)
+      --peer-max-prefixes <n>   most routes kept from one peer from etcd (bgppeers, node mesh) before its session
+                                is closed with Cease/maximum prefixes (default: the file's peerMaxPrefixes, else
+                                100000; 0: no limit)
       --log-level <level>       debug, info (default), warning, error
     """;
 string? config = null, node = Environment.GetEnvironmentVariable("NODENAME"), ip4 = Environment.GetEnvironmentVariable("IP"),
@@ -28,6 +31,7 @@ string? config = null, node = Environment.GetEnvironmentVariable("NODENAME"), ip
 bool kernel = true;
 string? apiSocket = ControlApi.DefaultSocket, metrics = null, secrets = null, stateDir = Environment.GetEnvironmentVariable("CALICOSHARP_STATE_DIR");
 BgpLogLevel level = BgpLogLevel.Info;
+int? peerMaxPrefixes = null;
 for (int i = 0; i < args.Length; i++)
 {
     string? Next() => i + 1 < args.Length ? args[++i] : null;
@@ -44,6 +48,14 @@ for (int i = 0; i < args.Length; i++)
         case "--metrics-address": metrics = Next(); break;
         case "--secrets-dir": secrets = Next(); break;
         case "--state-dir": stateDir = Next(); break;
+        case "--peer-max-prefixes":
+            if (!int.TryParse(Next(), NumberStyles.None, CultureInfo.InvariantCulture, out int max))
+            {
+                Console.Error.WriteLine("calicosharp-bgpd: --peer-max-prefixes is a number of prefixes (0: no limit)");
+                return 2;
+            }
+            peerMaxPrefixes = max;
+            break;
         case "--log-level":
             if (!Enum.TryParse(Next(), true, out level))
             {
@@ -83,6 +95,7 @@ try
         AsNumber = asn,
         EtcdEndpoints = string.IsNullOrEmpty(etcd) ? [] : EtcdOptions.ParseEndpoints(etcd),
         Kernel = kernel,
+        PeerMaxPrefixes = peerMaxPrefixes,
         SecretsDirectory = secrets ?? DaemonOptions.DefaultSecretsDirectory,
         StateDirectory = string.IsNullOrEmpty(stateDir) ? IpamClientOptions.DefaultStateDirectory : stateDir,
     }, log.Write);

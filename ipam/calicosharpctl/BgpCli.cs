@@ -93,6 +93,7 @@ internal static class BgpCli
                         w.WriteString("lastError", x.LastError);
                         w.WriteNumber("prefixesReceived", x.PrefixesReceived);
                         w.WriteNumber("prefixesAccepted", x.PrefixesAccepted);
+                        w.WriteNumber("prefixesRefused", x.PrefixesRefused);
                         w.WriteNumber("prefixesAdvertised", x.PrefixesAdvertised);
                         w.WriteString("routerId", x.RouterId);
                         w.WriteEndObject();
@@ -114,12 +115,12 @@ internal static class BgpCli
                 o.WriteLine($"skipped: {r.Key}: {r.Reason}");
             }
             o.WriteLine();
-            Output.Table(o, ["PEER ADDRESS", "PEER TYPE", "AS", "STATE", "SINCE", "PREFIXES (RX/ACC/ADV)", "INFO"],
+            Output.Table(o, ["PEER ADDRESS", "PEER TYPE", "AS", "STATE", "SINCE", "PREFIXES (RX/REF/ACC/ADV)", "INFO"],
                 peers.Peers.Select(x => (IReadOnlyList<string>)
                 [
                     x.Address, x.Type, x.AsNumber.ToString(CultureInfo.InvariantCulture), x.State,
                     DateTimeOffset.FromUnixTimeMilliseconds(x.StateSinceUnixMs).ToLocalTime().ToString("HH:mm:ss", CultureInfo.InvariantCulture),
-                    $"{x.PrefixesReceived}/{x.PrefixesAccepted}/{x.PrefixesAdvertised}",
+                    $"{x.PrefixesReceived}/{x.PrefixesRefused}/{x.PrefixesAccepted}/{x.PrefixesAdvertised}",
                     x.State == "Established" ? (x.RoutesStale ? "restarting (stale routes kept)" : "") : x.LastError,
                 ]));
             return Cli.ExitOk;
@@ -159,7 +160,6 @@ internal static class BgpCli
                         w.WriteString("origin", path.Origin);
                         w.WriteBoolean("best", path.Best);
                         w.WriteBoolean("multipath", path.Multipath);
-                        w.WriteBoolean("filtered", path.Filtered);
                         w.WriteBoolean("stale", path.Stale);
                         w.WriteEndObject();
                     }
@@ -176,7 +176,7 @@ internal static class BgpCli
                 r.Routes.SelectMany(x => x.Paths.Select((path, i) => (IReadOnlyList<string>)
                 [
                     i == 0 ? x.Prefix : "",
-                    path.Best ? "*" : path.Multipath ? "=" : path.Filtered ? "x" : "",
+                    path.Best ? "*" : path.Multipath ? "=" : "",
                     path.Peer + (path.Stale ? " (stale)" : ""),
                     path.NextHop.Length > 0 ? path.NextHop : "-",
                     path.AsPath.Length > 0 ? path.AsPath : "(local)",

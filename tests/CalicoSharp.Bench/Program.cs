@@ -30,6 +30,12 @@ if (only is "all" or "bgp")
     await BgpBench.RunAsync(Console.Out, 1000).ConfigureAwait(false);
 }
 
+if (only is "all" or "bgp" or "peer-memory")
+{
+    // What a peer sending routes the import policy refuses makes the speaker hold.
+    await PeerMemoryBench.RunAsync(Console.Out, args.Length > 1 && only == "peer-memory" ? int.Parse(args[1], CultureInfo.InvariantCulture) : 1_000_000).ConfigureAwait(false);
+}
+
 if (only is "all" or "bgpd")
 {
     await BgpdBench.RunAsync(Console.Out, 40).ConfigureAwait(false);

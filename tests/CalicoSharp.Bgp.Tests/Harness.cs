@@ -104,22 +104,28 @@ internal sealed class ScriptedPeer : IDisposable
 
     public void Send(byte[] message) => _stream.Write(message);
 
-    public void SendOpen(uint asn, string routerId, ushort hold = 90, bool gracefulRestart = false, Afi[]? families = null) =>
+    public void SendOpen(uint asn, string routerId, ushort hold = 90, bool gracefulRestart = false, Afi[]? families = null, bool routeRefresh = true) =>
         Send(MessageEncoder.Open(new OpenMessage
         {
             As = asn,
             HoldTime = hold,
             BgpIdentifier = SpeakerConfig.ParseRouterId(routerId),
             Multiprotocol = [.. (families ?? [Afi.IPv4, Afi.IPv6]).Select(f => (f, Safi.Unicast))],
-            RouteRefresh = true,
+            RouteRefresh = routeRefresh,
             FourOctetAs = true,
             GracefulRestart = gracefulRestart ? new GracefulRestartCapability(false, false, 60, [new(Afi.IPv4, Safi.Unicast, true)]) : null,
         }));
 
+    /// <summary>Announces the prefixes in as many UPDATEs as they need.</summary>
     public void Announce(PathAttributes attributes, params string[] prefixes)
     {
         var w = new System.Buffers.ArrayBufferWriter<byte>();
-        new UpdateEncoder(Options).WriteAnnounce(w, attributes, prefixes.Select(Prefix.Parse).ToArray());
+        var encoder = new UpdateEncoder(Options);
+        ReadOnlySpan<Prefix> left = prefixes.Select(Prefix.Parse).ToArray();
+        while (!left.IsEmpty)
+        {
+            left = left[encoder.WriteAnnounce(w, attributes, left)..];
+        }
         Send(w.WrittenSpan.ToArray());
     }
 
@@ -308,11 +314,11 @@ internal sealed class Harness : IAsyncDisposable
     }
 
     /// <summary>Brings a peer to Established over an incoming connection.</summary>
-    public ScriptedPeer Establish(BgpPeer peer, string routerId, ushort hold = 90, bool gracefulRestart = false, Afi[]? families = null)
+    public ScriptedPeer Establish(BgpPeer peer, string routerId, ushort hold = 90, bool gracefulRestart = false, Afi[]? families = null, bool routeRefresh = true)
     {
         ScriptedPeer s = ConnectIn(peer);
         Next<OpenMessage>(s);
-        s.SendOpen(peer.Config.RemoteAs, routerId, hold, gracefulRestart, families);
+        s.SendOpen(peer.Config.RemoteAs, routerId, hold, gracefulRestart, families, routeRefresh);
         Next<KeepaliveMessage>(s);
         s.Send(MessageEncoder.Keepalive());
         Until(() => peer.State == SessionState.Established, "Established");

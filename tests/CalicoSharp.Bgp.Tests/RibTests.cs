@@ -257,21 +257,115 @@ public class RibTests
         Assert.Equal(SessionState.Established, a.State);
     }
 
+    /// <summary>An import policy that accepts what lies inside <paramref name="pools"/> (which a test may change).</summary>
+    private static RoutePolicy InPools(List<Prefix> pools) =>
+        (BgpPeer? _, Prefix p, ref PathAttributes a) => pools.Exists(pool => pool.Contains(p)) ? PolicyResult.Accept : PolicyResult.Reject;
+
     [Fact]
-    public async Task Import_policy_rejections_stay_in_adj_rib_in_but_are_never_best()
+    public async Task Refused_routes_are_counted_not_stored()
     {
         await using var h = new Harness();
-        var pool = Prefix.Parse("10.244.0.0/16");
-        h.Speaker.Import = (BgpPeer? _, Prefix p, ref PathAttributes a) => pool.Contains(p) ? PolicyResult.Accept : PolicyResult.Reject;
+        h.Speaker.Import = InPools([P("10.244.0.0/16"), P("fd00:244::/48")]);
         BgpPeer a = h.AddPeer("10.0.0.1", 65001);
         ScriptedPeer sa = h.Establish(a, "10.0.0.1");
-        sa.Announce(Attrs("10.0.0.1", 65001), "0.0.0.0/0", "10.244.5.0/26");
-        h.Until(() => a.PrefixesReceived == 2, "both prefixes");
         h.Pump();
+        int before = h.Speaker.Rib.Count;
+        // 20,000 /128s outside the pools (what a hostile or broken peer can send by the million), and one route inside.
+        sa.Announce(Attrs("fd00::1", 65001), [.. Enumerable.Range(0, 20_000).Select(i => $"2001:db8::{i:x}/128")]);
+        sa.Announce(Attrs("fd00::1", 65001), "fd00:244:0:1::/64");
+        h.Until(() => a.PrefixesAccepted == 1 && a.PrefixesReceived == 20_001, "every announcement judged");
+        h.Pump();
+        Assert.Equal(before + 1, h.Speaker.Rib.Count);
+        Assert.Equal(20_000, a.PrefixesRefused);
+        Assert.Null(h.Speaker.Rib.Find(P("2001:db8::7/128")));
+        Assert.NotNull(h.Speaker.Rib.Find(P("fd00:244:0:1::/64"))?.Best);
+
+        // Withdrawing a refused prefix finds nothing to remove; announcing it again counts again and stores nothing.
+        sa.Withdraw("2001:db8::7/128");
+        sa.Announce(Attrs("fd00::1", 65001), "2001:db8::8/128");
+        h.Until(() => a.PrefixesRefused == 20_001, "the second refusal");
+        h.Pump();
+        Assert.Equal(before + 1, h.Speaker.Rib.Count);
         Assert.Equal(1, a.PrefixesAccepted);
-        RouteEntry d = h.Speaker.Rib.Find(Prefix.Parse("0.0.0.0/0"))!.Value;
-        Assert.Null(d.Best);
-        Assert.True(d.Paths.Single().Filtered);
+        Assert.Equal(SessionState.Established, a.State);
+    }
+
+    [Fact]
+    public async Task A_wider_policy_asks_the_peer_again_with_route_refresh_for_the_families_it_refused()
+    {
+        await using var h = new Harness();
+        List<Prefix> pools = [P("10.244.0.0/16")];
+        h.Speaker.Import = InPools(pools);
+        BgpPeer a = h.AddPeer("10.0.0.1", 65001);
+        ScriptedPeer sa = h.Establish(a, "10.0.0.1");
+        sa.Announce(Attrs("10.0.0.1", 65001), "10.244.5.0/26", "10.99.0.0/24", "10.99.1.0/24");
+        h.Until(() => a.PrefixesAccepted == 1 && a.PrefixesRefused == 2, "one accepted, two refused");
+        Assert.Null(h.Speaker.Rib.Find(P("10.99.0.0/24")));
+        h.Drain(sa);
+
+        // A new pool: the routes refused before are wanted now, and only the peer still has them.
+        pools.Add(P("10.99.0.0/16"));
+        h.Loop.Post(() => h.Speaker.Rib.Reimport(a, mayAcceptMore: true));
+        RouteRefreshMessage rr = h.Expect<RouteRefreshMessage>(sa);
+        Assert.Equal((Afi.IPv4, Safi.Unicast), (rr.Afi, rr.Safi));
+        // RFC 2918 §4: the peer answers with its Adj-RIB-Out for the family.
+        sa.Announce(Attrs("10.0.0.1", 65001), "10.244.5.0/26", "10.99.0.0/24", "10.99.1.0/24");
+        h.Until(() => a.PrefixesAccepted == 3, "the refused routes back");
+        Assert.NotNull(h.Speaker.Rib.Find(P("10.99.1.0/24"))?.Best);
+        // Nothing was refused in IPv6, and everything is accepted now: no more refresh requests.
+        h.Loop.Post(() => h.Speaker.Rib.Reimport(a, mayAcceptMore: true));
+        Assert.DoesNotContain(h.Drain(sa), m => m is RouteRefreshMessage);
+        Assert.Equal(SessionState.Established, a.State);
+    }
+
+    [Fact]
+    public async Task A_narrower_policy_drops_stored_routes_without_asking_the_peer()
+    {
+        await using var h = new Harness();
+        List<Prefix> pools = [P("10.244.0.0/16"), P("10.99.0.0/16")];
+        h.Speaker.Import = InPools(pools);
+        BgpPeer a = h.AddPeer("10.0.0.1", 65001);
+        ScriptedPeer sa = h.Establish(a, "10.0.0.1");
+        sa.Announce(Attrs("10.0.0.1", 65001), "10.244.5.0/26", "10.99.0.0/24");
+        h.Until(() => a.PrefixesAccepted == 2, "both accepted");
+        h.Drain(sa);
+
+        pools.RemoveAt(1);
+        h.Loop.Post(() => h.Speaker.Rib.Reimport(a, mayAcceptMore: false));
+        h.Until(() => a.PrefixesAccepted == 1, "the route outside the pools to go");
+        h.Pump();
+        Assert.Null(h.Speaker.Rib.Find(P("10.99.0.0/24")));
+        Assert.Equal(1, a.PrefixesRefused);
+        Assert.DoesNotContain(h.Drain(sa), m => m is RouteRefreshMessage);
+
+        // Widened again later, the route dropped here is asked for.
+        pools.Add(P("10.99.0.0/16"));
+        h.Loop.Post(() => h.Speaker.Rib.Reimport(a, mayAcceptMore: true));
+        Assert.Equal(Afi.IPv4, h.Expect<RouteRefreshMessage>(sa).Afi);
+    }
+
+    [Fact]
+    public async Task A_peer_without_route_refresh_is_reset_when_the_policy_widens_as_bird_does()
+    {
+        await using var h = new Harness();
+        List<Prefix> pools = [P("10.244.0.0/16")];
+        h.Speaker.Import = InPools(pools);
+        BgpPeer a = h.AddPeer("10.0.0.1", 65001);
+        ScriptedPeer sa = h.Establish(a, "10.0.0.1", routeRefresh: false);
+        sa.Announce(Attrs("10.0.0.1", 65001), "10.244.5.0/26", "10.99.0.0/24");
+        h.Until(() => a.PrefixesRefused == 1, "the refusal");
+
+        // Narrowing needs nothing from the peer: the session stays.
+        h.Loop.Post(() => h.Speaker.Rib.Reimport(a, mayAcceptMore: false));
+        Assert.DoesNotContain(h.Drain(sa), m => m is NotificationMessage);
+        Assert.Equal(SessionState.Established, a.State);
+
+        pools.Add(P("10.99.0.0/16"));
+        h.Loop.Post(() => h.Speaker.Rib.Reimport(a, mayAcceptMore: true));
+        NotificationMessage n = h.Expect<NotificationMessage>(sa);
+        Assert.Equal((ErrorCode.Cease, Subcode.OtherConfigurationChange), (n.Code, n.Subcode));
+        h.Until(() => a.State != SessionState.Established, "the session to go down");
+        Assert.Contains(h.Log, l => l.Contains("route refresh", StringComparison.Ordinal));
     }
 
     [Fact]
@@ -333,7 +427,37 @@ public class RibTests
         sa.Announce(Attrs("10.0.0.1", 65001), "10.1.0.0/24", "10.1.1.0/24", "10.1.2.0/24");
         NotificationMessage n = h.Expect<NotificationMessage>(sa);
         Assert.Equal((ErrorCode.Cease, Subcode.MaximumPrefixesReached), (n.Code, n.Subcode));
-        h.Until(() => a.PrefixesReceived == 0, "the peer's routes to go");
+        h.Until(() => a.PrefixesAccepted == 0, "the peer's routes to go");
+    }
+
+    [Fact]
+    public async Task Maximum_prefixes_counts_what_import_accepts_not_what_it_refuses()
+    {
+        await using var h = new Harness();
+        h.Speaker.Import = InPools([P("10.244.0.0/16")]);
+        BgpPeer a = h.AddPeer("10.0.0.1", 65001, edit: c => new PeerConfig
+        {
+            Address = c.Address,
+            RemoteAs = c.RemoteAs,
+            Passive = true,
+            LocalAddress = c.LocalAddress,
+            MaxPrefixes = 2,
+        });
+        ScriptedPeer sa = h.Establish(a, "10.0.0.1");
+        // A ToR that sends a default route and far more than the node wants: refused, stored nowhere, never counted.
+        sa.Announce(Attrs("10.0.0.1", 65001), [.. Enumerable.Range(0, 99).Select(i => $"10.{i}.0.0/16"), "0.0.0.0/0"]);
+        sa.Announce(Attrs("10.0.0.1", 65001), "10.244.1.0/26", "10.244.2.0/26");
+        h.Until(() => a.PrefixesAccepted == 2, "two accepted");
+        h.Pump();
+        Assert.Equal(SessionState.Established, a.State);
+        Assert.Equal(100, a.PrefixesRefused);
+
+        sa.Announce(Attrs("10.0.0.1", 65001), "10.244.3.0/26");
+        NotificationMessage n = h.Expect<NotificationMessage>(sa);
+        Assert.Equal((ErrorCode.Cease, Subcode.MaximumPrefixesReached), (n.Code, n.Subcode));
+        // RFC 4486 §4: AFI, SAFI and the upper bound.
+        Assert.Equal(new byte[] { 0, 1, 1, 0, 0, 0, 2 }, n.Data.ToArray());
+        Assert.Contains(h.Log, l => l.Contains("3 prefixes accepted, more than the limit of 2", StringComparison.Ordinal));
     }
 
     [Fact]
@@ -373,7 +497,7 @@ public class RibTests
         Assert.True(a.RoutesStale);
         h.Advance(TimeSpan.FromTicks(1));
         Assert.False(a.RoutesStale);
-        Assert.Equal(0, a.PrefixesReceived);
+        Assert.Equal(0, a.PrefixesAccepted);
     }
 
     [Fact]

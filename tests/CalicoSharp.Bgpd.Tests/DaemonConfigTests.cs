@@ -3,6 +3,7 @@ using System.Text;
 using CalicoSharp.Bgp;
 using CalicoSharp.Bgpd;
 using CalicoSharp.Ipam;
+using CalicoSharp.Testing;
 
 namespace CalicoSharp.Bgpd.Tests;
 
@@ -10,7 +11,8 @@ namespace CalicoSharp.Bgpd.Tests;
 /// is reported by its key and skipped, everything else applies, the loop keeps following, and a refused reload
 /// changes nothing. The daemon runs against the in-memory store with no kernel; peers are on loopback
 /// addresses (nothing leaves this machine).</summary>
-public sealed class DaemonConfigTests : IAsyncDisposable
+[System.Diagnostics.CodeAnalysis.SuppressMessage("Reliability", "CA1001", Justification = "xunit disposes the fields through IAsyncLifetime.DisposeAsync")]
+public sealed class DaemonConfigTests : IAsyncLifetime
 {
     private const string Peers = "/calico/resources/v3/projectcalico.org/bgppeers/";
     private readonly MemoryKvStore store = new();
@@ -18,7 +20,11 @@ public sealed class DaemonConfigTests : IAsyncDisposable
     private readonly List<string> logLines = [];
     private Daemon? daemon;
 
-    public async ValueTask DisposeAsync()
+    public Task InitializeAsync() => Task.CompletedTask;
+
+    // IAsyncLifetime, not IAsyncDisposable: xunit 2 never calls DisposeAsync() of IAsyncDisposable on a test class, so
+    // every daemon and temp directory stayed behind.
+    public async Task DisposeAsync()
     {
         if (daemon is not null)
         {
@@ -34,7 +40,7 @@ public sealed class DaemonConfigTests : IAsyncDisposable
     private void PutPeer(string name, string spec) =>
         Put(Peers + name, "{\"kind\":\"BGPPeer\",\"apiVersion\":\"projectcalico.org/v3\",\"metadata\":{\"name\":\"" + name + "\"},\"spec\":{" + spec.Replace('\'', '"') + "}}");
 
-    private async Task<Daemon> StartAsync(string? configFile = null)
+    private async Task<Daemon> StartAsync(string? configFile = null, int? peerMaxPrefixes = null)
     {
         Put("/calico/resources/v3/projectcalico.org/bgpconfigurations/default",
             """{"kind":"BGPConfiguration","apiVersion":"projectcalico.org/v3","metadata":{"name":"default"},"spec":{"asNumber":64512,"nodeToNodeMeshEnabled":false,"listenPort":0}}""");
@@ -45,6 +51,7 @@ public sealed class DaemonConfigTests : IAsyncDisposable
             Store = store,
             Kernel = false,
             ConfigFile = configFile,
+            PeerMaxPrefixes = peerMaxPrefixes,
             PollInterval = TimeSpan.FromMilliseconds(50),
             StateDirectory = dir,
         }, (level, line) =>
@@ -58,9 +65,9 @@ public sealed class DaemonConfigTests : IAsyncDisposable
         return daemon;
     }
 
-    private static async Task Until(Func<Task<bool>> condition, string what)
+    private static async Task Until(Func<Task<bool>> condition, string what, double seconds = 10)
     {
-        var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(10);
+        var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(seconds);
         while (!await condition())
         {
             Assert.True(DateTime.UtcNow < deadline, "timed out waiting until " + what);
@@ -188,6 +195,57 @@ public sealed class DaemonConfigTests : IAsyncDisposable
         Assert.Equal("old-secret", (await PeerAsync("127.0.0.15"))?.Password);
         PutPeer("secret", "'peerIP':'127.0.0.15','asNumber':65015,'password':'new-secret'");
         await Until(async () => (await PeerAsync("127.0.0.15"))?.Password == "new-secret", "the new password is in use");
+    }
+
+    [Theory]
+    [InlineData(null, null, DaemonOptions.DefaultPeerMaxPrefixes)]
+    [InlineData(50, null, 50)]
+    [InlineData(50, 300, 300)]
+    [InlineData(50, 0, null)]
+    [InlineData(0, null, null)]
+    public async Task Peers_from_etcd_get_a_prefix_limit_and_file_peers_keep_their_own(int? inFile, int? flag, int? expected)
+    {
+        string file = Path.Combine(dir, "bgpd.json");
+        string limit = inFile is { } n ? $"\"peerMaxPrefixes\":{n}," : "";
+        await File.WriteAllTextAsync(file, "{" + limit + "\"peers\":[{\"peerIP\":\"127.0.0.40\",\"asNumber\":65040},{\"peerIP\":\"127.0.0.41\",\"asNumber\":65041,\"maxPrefixes\":7}]}");
+        PutPeer("from-etcd", "'peerIP':'127.0.0.42','asNumber':65042");
+        await StartAsync(file, flag);
+        Assert.Equal(expected, (await PeerAsync("127.0.0.42"))?.MaxPrefixes);
+        Assert.Null((await PeerAsync("127.0.0.40"))?.MaxPrefixes);
+        Assert.Equal(7, (await PeerAsync("127.0.0.41"))?.MaxPrefixes);
+    }
+
+    [Fact]
+    public async Task A_peer_from_etcd_past_the_default_limit_is_closed_with_cease_maximum_prefixes()
+    {
+        foreach (string pool in new[] { "10.0.0.0/8", "11.0.0.0/8" })
+        {
+            Put("/calico/resources/v3/projectcalico.org/ippools/" + pool.Replace('/', '-'),
+                """{"kind":"IPPool","apiVersion":"projectcalico.org/v3","metadata":{"name":"p"},"spec":{"cidr":""" + $"\"{pool}\"}}}}");
+        }
+        PutPeer("tor", "'peerIP':'127.0.0.10','asNumber':65010");
+        await StartAsync();
+        await using BgpTester tor = await BgpTester.ConnectAsync(new IPEndPoint(IPAddress.Loopback, daemon!.ListenEndpoint!.Port), IPAddress.Parse("127.0.0.10"), 65010);
+        Task<long> Accepted() => daemon.Speaker.InvokeAsync(() => daemon.Speaker.FindPeer(IPAddress.Parse("127.0.0.10"))!.PrefixesAccepted);
+
+        // 5,000 /24s outside the pools are refused and do not count; then exactly the limit inside them.
+        await tor.SendAsync(BgpTester.PrepareAnnouncements(65010, IPAddress.Parse("127.0.0.10"), 0x0C000000, 5_000, 100));
+        await tor.SendAsync(BgpTester.PrepareAnnouncements(65010, IPAddress.Parse("127.0.0.10"), 0x0A000000, DaemonOptions.DefaultPeerMaxPrefixes, 100));
+        await Until(async () => await Accepted() == DaemonOptions.DefaultPeerMaxPrefixes, "the limit's worth of routes accepted", 60);
+        Assert.Null(tor.Notification);
+        Assert.Equal(5_000, await daemon.Speaker.InvokeAsync(() => daemon.Speaker.FindPeer(IPAddress.Parse("127.0.0.10"))!.PrefixesRefused));
+
+        // One more (11.200.0.0/24): Cease / Maximum Number of Prefixes Reached with AFI 1, SAFI 1 and the bound (RFC 4486 §4).
+        await tor.SendAsync(BgpTester.PrepareAnnouncements(65010, IPAddress.Parse("127.0.0.10"), 0x0BC80000, 1, 1));
+        await Until(() => Task.FromResult(tor.Notification is not null), "the NOTIFICATION");
+        NotificationMessage n = tor.Notification!;
+        Assert.Equal((ErrorCode.Cease, Subcode.MaximumPrefixesReached), (n.Code, n.Subcode));
+        Assert.Equal(new byte[] { 0, 1, 1, 0x00, 0x01, 0x86, 0xA0 }, n.Data.ToArray());
+        await Until(async () => await Accepted() == 0, "the peer's routes to go");
+        lock (logLines)
+        {
+            Assert.Contains(logLines, l => l.Contains("100001 prefixes accepted, more than the limit of 100000: closing the session", StringComparison.Ordinal));
+        }
     }
 
     [Theory]
