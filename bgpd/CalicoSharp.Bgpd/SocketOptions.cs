@@ -11,12 +11,12 @@ public static class SocketOptions
 {
     private const int IpProtoTcp = 6;
     private const int TcpMd5Sig = 14;
-    private const int IpProtoIp = 0;
-    private const int IpTtl = 2;
-    private const int IpMinTtl = 21;
-    private const int IpProtoIpv6 = 41;
-    private const int Ipv6UnicastHops = 16;
-    private const int Ipv6MinHopCount = 73;
+    internal const int IpProtoIp = 0;
+    internal const int IpTtl = 2;
+    internal const int IpMinTtl = 21;
+    internal const int IpProtoIpv6 = 41;
+    internal const int Ipv6UnicastHops = 16;
+    internal const int Ipv6MinHopCount = 73;
 
     /// <summary>What the socket options depend on, to tell when a peer's sockets must be set up again: the MD5 key
     /// itself, not only that there is one (a changed password must reach the listener and new connections).

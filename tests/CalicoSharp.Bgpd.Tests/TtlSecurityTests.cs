@@ -13,13 +13,6 @@ namespace CalicoSharp.Bgpd.Tests;
 /// </summary>
 public class ListenerTtlTests
 {
-    private const int IpProtoIp = 0;
-    private const int IpTtl = 2;
-    private const int IpMinTtl = 21;
-    private const int IpProtoIpv6 = 41;
-    private const int Ipv6UnicastHops = 16;
-    private const int Ipv6MinHopCount = 73;
-
     private static int Get(Socket s, int level, int name)
     {
         byte[] value = new byte[4];
@@ -37,23 +30,23 @@ public class ListenerTtlTests
     public void An_ipv4_gtsm_peer_gives_the_dual_stack_listener_ttl_255_and_no_minimum()
     {
         using Socket listener = DualStackListener();
-        int defaultTtl = Get(listener, IpProtoIp, IpTtl);
-        int defaultHops = Get(listener, IpProtoIpv6, Ipv6UnicastHops);
+        int defaultTtl = Get(listener, SocketOptions.IpProtoIp, SocketOptions.IpTtl);
+        int defaultHops = Get(listener, SocketOptions.IpProtoIpv6, SocketOptions.Ipv6UnicastHops);
         Assert.NotEqual(255, defaultTtl);
 
         SocketOptions.ApplyListener(listener, Peer("10.78.0.1", 0), add: true);
-        Assert.Equal(defaultTtl, Get(listener, IpProtoIp, IpTtl));
+        Assert.Equal(defaultTtl, Get(listener, SocketOptions.IpProtoIp, SocketOptions.IpTtl));
 
         SocketOptions.ApplyListener(listener, Peer("10.78.0.2", 1), add: true);
-        Assert.Equal(255, Get(listener, IpProtoIp, IpTtl));
+        Assert.Equal(255, Get(listener, SocketOptions.IpProtoIp, SocketOptions.IpTtl));
         // The minimum is per peer, on the accepted socket; on the listener it would refuse every other peer's SYN.
-        Assert.Equal(0, Get(listener, IpProtoIp, IpMinTtl));
+        Assert.Equal(0, Get(listener, SocketOptions.IpProtoIp, SocketOptions.IpMinTtl));
         // An IPv4 peer changes nothing for IPv6 ones.
-        Assert.Equal(defaultHops, Get(listener, IpProtoIpv6, Ipv6UnicastHops));
+        Assert.Equal(defaultHops, Get(listener, SocketOptions.IpProtoIpv6, SocketOptions.Ipv6UnicastHops));
 
         // Removing the peer keeps 255: harmless for others, and a GTSM peer that remains still needs it.
         SocketOptions.ApplyListener(listener, Peer("10.78.0.2", 1), add: false);
-        Assert.Equal(255, Get(listener, IpProtoIp, IpTtl));
+        Assert.Equal(255, Get(listener, SocketOptions.IpProtoIp, SocketOptions.IpTtl));
     }
 
     [Fact]
@@ -61,8 +54,8 @@ public class ListenerTtlTests
     {
         using Socket listener = DualStackListener();
         SocketOptions.ApplyListener(listener, Peer("fd00:78::2", 1), add: true);
-        Assert.Equal(255, Get(listener, IpProtoIpv6, Ipv6UnicastHops));
-        Assert.Equal(0, Get(listener, IpProtoIpv6, Ipv6MinHopCount));
+        Assert.Equal(255, Get(listener, SocketOptions.IpProtoIpv6, SocketOptions.Ipv6UnicastHops));
+        Assert.Equal(0, Get(listener, SocketOptions.IpProtoIpv6, SocketOptions.Ipv6MinHopCount));
     }
 
     [Fact]
@@ -71,9 +64,9 @@ public class ListenerTtlTests
         using var listener = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp);
         // An IPv6 peer cannot reach an IPv4 listener, and the IPv6 option does not exist on it: nothing to do.
         SocketOptions.ApplyListener(listener, Peer("fd00:78::2", 1), add: true);
-        Assert.NotEqual(255, Get(listener, IpProtoIp, IpTtl));
+        Assert.NotEqual(255, Get(listener, SocketOptions.IpProtoIp, SocketOptions.IpTtl));
         SocketOptions.ApplyListener(listener, Peer("10.78.0.2", 1), add: true);
-        Assert.Equal(255, Get(listener, IpProtoIp, IpTtl));
+        Assert.Equal(255, Get(listener, SocketOptions.IpProtoIp, SocketOptions.IpTtl));
     }
 }
 
