@@ -1,6 +1,6 @@
 namespace CalicoSharp.Proto;
 
-/// <summary>Where bgpd serves the contracts of bgpd.proto, for bgpd, the CLI and the CNI plugin alike.</summary>
+/// <summary>Where bgpd serves its contracts (bgpd.proto, nodeipam.proto), for bgpd, the CLI and the CNI plugin alike.</summary>
 public static class ControlSocket
 {
     public const string Default = "/run/calicosharp/bgpd.sock";
