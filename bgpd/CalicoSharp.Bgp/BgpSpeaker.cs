@@ -245,15 +245,18 @@ public sealed class BgpSpeaker : IAsyncDisposable
 
     /// <summary>
     /// A planned stop: every session gets Cease/administrative shutdown with <paramref name="message"/>
-    /// (RFC 8203), queued output is given a moment to leave, then everything closes.
+    /// (RFC 8203), queued output is given a moment to leave, then everything closes. With
+    /// <paramref name="restarting"/> (the speaker starts again soon: an upgrade, a service restart), sessions with
+    /// graceful restart on both ends close without a NOTIFICATION instead, so those peers keep our routes
+    /// (RFC 4724 §4.1).
     /// </summary>
-    public async Task StopAsync(string? message, TimeSpan linger)
+    public async Task StopAsync(string? message, TimeSpan linger, bool restarting = false)
     {
         await InvokeAsync(() =>
         {
             foreach (BgpPeer p in _peers)
             {
-                p.Stop(message);
+                p.Stop(message, restarting: restarting);
             }
         }).ConfigureAwait(false);
         await _cts.CancelAsync().ConfigureAwait(false);

@@ -102,6 +102,10 @@ public sealed class PeerConfig
 
     public bool GracefulRestart { get; init; } = true;
 
+    /// <summary>The longest this speaker keeps the peer's routes after its session drops for a graceful restart,
+    /// whatever restart time the peer announced (Calico's bgppeer <c>maxRestartTime</c>); null: the peer's time.</summary>
+    public TimeSpan? MaxRestartTime { get; init; }
+
     /// <summary>Close the session when the peer sends more than this many prefixes (RFC 4486 Cease/1).</summary>
     public int? MaxPrefixes { get; init; }
 
@@ -135,6 +139,10 @@ public sealed class PeerConfig
         if (Password is { } password && System.Text.Encoding.UTF8.GetByteCount(password) > 80)
         {
             throw new ArgumentException($"peer {DisplayName}: TCP MD5 keys are at most 80 bytes (RFC 2385, Linux TCP_MD5SIG_MAXKEYLEN), this one is {System.Text.Encoding.UTF8.GetByteCount(password)} in UTF-8");
+        }
+        if (MaxRestartTime is { } max && max < TimeSpan.Zero)
+        {
+            throw new ArgumentException($"peer {DisplayName}: maxRestartTime {max} is negative");
         }
         if (Families.Count == 0)
         {
