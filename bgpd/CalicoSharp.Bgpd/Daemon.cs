@@ -95,7 +95,7 @@ public sealed class Daemon : IAsyncDisposable
     private readonly EtcdClusterSource? _cluster;
     private readonly NetlinkRouteTable? _routeTable;
     private readonly KernelRouteSync? _kernel;
-    private readonly HashSet<BgpPeer> _eorPending = [];
+    private EndOfRibWait _eorWait = new([]);
     private DaemonConfig _file;
     private string? _appliedImport;
     private List<Prefix> _pools = [];
@@ -283,6 +283,7 @@ public sealed class Daemon : IAsyncDisposable
         ListenEndpoint = bound;
         _log(BgpLogLevel.Info, $"node {NodeName}: listening on {bound}, AS {LocalAs}, router id {rid}{(cluster is null ? "" : ", route reflector")}");
         _staleDeadline = DateTimeOffset.UtcNow + TimeSpan.FromSeconds(Speaker.Config.RestartTime);
+        _eorWait = new EndOfRibWait(_kernel?.StaleFamilies ?? []);
         // A record in etcd that cannot be used is skipped and reported, never a reason not to start.
         await Speaker.InvokeAsync(() => Guard("applying the configuration", Apply)).ConfigureAwait(false);
         _loop = Task.Run(LoopAsync);
@@ -392,7 +393,8 @@ public sealed class Daemon : IAsyncDisposable
                 {
                     if (_kernel is { KeepingStale: true } && DateTimeOffset.UtcNow >= _staleDeadline)
                     {
-                        _log(BgpLogLevel.Info, "kernel: restart time over, removing routes no peer sent again");
+                        _log(BgpLogLevel.Info, $"kernel: restart time over, removing routes no peer sent again ({string.Join(", ", _kernel.StaleFamilies.Order())})");
+                        _eorWait.Clear();
                         _kernel.ReleaseStale();
                     }
                     else if (reconcile)
@@ -702,7 +704,10 @@ public sealed class Daemon : IAsyncDisposable
                 {
                     _log(BgpLogLevel.Info, $"peer {old.Config.DisplayName}: {(next.ContainsKey(addr) ? "configuration changed" : "no longer configured")}");
                     Speaker.RemovePeer(old, next.ContainsKey(addr) ? "configuration changed" : "peer removed from the configuration");
-                    _eorPending.Remove(old);
+                    if (!next.ContainsKey(addr))
+                    {
+                        ReleaseKernelFamilies(_eorWait.Remove(addr), $"peer {old.Config.DisplayName} is no longer configured");
+                    }
                 }
             }
         }
@@ -710,11 +715,8 @@ public sealed class Daemon : IAsyncDisposable
         {
             if (!_peerKeys.TryGetValue(addr, out (PeerConfig Config, string Key) have) || have.Key != key || Speaker.FindPeer(addr) is null)
             {
-                BgpPeer peer = Speaker.AddPeer(config);
-                if (_kernel is { KeepingStale: true })
-                {
-                    _eorPending.Add(peer);
-                }
+                Speaker.AddPeer(config);
+                _eorWait.Add(config.Address, config.Families);
                 _log(BgpLogLevel.Info, $"peer {config.DisplayName}: configured (AS {config.RemoteAs}{(config.Passive ? ", passive" : "")}{(config.RouteReflectorClient ? ", route reflector client" : "")})");
             }
         }
@@ -724,12 +726,20 @@ public sealed class Daemon : IAsyncDisposable
     private static string Key(PeerConfig p) =>
         $"{p.Address}|{p.Port}|{p.RemoteAs}|{p.LocalAddress}|{p.HoldTime}|{p.KeepaliveTime}|{p.Passive}|{p.RouteReflectorClient}|{p.NextHopSelf}|{p.MaxPrefixes}|{p.GracefulRestart}|{SocketOptions.Describe(p)}";
 
-    private void OnEndOfRib(BgpPeer peer, Afi family)
+    private void OnEndOfRib(BgpPeer peer, Afi family) =>
+        ReleaseKernelFamilies(_eorWait.EndOfRib(peer.Config.Address, family, [.. peer.Families]), "every peer has sent End-of-RIB");
+
+    /// <summary>After a restart, the kernel routes of a family left by the previous run stay until every peer has sent
+    /// that family's End-of-RIB (RFC 4724 §4.1); then those no peer sent again go.</summary>
+    private void ReleaseKernelFamilies(IReadOnlyList<Afi> families, string why)
     {
-        if (_kernel is { KeepingStale: true } && _eorPending.Remove(peer) && _eorPending.Count == 0)
+        foreach (Afi f in families)
         {
-            _log(BgpLogLevel.Info, "kernel: every peer has sent End-of-RIB, removing routes no peer sent again");
-            _kernel.ReleaseStale();
+            if (_kernel is not null && _kernel.StaleFamilies.Contains(f))
+            {
+                _log(BgpLogLevel.Info, $"kernel: {why} for {f}, removing {f} routes no peer sent again");
+                _kernel.ReleaseStale(f);
+            }
         }
     }
 
@@ -857,9 +867,12 @@ public sealed class Daemon : IAsyncDisposable
         return config;
     }
 
-    /// <summary>A planned stop (SIGTERM): Cease to every peer, so they withdraw our routes at once. Kernel routes
-    /// are left in place: a new run finds and keeps them (graceful restart) while sessions come back.</summary>
-    public async Task StopAsync(string reason)
+    /// <summary>A planned stop. With <paramref name="restarting"/> (SIGTERM: a service restart, an upgrade), sessions
+    /// with graceful restart on both ends close without a NOTIFICATION, so those peers keep our routes until we are
+    /// back (RFC 4724); the others, and every session when bgpd stops for good (SIGINT), get a Cease and withdraw our
+    /// routes at once. Kernel routes are left in place either way: the node keeps forwarding, and a new run finds and
+    /// keeps them while sessions come back.</summary>
+    public async Task StopAsync(string reason, bool restarting = false)
     {
         await _cts.CancelAsync().ConfigureAwait(false);
         foreach (Task? t in new[] { _loop, _watch })
@@ -869,7 +882,9 @@ public sealed class Daemon : IAsyncDisposable
                 await t.ConfigureAwait(false);
             }
         }
-        await Speaker.StopAsync(reason, TimeSpan.FromMilliseconds(300)).ConfigureAwait(false);
+        // Closing the sessions takes the peers' paths out of the RIB; the kernel keeps its routes (see above).
+        await Speaker.InvokeAsync(() => Speaker.Rib.BestChanged -= OnBestChanged).ConfigureAwait(false);
+        await Speaker.StopAsync(reason, TimeSpan.FromMilliseconds(300), restarting).ConfigureAwait(false);
     }
 
     public async ValueTask DisposeAsync()

@@ -24,6 +24,10 @@ const string Usage = """
                                 is closed with Cease/maximum prefixes (default: the file's peerMaxPrefixes, else
                                 100000; 0: no limit)
       --log-level <level>       debug, info (default), warning, error
+    signals: SIGTERM  a planned restart (systemctl restart, an upgrade): sessions with graceful restart close
+                      without a Cease, so peers keep this node's routes until it is back (RFC 4724)
+             SIGINT   stop for good: every peer gets a Cease and withdraws this node's routes at once
+             SIGHUP   read the config file again
     """;
 string? config = null, node = Environment.GetEnvironmentVariable("NODENAME"), ip4 = Environment.GetEnvironmentVariable("IP"),
     ip6 = Environment.GetEnvironmentVariable("IP6"), asText = Environment.GetEnvironmentVariable("AS"),
@@ -138,8 +142,11 @@ using var hup = PosixSignalRegistration.Create(PosixSignal.SIGHUP, c =>
     });
 });
 string why = await stop.Task.ConfigureAwait(false);
-log.Write(BgpLogLevel.Info, $"{why}: closing every session with Cease (administrative shutdown); peers withdraw our routes now");
-await daemon.StopAsync($"calicosharp-bgpd stopping ({why})").ConfigureAwait(false);
+bool restarting = why == "SIGTERM";
+log.Write(BgpLogLevel.Info, restarting
+    ? $"{why}: planned restart: sessions with graceful restart close without a Cease, their peers keep our routes until we are back; the others get a Cease"
+    : $"{why}: stopping for good: closing every session with Cease (administrative shutdown); peers withdraw our routes now");
+await daemon.StopAsync($"calicosharp-bgpd stopping ({why})", restarting).ConfigureAwait(false);
 if (api is not null)
 {
     await api.DisposeAsync().ConfigureAwait(false);

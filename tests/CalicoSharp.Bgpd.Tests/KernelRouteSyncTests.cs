@@ -193,4 +193,62 @@ public sealed class KernelRouteSyncTests
         }
         Assert.Equal(["10.244.1.0/26", "10.244.2.0/26", "10.244.3.0/26", "10.244.5.0/26"], table.Routes.Keys.Order());
     }
+
+    private static Route Left(string prefix, string via) => new()
+    {
+        Destination = IPAddress.Parse(prefix.Split('/')[0]),
+        PrefixLength = int.Parse(prefix.Split('/')[1], System.Globalization.CultureInfo.InvariantCulture),
+        Protocol = KernelRouteSync.Protocol,
+        Gateway = IPAddress.Parse(via),
+    };
+
+    [Fact]
+    public void After_a_restart_each_familys_old_routes_stay_until_that_family_is_released()
+    {
+        var table = new FakeTable();
+        table.Routes["10.244.9.0/26"] = Left("10.244.9.0/26", "10.0.0.9");
+        table.Routes["fd10:244::/122"] = Left("fd10:244::/122", "fd00::9");
+        using var sync = new KernelRouteSync(table, (_, _) => { });
+        Assert.Equal(2, sync.Startup());
+        Assert.Equal([Afi.IPv4, Afi.IPv6], sync.StaleFamilies.Order());
+        // Nothing was announced again. The reconcile keeps both while both are stale.
+        Assert.Equal((0, 0), sync.Reconcile());
+        // IPv4's End-of-RIB came from every peer: only the IPv4 route goes.
+        sync.ReleaseStale(Afi.IPv4);
+        WaitFor(table, r => !r.ContainsKey("10.244.9.0/26"), "the old IPv4 route to go");
+        Assert.True(table.Routes.ContainsKey("fd10:244::/122"));
+        Assert.True(sync.KeepingStale);
+        // A withdrawal of a stale family's prefix does not remove its route either (the family is not complete).
+        sync.Set(Prefix.Parse("fd10:244::/122"), null);
+        sync.Flush();
+        Assert.Equal((0, 0), sync.Reconcile());
+        Assert.True(table.Routes.ContainsKey("fd10:244::/122"));
+        sync.ReleaseStale(Afi.IPv6);
+        WaitFor(table, r => !r.ContainsKey("fd10:244::/122"), "the old IPv6 route to go");
+        Assert.False(sync.KeepingStale);
+    }
+
+    [Fact]
+    public void A_family_is_released_when_every_peer_that_may_carry_it_has_sent_its_end_of_rib()
+    {
+        IPAddress tor = IPAddress.Parse("10.0.0.1"), mesh = IPAddress.Parse("10.0.0.2"), gone = IPAddress.Parse("10.0.0.3");
+        var wait = new EndOfRibWait([Afi.IPv4, Afi.IPv6]);
+        wait.Add(tor, [Afi.IPv4, Afi.IPv6]);
+        wait.Add(mesh, [Afi.IPv4, Afi.IPv6]);
+        wait.Add(gone, [Afi.IPv4]);
+        // The ToR's IPv4 End-of-RIB: others still owe IPv4; nothing of IPv6 is done by it.
+        Assert.Empty(wait.EndOfRib(tor, Afi.IPv4, [Afi.IPv4, Afi.IPv6]));
+        // The mesh peer negotiated IPv4 only: its IPv4 End-of-RIB also means no IPv6 one will come from it.
+        Assert.Empty(wait.EndOfRib(mesh, Afi.IPv4, [Afi.IPv4]));
+        // The last peer owing IPv4 is removed from the configuration: IPv4 is complete, IPv6 still waits for the ToR.
+        Assert.Equal([Afi.IPv4], wait.Remove(gone));
+        Assert.True(wait.Waiting);
+        Assert.Equal([Afi.IPv6], wait.EndOfRib(tor, Afi.IPv6, [Afi.IPv4, Afi.IPv6]));
+        Assert.False(wait.Waiting);
+        // Families whose old routes were not kept are never waited for.
+        var none = new EndOfRibWait([Afi.IPv4]);
+        none.Add(tor, [Afi.IPv4, Afi.IPv6]);
+        Assert.Empty(none.EndOfRib(tor, Afi.IPv6, [Afi.IPv4, Afi.IPv6]));
+        Assert.Equal([Afi.IPv4], none.EndOfRib(tor, Afi.IPv4, [Afi.IPv4, Afi.IPv6]));
+    }
 }

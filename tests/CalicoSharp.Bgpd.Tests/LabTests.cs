@@ -161,12 +161,36 @@ public class LabFailureTests
         TestNetns.Ip("-n", n1.Netns.Name, "route", "add", "10.244.250.0/26", "via", n1.TorAddress, "proto", "81");
 
         lab.StartBgpd(n1);
-        await BgpLab.WaitAsync(() => File.ReadAllText(n1.LogFile).Contains("End-of-RIB, removing", StringComparison.Ordinal), "node1 to release its stale routes", 60, lab.Diagnostics);
+        await BgpLab.WaitAsync(() => File.ReadAllText(n1.LogFile).Contains("End-of-RIB for IPv4, removing", StringComparison.Ordinal), "node1 to release its stale routes", 60, lab.Diagnostics);
         await BgpLab.WaitAsync(() => !BgpLab.KernelRoutes(n1).Contains("10.244.250.0", StringComparison.Ordinal), "the stale route to go", 30, lab.Diagnostics);
         Assert.Contains("left by a previous run", File.ReadAllText(n1.LogFile), StringComparison.Ordinal);
         Assert.Contains("blackhole " + blockA, BgpLab.KernelRoutes(n1), StringComparison.Ordinal);
         Assert.Contains($"{blockA} via", BgpLab.KernelRoutes(n2), StringComparison.Ordinal);
         Assert.True(await BgpLab.TcpExchangeAsync(a, b), lab.Diagnostics());
+    }
+
+    /// <summary>Issue 16, finding 6: pods keep talking, without losing a packet, while bgpd on the node of one of
+    /// them restarts after a crash (SIGKILL) and in a planned restart (SIGTERM: no Cease, so the ToR keeps the node's
+    /// routes).</summary>
+    [Theory]
+    [InlineData("KILL")]
+    [InlineData("TERM")]
+    public async Task Pods_lose_no_packet_and_no_connection_while_bgpd_restarts(string signal)
+    {
+        await using BgpLab lab = await BgpLab.StartAsync(TorModel.AsPerComputeServer, 2);
+        LabNode n1 = lab.Nodes[0], n2 = lab.Nodes[1];
+        LabPod a = await lab.AddPodAsync(n1, "pod-a");
+        LabPod b = await lab.AddPodAsync(n2, "pod-b");
+        await BgpLab.WaitAsync(() => BgpLab.KernelRoutes(n2).Contains($"{a.Block} via", StringComparison.Ordinal)
+            && BgpLab.KernelRoutes(n1).Contains($"{b.Block} via", StringComparison.Ordinal), "both blocks on both nodes", 60, lab.Diagnostics);
+        RestartTrafficResult r = await RestartTraffic.RunAsync(lab, b, a, signal);
+        Assert.True(r.PingsSent > 1000, $"{r}");
+        Assert.True(r.PingsLost == 0, $"{r}\n{lab.Diagnostics()}");
+        Assert.True(r.TcpUnbroken, $"{r}\n{lab.Diagnostics()}");
+        if (signal == "TERM")
+        {
+            Assert.Contains("closing without a NOTIFICATION", File.ReadAllText(n1.LogFile), StringComparison.Ordinal);
+        }
     }
 
     [Fact]
