@@ -40,8 +40,10 @@ public static partial class RestartTraffic
         string writer = $"end=$(( $(date +%s) + {s} )); i=0; while [ $(date +%s) -lt $end ]; do echo $i; i=$((i+1)); sleep 0.01; done; echo sent $i >&2";
         Task<ProcessResult> client = ProcessRunner.RunAsync("ip", ["netns", "exec", from.Netns.Name, "sh", "-c", $"({writer}) | nc -N -w 10 {to.Address} {p}"],
             TimeSpan.FromSeconds(seconds + 30));
-        Task<ProcessResult> ping = ProcessRunner.RunAsync("ip", ["netns", "exec", from.Netns.Name, "ping", "-q", "-i", "0.01", "-w", s, to.Address],
-            TimeSpan.FromSeconds(seconds + 30));
+        // A count, not a deadline: ping then waits for the last reply, so a packet in flight at the end is not "lost".
+        string count = (seconds * 100).ToString(CultureInfo.InvariantCulture);
+        Task<ProcessResult> ping = ProcessRunner.RunAsync("ip", ["netns", "exec", from.Netns.Name, "ping", "-q", "-i", "0.01", "-c", count, "-w", (seconds * 3).ToString(CultureInfo.InvariantCulture), to.Address],
+            TimeSpan.FromSeconds((seconds * 3) + 10));
 
         await Task.Delay(TimeSpan.FromSeconds(3)).ConfigureAwait(false);
         var sw = Stopwatch.StartNew();
