@@ -766,6 +766,19 @@ public sealed class Rib
     }
 
     /// <summary>RFC 2918: the peer asked for our routes of one family again.</summary>
+    /// <summary>After the export policy changed: every route is judged again for every established peer (what the
+    /// policy refuses now is withdrawn, what it accepts now is announced).</summary>
+    public void Reexport()
+    {
+        foreach (BgpPeer peer in _established)
+        {
+            foreach (Afi f in peer.Families)
+            {
+                Refresh(peer, f);
+            }
+        }
+    }
+
     internal void Refresh(BgpPeer peer, Afi family)
     {
         foreach (int e in _s.All)

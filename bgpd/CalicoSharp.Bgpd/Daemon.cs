@@ -100,7 +100,8 @@ public sealed class Daemon : IAsyncDisposable
     private string? _appliedImport;
     private List<Prefix> _pools = [];
     private HashSet<Prefix> _ownBlocks = [];
-    private HashSet<Prefix> _originated = [];
+    private Dictionary<Prefix, PathAttributes?> _originated = [];
+    private List<Prefix> _noExport = [];
     private HashSet<Prefix> _borrowed = [];
     private readonly LocalPrefixes _local;
     private Dictionary<IPAddress, (PeerConfig Config, string Key)> _peerKeys = [];
@@ -495,6 +496,8 @@ public sealed class Daemon : IAsyncDisposable
         }
         var problems = new List<ResourceProblem>(c.Problems);
         ApplyPeers(DesiredPeers(c, problems));
+        ApplyNoExport(c);
+        List<CommunityRule> rules = CommunityRules(c, problems);
         Report(problems);
         var originate = new HashSet<Prefix>(blocks);
         foreach (string s in _file.Originate)
@@ -510,17 +513,81 @@ public sealed class Daemon : IAsyncDisposable
             }
         }
         _ownBlocks = blocks;
-        foreach (Prefix gone in _originated.Where(p => !originate.Contains(p)).ToList())
+        foreach (Prefix gone in _originated.Keys.Where(p => !originate.Contains(p)).ToList())
         {
             Speaker.Rib.WithdrawLocal(gone);
             _log(BgpLogLevel.Info, $"withdrawing {gone}");
         }
-        foreach (Prefix add in originate.Where(p => !_originated.Contains(p)))
+        var next = new Dictionary<Prefix, PathAttributes?>();
+        foreach (Prefix p in originate)
         {
-            Speaker.Rib.Originate(add);
-            _log(BgpLogLevel.Info, $"announcing {add}{(blocks.Contains(add) ? " (block affine to this node)" : add.Length is 32 or 128 ? " (borrowed address)" : "")}");
+            PathAttributes? attrs = CommunityRule.AttributesFor(rules, p);
+            next[p] = attrs;
+            bool known = _originated.TryGetValue(p, out PathAttributes? had);
+            if (known && Equals(had, attrs))
+            {
+                continue;
+            }
+            Speaker.Rib.Originate(p, attrs);
+            string what = blocks.Contains(p) ? " (block affine to this node)" : p.Length is 32 or 128 ? " (borrowed address)" : "";
+            string with = attrs is null ? "" : $" with {CommunityRule.Describe(attrs)}";
+            _log(BgpLogLevel.Info, known ? $"announcing {p}{what} again{(attrs is null ? " without communities" : with)}" : $"announcing {p}{what}{with}");
         }
-        _originated = originate;
+        _originated = next;
+    }
+
+    /// <summary>Calico's ippools <c>disableBGPExport</c>: nothing inside such a pool is advertised to any peer (the
+    /// node still installs its blocks' blackholes and routes to the pool's other blocks). An export policy while
+    /// there is such a pool; a change judges every advertised route again.</summary>
+    private void ApplyNoExport(ClusterSnapshot c)
+    {
+        List<Prefix> noExport = [.. c.NoExportPools.Select(p => Prefix.Parse(p.ToString()))];
+        if (noExport.SequenceEqual(_noExport))
+        {
+            return;
+        }
+        foreach (Prefix p in noExport.Except(_noExport))
+        {
+            _log(BgpLogLevel.Info, $"ippool {p}: disableBGPExport: nothing inside it is advertised");
+        }
+        foreach (Prefix p in _noExport.Except(noExport))
+        {
+            _log(BgpLogLevel.Info, $"ippool {p}: advertised again (disableBGPExport off or the pool removed)");
+        }
+        _noExport = noExport;
+        Speaker.Export = noExport.Count == 0 ? null : NoExportPolicy;
+        Speaker.Rib.Reexport();
+    }
+
+    private PolicyResult NoExportPolicy(BgpPeer? peer, Prefix prefix, ref PathAttributes attributes)
+    {
+        foreach (Prefix pool in _noExport)
+        {
+            if (pool.Contains(prefix))
+            {
+                return PolicyResult.Reject;
+            }
+        }
+        return PolicyResult.Accept;
+    }
+
+    /// <summary>The default bgpconfiguration's prefixAdvertisements with their communities resolved; an entry with a
+    /// bad CIDR or community is reported and left out whole, the others apply.</summary>
+    private static List<CommunityRule> CommunityRules(ClusterSnapshot c, List<ResourceProblem> problems)
+    {
+        var rules = new List<CommunityRule>();
+        foreach (PrefixAdvertisement pa in c.PrefixAdvertisements)
+        {
+            try
+            {
+                rules.Add(CommunityRule.Resolve(pa, c.CommunityNames));
+            }
+            catch (ConfigException e)
+            {
+                problems.Add(new ResourceProblem(EtcdClusterSource.BgpConfigurations + "default", e.Message));
+            }
+        }
+        return rules;
     }
 
     private Dictionary<string, string> _problems = new(StringComparer.Ordinal);
@@ -724,7 +791,7 @@ public sealed class Daemon : IAsyncDisposable
     }
 
     private static string Key(PeerConfig p) =>
-        $"{p.Address}|{p.Port}|{p.RemoteAs}|{p.LocalAddress}|{p.HoldTime}|{p.KeepaliveTime}|{p.Passive}|{p.RouteReflectorClient}|{p.NextHopSelf}|{p.MaxPrefixes}|{p.GracefulRestart}|{SocketOptions.Describe(p)}";
+        $"{p.Address}|{p.Port}|{p.RemoteAs}|{p.LocalAddress}|{p.HoldTime}|{p.KeepaliveTime}|{p.Passive}|{p.RouteReflectorClient}|{p.NextHopSelf}|{p.MaxPrefixes}|{p.GracefulRestart}|{p.MaxRestartTime}|{SocketOptions.Describe(p)}";
 
     private void OnEndOfRib(BgpPeer peer, Afi family) =>
         ReleaseKernelFamilies(_eorWait.EndOfRib(peer.Config.Address, family, [.. peer.Families]), "every peer has sent End-of-RIB");
@@ -834,6 +901,8 @@ public sealed class Daemon : IAsyncDisposable
             hold = DaemonConfig.ParseSeconds(h, $"peer {spec.PeerIP} holdTime", 0, ushort.MaxValue);
         }
         ushort? keepalive = spec.KeepaliveTime is { } k ? DaemonConfig.ParseSeconds(k, $"peer {spec.PeerIP} keepaliveTime", 0, ushort.MaxValue) : null;
+        // Calico's maxRestartTime: here the cap on how long the peer's routes are kept while it restarts.
+        ushort? maxRestart = spec.MaxRestartTime is { } mr ? DaemonConfig.ParseSeconds(mr, $"peer {spec.PeerIP} maxRestartTime", 0, ushort.MaxValue) : null;
         if (spec.TtlSecurity is < 0 or > 254)
         {
             throw new ConfigException($"peer {spec.PeerIP}: ttlSecurity {spec.TtlSecurity} (0-254 hops)");
@@ -855,6 +924,7 @@ public sealed class Daemon : IAsyncDisposable
             Families = [Afi.IPv4, Afi.IPv6],
             Password = spec.Password,
             TtlSecurityHops = spec.TtlSecurity ?? 0,
+            MaxRestartTime = maxRestart is { } m ? TimeSpan.FromSeconds(m) : null,
         };
         try
         {

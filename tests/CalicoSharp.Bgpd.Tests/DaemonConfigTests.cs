@@ -40,10 +40,26 @@ public sealed class DaemonConfigTests : IAsyncLifetime
     private void PutPeer(string name, string spec) =>
         Put(Peers + name, "{\"kind\":\"BGPPeer\",\"apiVersion\":\"projectcalico.org/v3\",\"metadata\":{\"name\":\"" + name + "\"},\"spec\":{" + spec.Replace('\'', '"') + "}}");
 
-    private async Task<Daemon> StartAsync(string? configFile = null, int? peerMaxPrefixes = null)
-    {
+    /// <summary>The default bgpconfiguration; <paramref name="extra"/> adds members to its spec (JSON with ' for ").</summary>
+    private void PutConfig(string extra = "") =>
         Put("/calico/resources/v3/projectcalico.org/bgpconfigurations/default",
-            """{"kind":"BGPConfiguration","apiVersion":"projectcalico.org/v3","metadata":{"name":"default"},"spec":{"asNumber":64512,"nodeToNodeMeshEnabled":false,"listenPort":0}}""");
+            """{"kind":"BGPConfiguration","apiVersion":"projectcalico.org/v3","metadata":{"name":"default"},"spec":{"asNumber":64512,"nodeToNodeMeshEnabled":false,"listenPort":0"""
+            + (extra.Length > 0 ? "," + extra.Replace('\'', '"') : "") + "}}");
+
+    private void PutPool(string name, string cidr, bool disableBgpExport = false) =>
+        Put("/calico/resources/v3/projectcalico.org/ippools/" + name,
+            "{\"kind\":\"IPPool\",\"apiVersion\":\"projectcalico.org/v3\",\"metadata\":{\"name\":\"" + name + "\"},\"spec\":{\"cidr\":\"" + cidr + "\""
+            + (disableBgpExport ? ",\"disableBGPExport\":true" : "") + "}}");
+
+    /// <summary>A block confirmed affine to node1.</summary>
+    private void PutBlock(string cidr) => Put($"/calico/ipam/v2/host/node1/ipv4/block/{cidr.Replace('/', '-')}", """{"state":"confirmed","deleted":false}""");
+
+    private Task<PathAttributes?> LocalAttributesAsync(string prefix) =>
+        daemon!.Speaker.InvokeAsync(() => daemon.Speaker.Rib.Find(Prefix.Parse(prefix))?.Best is { IsLocal: true } p ? p.Attributes : null);
+
+    private async Task<Daemon> StartAsync(string? configFile = null, int? peerMaxPrefixes = null, string configExtra = "")
+    {
+        PutConfig(configExtra);
         daemon = new Daemon(new DaemonOptions
         {
             NodeName = "node1",
@@ -78,6 +94,97 @@ public sealed class DaemonConfigTests : IAsyncLifetime
     private Task<PeerConfig?> PeerAsync(string address) => daemon!.Speaker.InvokeAsync(() => daemon.Speaker.FindPeer(IPAddress.Parse(address))?.Config);
 
     private Task<IReadOnlyList<ResourceProblem>> ProblemsAsync() => daemon!.Speaker.InvokeAsync(() => daemon.Problems);
+
+    [Fact]
+    public async Task Blocks_of_a_pool_with_disableBGPExport_are_not_advertised_and_the_flag_applies_live()
+    {
+        PutPool("default", "10.244.0.0/16");
+        PutPool("private", "10.245.0.0/16", disableBgpExport: true);
+        PutBlock("10.244.1.0/26");
+        PutBlock("10.245.1.0/26");
+        PutPeer("tor", "'peerIP':'127.0.0.10','asNumber':65010");
+        await StartAsync();
+        await using BgpTester tor = await BgpTester.ConnectAsync(new IPEndPoint(IPAddress.Loopback, daemon!.ListenEndpoint!.Port), IPAddress.Parse("127.0.0.10"), 65010);
+        await Until(() => Task.FromResult(tor.Announced >= 1), "the exported block");
+        await Task.Delay(500);
+        Assert.Equal(1, tor.Announced);
+        // Still this node's block: originated (its blackhole is installed), only not advertised.
+        Assert.NotNull(await daemon.Speaker.InvokeAsync(() => daemon.Speaker.Rib.Find(Prefix.Parse("10.245.1.0/26"))?.Best));
+        lock (logLines)
+        {
+            Assert.Contains(logLines, l => l.Contains("ippool 10.245.0.0/16: disableBGPExport", StringComparison.Ordinal));
+        }
+
+        // Live, with no session reset: the flag off announces the block, on again withdraws it.
+        PutPool("private", "10.245.0.0/16");
+        await Until(() => Task.FromResult(tor.Announced >= 2), "the block announced once the flag is off");
+        PutPool("private", "10.245.0.0/16", disableBgpExport: true);
+        await Until(() => Task.FromResult(tor.Withdrawn >= 1), "the block withdrawn once the flag is on again");
+        Assert.False(tor.Closed);
+    }
+
+    [Fact]
+    public async Task Communities_of_prefixAdvertisements_go_on_the_advertised_blocks_and_apply_live()
+    {
+        PutPool("default", "10.244.0.0/16");
+        PutBlock("10.244.1.0/26");
+        PutBlock("10.246.1.0/26");
+        const string Communities = "'communities':[{'name':'rack','value':'65010:100'},{'name':'big','value':'65010:1:2'}]";
+        await StartAsync(configExtra: Communities + ",'prefixAdvertisements':["
+            + "{'cidr':'10.244.0.0/16','communities':['rack','65010:7']},"
+            + "{'cidr':'10.244.1.0/26','communities':['big','rack']},"
+            + "{'cidr':'10.246.0.0/16','communities':['no-such-name']}]");
+        await Until(async () => await LocalAttributesAsync("10.244.1.0/26") is { Communities.Length: > 0 }, "the block with its communities");
+        PathAttributes a = (await LocalAttributesAsync("10.244.1.0/26"))!;
+        Assert.Equal([(65010u << 16) | 100, (65010u << 16) | 7], a.Communities);
+        Assert.Equal([new LargeCommunity(65010, 1, 2)], a.LargeCommunities);
+        // The entry naming an unknown community is reported and left out; its block goes out plain.
+        Assert.Empty((await LocalAttributesAsync("10.246.1.0/26"))?.Communities ?? [1u]);
+        Assert.Contains("'no-such-name' is neither a name from communities nor a value", (await ProblemsAsync()).Single().Reason, StringComparison.Ordinal);
+
+        // A changed value applies at the next read, to what is already announced.
+        PutConfig(Communities.Replace("65010:100", "65010:200", StringComparison.Ordinal) + ",'prefixAdvertisements':[{'cidr':'10.244.0.0/16','communities':['rack']}]");
+        await Until(async () => (await LocalAttributesAsync("10.244.1.0/26"))?.Communities is [0xFDF200C8u], "the new community");
+        Assert.Empty((await LocalAttributesAsync("10.244.1.0/26"))!.LargeCommunities);
+        Assert.Empty(await ProblemsAsync());
+    }
+
+    [Theory]
+    [InlineData("65010:100", true)]
+    [InlineData("65535:65535", true)]
+    [InlineData("4200000000:1:2", true)]
+    [InlineData("65536:1", false)]
+    [InlineData("1:2:3:4", false)]
+    [InlineData("-1:5", false)]
+    [InlineData("rack", false)]
+    [InlineData("", false)]
+    public void Community_values_are_checked(string value, bool ok)
+    {
+        var pa = new PrefixAdvertisement("10.0.0.0/8", [value]);
+        if (ok)
+        {
+            CommunityRule r = CommunityRule.Resolve(pa, new Dictionary<string, string>());
+            Assert.Equal(1, r.Standard.Length + r.Large.Length);
+        }
+        else
+        {
+            ConfigException e = Assert.Throws<ConfigException>(() => CommunityRule.Resolve(pa, new Dictionary<string, string>()));
+            Assert.Contains($"community '{value}'", e.Message, StringComparison.Ordinal);
+        }
+    }
+
+    [Fact]
+    public async Task A_bgppeers_max_restart_time_caps_how_long_its_routes_are_kept()
+    {
+        PutPeer("capped", "'peerIP':'127.0.0.31','asNumber':65031,'maxRestartTime':'45s'");
+        PutPeer("uncapped", "'peerIP':'127.0.0.32','asNumber':65032");
+        PutPeer("bad-restart", "'peerIP':'127.0.0.33','asNumber':65033,'maxRestartTime':'soon'");
+        await StartAsync();
+        Assert.Equal(TimeSpan.FromSeconds(45), (await PeerAsync("127.0.0.31"))?.MaxRestartTime);
+        Assert.Null((await PeerAsync("127.0.0.32"))?.MaxRestartTime);
+        Assert.Null(await PeerAsync("127.0.0.33"));
+        Assert.Contains("maxRestartTime: 'soon' is not a duration", (await ProblemsAsync()).Single(p => p.Key == Peers + "bad-restart").Reason, StringComparison.Ordinal);
+    }
 
     [Fact]
     public async Task Every_bad_record_is_reported_by_its_key_and_skipped_and_the_rest_applies()
