@@ -718,6 +718,18 @@ public sealed class BgpPeer
         SetBase(SessionState.Idle);
     }
 
+    /// <summary>Resets the session (a configuration change it must see, RFC 4486 Cease / Other Configuration Change):
+    /// closed with the Cease, then started again at once.</summary>
+    internal void Reset(string message)
+    {
+        if (!_enabled)
+        {
+            return;
+        }
+        Stop(message, Subcode.OtherConfigurationChange);
+        Start();
+    }
+
     /// <summary>Closes the session with a NOTIFICATION from the RIB (e.g. maximum prefixes).</summary>
     internal void Shutdown(BgpProtocolException reason)
     {

@@ -234,6 +234,50 @@ public sealed class BgpSpeaker : IAsyncDisposable
         }
     }
 
+    /// <summary>
+    /// Changes the speaker's AS, router id and cluster id while it runs (on the loop), resetting only the sessions that
+    /// carry what changed: a new router id is in every OPEN (every session resets); a new AS is in the OPEN of every
+    /// peer without an AS of its own; a new cluster id changes no OPEN, only the CLUSTER_LIST of reflected routes,
+    /// which are sent again. Returns the peers reset.
+    /// </summary>
+    public IReadOnlyList<BgpPeer> ChangeIdentity(uint localAs, uint routerId, uint? clusterId, string reason)
+    {
+        if (routerId == 0)
+        {
+            throw new ArgumentException("the router id must not be 0.0.0.0 (RFC 6286)", nameof(routerId));
+        }
+        bool asChanged = localAs != Config.LocalAs;
+        bool idChanged = routerId != Config.RouterId;
+        uint oldCluster = Config.EffectiveClusterId;
+        Config.LocalAs = localAs;
+        Config.RouterId = routerId;
+        Config.ClusterId = clusterId;
+        List<BgpPeer> reset = [.. _peers.Where(p => idChanged || (asChanged && p.Config.LocalAs is null))];
+        foreach (BgpPeer p in reset)
+        {
+            p.Reset(reason);
+        }
+        if (Config.EffectiveClusterId != oldCluster)
+        {
+            Rib.Reexport();
+        }
+        return reset;
+    }
+
+    /// <summary>Listens on <paramref name="endpoint"/> instead of where it listened (on the loop). The new socket is
+    /// opened first: when it cannot be, the old ones stay and the error is thrown. Sessions are not touched.</summary>
+    public IPEndPoint Relisten(IPEndPoint endpoint)
+    {
+        List<Socket> old = [.. _listeners];
+        IPEndPoint bound = Listen(endpoint);
+        foreach (Socket l in old)
+        {
+            _listeners.Remove(l);
+            l.Dispose();
+        }
+        return bound;
+    }
+
     /// <summary>Starts every configured peer that is idle.</summary>
     public void Start() => Loop.Post(() =>
     {

@@ -13,13 +13,14 @@ public enum BgpLogLevel
 /// <summary>What the speaker is: its AS, router id, and defaults for its peers.</summary>
 public sealed class SpeakerConfig
 {
-    public uint LocalAs { get; init; } = 64512;
+    /// <summary>Changed while running through <see cref="BgpSpeaker.ChangeIdentity"/> only.</summary>
+    public uint LocalAs { get; set; } = 64512;
 
-    /// <summary>BGP identifier as a host-order integer (an IPv4 address).</summary>
-    public uint RouterId { get; init; }
+    /// <summary>BGP identifier as a host-order integer (an IPv4 address); changed through <see cref="BgpSpeaker.ChangeIdentity"/>.</summary>
+    public uint RouterId { get; set; }
 
     /// <summary>RFC 4456 cluster id when this speaker reflects routes; defaults to the router id.</summary>
-    public uint? ClusterId { get; init; }
+    public uint? ClusterId { get; set; }
 
     /// <summary>Speakers with equal paths install all of them (up to this many next hops).</summary>
     public int MaxPaths { get; init; } = 16;

@@ -171,6 +171,13 @@ public sealed class Daemon : IAsyncDisposable
             DaemonConfig.ParsePrefix(p, "originate");
         }
         DaemonConfig.ParseAddress(file.ListenAddress, "listenAddress");
+        foreach ((string? id, string what) in new[] { (file.RouterId, "routerId"), (file.RouteReflectorClusterId, "routeReflectorClusterID") })
+        {
+            if (id is not null)
+            {
+                ParseId(id, what);
+            }
+        }
         if (file.HoldTime is 1 or 2)
         {
             throw new ConfigException($"holdTime: {file.HoldTime} s (must be 0 or at least 3, RFC 4271 §4.2)");
@@ -249,23 +256,7 @@ public sealed class Daemon : IAsyncDisposable
             Cluster = await _cluster.ReadAsync(_cts.Token).ConfigureAwait(false);
             LastEtcdRead = DateTimeOffset.UtcNow;
         }
-        string? rid = _file.RouterId ?? Ipv4?.ToString();
-        if (rid is null)
-        {
-            throw new ConfigException("no router id: give an IPv4 address (--ipv4-address, ipv4Address) or routerId");
-        }
-        uint routerId;
-        uint? cluster = null;
-        try
-        {
-            routerId = SpeakerConfig.ParseRouterId(rid);
-            string? clusterText = _file.RouteReflectorClusterId ?? Cluster.Nodes.FirstOrDefault(n => n.Name == NodeName)?.ClusterId;
-            cluster = clusterText is null ? null : SpeakerConfig.ParseRouterId(clusterText);
-        }
-        catch (FormatException e)
-        {
-            throw new ConfigException(e.Message);
-        }
+        (uint routerId, uint? cluster, _) = Identity(Cluster);
         Speaker = new BgpSpeaker(new SpeakerConfig
         {
             LocalAs = LocalAs,
@@ -279,10 +270,10 @@ public sealed class Daemon : IAsyncDisposable
         Speaker.ConfigureListener = SocketOptions.ApplyListener;
         Speaker.Rib.BestChanged += OnBestChanged;
         Speaker.Rib.EndOfRibReceived += OnEndOfRib;
-        IPAddress listen = DaemonConfig.ParseAddress(_file.ListenAddress, "listenAddress") ?? IPAddress.IPv6Any;
-        IPEndPoint bound = Speaker.Listen(new IPEndPoint(listen, _file.ListenPort ?? Cluster.ListenPort ?? 179));
+        _listenWanted = WantedListen(Cluster);
+        IPEndPoint bound = Speaker.Listen(_listenWanted);
         ListenEndpoint = bound;
-        _log(BgpLogLevel.Info, $"node {NodeName}: listening on {bound}, AS {LocalAs}, router id {rid}{(cluster is null ? "" : ", route reflector")}");
+        _log(BgpLogLevel.Info, $"node {NodeName}: listening on {bound}, AS {LocalAs}, router id {Dotted(routerId)}{(cluster is null ? "" : ", route reflector")}");
         _staleDeadline = DateTimeOffset.UtcNow + TimeSpan.FromSeconds(Speaker.Config.RestartTime);
         _eorWait = new EndOfRibWait(_kernel?.StaleFamilies ?? []);
         // A record in etcd that cannot be used is skipped and reported, never a reason not to start.
@@ -495,6 +486,7 @@ public sealed class Daemon : IAsyncDisposable
             }
         }
         var problems = new List<ResourceProblem>(c.Problems);
+        ApplyIdentity(c, problems);
         ApplyPeers(DesiredPeers(c, problems));
         ApplyNoExport(c);
         List<CommunityRule> rules = CommunityRules(c, problems);
@@ -534,6 +526,99 @@ public sealed class Daemon : IAsyncDisposable
             _log(BgpLogLevel.Info, known ? $"announcing {p}{what} again{(attrs is null ? " without communities" : with)}" : $"announcing {p}{what}{with}");
         }
         _originated = next;
+    }
+
+    private IPEndPoint _listenWanted = new(IPAddress.IPv6Any, 179);
+
+    private IPEndPoint WantedListen(ClusterSnapshot c) =>
+        new(DaemonConfig.ParseAddress(_file.ListenAddress, "listenAddress") ?? IPAddress.IPv6Any, _file.ListenPort ?? c.ListenPort ?? 179);
+
+    private static string Dotted(uint id) => $"{id >> 24}.{(id >> 16) & 255}.{(id >> 8) & 255}.{id & 255}";
+
+    /// <summary>The router id (the file's routerId, else the node's IPv4 address) and route reflector cluster id (the
+    /// file's, else this node's record) as configured now. The file's are the operator's own and checked when it is
+    /// read; a bad cluster id in the node record is returned as a problem and ignored.</summary>
+    private (uint RouterId, uint? ClusterId, string? Problem) Identity(ClusterSnapshot c)
+    {
+        string rid = _file.RouterId ?? Ipv4?.ToString() ?? throw new ConfigException("no router id: give an IPv4 address (--ipv4-address, ipv4Address) or routerId");
+        uint routerId = ParseId(rid, "routerId");
+        if (_file.RouteReflectorClusterId is { } fileCluster)
+        {
+            return (routerId, ParseId(fileCluster, "routeReflectorClusterID"), null);
+        }
+        if (c.Nodes.FirstOrDefault(n => n.Name == NodeName)?.ClusterId is not { } nodeCluster)
+        {
+            return (routerId, null, null);
+        }
+        try
+        {
+            return (routerId, SpeakerConfig.ParseRouterId(nodeCluster), null);
+        }
+        catch (FormatException e)
+        {
+            return (routerId, null, $"bgp.routeReflectorClusterID: {e.Message}; not a route reflector until it is fixed");
+        }
+    }
+
+    private static uint ParseId(string text, string what)
+    {
+        try
+        {
+            return SpeakerConfig.ParseRouterId(text);
+        }
+        catch (FormatException e)
+        {
+            throw new ConfigException($"{what}: {e.Message}");
+        }
+    }
+
+    /// <summary>AS number, router id, cluster id and listen address applied live: each change says in the log what it
+    /// changed and which sessions it reset (see <see cref="BgpSpeaker.ChangeIdentity"/>); a new listen port or address
+    /// resets none.</summary>
+    private void ApplyIdentity(ClusterSnapshot c, List<ResourceProblem> problems)
+    {
+        (uint routerId, uint? cluster, string? problem) = Identity(c);
+        if (problem is not null)
+        {
+            problems.Add(new ResourceProblem(Keys.Node(NodeName), problem));
+        }
+        SpeakerConfig now = Speaker.Config;
+        uint asn = LocalAs;
+        var changes = new List<string>();
+        if (asn != now.LocalAs)
+        {
+            changes.Add($"AS {now.LocalAs} -> {asn}");
+        }
+        if (routerId != now.RouterId)
+        {
+            changes.Add($"router id {Dotted(now.RouterId)} -> {Dotted(routerId)}");
+        }
+        if (cluster != now.ClusterId)
+        {
+            changes.Add($"route reflector cluster id {(now.ClusterId is { } o ? Dotted(o) : "none")} -> {(cluster is { } n ? Dotted(n) : "none")}");
+        }
+        if (changes.Count > 0)
+        {
+            string what = string.Join(", ", changes);
+            IReadOnlyList<BgpPeer> reset = Speaker.ChangeIdentity(asn, routerId, cluster, $"configuration changed: {what}");
+            _log(BgpLogLevel.Info, $"node {NodeName}: {what}: " + (reset.Count == 0
+                ? "no session needs a reset (reflected routes are sent again with the new cluster id)"
+                : $"resetting {reset.Count} sessions ({string.Join(", ", reset.Select(p => p.Config.DisplayName))}): their OPEN carries it"));
+        }
+        IPEndPoint want = WantedListen(c);
+        if (!want.Equals(_listenWanted))
+        {
+            try
+            {
+                ListenEndpoint = Speaker.Relisten(want);
+                _log(BgpLogLevel.Info, $"node {NodeName}: now listening on {ListenEndpoint} (was {_listenWanted}); established sessions stay");
+                _listenWanted = want;
+            }
+            catch (SocketException e)
+            {
+                problems.Add(new ResourceProblem(EtcdClusterSource.BgpConfigurations + "default", $"cannot listen on {want}: {e.Message}; still listening on {ListenEndpoint}"));
+            }
+        }
     }
 
     /// <summary>Calico's ippools <c>disableBGPExport</c>: nothing inside such a pool is advertised to any peer (the

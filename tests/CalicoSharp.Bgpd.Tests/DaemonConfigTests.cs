@@ -41,10 +41,10 @@ public sealed class DaemonConfigTests : IAsyncLifetime
         Put(Peers + name, "{\"kind\":\"BGPPeer\",\"apiVersion\":\"projectcalico.org/v3\",\"metadata\":{\"name\":\"" + name + "\"},\"spec\":{" + spec.Replace('\'', '"') + "}}");
 
     /// <summary>The default bgpconfiguration; <paramref name="extra"/> adds members to its spec (JSON with ' for ").</summary>
-    private void PutConfig(string extra = "") =>
+    private void PutConfig(string extra = "", uint asNumber = 64512, int listenPort = 0) =>
         Put("/calico/resources/v3/projectcalico.org/bgpconfigurations/default",
-            """{"kind":"BGPConfiguration","apiVersion":"projectcalico.org/v3","metadata":{"name":"default"},"spec":{"asNumber":64512,"nodeToNodeMeshEnabled":false,"listenPort":0"""
-            + (extra.Length > 0 ? "," + extra.Replace('\'', '"') : "") + "}}");
+            """{"kind":"BGPConfiguration","apiVersion":"projectcalico.org/v3","metadata":{"name":"default"},"spec":{"asNumber":"""
+            + $"{asNumber},\"nodeToNodeMeshEnabled\":false,\"listenPort\":{listenPort}" + (extra.Length > 0 ? "," + extra.Replace('\'', '"') : "") + "}}");
 
     private void PutPool(string name, string cidr, bool disableBgpExport = false) =>
         Put("/calico/resources/v3/projectcalico.org/ippools/" + name,
@@ -171,6 +171,78 @@ public sealed class DaemonConfigTests : IAsyncLifetime
             ConfigException e = Assert.Throws<ConfigException>(() => CommunityRule.Resolve(pa, new Dictionary<string, string>()));
             Assert.Contains($"community '{value}'", e.Message, StringComparison.Ordinal);
         }
+    }
+
+    private static int FreePort()
+    {
+        var l = new System.Net.Sockets.TcpListener(IPAddress.Loopback, 0);
+        l.Start();
+        int port = ((IPEndPoint)l.LocalEndpoint).Port;
+        l.Stop();
+        return port;
+    }
+
+    private bool Logged(string text)
+    {
+        lock (logLines)
+        {
+            return logLines.Exists(l => l.Contains(text, StringComparison.Ordinal));
+        }
+    }
+
+    [Fact]
+    public async Task Listen_port_as_number_router_id_and_cluster_id_apply_live_resetting_only_the_sessions_that_need_it()
+    {
+        PutPeer("tor", "'peerIP':'127.0.0.10','asNumber':65010");
+        string file = Path.Combine(dir, "bgpd.json");
+        File.WriteAllText(file, """{"routerId":"127.0.0.1"}""");
+        await StartAsync(file);
+        int port1 = daemon!.ListenEndpoint!.Port;
+        Task<BgpTester> Tor(int port) => BgpTester.ConnectAsync(new IPEndPoint(IPAddress.Loopback, port), IPAddress.Parse("127.0.0.10"), 65010);
+        await using BgpTester first = await Tor(port1);
+
+        // listenPort: bgpd listens on the new port at once, the established session stays.
+        int port2 = FreePort();
+        PutConfig(listenPort: port2);
+        await Until(() => Task.FromResult(daemon.ListenEndpoint!.Port == port2), "the new listen port");
+        using (var probe = new System.Net.Sockets.TcpClient())
+        {
+            await probe.ConnectAsync(IPAddress.Loopback, port2);
+        }
+        await Assert.ThrowsAnyAsync<System.Net.Sockets.SocketException>(async () =>
+        {
+            using var old = new System.Net.Sockets.TcpClient();
+            await old.ConnectAsync(IPAddress.Loopback, port1);
+        });
+        Assert.False(first.Closed);
+        Assert.True(Logged($"now listening on [::]:{port2}"));
+
+        // asNumber: it is in the OPEN, so the session is reset with Cease / Other Configuration Change.
+        PutConfig(asNumber: 64513, listenPort: port2);
+        await Until(() => Task.FromResult(first.Closed), "the session reset by the AS change");
+        Assert.Equal((ErrorCode.Cease, Subcode.OtherConfigurationChange), (first.Notification!.Code, first.Notification.Subcode));
+        Assert.Equal(64513u, daemon.LocalAs);
+        Assert.True(Logged("AS 64512 -> 64513: resetting 1 sessions (tor)"));
+
+        // The route reflector cluster id is in no OPEN: nothing resets.
+        await using BgpTester second = await Tor(port2);
+        Put("/calico/resources/v3/projectcalico.org/nodes/node1",
+            """{"kind":"Node","apiVersion":"projectcalico.org/v3","metadata":{"name":"node1"},"spec":{"bgp":{"ipv4Address":"127.0.0.1/8","routeReflectorClusterID":"1.2.3.4"}}}""");
+        await Until(() => Task.FromResult(Logged("route reflector cluster id none -> 1.2.3.4: no session needs a reset")), "the cluster id applied");
+        await Task.Delay(300);
+        Assert.False(second.Closed);
+
+        // routerId (the file, reloaded): in every OPEN, so the session resets.
+        File.WriteAllText(file, """{"routerId":"127.0.0.2"}""");
+        await daemon.ReloadAsync();
+        await Until(() => Task.FromResult(second.Closed), "the session reset by the router id change");
+        Assert.True(Logged("router id 127.0.0.1 -> 127.0.0.2: resetting 1 sessions (tor)"));
+        Assert.Equal(SpeakerConfig.ParseRouterId("127.0.0.2"), daemon.Speaker.Config.RouterId);
+
+        // A bad router id in a reload is refused whole.
+        File.WriteAllText(file, """{"routerId":"banana"}""");
+        ConfigException e = await Assert.ThrowsAsync<ConfigException>(daemon.ReloadAsync);
+        Assert.Contains("routerId: router id 'banana' is not an IPv4 address", e.Message, StringComparison.Ordinal);
     }
 
     [Fact]
