@@ -41,7 +41,7 @@ public sealed class BgpPeer
         Index = index;
     }
 
-    public PeerConfig Config { get; }
+    public PeerConfig Config { get; internal set; }
 
     /// <summary>The peer's bit in the RIB's per-route export sets.</summary>
     public int Index { get; }

@@ -130,6 +130,29 @@ public sealed class BgpSpeaker : IAsyncDisposable
         }
     }
 
+    /// <summary>
+    /// Gives a neighbour a new configuration that differs only in what needs no new session (on the loop): the cap on
+    /// its restart time, whether it is a route reflector client, next hop self. What is advertised is judged again
+    /// (the client role changes what is reflected to everyone). Anything else needs <see cref="RemovePeer"/> and
+    /// <see cref="AddPeer"/>.
+    /// </summary>
+    public void UpdatePeer(BgpPeer peer, PeerConfig config)
+    {
+        ArgumentNullException.ThrowIfNull(peer);
+        ArgumentNullException.ThrowIfNull(config);
+        config.Validate();
+        if (!config.Address.Equals(peer.Config.Address))
+        {
+            throw new ArgumentException($"peer {peer.Config.DisplayName}: a new address is a new peer");
+        }
+        bool export = config.RouteReflectorClient != peer.Config.RouteReflectorClient || config.NextHopSelf != peer.Config.NextHopSelf;
+        peer.Config = config;
+        if (export)
+        {
+            Rib.Reexport();
+        }
+    }
+
     public BgpPeer? FindPeer(IPAddress address)
     {
         IPAddress a = Normalize(address);

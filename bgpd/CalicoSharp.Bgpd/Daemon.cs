@@ -865,6 +865,13 @@ public sealed class Daemon : IAsyncDisposable
         }
         foreach ((IPAddress addr, (PeerConfig config, string key)) in next)
         {
+            if (_peerKeys.TryGetValue(addr, out (PeerConfig Config, string Key) same) && same.Key == key && Speaker.FindPeer(addr) is { } live
+                && SoftKey(same.Config) != SoftKey(config))
+            {
+                Speaker.UpdatePeer(live, config);
+                _log(BgpLogLevel.Info, $"peer {config.DisplayName}: {SoftKey(same.Config)} -> {SoftKey(config)}, applied without a session reset");
+                continue;
+            }
             if (!_peerKeys.TryGetValue(addr, out (PeerConfig Config, string Key) have) || have.Key != key || Speaker.FindPeer(addr) is null)
             {
                 Speaker.AddPeer(config);
@@ -875,8 +882,13 @@ public sealed class Daemon : IAsyncDisposable
         _peerKeys = next;
     }
 
+    /// <summary>What a session is made with: a change resets it.</summary>
     private static string Key(PeerConfig p) =>
-        $"{p.Address}|{p.Port}|{p.RemoteAs}|{p.LocalAddress}|{p.HoldTime}|{p.KeepaliveTime}|{p.Passive}|{p.RouteReflectorClient}|{p.NextHopSelf}|{p.MaxPrefixes}|{p.GracefulRestart}|{p.MaxRestartTime}|{SocketOptions.Describe(p)}";
+        $"{p.Address}|{p.Port}|{p.RemoteAs}|{p.LocalAddress}|{p.HoldTime}|{p.KeepaliveTime}|{p.Passive}|{p.MaxPrefixes}|{p.GracefulRestart}|{SocketOptions.Describe(p)}";
+
+    /// <summary>What applies to a running session (<see cref="BgpSpeaker.UpdatePeer"/>).</summary>
+    private static string SoftKey(PeerConfig p) =>
+        $"maxRestartTime {(p.MaxRestartTime is { } m ? $"{m.TotalSeconds:0} s" : "none")}, {(p.RouteReflectorClient ? "" : "not ")}a route reflector client, next hop self {(p.NextHopSelf ? "on" : "off")}";
 
     private void OnEndOfRib(BgpPeer peer, Afi family) =>
         ReleaseKernelFamilies(_eorWait.EndOfRib(peer.Config.Address, family, [.. peer.Families]), "every peer has sent End-of-RIB");

@@ -246,6 +246,25 @@ public sealed class DaemonConfigTests : IAsyncLifetime
     }
 
     [Fact]
+    public async Task A_new_max_restart_time_applies_without_a_session_reset_and_a_new_keepalive_time_resets_only_that_peer()
+    {
+        PutPeer("tor", "'peerIP':'127.0.0.10','asNumber':65010,'maxRestartTime':'45s'");
+        PutPeer("other", "'peerIP':'127.0.0.11','asNumber':65011");
+        await StartAsync();
+        var at = new IPEndPoint(IPAddress.Loopback, daemon!.ListenEndpoint!.Port);
+        await using BgpTester tor = await BgpTester.ConnectAsync(at, IPAddress.Parse("127.0.0.10"), 65010);
+        await using BgpTester other = await BgpTester.ConnectAsync(at, IPAddress.Parse("127.0.0.11"), 65011);
+        PutPeer("tor", "'peerIP':'127.0.0.10','asNumber':65010,'maxRestartTime':'30s'");
+        await Until(async () => (await PeerAsync("127.0.0.10"))?.MaxRestartTime == TimeSpan.FromSeconds(30), "the new cap");
+        Assert.True(Logged("peer tor: maxRestartTime 45 s, not a route reflector client, next hop self off -> maxRestartTime 30 s, not a route reflector client, next hop self off, applied without a session reset"));
+        await Task.Delay(300);
+        Assert.False(tor.Closed);
+        PutPeer("tor", "'peerIP':'127.0.0.10','asNumber':65010,'maxRestartTime':'30s','keepaliveTime':'20s'");
+        await Until(() => Task.FromResult(tor.Closed), "the reset for the new keepalive time");
+        Assert.False(other.Closed);
+    }
+
+    [Fact]
     public async Task A_bgppeers_max_restart_time_caps_how_long_its_routes_are_kept()
     {
         PutPeer("capped", "'peerIP':'127.0.0.31','asNumber':65031,'maxRestartTime':'45s'");
