@@ -69,6 +69,13 @@ public sealed class DaemonOptions
     /// <summary>Program learned routes and block blackholes into the kernel (off for a pure route server).</summary>
     public bool Kernel { get; init; } = true;
 
+    /// <summary>The kernel's routing table (tests: one in memory); null: the real one over rtnetlink. The daemon
+    /// does not dispose a table it is given.</summary>
+    public IRouteTable? RouteTable { get; init; }
+
+    /// <summary>The daemon's and its speaker's clock (tests: a fake one to step timers); null: the system's.</summary>
+    public TimeProvider? Time { get; init; }
+
     public TimeSpan PollInterval { get; init; } = TimeSpan.FromSeconds(1);
 
     public TimeSpan ReconcileInterval { get; init; } = TimeSpan.FromSeconds(10);
@@ -93,7 +100,9 @@ public sealed class Daemon : IAsyncDisposable
     private readonly CancellationTokenSource _cts = new();
     private readonly EtcdKvStore? _etcd;
     private readonly EtcdClusterSource? _cluster;
-    private readonly NetlinkRouteTable? _routeTable;
+    private readonly IRouteTable? _routeTable;
+    private readonly NetlinkRouteTable? _ownRouteTable;
+    private readonly TimeProvider _time;
     private readonly KernelRouteSync? _kernel;
     private EndOfRibWait _eorWait = new([]);
     private DaemonConfig _file;
@@ -115,6 +124,8 @@ public sealed class Daemon : IAsyncDisposable
         ArgumentNullException.ThrowIfNull(options);
         _options = options;
         _log = log;
+        _time = options.Time ?? TimeProvider.System;
+        StartedAt = _time.GetUtcNow();
         _local = new LocalPrefixes(log);
         _file = options.ConfigFile is { } f ? DaemonConfig.Load(f) : new DaemonConfig();
         NodeName = options.NodeName ?? _file.NodeName ?? Environment.GetEnvironmentVariable("NODENAME") ?? Environment.MachineName;
@@ -144,7 +155,7 @@ public sealed class Daemon : IAsyncDisposable
         }
         if (options.Kernel)
         {
-            _routeTable = new NetlinkRouteTable();
+            _routeTable = options.RouteTable ?? (_ownRouteTable = new NetlinkRouteTable());
             _kernel = new KernelRouteSync(_routeTable, log);
         }
         ValidateFile(_file);
@@ -213,7 +224,7 @@ public sealed class Daemon : IAsyncDisposable
 
     public ClusterSnapshot Cluster { get; private set; } = ClusterSnapshot.Empty;
 
-    public DateTimeOffset StartedAt { get; } = DateTimeOffset.UtcNow;
+    public DateTimeOffset StartedAt { get; }
 
     public long EtcdErrors { get; private set; }
 
@@ -254,7 +265,7 @@ public sealed class Daemon : IAsyncDisposable
                 await _cluster.WriteNodeAsync(Ipv4Cidr, Ipv6Cidr, _options.AsNumber, _cts.Token).ConfigureAwait(false);
             }
             Cluster = await _cluster.ReadAsync(_cts.Token).ConfigureAwait(false);
-            LastEtcdRead = DateTimeOffset.UtcNow;
+            LastEtcdRead = _time.GetUtcNow();
         }
         (uint routerId, uint? cluster, _) = Identity(Cluster);
         Speaker = new BgpSpeaker(new SpeakerConfig
@@ -264,7 +275,7 @@ public sealed class Daemon : IAsyncDisposable
             ClusterId = cluster,
             Restarting = stale > 0,
             Log = _log,
-        });
+        }, _time);
         Speaker.Import = ImportPolicy;
         Speaker.ConfigureSocket = SocketOptions.Apply;
         Speaker.ConfigureListener = SocketOptions.ApplyListener;
@@ -274,7 +285,7 @@ public sealed class Daemon : IAsyncDisposable
         IPEndPoint bound = Speaker.Listen(_listenWanted);
         ListenEndpoint = bound;
         _log(BgpLogLevel.Info, $"node {NodeName}: listening on {bound}, AS {LocalAs}, router id {Dotted(routerId)}{(cluster is null ? "" : ", route reflector")}");
-        _staleDeadline = DateTimeOffset.UtcNow + TimeSpan.FromSeconds(Speaker.Config.RestartTime);
+        _staleDeadline = _time.GetUtcNow() + TimeSpan.FromSeconds(Speaker.Config.RestartTime);
         _eorWait = new EndOfRibWait(_kernel?.StaleFamilies ?? []);
         // A record in etcd that cannot be used is skipped and reported, never a reason not to start.
         await Speaker.InvokeAsync(() => Guard("applying the configuration", Apply)).ConfigureAwait(false);
@@ -337,7 +348,7 @@ public sealed class Daemon : IAsyncDisposable
 
     private async Task LoopAsync()
     {
-        DateTimeOffset nextReconcile = DateTimeOffset.UtcNow + _options.ReconcileInterval;
+        DateTimeOffset nextReconcile = _time.GetUtcNow() + _options.ReconcileInterval;
         while (!_cts.IsCancellationRequested)
         {
             try
@@ -354,7 +365,7 @@ public sealed class Daemon : IAsyncDisposable
                 try
                 {
                     ClusterSnapshot snap = await _cluster.ReadAsync(_cts.Token).ConfigureAwait(false);
-                    LastEtcdRead = DateTimeOffset.UtcNow;
+                    LastEtcdRead = _time.GetUtcNow();
                     LastEtcdError = null;
                     Cluster = snap;
                     await UpdateBorrowedAsync(snap).ConfigureAwait(false);
@@ -373,17 +384,17 @@ public sealed class Daemon : IAsyncDisposable
                     LastEtcdError = e.Message;
                 }
             }
-            bool reconcile = DateTimeOffset.UtcNow >= nextReconcile;
+            bool reconcile = _time.GetUtcNow() >= nextReconcile;
             if (reconcile)
             {
-                nextReconcile = DateTimeOffset.UtcNow + _options.ReconcileInterval;
+                nextReconcile = _time.GetUtcNow() + _options.ReconcileInterval;
             }
             await Speaker.InvokeAsync(() =>
             {
                 Guard("applying the configuration", Apply);
                 Guard("kernel routes", () =>
                 {
-                    if (_kernel is { KeepingStale: true } && DateTimeOffset.UtcNow >= _staleDeadline)
+                    if (_kernel is { KeepingStale: true } && _time.GetUtcNow() >= _staleDeadline)
                     {
                         _log(BgpLogLevel.Info, $"kernel: restart time over, removing routes no peer sent again ({string.Join(", ", _kernel.StaleFamilies.Order())})");
                         _eorWait.Clear();
@@ -436,7 +447,7 @@ public sealed class Daemon : IAsyncDisposable
         }
         var own = snap.ConfirmedBlocks.Select(b => Prefix.Parse(b.ToString())).ToList();
         // The netlink socket belongs to the speaker's loop (kernel route writes happen there): read it there too.
-        NetlinkRouteTable table = _routeTable;
+        IRouteTable table = _routeTable;
         IReadOnlyList<Prefix> hostRoutes = await Speaker.InvokeAsync(table.PodHostRoutes).ConfigureAwait(false);
         List<IPAddress> candidates = [.. hostRoutes.Where(h => !own.Any(b => b.Contains(h))).Select(h => h.Address)];
         HashSet<IPAddress> borrowed = candidates.Count == 0 ? [] : await _cluster.BorrowedAsync(candidates, snap, _cts.Token).ConfigureAwait(false);
@@ -1066,7 +1077,7 @@ public sealed class Daemon : IAsyncDisposable
         }
         _etcd?.Dispose();
         _kernel?.Dispose();
-        _routeTable?.Dispose();
+        _ownRouteTable?.Dispose();
         _wake.Dispose();
         _cts.Dispose();
     }

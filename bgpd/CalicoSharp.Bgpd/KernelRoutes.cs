@@ -32,6 +32,9 @@ public interface IRouteTable
     /// iBGP peers across a routed fabric), never through a route of <paramref name="protocol"/> itself; null when
     /// it is unreachable.</summary>
     IPAddress? Gateway(IPAddress nextHop, byte protocol);
+
+    /// <summary>/32 and /128 routes through cali* interfaces: the pods the CNI plugin wired on this node.</summary>
+    IReadOnlyList<Prefix> PodHostRoutes();
 }
 
 /// <summary>The real table over rtnetlink, in the daemon's network namespace.</summary>

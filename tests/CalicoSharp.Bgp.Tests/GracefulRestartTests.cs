@@ -28,6 +28,18 @@ public sealed class GracefulRestartTests
         return (a, sa);
     }
 
+    /// <summary>A peer with both families' routes drops (kept stale) and comes back with <paramref name="restart"/> as
+    /// its new graceful restart capability (null: none).</summary>
+    private static BgpPeer Returns(Harness h, GracefulRestartCapability? restart)
+    {
+        (BgpPeer a, ScriptedPeer sa) = Restarting(h, Both());
+        sa.Dispose();
+        h.Until(() => a.RoutesStale, "stale");
+        h.Establish(a, "10.0.0.1", restart: restart);
+        h.Pump();
+        return a;
+    }
+
     [Fact]
     public async Task Families_missing_from_the_peers_capability_are_not_kept()
     {
@@ -46,11 +58,7 @@ public sealed class GracefulRestartTests
     public async Task A_peer_back_without_the_capability_loses_its_stale_routes_at_once()
     {
         await using var h = new Harness();
-        (BgpPeer a, ScriptedPeer sa) = Restarting(h, Both());
-        sa.Dispose();
-        h.Until(() => a.RoutesStale, "stale");
-        h.Establish(a, "10.0.0.1", gracefulRestart: false);
-        h.Pump();
+        BgpPeer a = Returns(h, null);
         // No End-of-RIB yet: the routes go because the new session has no graceful restart capability.
         Assert.Null(Best(h, "10.1.0.0/24"));
         Assert.Null(Best(h, "fd00:1::/64"));
@@ -62,18 +70,18 @@ public sealed class GracefulRestartTests
     public async Task A_peer_back_without_the_forwarding_bit_for_a_family_loses_that_familys_stale_routes()
     {
         await using var h = new Harness();
-        (BgpPeer a, ScriptedPeer sa) = Restarting(h, Both());
-        sa.Dispose();
-        h.Until(() => a.RoutesStale, "stale");
-        h.Establish(a, "10.0.0.1", restart: Both(v4Forwarding: false, v6Forwarding: true, restarting: true));
-        h.Pump();
+        BgpPeer a = Returns(h, Both(v4Forwarding: false, v6Forwarding: true, restarting: true));
         Assert.Null(Best(h, "10.1.0.0/24"));
         Assert.True(Best(h, "fd00:1::/64")?.Stale);
         Assert.True(a.RoutesStale);
     }
 
-    [Fact]
-    public async Task Max_restart_time_caps_the_time_the_peer_asked_for()
+    /// <summary>The peer's stale routes go when its restart time (60 s here) ends, or maxRestartTime if shorter.</summary>
+    [Theory]
+    [InlineData(null, 60)]
+    [InlineData(10, 10)]
+    [InlineData(100, 60)]
+    public async Task Stale_routes_go_when_the_restart_time_capped_by_max_restart_time_ends(int? maxRestartTime, int seconds)
     {
         await using var h = new Harness();
         (BgpPeer a, ScriptedPeer sa) = Restarting(h, Both(time: 60), c => new PeerConfig
@@ -83,11 +91,11 @@ public sealed class GracefulRestartTests
             Passive = true,
             LocalAddress = c.LocalAddress,
             LocalAddressOtherFamily = c.LocalAddressOtherFamily,
-            MaxRestartTime = TimeSpan.FromSeconds(10),
+            MaxRestartTime = maxRestartTime is { } m ? TimeSpan.FromSeconds(m) : null,
         });
         sa.Dispose();
         h.Until(() => a.RoutesStale, "stale");
-        h.Advance(TimeSpan.FromSeconds(10) - TimeSpan.FromTicks(1));
+        h.Advance(TimeSpan.FromSeconds(seconds) - TimeSpan.FromTicks(1));
         Assert.True(a.RoutesStale);
         h.Advance(TimeSpan.FromTicks(1));
         Assert.False(a.RoutesStale);

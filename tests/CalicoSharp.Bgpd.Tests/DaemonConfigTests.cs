@@ -57,7 +57,9 @@ public sealed class DaemonConfigTests : IAsyncLifetime
     private Task<PathAttributes?> LocalAttributesAsync(string prefix) =>
         daemon!.Speaker.InvokeAsync(() => daemon.Speaker.Rib.Find(Prefix.Parse(prefix))?.Best is { IsLocal: true } p ? p.Attributes : null);
 
-    private async Task<Daemon> StartAsync(string? configFile = null, int? peerMaxPrefixes = null, string configExtra = "")
+    /// <summary>Starts node1's daemon; with <paramref name="table"/>, it programs that kernel table (else none), on
+    /// <paramref name="time"/> (else the system clock).</summary>
+    private async Task<Daemon> StartAsync(string? configFile = null, int? peerMaxPrefixes = null, string configExtra = "", IRouteTable? table = null, TimeProvider? time = null)
     {
         PutConfig(configExtra);
         daemon = new Daemon(new DaemonOptions
@@ -65,7 +67,9 @@ public sealed class DaemonConfigTests : IAsyncLifetime
             NodeName = "node1",
             Ipv4Address = "127.0.0.1/8",
             Store = store,
-            Kernel = false,
+            Kernel = table is not null,
+            RouteTable = table,
+            Time = time,
             ConfigFile = configFile,
             PeerMaxPrefixes = peerMaxPrefixes,
             PollInterval = TimeSpan.FromMilliseconds(50),
@@ -262,6 +266,35 @@ public sealed class DaemonConfigTests : IAsyncLifetime
         PutPeer("tor", "'peerIP':'127.0.0.10','asNumber':65010,'maxRestartTime':'30s','keepaliveTime':'20s'");
         await Until(() => Task.FromResult(tor.Closed), "the reset for the new keepalive time");
         Assert.False(other.Closed);
+    }
+
+    [Fact]
+    public async Task After_a_restart_old_kernel_routes_stay_until_the_restart_time_ends_on_the_daemons_clock()
+    {
+        var table = new FakeRouteTable();
+        table.Routes["10.244.9.0/26"] = FakeRouteTable.Ours("10.244.9.0/26", "10.0.0.9");
+        var clock = new Microsoft.Extensions.Time.Testing.FakeTimeProvider(DateTimeOffset.UtcNow);
+        // A peer that never comes up, so no End-of-RIB ever releases the old routes: only the restart time does.
+        PutPeer("tor", "'peerIP':'127.0.0.10','asNumber':65010");
+        await StartAsync(table: table, time: clock);
+        Assert.True(daemon!.Speaker.Config.Restarting);
+        Assert.True(daemon.Kernel!.KeepingStale);
+        clock.Advance(TimeSpan.FromSeconds(120) - TimeSpan.FromTicks(1));
+        await Task.Delay(300); // several polls
+        lock (table.Routes)
+        {
+            Assert.True(table.Routes.ContainsKey("10.244.9.0/26"));
+        }
+        clock.Advance(TimeSpan.FromTicks(1));
+        await Until(() => Task.FromResult(!daemon.Kernel.KeepingStale), "the restart time over");
+        await Until(() =>
+        {
+            lock (table.Routes)
+            {
+                return Task.FromResult(!table.Routes.ContainsKey("10.244.9.0/26"));
+            }
+        }, "the old route removed");
+        Assert.True(Logged("kernel: restart time over, removing routes no peer sent again (IPv4)"));
     }
 
     [Fact]
