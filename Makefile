@@ -68,10 +68,11 @@ test-unit: build
 fuzz: build
 	BGP_FUZZ_INPUTS=$(BGP_FUZZ_INPUTS) dotnet test tests/CalicoSharp.Bgp.Tests -c $(CONFIG) --no-build -nologo --filter "Category=Fuzz" --logger "console;verbosity=normal"
 
-## bench: benchmarks (printed, never asserted), against the reference implementations in the same run
+## bench: benchmarks (printed, never asserted), against the reference implementations in the same run; BENCH picks one
+## part (ipam, cni, bgp, peer-memory, bgpd, kernel, restart), e.g. make bench BENCH=restart
 bench: deps build publish
 	dotnet publish tests/CalicoSharp.IpamLoad/CalicoSharp.IpamLoad.csproj -c Release -r $(RID) -o $(OUT)/bench -nologo -clp:ErrorsOnly
-	dotnet tests/CalicoSharp.Bench/bin/$(CONFIG)/net10.0/CalicoSharp.Bench.dll
+	dotnet tests/CalicoSharp.Bench/bin/$(CONFIG)/net10.0/CalicoSharp.Bench.dll $(BENCH)
 
 ## demo: build, then the lab: etcd, a ToR running BIRD 2, 3 nodes running bgpd, 2 pods each; shows and checks
 ## cross-node pod traffic and a trace, then removes everything (also on Ctrl-C or failure)

@@ -41,7 +41,7 @@ public sealed class BgpPeer
         Index = index;
     }
 
-    public PeerConfig Config { get; }
+    public PeerConfig Config { get; internal set; }
 
     /// <summary>The peer's bit in the RIB's per-route export sets.</summary>
     public int Index { get; }
@@ -256,7 +256,10 @@ public sealed class BgpPeer
     /// <summary>An incoming connection from this peer's address (RFC 4271 §8.2.2 event 17).</summary>
     internal void Accept(Stream stream, IPAddress? localAddress)
     {
-        if (!_enabled || Established is not null || _attempts.Exists(a => !a.Connection.Outgoing))
+        // RFC 4724 §4.2: a peer that can restart gracefully may come back before we noticed it went (a reboot sends no
+        // FIN); its new connection is let in, and its OPEN ends the old session (OnOpen).
+        bool restartWelcome = Established is not null && GracefulRestartNegotiated && !_attempts.Exists(a => a.State != SessionState.Established);
+        if (!_enabled || (Established is not null && !restartWelcome) || _attempts.Exists(a => !a.Connection.Outgoing && a.State != SessionState.Established))
         {
             // §6.8: a connection that collides with an Established one is closed.
             var c = new BgpConnection(stream, _speaker.Loop, _speaker.Time, Config.DisplayName, outgoing: false);
@@ -436,8 +439,23 @@ public sealed class BgpPeer
         }
         ValidateOpen(open);
         a.RemoteOpen = open;
-        // RFC 4271 §6.8: with two connections, the one started by the speaker with the higher BGP id survives.
         Attempt? other = _attempts.Find(x => x != a && x.State >= SessionState.OpenConfirm);
+        if (other is { State: SessionState.Established })
+        {
+            if (open.GracefulRestart is null)
+            {
+                // Not a graceful restart: the established session wins (RFC 4271 §6.8).
+                Close(a, new NotificationMessage(ErrorCode.Cease, Subcode.ConnectionCollisionResolution, ReadOnlyMemory<byte>.Empty), null);
+                return;
+            }
+            // RFC 4724 §4.2: the peer restarted while its old session still looked up. The old TCP connection is closed
+            // without a NOTIFICATION and handled as a restart: the peer's routes stay, stale, for the new session.
+            Log(BgpLogLevel.Info, "a new connection while the session is established: the peer restarted (RFC 4724 §4.2), closing the old connection");
+            LastError = "the peer restarted (new connection while established)";
+            Close(other, null, graceful: true);
+            other = null;
+        }
+        // RFC 4271 §6.8: with two connections, the one started by the speaker with the higher BGP id survives.
         if (other is not null)
         {
             bool keepOutgoing = _speaker.Config.RouterId > open.BgpIdentifier;
@@ -508,6 +526,10 @@ public sealed class BgpPeer
         }
         PeerRouteRefresh = open.RouteRefresh;
         PeerGracefulRestart = open.GracefulRestart;
+        if (RoutesStale)
+        {
+            KeepOnlyForwardedStale(open.GracefulRestart);
+        }
         UpdatesReceived = 0;
         UpdatesSent = 0;
         PrefixesReceived = 0;
@@ -515,6 +537,48 @@ public sealed class BgpPeer
         RefusedFamilies = 0;
         Log(BgpLogLevel.Info, $"established (AS {open.As}, router id {open.RouterId}, hold {a.HoldTime.TotalSeconds:0} s, families {string.Join(",", Families)})");
         _speaker.Rib.OnPeerUp(this);
+    }
+
+    /// <summary>Both ends announced graceful restart on the established session.</summary>
+    internal bool GracefulRestartNegotiated => Config.GracefulRestart && PeerGracefulRestart is not null;
+
+    /// <summary>RFC 4724 §4.2: when the session is back, the stale routes of a family go at once if the new OPEN has no
+    /// graceful restart capability, does not list the family, or lists it without the Forwarding State bit (the
+    /// peer did not keep forwarding, so the old routes may lead nowhere), or the family is no longer negotiated.</summary>
+    private void KeepOnlyForwardedStale(GracefulRestartCapability? now)
+    {
+        foreach (Afi f in Enum.GetValues<Afi>())
+        {
+            bool forwarded = now is not null && HasFamily(f) && now.Families.Any(x => x.Afi == f && x.Safi == Safi.Unicast && x.ForwardingPreserved);
+            if (!forwarded && RoutesStale)
+            {
+                string why = now is null ? "without the graceful restart capability"
+                    : HasFamily(f) ? $"without the forwarding state bit for {f}" : $"without {f}";
+                Log(BgpLogLevel.Info, $"back {why}: its stale {f} routes go now (RFC 4724 §4.2)");
+                _speaker.Rib.FlushStale(this, f);
+            }
+        }
+    }
+
+    /// <summary>The families whose routes stay (stale) when the session drops without a NOTIFICATION: those the
+    /// peer's graceful restart capability lists (RFC 4724 §4.2), of the session's families.</summary>
+    private List<Afi> FamiliesToKeep(bool? graceful)
+    {
+        if (graceful != true || !GracefulRestartNegotiated || PeerGracefulRestart!.RestartTime == 0)
+        {
+            return [];
+        }
+        return [.. Families.Where(f => PeerGracefulRestart.Families.Any(x => x.Afi == f && x.Safi == Safi.Unicast))];
+    }
+
+    /// <summary>How long the peer's routes stay stale: the restart time it announced, at most <see cref="PeerConfig.MaxRestartTime"/>.</summary>
+    internal TimeSpan RestartTime
+    {
+        get
+        {
+            TimeSpan announced = TimeSpan.FromSeconds(PeerGracefulRestart?.RestartTime ?? 0);
+            return Config.MaxRestartTime is { } max && max < announced ? max : announced;
+        }
     }
 
     private void OnConnectionClosed(Attempt a, Exception? e)
@@ -569,11 +633,11 @@ public sealed class BgpPeer
         if (a.State == SessionState.Established)
         {
             EstablishedAt = null;
-            bool keep = graceful == true && PeerGracefulRestart is { RestartTime: > 0 } gr && gr.Families.Count > 0;
+            List<Afi> keep = FamiliesToKeep(graceful);
             _speaker.Rib.OnPeerDown(this, keep);
-            if (keep)
+            if (RoutesStale)
             {
-                StartRestartTimer(TimeSpan.FromSeconds(PeerGracefulRestart!.RestartTime));
+                StartRestartTimer(RestartTime);
             }
         }
         StateChangedAt = _speaker.Time.GetUtcNow();
@@ -625,8 +689,12 @@ public sealed class BgpPeer
         _restartTimer = null;
     }
 
-    /// <summary>RFC 4271 §8.1.2 event 2 (ManualStop): Cease with an RFC 8203 message; no automatic restart.</summary>
-    public void Stop(string? message, byte subcode = Subcode.AdministrativeShutdown)
+    /// <summary>RFC 4271 §8.1.2 event 2 (ManualStop): Cease with an RFC 8203 message; no automatic restart. With
+    /// <paramref name="restarting"/> (this speaker stops to start again, RFC 4724 §4.1), an established session with
+    /// graceful restart on both ends is closed without a NOTIFICATION, so the peer keeps our routes while we are
+    /// away (a Cease would make it withdraw them: RFC 8538 §3 keeps routes after a NOTIFICATION only with the N bit,
+    /// which this speaker does not announce).</summary>
+    public void Stop(string? message, byte subcode = Subcode.AdministrativeShutdown, bool restarting = false)
     {
         _enabled = false;
         _connectCts?.Cancel();
@@ -635,7 +703,12 @@ public sealed class BgpPeer
         _idleHold?.Dispose();
         foreach (Attempt a in _attempts.ToList())
         {
-            Close(a, NotificationMessage.Shutdown(message, subcode), false);
+            bool quiet = restarting && a.State == SessionState.Established && GracefulRestartNegotiated;
+            if (quiet)
+            {
+                Log(BgpLogLevel.Info, "closing without a NOTIFICATION: the peer keeps our routes while we restart (RFC 4724)");
+            }
+            Close(a, quiet ? null : NotificationMessage.Shutdown(message, subcode), false);
         }
         StopRestartTimer();
         if (RoutesStale)
@@ -643,6 +716,18 @@ public sealed class BgpPeer
             _speaker.Rib.FlushStale(this);
         }
         SetBase(SessionState.Idle);
+    }
+
+    /// <summary>Resets the session (a configuration change it must see, RFC 4486 Cease / Other Configuration Change):
+    /// closed with the Cease, then started again at once.</summary>
+    internal void Reset(string message)
+    {
+        if (!_enabled)
+        {
+            return;
+        }
+        Stop(message, Subcode.OtherConfigurationChange);
+        Start();
     }
 
     /// <summary>Closes the session with a NOTIFICATION from the RIB (e.g. maximum prefixes).</summary>

@@ -130,6 +130,29 @@ public sealed class BgpSpeaker : IAsyncDisposable
         }
     }
 
+    /// <summary>
+    /// Gives a neighbour a new configuration that differs only in what needs no new session (on the loop): the cap on
+    /// its restart time, whether it is a route reflector client, next hop self. What is advertised is judged again
+    /// (the client role changes what is reflected to everyone). Anything else needs <see cref="RemovePeer"/> and
+    /// <see cref="AddPeer"/>.
+    /// </summary>
+    public void UpdatePeer(BgpPeer peer, PeerConfig config)
+    {
+        ArgumentNullException.ThrowIfNull(peer);
+        ArgumentNullException.ThrowIfNull(config);
+        config.Validate();
+        if (!config.Address.Equals(peer.Config.Address))
+        {
+            throw new ArgumentException($"peer {peer.Config.DisplayName}: a new address is a new peer");
+        }
+        bool export = config.RouteReflectorClient != peer.Config.RouteReflectorClient || config.NextHopSelf != peer.Config.NextHopSelf;
+        peer.Config = config;
+        if (export)
+        {
+            Rib.Reexport();
+        }
+    }
+
     public BgpPeer? FindPeer(IPAddress address)
     {
         IPAddress a = Normalize(address);
@@ -234,6 +257,50 @@ public sealed class BgpSpeaker : IAsyncDisposable
         }
     }
 
+    /// <summary>
+    /// Changes the speaker's AS, router id and cluster id while it runs (on the loop), resetting only the sessions that
+    /// carry what changed: a new router id is in every OPEN (every session resets); a new AS is in the OPEN of every
+    /// peer without an AS of its own; a new cluster id changes no OPEN, only the CLUSTER_LIST of reflected routes,
+    /// which are sent again. Returns the peers reset.
+    /// </summary>
+    public IReadOnlyList<BgpPeer> ChangeIdentity(uint localAs, uint routerId, uint? clusterId, string reason)
+    {
+        if (routerId == 0)
+        {
+            throw new ArgumentException("the router id must not be 0.0.0.0 (RFC 6286)", nameof(routerId));
+        }
+        bool asChanged = localAs != Config.LocalAs;
+        bool idChanged = routerId != Config.RouterId;
+        uint oldCluster = Config.EffectiveClusterId;
+        Config.LocalAs = localAs;
+        Config.RouterId = routerId;
+        Config.ClusterId = clusterId;
+        List<BgpPeer> reset = [.. _peers.Where(p => idChanged || (asChanged && p.Config.LocalAs is null))];
+        foreach (BgpPeer p in reset)
+        {
+            p.Reset(reason);
+        }
+        if (Config.EffectiveClusterId != oldCluster)
+        {
+            Rib.Reexport();
+        }
+        return reset;
+    }
+
+    /// <summary>Listens on <paramref name="endpoint"/> instead of where it listened (on the loop). The new socket is
+    /// opened first: when it cannot be, the old ones stay and the error is thrown. Sessions are not touched.</summary>
+    public IPEndPoint Relisten(IPEndPoint endpoint)
+    {
+        List<Socket> old = [.. _listeners];
+        IPEndPoint bound = Listen(endpoint);
+        foreach (Socket l in old)
+        {
+            _listeners.Remove(l);
+            l.Dispose();
+        }
+        return bound;
+    }
+
     /// <summary>Starts every configured peer that is idle.</summary>
     public void Start() => Loop.Post(() =>
     {
@@ -245,15 +312,18 @@ public sealed class BgpSpeaker : IAsyncDisposable
 
     /// <summary>
     /// A planned stop: every session gets Cease/administrative shutdown with <paramref name="message"/>
-    /// (RFC 8203), queued output is given a moment to leave, then everything closes.
+    /// (RFC 8203), queued output is given a moment to leave, then everything closes. With
+    /// <paramref name="restarting"/> (the speaker starts again soon: an upgrade, a service restart), sessions with
+    /// graceful restart on both ends close without a NOTIFICATION instead, so those peers keep our routes
+    /// (RFC 4724 §4.1).
     /// </summary>
-    public async Task StopAsync(string? message, TimeSpan linger)
+    public async Task StopAsync(string? message, TimeSpan linger, bool restarting = false)
     {
         await InvokeAsync(() =>
         {
             foreach (BgpPeer p in _peers)
             {
-                p.Stop(message);
+                p.Stop(message, restarting: restarting);
             }
         }).ConfigureAwait(false);
         await _cts.CancelAsync().ConfigureAwait(false);

@@ -13,13 +13,14 @@ public enum BgpLogLevel
 /// <summary>What the speaker is: its AS, router id, and defaults for its peers.</summary>
 public sealed class SpeakerConfig
 {
-    public uint LocalAs { get; init; } = 64512;
+    /// <summary>Changed while running through <see cref="BgpSpeaker.ChangeIdentity"/> only.</summary>
+    public uint LocalAs { get; set; } = 64512;
 
-    /// <summary>BGP identifier as a host-order integer (an IPv4 address).</summary>
-    public uint RouterId { get; init; }
+    /// <summary>BGP identifier as a host-order integer (an IPv4 address); changed through <see cref="BgpSpeaker.ChangeIdentity"/>.</summary>
+    public uint RouterId { get; set; }
 
     /// <summary>RFC 4456 cluster id when this speaker reflects routes; defaults to the router id.</summary>
-    public uint? ClusterId { get; init; }
+    public uint? ClusterId { get; set; }
 
     /// <summary>Speakers with equal paths install all of them (up to this many next hops).</summary>
     public int MaxPaths { get; init; } = 16;
@@ -102,6 +103,10 @@ public sealed class PeerConfig
 
     public bool GracefulRestart { get; init; } = true;
 
+    /// <summary>The longest this speaker keeps the peer's routes after its session drops for a graceful restart,
+    /// whatever restart time the peer announced (Calico's bgppeer <c>maxRestartTime</c>); null: the peer's time.</summary>
+    public TimeSpan? MaxRestartTime { get; init; }
+
     /// <summary>Close the session when the peer sends more than this many prefixes (RFC 4486 Cease/1).</summary>
     public int? MaxPrefixes { get; init; }
 
@@ -135,6 +140,10 @@ public sealed class PeerConfig
         if (Password is { } password && System.Text.Encoding.UTF8.GetByteCount(password) > 80)
         {
             throw new ArgumentException($"peer {DisplayName}: TCP MD5 keys are at most 80 bytes (RFC 2385, Linux TCP_MD5SIG_MAXKEYLEN), this one is {System.Text.Encoding.UTF8.GetByteCount(password)} in UTF-8");
+        }
+        if (MaxRestartTime is { } max && max < TimeSpan.Zero)
+        {
+            throw new ArgumentException($"peer {DisplayName}: maxRestartTime {max} is negative");
         }
         if (Families.Count == 0)
         {

@@ -690,8 +690,9 @@ public sealed class Rib
         ScheduleFlush();
     }
 
-    /// <summary>The session went down: the peer's paths go, or stay as stale for a graceful restart.</summary>
-    internal void OnPeerDown(BgpPeer peer, bool keepStale)
+    /// <summary>The session went down: the peer's paths go, except those of <paramref name="keepFamilies"/>, which
+    /// stay as stale for a graceful restart.</summary>
+    internal void OnPeerDown(BgpPeer peer, IReadOnlyCollection<Afi> keepFamilies)
     {
         _established = [.. _established.Where(p => p != peer)];
         peer.Pending.Clear();
@@ -709,7 +710,7 @@ public sealed class Rib
             {
                 continue;
             }
-            if (keepStale)
+            if (keepFamilies.Contains((Afi)_s.FamilyOf[e]))
             {
                 _s.SetFlags(e, at, (byte)(_s.PathAt(e, at).Flags | RoutePath.StaleFlag));
                 stale++;
@@ -721,7 +722,7 @@ public sealed class Rib
                 _emptied.Add(e);
             }
         }
-        if (keepStale)
+        if (stale > 0)
         {
             peer.RoutesStale = true;
             _speaker.Log(BgpLogLevel.Info, $"peer {peer.Config.DisplayName}: graceful restart: keeping its {stale} routes as stale");
@@ -765,6 +766,19 @@ public sealed class Rib
     }
 
     /// <summary>RFC 2918: the peer asked for our routes of one family again.</summary>
+    /// <summary>After the export policy changed: every route is judged again for every established peer (what the
+    /// policy refuses now is withdrawn, what it accepts now is announced).</summary>
+    public void Reexport()
+    {
+        foreach (BgpPeer peer in _established)
+        {
+            foreach (Afi f in peer.Families)
+            {
+                Refresh(peer, f);
+            }
+        }
+    }
+
     internal void Refresh(BgpPeer peer, Afi family)
     {
         foreach (int e in _s.All)

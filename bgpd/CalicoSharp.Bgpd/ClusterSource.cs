@@ -28,6 +28,10 @@ public sealed record SecretRef(string Name, string Key)
         && s.All(ch => char.IsAsciiLetterOrDigit(ch) || ch is '-' or '_' or '.');
 }
 
+/// <summary>Calico's bgpconfigurations <c>prefixAdvertisements</c> entry: the communities (names from
+/// <c>communities</c>, or literal "aa:nn" / "aa:nn:mm" values) attached to the advertised routes inside <c>cidr</c>.</summary>
+public sealed record PrefixAdvertisement(string Cidr, IReadOnlyList<string> Communities);
+
 /// <summary>A record bgpd could not use, by its etcd key, and why: reported and skipped, never fatal.</summary>
 public sealed record ResourceProblem(string Key, string Reason);
 
@@ -48,6 +52,15 @@ public sealed record ClusterSnapshot(
     /// <summary>Records of the read that were left out (not JSON, a pool without a CIDR): each is reported, the
     /// rest applies.</summary>
     public IReadOnlyList<ResourceProblem> Problems { get; init; } = [];
+
+    /// <summary>Pools with <c>disableBGPExport</c>: nothing inside them is advertised to any peer.</summary>
+    public IReadOnlyList<IpNet> NoExportPools { get; init; } = [];
+
+    /// <summary>The default bgpconfiguration's <c>communities</c>: name to value, as written.</summary>
+    public IReadOnlyDictionary<string, string> CommunityNames { get; init; } = new Dictionary<string, string>(StringComparer.Ordinal);
+
+    /// <summary>The default bgpconfiguration's <c>prefixAdvertisements</c>, in order.</summary>
+    public IReadOnlyList<PrefixAdvertisement> PrefixAdvertisements { get; init; } = [];
 }
 
 /// <summary>
@@ -56,7 +69,7 @@ public sealed record ClusterSnapshot(
 /// </summary>
 public sealed class EtcdClusterSource
 {
-    private const string BgpConfigurations = Keys.ResourcePrefix + "bgpconfigurations/";
+    internal const string BgpConfigurations = Keys.ResourcePrefix + "bgpconfigurations/";
     internal const string BgpPeers = Keys.ResourcePrefix + "bgppeers/";
 
     private readonly IKvStore _store;
@@ -86,6 +99,8 @@ public sealed class EtcdClusterSource
         uint? asn = null;
         bool? mesh = null;
         int? port = null;
+        var communityNames = new Dictionary<string, string>(StringComparer.Ordinal);
+        var advertisements = new List<PrefixAdvertisement>();
         foreach (KvEntry e in r[0])
         {
             // Calico reads the "default" configuration (a node-specific one, "node.<name>", overrides listenPort).
@@ -101,6 +116,10 @@ public sealed class EtcdClusterSource
                     asn = name == "default" ? UInt(spec, "asNumber") ?? asn : asn;
                     mesh = name == "default" && spec.TryGetProperty("nodeToNodeMeshEnabled", out JsonElement m) && m.ValueKind is JsonValueKind.True or JsonValueKind.False ? m.GetBoolean() : mesh;
                     port = spec.TryGetProperty("listenPort", out JsonElement lp) && lp.ValueKind == JsonValueKind.Number && lp.TryGetInt32(out int v) ? v : port;
+                    if (name == "default")
+                    {
+                        ReadCommunities(spec, communityNames, advertisements, reason => problems.Add(new ResourceProblem(e.Key, reason)));
+                    }
                 }
             });
         }
@@ -144,6 +163,7 @@ public sealed class EtcdClusterSource
             });
         }
         var pools = new List<IpNet>();
+        var noExport = new List<IpNet>();
         var blockSizes = new Dictionary<IpNet, int>();
         foreach (KvEntry e in r[3])
         {
@@ -155,6 +175,10 @@ public sealed class EtcdClusterSource
                     throw new ConfigException(cidr is null ? "ippool without spec.cidr" : $"ippool cidr '{cidr}' is not a CIDR");
                 }
                 pools.Add(net);
+                if (Obj(root, "spec") is { } ne && ne.TryGetProperty("disableBGPExport", out JsonElement dx) && dx.ValueKind == JsonValueKind.True)
+                {
+                    noExport.Add(net);
+                }
                 blockSizes[net] = Obj(root, "spec") is { } sp && sp.TryGetProperty("blockSize", out JsonElement bs) && bs.ValueKind == JsonValueKind.Number && bs.TryGetInt32(out int size) ? size
                     : net.IsIPv6 ? IpPool.DefaultBlockSizeV6 : IpPool.DefaultBlockSizeV4;
             });
@@ -174,7 +198,52 @@ public sealed class EtcdClusterSource
                 });
             }
         }
-        return new ClusterSnapshot(revision, asn, mesh, port, nodes, peers, pools, blockSizes, blocks) { Problems = problems };
+        return new ClusterSnapshot(revision, asn, mesh, port, nodes, peers, pools, blockSizes, blocks)
+        {
+            Problems = problems,
+            NoExportPools = noExport,
+            CommunityNames = communityNames,
+            PrefixAdvertisements = advertisements,
+        };
+    }
+
+    /// <summary>Calico's <c>communities: [{name, value}]</c> and <c>prefixAdvertisements: [{cidr, communities: [..]}]</c>,
+    /// as written; the daemon checks the values (a bad entry is reported and left out, the others apply).</summary>
+    private static void ReadCommunities(JsonElement spec, Dictionary<string, string> names, List<PrefixAdvertisement> advertisements, Action<string> problem)
+    {
+        if (spec.TryGetProperty("communities", out JsonElement cs) && cs.ValueKind == JsonValueKind.Array)
+        {
+            foreach (JsonElement c in cs.EnumerateArray())
+            {
+                if (Str(c, "name") is { } n && Str(c, "value") is { } v)
+                {
+                    names[n] = v;
+                }
+                else
+                {
+                    problem($"communities: {c} needs a name and a value (strings); left out");
+                }
+            }
+        }
+        if (spec.TryGetProperty("prefixAdvertisements", out JsonElement pas) && pas.ValueKind == JsonValueKind.Array)
+        {
+            foreach (JsonElement pa in pas.EnumerateArray())
+            {
+                var list = new List<string>();
+                if (pa.ValueKind == JsonValueKind.Object && pa.TryGetProperty("communities", out JsonElement l) && l.ValueKind == JsonValueKind.Array)
+                {
+                    list.AddRange(l.EnumerateArray().Select(x => x.ValueKind == JsonValueKind.String ? x.GetString()! : x.ToString()));
+                }
+                if (Str(pa, "cidr") is { } cidr)
+                {
+                    advertisements.Add(new PrefixAdvertisement(cidr, list));
+                }
+                else
+                {
+                    problem($"prefixAdvertisements: {pa} has no cidr; left out");
+                }
+            }
+        }
     }
 
     /// <summary>

@@ -69,6 +69,13 @@ public sealed class DaemonOptions
     /// <summary>Program learned routes and block blackholes into the kernel (off for a pure route server).</summary>
     public bool Kernel { get; init; } = true;
 
+    /// <summary>The kernel's routing table (tests: one in memory); null: the real one over rtnetlink. The daemon
+    /// does not dispose a table it is given.</summary>
+    public IRouteTable? RouteTable { get; init; }
+
+    /// <summary>The daemon's and its speaker's clock (tests: a fake one to step timers); null: the system's.</summary>
+    public TimeProvider? Time { get; init; }
+
     public TimeSpan PollInterval { get; init; } = TimeSpan.FromSeconds(1);
 
     public TimeSpan ReconcileInterval { get; init; } = TimeSpan.FromSeconds(10);
@@ -93,14 +100,17 @@ public sealed class Daemon : IAsyncDisposable
     private readonly CancellationTokenSource _cts = new();
     private readonly EtcdKvStore? _etcd;
     private readonly EtcdClusterSource? _cluster;
-    private readonly NetlinkRouteTable? _routeTable;
+    private readonly IRouteTable? _routeTable;
+    private readonly NetlinkRouteTable? _ownRouteTable;
+    private readonly TimeProvider _time;
     private readonly KernelRouteSync? _kernel;
-    private readonly HashSet<BgpPeer> _eorPending = [];
+    private EndOfRibWait _eorWait = new([]);
     private DaemonConfig _file;
     private string? _appliedImport;
     private List<Prefix> _pools = [];
     private HashSet<Prefix> _ownBlocks = [];
-    private HashSet<Prefix> _originated = [];
+    private Dictionary<Prefix, PathAttributes?> _originated = [];
+    private List<Prefix> _noExport = [];
     private HashSet<Prefix> _borrowed = [];
     private readonly LocalPrefixes _local;
     private Dictionary<IPAddress, (PeerConfig Config, string Key)> _peerKeys = [];
@@ -114,6 +124,8 @@ public sealed class Daemon : IAsyncDisposable
         ArgumentNullException.ThrowIfNull(options);
         _options = options;
         _log = log;
+        _time = options.Time ?? TimeProvider.System;
+        StartedAt = _time.GetUtcNow();
         _local = new LocalPrefixes(log);
         _file = options.ConfigFile is { } f ? DaemonConfig.Load(f) : new DaemonConfig();
         NodeName = options.NodeName ?? _file.NodeName ?? Environment.GetEnvironmentVariable("NODENAME") ?? Environment.MachineName;
@@ -143,7 +155,7 @@ public sealed class Daemon : IAsyncDisposable
         }
         if (options.Kernel)
         {
-            _routeTable = new NetlinkRouteTable();
+            _routeTable = options.RouteTable ?? (_ownRouteTable = new NetlinkRouteTable());
             _kernel = new KernelRouteSync(_routeTable, log);
         }
         ValidateFile(_file);
@@ -170,6 +182,13 @@ public sealed class Daemon : IAsyncDisposable
             DaemonConfig.ParsePrefix(p, "originate");
         }
         DaemonConfig.ParseAddress(file.ListenAddress, "listenAddress");
+        foreach ((string? id, string what) in new[] { (file.RouterId, "routerId"), (file.RouteReflectorClusterId, "routeReflectorClusterID") })
+        {
+            if (id is not null)
+            {
+                ParseId(id, what);
+            }
+        }
         if (file.HoldTime is 1 or 2)
         {
             throw new ConfigException($"holdTime: {file.HoldTime} s (must be 0 or at least 3, RFC 4271 §4.2)");
@@ -205,7 +224,7 @@ public sealed class Daemon : IAsyncDisposable
 
     public ClusterSnapshot Cluster { get; private set; } = ClusterSnapshot.Empty;
 
-    public DateTimeOffset StartedAt { get; } = DateTimeOffset.UtcNow;
+    public DateTimeOffset StartedAt { get; }
 
     public long EtcdErrors { get; private set; }
 
@@ -246,25 +265,9 @@ public sealed class Daemon : IAsyncDisposable
                 await _cluster.WriteNodeAsync(Ipv4Cidr, Ipv6Cidr, _options.AsNumber, _cts.Token).ConfigureAwait(false);
             }
             Cluster = await _cluster.ReadAsync(_cts.Token).ConfigureAwait(false);
-            LastEtcdRead = DateTimeOffset.UtcNow;
+            LastEtcdRead = _time.GetUtcNow();
         }
-        string? rid = _file.RouterId ?? Ipv4?.ToString();
-        if (rid is null)
-        {
-            throw new ConfigException("no router id: give an IPv4 address (--ipv4-address, ipv4Address) or routerId");
-        }
-        uint routerId;
-        uint? cluster = null;
-        try
-        {
-            routerId = SpeakerConfig.ParseRouterId(rid);
-            string? clusterText = _file.RouteReflectorClusterId ?? Cluster.Nodes.FirstOrDefault(n => n.Name == NodeName)?.ClusterId;
-            cluster = clusterText is null ? null : SpeakerConfig.ParseRouterId(clusterText);
-        }
-        catch (FormatException e)
-        {
-            throw new ConfigException(e.Message);
-        }
+        (uint routerId, uint? cluster, _) = Identity(Cluster);
         Speaker = new BgpSpeaker(new SpeakerConfig
         {
             LocalAs = LocalAs,
@@ -272,17 +275,18 @@ public sealed class Daemon : IAsyncDisposable
             ClusterId = cluster,
             Restarting = stale > 0,
             Log = _log,
-        });
+        }, _time);
         Speaker.Import = ImportPolicy;
         Speaker.ConfigureSocket = SocketOptions.Apply;
         Speaker.ConfigureListener = SocketOptions.ApplyListener;
         Speaker.Rib.BestChanged += OnBestChanged;
         Speaker.Rib.EndOfRibReceived += OnEndOfRib;
-        IPAddress listen = DaemonConfig.ParseAddress(_file.ListenAddress, "listenAddress") ?? IPAddress.IPv6Any;
-        IPEndPoint bound = Speaker.Listen(new IPEndPoint(listen, _file.ListenPort ?? Cluster.ListenPort ?? 179));
+        _listenWanted = WantedListen(Cluster);
+        IPEndPoint bound = Speaker.Listen(_listenWanted);
         ListenEndpoint = bound;
-        _log(BgpLogLevel.Info, $"node {NodeName}: listening on {bound}, AS {LocalAs}, router id {rid}{(cluster is null ? "" : ", route reflector")}");
-        _staleDeadline = DateTimeOffset.UtcNow + TimeSpan.FromSeconds(Speaker.Config.RestartTime);
+        _log(BgpLogLevel.Info, $"node {NodeName}: listening on {bound}, AS {LocalAs}, router id {Dotted(routerId)}{(cluster is null ? "" : ", route reflector")}");
+        _staleDeadline = _time.GetUtcNow() + TimeSpan.FromSeconds(Speaker.Config.RestartTime);
+        _eorWait = new EndOfRibWait(_kernel?.StaleFamilies ?? []);
         // A record in etcd that cannot be used is skipped and reported, never a reason not to start.
         await Speaker.InvokeAsync(() => Guard("applying the configuration", Apply)).ConfigureAwait(false);
         _loop = Task.Run(LoopAsync);
@@ -344,7 +348,7 @@ public sealed class Daemon : IAsyncDisposable
 
     private async Task LoopAsync()
     {
-        DateTimeOffset nextReconcile = DateTimeOffset.UtcNow + _options.ReconcileInterval;
+        DateTimeOffset nextReconcile = _time.GetUtcNow() + _options.ReconcileInterval;
         while (!_cts.IsCancellationRequested)
         {
             try
@@ -361,7 +365,7 @@ public sealed class Daemon : IAsyncDisposable
                 try
                 {
                     ClusterSnapshot snap = await _cluster.ReadAsync(_cts.Token).ConfigureAwait(false);
-                    LastEtcdRead = DateTimeOffset.UtcNow;
+                    LastEtcdRead = _time.GetUtcNow();
                     LastEtcdError = null;
                     Cluster = snap;
                     await UpdateBorrowedAsync(snap).ConfigureAwait(false);
@@ -380,19 +384,20 @@ public sealed class Daemon : IAsyncDisposable
                     LastEtcdError = e.Message;
                 }
             }
-            bool reconcile = DateTimeOffset.UtcNow >= nextReconcile;
+            bool reconcile = _time.GetUtcNow() >= nextReconcile;
             if (reconcile)
             {
-                nextReconcile = DateTimeOffset.UtcNow + _options.ReconcileInterval;
+                nextReconcile = _time.GetUtcNow() + _options.ReconcileInterval;
             }
             await Speaker.InvokeAsync(() =>
             {
                 Guard("applying the configuration", Apply);
                 Guard("kernel routes", () =>
                 {
-                    if (_kernel is { KeepingStale: true } && DateTimeOffset.UtcNow >= _staleDeadline)
+                    if (_kernel is { KeepingStale: true } && _time.GetUtcNow() >= _staleDeadline)
                     {
-                        _log(BgpLogLevel.Info, "kernel: restart time over, removing routes no peer sent again");
+                        _log(BgpLogLevel.Info, $"kernel: restart time over, removing routes no peer sent again ({string.Join(", ", _kernel.StaleFamilies.Order())})");
+                        _eorWait.Clear();
                         _kernel.ReleaseStale();
                     }
                     else if (reconcile)
@@ -442,7 +447,7 @@ public sealed class Daemon : IAsyncDisposable
         }
         var own = snap.ConfirmedBlocks.Select(b => Prefix.Parse(b.ToString())).ToList();
         // The netlink socket belongs to the speaker's loop (kernel route writes happen there): read it there too.
-        NetlinkRouteTable table = _routeTable;
+        IRouteTable table = _routeTable;
         IReadOnlyList<Prefix> hostRoutes = await Speaker.InvokeAsync(table.PodHostRoutes).ConfigureAwait(false);
         List<IPAddress> candidates = [.. hostRoutes.Where(h => !own.Any(b => b.Contains(h))).Select(h => h.Address)];
         HashSet<IPAddress> borrowed = candidates.Count == 0 ? [] : await _cluster.BorrowedAsync(candidates, snap, _cts.Token).ConfigureAwait(false);
@@ -492,7 +497,10 @@ public sealed class Daemon : IAsyncDisposable
             }
         }
         var problems = new List<ResourceProblem>(c.Problems);
+        ApplyIdentity(c, problems);
         ApplyPeers(DesiredPeers(c, problems));
+        ApplyNoExport(c);
+        List<CommunityRule> rules = CommunityRules(c, problems);
         Report(problems);
         var originate = new HashSet<Prefix>(blocks);
         foreach (string s in _file.Originate)
@@ -508,17 +516,174 @@ public sealed class Daemon : IAsyncDisposable
             }
         }
         _ownBlocks = blocks;
-        foreach (Prefix gone in _originated.Where(p => !originate.Contains(p)).ToList())
+        foreach (Prefix gone in _originated.Keys.Where(p => !originate.Contains(p)).ToList())
         {
             Speaker.Rib.WithdrawLocal(gone);
             _log(BgpLogLevel.Info, $"withdrawing {gone}");
         }
-        foreach (Prefix add in originate.Where(p => !_originated.Contains(p)))
+        var next = new Dictionary<Prefix, PathAttributes?>();
+        foreach (Prefix p in originate)
         {
-            Speaker.Rib.Originate(add);
-            _log(BgpLogLevel.Info, $"announcing {add}{(blocks.Contains(add) ? " (block affine to this node)" : add.Length is 32 or 128 ? " (borrowed address)" : "")}");
+            PathAttributes? attrs = CommunityRule.AttributesFor(rules, p);
+            next[p] = attrs;
+            bool known = _originated.TryGetValue(p, out PathAttributes? had);
+            if (known && Equals(had, attrs))
+            {
+                continue;
+            }
+            Speaker.Rib.Originate(p, attrs);
+            string what = blocks.Contains(p) ? " (block affine to this node)" : p.Length is 32 or 128 ? " (borrowed address)" : "";
+            string with = attrs is null ? "" : $" with {CommunityRule.Describe(attrs)}";
+            _log(BgpLogLevel.Info, known ? $"announcing {p}{what} again{(attrs is null ? " without communities" : with)}" : $"announcing {p}{what}{with}");
         }
-        _originated = originate;
+        _originated = next;
+    }
+
+    private IPEndPoint _listenWanted = new(IPAddress.IPv6Any, 179);
+
+    private IPEndPoint WantedListen(ClusterSnapshot c) =>
+        new(DaemonConfig.ParseAddress(_file.ListenAddress, "listenAddress") ?? IPAddress.IPv6Any, _file.ListenPort ?? c.ListenPort ?? 179);
+
+    private static string Dotted(uint id) => $"{id >> 24}.{(id >> 16) & 255}.{(id >> 8) & 255}.{id & 255}";
+
+    /// <summary>The router id (the file's routerId, else the node's IPv4 address) and route reflector cluster id (the
+    /// file's, else this node's record) as configured now. The file's are the operator's own and checked when it is
+    /// read; a bad cluster id in the node record is returned as a problem and ignored.</summary>
+    private (uint RouterId, uint? ClusterId, string? Problem) Identity(ClusterSnapshot c)
+    {
+        string rid = _file.RouterId ?? Ipv4?.ToString() ?? throw new ConfigException("no router id: give an IPv4 address (--ipv4-address, ipv4Address) or routerId");
+        uint routerId = ParseId(rid, "routerId");
+        if (_file.RouteReflectorClusterId is { } fileCluster)
+        {
+            return (routerId, ParseId(fileCluster, "routeReflectorClusterID"), null);
+        }
+        if (c.Nodes.FirstOrDefault(n => n.Name == NodeName)?.ClusterId is not { } nodeCluster)
+        {
+            return (routerId, null, null);
+        }
+        try
+        {
+            return (routerId, SpeakerConfig.ParseRouterId(nodeCluster), null);
+        }
+        catch (FormatException e)
+        {
+            return (routerId, null, $"bgp.routeReflectorClusterID: {e.Message}; not a route reflector until it is fixed");
+        }
+    }
+
+    private static uint ParseId(string text, string what)
+    {
+        try
+        {
+            return SpeakerConfig.ParseRouterId(text);
+        }
+        catch (FormatException e)
+        {
+            throw new ConfigException($"{what}: {e.Message}");
+        }
+    }
+
+    /// <summary>AS number, router id, cluster id and listen address applied live: each change says in the log what it
+    /// changed and which sessions it reset (see <see cref="BgpSpeaker.ChangeIdentity"/>); a new listen port or address
+    /// resets none.</summary>
+    private void ApplyIdentity(ClusterSnapshot c, List<ResourceProblem> problems)
+    {
+        (uint routerId, uint? cluster, string? problem) = Identity(c);
+        if (problem is not null)
+        {
+            problems.Add(new ResourceProblem(Keys.Node(NodeName), problem));
+        }
+        SpeakerConfig now = Speaker.Config;
+        uint asn = LocalAs;
+        var changes = new List<string>();
+        if (asn != now.LocalAs)
+        {
+            changes.Add($"AS {now.LocalAs} -> {asn}");
+        }
+        if (routerId != now.RouterId)
+        {
+            changes.Add($"router id {Dotted(now.RouterId)} -> {Dotted(routerId)}");
+        }
+        if (cluster != now.ClusterId)
+        {
+            changes.Add($"route reflector cluster id {(now.ClusterId is { } o ? Dotted(o) : "none")} -> {(cluster is { } n ? Dotted(n) : "none")}");
+        }
+        if (changes.Count > 0)
+        {
+            string what = string.Join(", ", changes);
+            IReadOnlyList<BgpPeer> reset = Speaker.ChangeIdentity(asn, routerId, cluster, $"configuration changed: {what}");
+            _log(BgpLogLevel.Info, $"node {NodeName}: {what}: " + (reset.Count == 0
+                ? "no session needs a reset (reflected routes are sent again with the new cluster id)"
+                : $"resetting {reset.Count} sessions ({string.Join(", ", reset.Select(p => p.Config.DisplayName))}): their OPEN carries it"));
+        }
+        IPEndPoint want = WantedListen(c);
+        if (!want.Equals(_listenWanted))
+        {
+            try
+            {
+                ListenEndpoint = Speaker.Relisten(want);
+                _log(BgpLogLevel.Info, $"node {NodeName}: now listening on {ListenEndpoint} (was {_listenWanted}); established sessions stay");
+                _listenWanted = want;
+            }
+            catch (SocketException e)
+            {
+                problems.Add(new ResourceProblem(EtcdClusterSource.BgpConfigurations + "default", $"cannot listen on {want}: {e.Message}; still listening on {ListenEndpoint}"));
+            }
+        }
+    }
+
+    /// <summary>Calico's ippools <c>disableBGPExport</c>: nothing inside such a pool is advertised to any peer (the
+    /// node still installs its blocks' blackholes and routes to the pool's other blocks). An export policy while
+    /// there is such a pool; a change judges every advertised route again.</summary>
+    private void ApplyNoExport(ClusterSnapshot c)
+    {
+        List<Prefix> noExport = [.. c.NoExportPools.Select(p => Prefix.Parse(p.ToString()))];
+        if (noExport.SequenceEqual(_noExport))
+        {
+            return;
+        }
+        foreach (Prefix p in noExport.Except(_noExport))
+        {
+            _log(BgpLogLevel.Info, $"ippool {p}: disableBGPExport: nothing inside it is advertised");
+        }
+        foreach (Prefix p in _noExport.Except(noExport))
+        {
+            _log(BgpLogLevel.Info, $"ippool {p}: advertised again (disableBGPExport off or the pool removed)");
+        }
+        _noExport = noExport;
+        Speaker.Export = noExport.Count == 0 ? null : NoExportPolicy;
+        Speaker.Rib.Reexport();
+    }
+
+    private PolicyResult NoExportPolicy(BgpPeer? peer, Prefix prefix, ref PathAttributes attributes)
+    {
+        foreach (Prefix pool in _noExport)
+        {
+            if (pool.Contains(prefix))
+            {
+                return PolicyResult.Reject;
+            }
+        }
+        return PolicyResult.Accept;
+    }
+
+    /// <summary>The default bgpconfiguration's prefixAdvertisements with their communities resolved; an entry with a
+    /// bad CIDR or community is reported and left out whole, the others apply.</summary>
+    private static List<CommunityRule> CommunityRules(ClusterSnapshot c, List<ResourceProblem> problems)
+    {
+        var rules = new List<CommunityRule>();
+        foreach (PrefixAdvertisement pa in c.PrefixAdvertisements)
+        {
+            try
+            {
+                rules.Add(CommunityRule.Resolve(pa, c.CommunityNames));
+            }
+            catch (ConfigException e)
+            {
+                problems.Add(new ResourceProblem(EtcdClusterSource.BgpConfigurations + "default", e.Message));
+            }
+        }
+        return rules;
     }
 
     private Dictionary<string, string> _problems = new(StringComparer.Ordinal);
@@ -702,34 +867,54 @@ public sealed class Daemon : IAsyncDisposable
                 {
                     _log(BgpLogLevel.Info, $"peer {old.Config.DisplayName}: {(next.ContainsKey(addr) ? "configuration changed" : "no longer configured")}");
                     Speaker.RemovePeer(old, next.ContainsKey(addr) ? "configuration changed" : "peer removed from the configuration");
-                    _eorPending.Remove(old);
+                    if (!next.ContainsKey(addr))
+                    {
+                        ReleaseKernelFamilies(_eorWait.Remove(addr), $"peer {old.Config.DisplayName} is no longer configured");
+                    }
                 }
             }
         }
         foreach ((IPAddress addr, (PeerConfig config, string key)) in next)
         {
+            if (_peerKeys.TryGetValue(addr, out (PeerConfig Config, string Key) same) && same.Key == key && Speaker.FindPeer(addr) is { } live
+                && SoftKey(same.Config) != SoftKey(config))
+            {
+                Speaker.UpdatePeer(live, config);
+                _log(BgpLogLevel.Info, $"peer {config.DisplayName}: {SoftKey(same.Config)} -> {SoftKey(config)}, applied without a session reset");
+                continue;
+            }
             if (!_peerKeys.TryGetValue(addr, out (PeerConfig Config, string Key) have) || have.Key != key || Speaker.FindPeer(addr) is null)
             {
-                BgpPeer peer = Speaker.AddPeer(config);
-                if (_kernel is { KeepingStale: true })
-                {
-                    _eorPending.Add(peer);
-                }
+                Speaker.AddPeer(config);
+                _eorWait.Add(config.Address, config.Families);
                 _log(BgpLogLevel.Info, $"peer {config.DisplayName}: configured (AS {config.RemoteAs}{(config.Passive ? ", passive" : "")}{(config.RouteReflectorClient ? ", route reflector client" : "")})");
             }
         }
         _peerKeys = next;
     }
 
+    /// <summary>What a session is made with: a change resets it.</summary>
     private static string Key(PeerConfig p) =>
-        $"{p.Address}|{p.Port}|{p.RemoteAs}|{p.LocalAddress}|{p.HoldTime}|{p.KeepaliveTime}|{p.Passive}|{p.RouteReflectorClient}|{p.NextHopSelf}|{p.MaxPrefixes}|{p.GracefulRestart}|{SocketOptions.Describe(p)}";
+        $"{p.Address}|{p.Port}|{p.RemoteAs}|{p.LocalAddress}|{p.HoldTime}|{p.KeepaliveTime}|{p.Passive}|{p.MaxPrefixes}|{p.GracefulRestart}|{SocketOptions.Describe(p)}";
 
-    private void OnEndOfRib(BgpPeer peer, Afi family)
+    /// <summary>What applies to a running session (<see cref="BgpSpeaker.UpdatePeer"/>).</summary>
+    private static string SoftKey(PeerConfig p) =>
+        $"maxRestartTime {(p.MaxRestartTime is { } m ? $"{m.TotalSeconds:0} s" : "none")}, {(p.RouteReflectorClient ? "" : "not ")}a route reflector client, next hop self {(p.NextHopSelf ? "on" : "off")}";
+
+    private void OnEndOfRib(BgpPeer peer, Afi family) =>
+        ReleaseKernelFamilies(_eorWait.EndOfRib(peer.Config.Address, family, [.. peer.Families]), "every peer has sent End-of-RIB");
+
+    /// <summary>After a restart, the kernel routes of a family left by the previous run stay until every peer has sent
+    /// that family's End-of-RIB (RFC 4724 §4.1); then those no peer sent again go.</summary>
+    private void ReleaseKernelFamilies(IReadOnlyList<Afi> families, string why)
     {
-        if (_kernel is { KeepingStale: true } && _eorPending.Remove(peer) && _eorPending.Count == 0)
+        foreach (Afi f in families)
         {
-            _log(BgpLogLevel.Info, "kernel: every peer has sent End-of-RIB, removing routes no peer sent again");
-            _kernel.ReleaseStale();
+            if (_kernel is not null && _kernel.StaleFamilies.Contains(f))
+            {
+                _log(BgpLogLevel.Info, $"kernel: {why} for {f}, removing {f} routes no peer sent again");
+                _kernel.ReleaseStale(f);
+            }
         }
     }
 
@@ -824,6 +1009,8 @@ public sealed class Daemon : IAsyncDisposable
             hold = DaemonConfig.ParseSeconds(h, $"peer {spec.PeerIP} holdTime", 0, ushort.MaxValue);
         }
         ushort? keepalive = spec.KeepaliveTime is { } k ? DaemonConfig.ParseSeconds(k, $"peer {spec.PeerIP} keepaliveTime", 0, ushort.MaxValue) : null;
+        // Calico's maxRestartTime: here the cap on how long the peer's routes are kept while it restarts.
+        ushort? maxRestart = spec.MaxRestartTime is { } mr ? DaemonConfig.ParseSeconds(mr, $"peer {spec.PeerIP} maxRestartTime", 0, ushort.MaxValue) : null;
         if (spec.TtlSecurity is < 0 or > 254)
         {
             throw new ConfigException($"peer {spec.PeerIP}: ttlSecurity {spec.TtlSecurity} (0-254 hops)");
@@ -845,6 +1032,7 @@ public sealed class Daemon : IAsyncDisposable
             Families = [Afi.IPv4, Afi.IPv6],
             Password = spec.Password,
             TtlSecurityHops = spec.TtlSecurity ?? 0,
+            MaxRestartTime = maxRestart is { } m ? TimeSpan.FromSeconds(m) : null,
         };
         try
         {
@@ -857,9 +1045,12 @@ public sealed class Daemon : IAsyncDisposable
         return config;
     }
 
-    /// <summary>A planned stop (SIGTERM): Cease to every peer, so they withdraw our routes at once. Kernel routes
-    /// are left in place: a new run finds and keeps them (graceful restart) while sessions come back.</summary>
-    public async Task StopAsync(string reason)
+    /// <summary>A planned stop. With <paramref name="restarting"/> (SIGTERM: a service restart, an upgrade), sessions
+    /// with graceful restart on both ends close without a NOTIFICATION, so those peers keep our routes until we are
+    /// back (RFC 4724); the others, and every session when bgpd stops for good (SIGINT), get a Cease and withdraw our
+    /// routes at once. Kernel routes are left in place either way: the node keeps forwarding, and a new run finds and
+    /// keeps them while sessions come back.</summary>
+    public async Task StopAsync(string reason, bool restarting = false)
     {
         await _cts.CancelAsync().ConfigureAwait(false);
         foreach (Task? t in new[] { _loop, _watch })
@@ -869,7 +1060,9 @@ public sealed class Daemon : IAsyncDisposable
                 await t.ConfigureAwait(false);
             }
         }
-        await Speaker.StopAsync(reason, TimeSpan.FromMilliseconds(300)).ConfigureAwait(false);
+        // Closing the sessions takes the peers' paths out of the RIB; the kernel keeps its routes (see above).
+        await Speaker.InvokeAsync(() => Speaker.Rib.BestChanged -= OnBestChanged).ConfigureAwait(false);
+        await Speaker.StopAsync(reason, TimeSpan.FromMilliseconds(300), restarting).ConfigureAwait(false);
     }
 
     public async ValueTask DisposeAsync()
@@ -884,7 +1077,7 @@ public sealed class Daemon : IAsyncDisposable
         }
         _etcd?.Dispose();
         _kernel?.Dispose();
-        _routeTable?.Dispose();
+        _ownRouteTable?.Dispose();
         _wake.Dispose();
         _cts.Dispose();
     }

@@ -32,6 +32,9 @@ public interface IRouteTable
     /// iBGP peers across a routed fabric), never through a route of <paramref name="protocol"/> itself; null when
     /// it is unreachable.</summary>
     IPAddress? Gateway(IPAddress nextHop, byte protocol);
+
+    /// <summary>/32 and /128 routes through cali* interfaces: the pods the CNI plugin wired on this node.</summary>
+    IReadOnlyList<Prefix> PodHostRoutes();
 }
 
 /// <summary>The real table over rtnetlink, in the daemon's network namespace.</summary>
@@ -80,8 +83,8 @@ public sealed class NetlinkRouteTable : IRouteTable, IDisposable
 /// Keeps the kernel's routes of bgpd's protocol equal to the desired set: changes are queued by <see cref="Set"/>,
 /// handed over by <see cref="Flush"/> and written in order by a writer thread in batches (many requests per system
 /// call), so the speaker's loop goes on with BGP while the kernel works; a periodic reconcile repairs drift. After a
-/// restart, routes left by the previous run are kept (graceful restart) until <see cref="ReleaseStale"/> is called,
-/// then stale ones go.
+/// restart, routes left by the previous run are kept (graceful restart), family by family, until
+/// <see cref="ReleaseStale"/> is called for the family, then its stale ones go.
 /// <para>
 /// bgpd only ever replaces or deletes routes it installed. A route of another program in the place a learned route
 /// would take (same table, destination and metric: the CNI plugin's host route of a pod, a static route) is left
@@ -109,7 +112,7 @@ public sealed class KernelRouteSync : IDisposable
     private readonly object _gate = new();
     private readonly HashSet<Prefix> _ours = [];
     private readonly HashSet<Prefix> _foreign = [];
-    private bool _keepStale;
+    private readonly HashSet<Afi> _staleFamilies = [];
     private long _operations;
     private long _errors;
 
@@ -152,22 +155,30 @@ public sealed class KernelRouteSync : IDisposable
                 _ours.Add(PrefixOf(r));
             }
         }
-        _keepStale = n > 0;
+        _staleFamilies.UnionWith(left.Select(r => PrefixOf(r).Family));
         if (n > 0)
         {
-            _log(BgpLogLevel.Info, $"kernel: {n} routes of protocol {Protocol} left by a previous run, kept until the peers have sent End-of-RIB");
+            _log(BgpLogLevel.Info, $"kernel: {n} routes of protocol {Protocol} left by a previous run ({string.Join(", ", _staleFamilies.Order())}), kept until the peers have sent End-of-RIB for their family");
         }
         return n;
     }
 
-    public bool KeepingStale => _keepStale;
+    public bool KeepingStale => _staleFamilies.Count > 0;
 
-    /// <summary>Every peer has sent End-of-RIB (or the restart time ended): remove what is no longer wanted.</summary>
-    public void ReleaseStale()
+    /// <summary>The families whose routes left by the previous run are still kept.</summary>
+    public IReadOnlyCollection<Afi> StaleFamilies => _staleFamilies;
+
+    /// <summary>Every peer has sent End-of-RIB for <paramref name="family"/> (null: every family; or the restart time
+    /// ended): its routes that are no longer wanted go.</summary>
+    public void ReleaseStale(Afi? family = null)
     {
-        if (_keepStale)
+        bool released = family is { } f ? _staleFamilies.Remove(f) : _staleFamilies.Count > 0;
+        if (family is null)
         {
-            _keepStale = false;
+            _staleFamilies.Clear();
+        }
+        if (released)
+        {
             Reconcile();
         }
     }
@@ -178,7 +189,7 @@ public sealed class KernelRouteSync : IDisposable
     {
         if (route is null)
         {
-            if (_desired.Remove(prefix, out KernelRoute? old) && !_keepStale)
+            if (_desired.Remove(prefix, out KernelRoute? old) && !_staleFamilies.Contains(prefix.Family))
             {
                 _pending.Add((ToRoute(prefix, old, resolve: false)!, true));
             }
@@ -400,9 +411,9 @@ public sealed class KernelRouteSync : IDisposable
                 added++;
             }
         }
-        if (!_keepStale)
+        foreach ((Prefix p, Route r) in actual)
         {
-            foreach (Route r in actual.Values)
+            if (!_staleFamilies.Contains(p.Family))
             {
                 _pending.Add((r, true));
                 removed++;
@@ -464,4 +475,69 @@ public sealed class KernelRouteSync : IDisposable
             _ => new Route { Destination = p.Address, PrefixLength = p.Length, Protocol = Protocol, MultiPath = [.. gateways.Select(g => new NextHop(g, 0))] },
         };
     }
+}
+
+/// <summary>
+/// After bgpd restarted with routes left in the kernel (RFC 4724 §4.1, restarting speaker): which peers still owe
+/// End-of-RIB for each family whose old routes are kept. A family is released when every peer that may carry it has
+/// sent its End-of-RIB, or has come up without negotiating it, or is no longer configured.
+/// </summary>
+public sealed class EndOfRibWait
+{
+    private readonly Dictionary<Afi, HashSet<IPAddress>> _pending = [];
+
+    public EndOfRibWait(IEnumerable<Afi> families)
+    {
+        ArgumentNullException.ThrowIfNull(families);
+        foreach (Afi f in families)
+        {
+            _pending[f] = [];
+        }
+    }
+
+    public bool Waiting => _pending.Count > 0;
+
+    /// <summary>A configured peer that may carry <paramref name="families"/>: each of those waits for it.</summary>
+    public void Add(IPAddress peer, IEnumerable<Afi> families)
+    {
+        ArgumentNullException.ThrowIfNull(families);
+        foreach (Afi f in families)
+        {
+            if (_pending.TryGetValue(f, out HashSet<IPAddress>? set))
+            {
+                set.Add(peer);
+            }
+        }
+    }
+
+    /// <summary>The peer is no longer configured: the families it was the last one owing are done.</summary>
+    public IReadOnlyList<Afi> Remove(IPAddress peer) => Done(f => true, peer);
+
+    /// <summary>The peer sent End-of-RIB for <paramref name="family"/>; families the session did not negotiate
+    /// (<paramref name="negotiated"/>) will never get one from it either. Returns the families now complete.</summary>
+    public IReadOnlyList<Afi> EndOfRib(IPAddress peer, Afi family, IReadOnlyCollection<Afi> negotiated)
+    {
+        ArgumentNullException.ThrowIfNull(negotiated);
+        return Done(f => f == family || !negotiated.Contains(f), peer);
+    }
+
+    private List<Afi> Done(Func<Afi, bool> which, IPAddress peer)
+    {
+        var done = new List<Afi>();
+        foreach ((Afi f, HashSet<IPAddress> set) in _pending)
+        {
+            if (which(f) && set.Remove(peer) && set.Count == 0)
+            {
+                done.Add(f);
+            }
+        }
+        foreach (Afi f in done)
+        {
+            _pending.Remove(f);
+        }
+        return done;
+    }
+
+    /// <summary>The restart time is over: nothing is waited for any more.</summary>
+    public void Clear() => _pending.Clear();
 }

@@ -41,6 +41,12 @@ if (only is "all" or "bgpd")
     await BgpdBench.RunAsync(Console.Out, 40).ConfigureAwait(false);
 }
 
+if (only is "all" or "bgpd" or "restart")
+{
+    // Graceful restart: pods' traffic while a node's bgpd is killed and while it restarts on SIGTERM.
+    await RestartBench.RunAsync(Console.Out).ConfigureAwait(false);
+}
+
 if (only is "all" or "bgpd" or "kernel")
 {
     await KernelBench.RunAsync(Console.Out, 100_000).ConfigureAwait(false);

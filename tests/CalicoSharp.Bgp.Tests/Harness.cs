@@ -104,7 +104,10 @@ internal sealed class ScriptedPeer : IDisposable
 
     public void Send(byte[] message) => _stream.Write(message);
 
-    public void SendOpen(uint asn, string routerId, ushort hold = 90, bool gracefulRestart = false, Afi[]? families = null, bool routeRefresh = true) =>
+    /// <summary>Sends an OPEN; <paramref name="restart"/>, when given, is the graceful restart capability as is (else
+    /// <paramref name="gracefulRestart"/> adds one for IPv4 with the F bit and a 60 s restart time).</summary>
+    public void SendOpen(uint asn, string routerId, ushort hold = 90, bool gracefulRestart = false, Afi[]? families = null, bool routeRefresh = true,
+        GracefulRestartCapability? restart = null) =>
         Send(MessageEncoder.Open(new OpenMessage
         {
             As = asn,
@@ -113,7 +116,7 @@ internal sealed class ScriptedPeer : IDisposable
             Multiprotocol = [.. (families ?? [Afi.IPv4, Afi.IPv6]).Select(f => (f, Safi.Unicast))],
             RouteRefresh = routeRefresh,
             FourOctetAs = true,
-            GracefulRestart = gracefulRestart ? new GracefulRestartCapability(false, false, 60, [new(Afi.IPv4, Safi.Unicast, true)]) : null,
+            GracefulRestart = restart ?? (gracefulRestart ? new GracefulRestartCapability(false, false, 60, [new(Afi.IPv4, Safi.Unicast, true)]) : null),
         }));
 
     /// <summary>Announces the prefixes in as many UPDATEs as they need.</summary>
@@ -314,11 +317,12 @@ internal sealed class Harness : IAsyncDisposable
     }
 
     /// <summary>Brings a peer to Established over an incoming connection.</summary>
-    public ScriptedPeer Establish(BgpPeer peer, string routerId, ushort hold = 90, bool gracefulRestart = false, Afi[]? families = null, bool routeRefresh = true)
+    public ScriptedPeer Establish(BgpPeer peer, string routerId, ushort hold = 90, bool gracefulRestart = false, Afi[]? families = null, bool routeRefresh = true,
+        GracefulRestartCapability? restart = null)
     {
         ScriptedPeer s = ConnectIn(peer);
         Next<OpenMessage>(s);
-        s.SendOpen(peer.Config.RemoteAs, routerId, hold, gracefulRestart, families, routeRefresh);
+        s.SendOpen(peer.Config.RemoteAs, routerId, hold, gracefulRestart, families, routeRefresh, restart);
         Next<KeepaliveMessage>(s);
         s.Send(MessageEncoder.Keepalive());
         Until(() => peer.State == SessionState.Established, "Established");

@@ -484,23 +484,6 @@ public class RibTests
     }
 
     [Fact]
-    public async Task Graceful_restart_helper_drops_stale_routes_when_the_restart_time_ends()
-    {
-        await using var h = new Harness();
-        BgpPeer a = h.AddPeer("10.0.0.1", 65001);
-        ScriptedPeer sa = h.Establish(a, "10.0.0.1", gracefulRestart: true);
-        sa.Announce(Attrs("10.0.0.1", 65001), "10.1.0.0/24");
-        h.Until(() => a.PrefixesAccepted == 1, "routes");
-        sa.Dispose();
-        h.Until(() => a.RoutesStale, "stale");
-        h.Advance(TimeSpan.FromSeconds(60) - TimeSpan.FromTicks(1));
-        Assert.True(a.RoutesStale);
-        h.Advance(TimeSpan.FromTicks(1));
-        Assert.False(a.RoutesStale);
-        Assert.Equal(0, a.PrefixesAccepted);
-    }
-
-    [Fact]
     public void Policies_see_prefix_and_attributes()
     {
         RoutePolicy p = (BgpPeer? _, Prefix prefix, ref PathAttributes a) =>

@@ -40,16 +40,36 @@ public sealed class DaemonConfigTests : IAsyncLifetime
     private void PutPeer(string name, string spec) =>
         Put(Peers + name, "{\"kind\":\"BGPPeer\",\"apiVersion\":\"projectcalico.org/v3\",\"metadata\":{\"name\":\"" + name + "\"},\"spec\":{" + spec.Replace('\'', '"') + "}}");
 
-    private async Task<Daemon> StartAsync(string? configFile = null, int? peerMaxPrefixes = null)
-    {
+    /// <summary>The default bgpconfiguration; <paramref name="extra"/> adds members to its spec (JSON with ' for ").</summary>
+    private void PutConfig(string extra = "", uint asNumber = 64512, int listenPort = 0) =>
         Put("/calico/resources/v3/projectcalico.org/bgpconfigurations/default",
-            """{"kind":"BGPConfiguration","apiVersion":"projectcalico.org/v3","metadata":{"name":"default"},"spec":{"asNumber":64512,"nodeToNodeMeshEnabled":false,"listenPort":0}}""");
+            """{"kind":"BGPConfiguration","apiVersion":"projectcalico.org/v3","metadata":{"name":"default"},"spec":{"asNumber":"""
+            + $"{asNumber},\"nodeToNodeMeshEnabled\":false,\"listenPort\":{listenPort}" + (extra.Length > 0 ? "," + extra.Replace('\'', '"') : "") + "}}");
+
+    private void PutPool(string name, string cidr, bool disableBgpExport = false) =>
+        Put("/calico/resources/v3/projectcalico.org/ippools/" + name,
+            "{\"kind\":\"IPPool\",\"apiVersion\":\"projectcalico.org/v3\",\"metadata\":{\"name\":\"" + name + "\"},\"spec\":{\"cidr\":\"" + cidr + "\""
+            + (disableBgpExport ? ",\"disableBGPExport\":true" : "") + "}}");
+
+    /// <summary>A block confirmed affine to node1.</summary>
+    private void PutBlock(string cidr) => Put($"/calico/ipam/v2/host/node1/ipv4/block/{cidr.Replace('/', '-')}", """{"state":"confirmed","deleted":false}""");
+
+    private Task<PathAttributes?> LocalAttributesAsync(string prefix) =>
+        daemon!.Speaker.InvokeAsync(() => daemon.Speaker.Rib.Find(Prefix.Parse(prefix))?.Best is { IsLocal: true } p ? p.Attributes : null);
+
+    /// <summary>Starts node1's daemon; with <paramref name="table"/>, it programs that kernel table (else none), on
+    /// <paramref name="time"/> (else the system clock).</summary>
+    private async Task<Daemon> StartAsync(string? configFile = null, int? peerMaxPrefixes = null, string configExtra = "", IRouteTable? table = null, TimeProvider? time = null)
+    {
+        PutConfig(configExtra);
         daemon = new Daemon(new DaemonOptions
         {
             NodeName = "node1",
             Ipv4Address = "127.0.0.1/8",
             Store = store,
-            Kernel = false,
+            Kernel = table is not null,
+            RouteTable = table,
+            Time = time,
             ConfigFile = configFile,
             PeerMaxPrefixes = peerMaxPrefixes,
             PollInterval = TimeSpan.FromMilliseconds(50),
@@ -78,6 +98,217 @@ public sealed class DaemonConfigTests : IAsyncLifetime
     private Task<PeerConfig?> PeerAsync(string address) => daemon!.Speaker.InvokeAsync(() => daemon.Speaker.FindPeer(IPAddress.Parse(address))?.Config);
 
     private Task<IReadOnlyList<ResourceProblem>> ProblemsAsync() => daemon!.Speaker.InvokeAsync(() => daemon.Problems);
+
+    [Fact]
+    public async Task Blocks_of_a_pool_with_disableBGPExport_are_not_advertised_and_the_flag_applies_live()
+    {
+        PutPool("default", "10.244.0.0/16");
+        PutPool("private", "10.245.0.0/16", disableBgpExport: true);
+        PutBlock("10.244.1.0/26");
+        PutBlock("10.245.1.0/26");
+        PutPeer("tor", "'peerIP':'127.0.0.10','asNumber':65010");
+        await StartAsync();
+        await using BgpTester tor = await BgpTester.ConnectAsync(new IPEndPoint(IPAddress.Loopback, daemon!.ListenEndpoint!.Port), IPAddress.Parse("127.0.0.10"), 65010);
+        await Until(() => Task.FromResult(tor.Announced >= 1), "the exported block");
+        await Task.Delay(500);
+        Assert.Equal(1, tor.Announced);
+        // Still this node's block: originated (its blackhole is installed), only not advertised.
+        Assert.NotNull(await daemon.Speaker.InvokeAsync(() => daemon.Speaker.Rib.Find(Prefix.Parse("10.245.1.0/26"))?.Best));
+        lock (logLines)
+        {
+            Assert.Contains(logLines, l => l.Contains("ippool 10.245.0.0/16: disableBGPExport", StringComparison.Ordinal));
+        }
+
+        // Live, with no session reset: the flag off announces the block, on again withdraws it.
+        PutPool("private", "10.245.0.0/16");
+        await Until(() => Task.FromResult(tor.Announced >= 2), "the block announced once the flag is off");
+        PutPool("private", "10.245.0.0/16", disableBgpExport: true);
+        await Until(() => Task.FromResult(tor.Withdrawn >= 1), "the block withdrawn once the flag is on again");
+        Assert.False(tor.Closed);
+    }
+
+    [Fact]
+    public async Task Communities_of_prefixAdvertisements_go_on_the_advertised_blocks_and_apply_live()
+    {
+        PutPool("default", "10.244.0.0/16");
+        PutBlock("10.244.1.0/26");
+        PutBlock("10.246.1.0/26");
+        const string Communities = "'communities':[{'name':'rack','value':'65010:100'},{'name':'big','value':'65010:1:2'}]";
+        await StartAsync(configExtra: Communities + ",'prefixAdvertisements':["
+            + "{'cidr':'10.244.0.0/16','communities':['rack','65010:7']},"
+            + "{'cidr':'10.244.1.0/26','communities':['big','rack']},"
+            + "{'cidr':'10.246.0.0/16','communities':['no-such-name']}]");
+        await Until(async () => await LocalAttributesAsync("10.244.1.0/26") is { Communities.Length: > 0 }, "the block with its communities");
+        PathAttributes a = (await LocalAttributesAsync("10.244.1.0/26"))!;
+        Assert.Equal([(65010u << 16) | 100, (65010u << 16) | 7], a.Communities);
+        Assert.Equal([new LargeCommunity(65010, 1, 2)], a.LargeCommunities);
+        // The entry naming an unknown community is reported and left out; its block goes out plain.
+        Assert.Empty((await LocalAttributesAsync("10.246.1.0/26"))?.Communities ?? [1u]);
+        Assert.Contains("'no-such-name' is neither a name from communities nor a value", (await ProblemsAsync()).Single().Reason, StringComparison.Ordinal);
+
+        // A changed value applies at the next read, to what is already announced.
+        PutConfig(Communities.Replace("65010:100", "65010:200", StringComparison.Ordinal) + ",'prefixAdvertisements':[{'cidr':'10.244.0.0/16','communities':['rack']}]");
+        await Until(async () => (await LocalAttributesAsync("10.244.1.0/26"))?.Communities is [0xFDF200C8u], "the new community");
+        Assert.Empty((await LocalAttributesAsync("10.244.1.0/26"))!.LargeCommunities);
+        Assert.Empty(await ProblemsAsync());
+    }
+
+    [Theory]
+    [InlineData("65010:100", true)]
+    [InlineData("65535:65535", true)]
+    [InlineData("4200000000:1:2", true)]
+    [InlineData("65536:1", false)]
+    [InlineData("1:2:3:4", false)]
+    [InlineData("-1:5", false)]
+    [InlineData("rack", false)]
+    [InlineData("", false)]
+    public void Community_values_are_checked(string value, bool ok)
+    {
+        var pa = new PrefixAdvertisement("10.0.0.0/8", [value]);
+        if (ok)
+        {
+            CommunityRule r = CommunityRule.Resolve(pa, new Dictionary<string, string>());
+            Assert.Equal(1, r.Standard.Length + r.Large.Length);
+        }
+        else
+        {
+            ConfigException e = Assert.Throws<ConfigException>(() => CommunityRule.Resolve(pa, new Dictionary<string, string>()));
+            Assert.Contains($"community '{value}'", e.Message, StringComparison.Ordinal);
+        }
+    }
+
+    private static int FreePort()
+    {
+        var l = new System.Net.Sockets.TcpListener(IPAddress.Loopback, 0);
+        l.Start();
+        int port = ((IPEndPoint)l.LocalEndpoint).Port;
+        l.Stop();
+        return port;
+    }
+
+    private bool Logged(string text)
+    {
+        lock (logLines)
+        {
+            return logLines.Exists(l => l.Contains(text, StringComparison.Ordinal));
+        }
+    }
+
+    [Fact]
+    public async Task Listen_port_as_number_router_id_and_cluster_id_apply_live_resetting_only_the_sessions_that_need_it()
+    {
+        PutPeer("tor", "'peerIP':'127.0.0.10','asNumber':65010");
+        string file = Path.Combine(dir, "bgpd.json");
+        File.WriteAllText(file, """{"routerId":"127.0.0.1"}""");
+        await StartAsync(file);
+        int port1 = daemon!.ListenEndpoint!.Port;
+        Task<BgpTester> Tor(int port) => BgpTester.ConnectAsync(new IPEndPoint(IPAddress.Loopback, port), IPAddress.Parse("127.0.0.10"), 65010);
+        await using BgpTester first = await Tor(port1);
+
+        // listenPort: bgpd listens on the new port at once, the established session stays.
+        int port2 = FreePort();
+        PutConfig(listenPort: port2);
+        await Until(() => Task.FromResult(daemon.ListenEndpoint!.Port == port2), "the new listen port");
+        using (var probe = new System.Net.Sockets.TcpClient())
+        {
+            await probe.ConnectAsync(IPAddress.Loopback, port2);
+        }
+        await Assert.ThrowsAnyAsync<System.Net.Sockets.SocketException>(async () =>
+        {
+            using var old = new System.Net.Sockets.TcpClient();
+            await old.ConnectAsync(IPAddress.Loopback, port1);
+        });
+        Assert.False(first.Closed);
+        Assert.True(Logged($"now listening on [::]:{port2}"));
+
+        // asNumber: it is in the OPEN, so the session is reset with Cease / Other Configuration Change.
+        PutConfig(asNumber: 64513, listenPort: port2);
+        await Until(() => Task.FromResult(first.Closed), "the session reset by the AS change");
+        Assert.Equal((ErrorCode.Cease, Subcode.OtherConfigurationChange), (first.Notification!.Code, first.Notification.Subcode));
+        Assert.Equal(64513u, daemon.LocalAs);
+        Assert.True(Logged("AS 64512 -> 64513: resetting 1 sessions (tor)"));
+
+        // The route reflector cluster id is in no OPEN: nothing resets.
+        await using BgpTester second = await Tor(port2);
+        Put("/calico/resources/v3/projectcalico.org/nodes/node1",
+            """{"kind":"Node","apiVersion":"projectcalico.org/v3","metadata":{"name":"node1"},"spec":{"bgp":{"ipv4Address":"127.0.0.1/8","routeReflectorClusterID":"1.2.3.4"}}}""");
+        await Until(() => Task.FromResult(Logged("route reflector cluster id none -> 1.2.3.4: no session needs a reset")), "the cluster id applied");
+        await Task.Delay(300);
+        Assert.False(second.Closed);
+
+        // routerId (the file, reloaded): in every OPEN, so the session resets.
+        File.WriteAllText(file, """{"routerId":"127.0.0.2"}""");
+        await daemon.ReloadAsync();
+        await Until(() => Task.FromResult(second.Closed), "the session reset by the router id change");
+        Assert.True(Logged("router id 127.0.0.1 -> 127.0.0.2: resetting 1 sessions (tor)"));
+        Assert.Equal(SpeakerConfig.ParseRouterId("127.0.0.2"), daemon.Speaker.Config.RouterId);
+
+        // A bad router id in a reload is refused whole.
+        File.WriteAllText(file, """{"routerId":"banana"}""");
+        ConfigException e = await Assert.ThrowsAsync<ConfigException>(daemon.ReloadAsync);
+        Assert.Contains("routerId: router id 'banana' is not an IPv4 address", e.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task A_new_max_restart_time_applies_without_a_session_reset_and_a_new_keepalive_time_resets_only_that_peer()
+    {
+        PutPeer("tor", "'peerIP':'127.0.0.10','asNumber':65010,'maxRestartTime':'45s'");
+        PutPeer("other", "'peerIP':'127.0.0.11','asNumber':65011");
+        await StartAsync();
+        var at = new IPEndPoint(IPAddress.Loopback, daemon!.ListenEndpoint!.Port);
+        await using BgpTester tor = await BgpTester.ConnectAsync(at, IPAddress.Parse("127.0.0.10"), 65010);
+        await using BgpTester other = await BgpTester.ConnectAsync(at, IPAddress.Parse("127.0.0.11"), 65011);
+        PutPeer("tor", "'peerIP':'127.0.0.10','asNumber':65010,'maxRestartTime':'30s'");
+        await Until(async () => (await PeerAsync("127.0.0.10"))?.MaxRestartTime == TimeSpan.FromSeconds(30), "the new cap");
+        Assert.True(Logged("peer tor: maxRestartTime 45 s, not a route reflector client, next hop self off -> maxRestartTime 30 s, not a route reflector client, next hop self off, applied without a session reset"));
+        await Task.Delay(300);
+        Assert.False(tor.Closed);
+        PutPeer("tor", "'peerIP':'127.0.0.10','asNumber':65010,'maxRestartTime':'30s','keepaliveTime':'20s'");
+        await Until(() => Task.FromResult(tor.Closed), "the reset for the new keepalive time");
+        Assert.False(other.Closed);
+    }
+
+    [Fact]
+    public async Task After_a_restart_old_kernel_routes_stay_until_the_restart_time_ends_on_the_daemons_clock()
+    {
+        var table = new FakeRouteTable();
+        table.Routes["10.244.9.0/26"] = FakeRouteTable.Ours("10.244.9.0/26", "10.0.0.9");
+        var clock = new Microsoft.Extensions.Time.Testing.FakeTimeProvider(DateTimeOffset.UtcNow);
+        // A peer that never comes up, so no End-of-RIB ever releases the old routes: only the restart time does.
+        PutPeer("tor", "'peerIP':'127.0.0.10','asNumber':65010");
+        await StartAsync(table: table, time: clock);
+        Assert.True(daemon!.Speaker.Config.Restarting);
+        Assert.True(daemon.Kernel!.KeepingStale);
+        clock.Advance(TimeSpan.FromSeconds(120) - TimeSpan.FromTicks(1));
+        await Task.Delay(300); // several polls
+        lock (table.Routes)
+        {
+            Assert.True(table.Routes.ContainsKey("10.244.9.0/26"));
+        }
+        clock.Advance(TimeSpan.FromTicks(1));
+        await Until(() => Task.FromResult(!daemon.Kernel.KeepingStale), "the restart time over");
+        await Until(() =>
+        {
+            lock (table.Routes)
+            {
+                return Task.FromResult(!table.Routes.ContainsKey("10.244.9.0/26"));
+            }
+        }, "the old route removed");
+        Assert.True(Logged("kernel: restart time over, removing routes no peer sent again (IPv4)"));
+    }
+
+    [Fact]
+    public async Task A_bgppeers_max_restart_time_caps_how_long_its_routes_are_kept()
+    {
+        PutPeer("capped", "'peerIP':'127.0.0.31','asNumber':65031,'maxRestartTime':'45s'");
+        PutPeer("uncapped", "'peerIP':'127.0.0.32','asNumber':65032");
+        PutPeer("bad-restart", "'peerIP':'127.0.0.33','asNumber':65033,'maxRestartTime':'soon'");
+        await StartAsync();
+        Assert.Equal(TimeSpan.FromSeconds(45), (await PeerAsync("127.0.0.31"))?.MaxRestartTime);
+        Assert.Null((await PeerAsync("127.0.0.32"))?.MaxRestartTime);
+        Assert.Null(await PeerAsync("127.0.0.33"));
+        Assert.Contains("maxRestartTime: 'soon' is not a duration", (await ProblemsAsync()).Single(p => p.Key == Peers + "bad-restart").Reason, StringComparison.Ordinal);
+    }
 
     [Fact]
     public async Task Every_bad_record_is_reported_by_its_key_and_skipped_and_the_rest_applies()

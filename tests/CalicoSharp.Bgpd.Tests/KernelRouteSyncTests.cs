@@ -7,73 +7,6 @@ namespace CalicoSharp.Bgpd.Tests;
 /// <summary>KernelRouteSync against an in-memory route table: batching, next-hop resolution, reconcile.</summary>
 public sealed class KernelRouteSyncTests
 {
-    /// <summary>A kernel table in memory: 10.0.0.0/24 is connected, 10.9.0.0/16 is reached via 10.0.0.1. One route
-    /// per destination (all at the default metric). As the kernel: replace takes the place whoever's route is in
-    /// it, an exclusive create fails with EEXIST where a route is, a delete matches the request's protocol.</summary>
-    private sealed class FakeTable : IRouteTable
-    {
-        public Dictionary<string, Route> Routes { get; } = [];
-
-        public List<int> Batches { get; } = [];
-
-        public IReadOnlyList<Route> List(byte protocol)
-        {
-            lock (Routes)
-            {
-                return [.. Routes.Values.Where(r => r.Protocol == protocol)];
-            }
-        }
-
-        public IReadOnlyList<Route> ListAll()
-        {
-            lock (Routes)
-            {
-                return [.. Routes.Values];
-            }
-        }
-
-        public NetlinkException?[] Apply(IReadOnlyList<(Route Route, RouteChange Change)> changes)
-        {
-            lock (Routes)
-            {
-                Batches.Add(changes.Count);
-                var errors = new NetlinkException?[changes.Count];
-                for (int i = 0; i < changes.Count; i++)
-                {
-                    (Route r, RouteChange change) = changes[i];
-                    string key = $"{r.Destination}/{r.PrefixLength}";
-                    switch (change)
-                    {
-                        case RouteChange.Delete:
-                            if (Routes.TryGetValue(key, out Route? have) && (r.Protocol == 0 || have.Protocol == r.Protocol))
-                            {
-                                Routes.Remove(key);
-                            }
-                            break;
-                        case RouteChange.Create when Routes.ContainsKey(key):
-                            errors[i] = new NetlinkException($"adding route {r}", 17);
-                            break;
-                        default:
-                            Routes[key] = r;
-                            break;
-                    }
-                }
-                return errors;
-            }
-        }
-
-        public IPAddress? Gateway(IPAddress nextHop, byte protocol)
-        {
-            byte[] b = nextHop.GetAddressBytes();
-            return (b[0], b[1], b[2]) switch
-            {
-                (10, 0, 0) => nextHop,
-                (10, 9, _) => IPAddress.Parse("10.0.0.1"),
-                _ => null,
-            };
-        }
-    }
-
     private static KernelRoute Via(params string[] hops) => new(false, [.. hops.Select(IPAddress.Parse)]);
 
     /// <summary>A pod's host route as the CNI plugin writes it: <c>10.244.0.7 dev cali... scope link</c>, protocol boot.</summary>
@@ -86,7 +19,7 @@ public sealed class KernelRouteSyncTests
         Protocol = Rt.RTPROT_BOOT,
     };
 
-    private static void WaitFor(FakeTable table, Func<Dictionary<string, Route>, bool> condition, string what)
+    private static void WaitFor(FakeRouteTable table, Func<Dictionary<string, Route>, bool> condition, string what)
     {
         Assert.True(SpinWait.SpinUntil(() => { lock (table.Routes) { return condition(table.Routes); } }, 5000), $"waited for {what}");
     }
@@ -94,7 +27,7 @@ public sealed class KernelRouteSyncTests
     [Fact]
     public void A_learned_route_never_replaces_nor_deletes_a_route_bgpd_did_not_install()
     {
-        var table = new FakeTable();
+        var table = new FakeRouteTable();
         Route pod = PodRoute("10.244.0.7");
         table.Routes["10.244.0.7/32"] = pod;
         var log = new List<string>();
@@ -128,7 +61,7 @@ public sealed class KernelRouteSyncTests
     [Fact]
     public void A_route_another_program_put_over_bgpds_is_left_alone_after_the_reconcile_sees_it()
     {
-        var table = new FakeTable();
+        var table = new FakeRouteTable();
         using var sync = new KernelRouteSync(table, (_, _) => { });
         sync.Set(Prefix.Parse("10.244.0.9/32"), Via("10.0.0.7"));
         sync.Flush();
@@ -159,7 +92,7 @@ public sealed class KernelRouteSyncTests
     [Fact]
     public void Next_hops_are_resolved_batched_and_reconciled_without_churn()
     {
-        var table = new FakeTable();
+        var table = new FakeRouteTable();
         var log = new List<string>();
         using (var sync = new KernelRouteSync(table, (_, m) => log.Add(m)))
         {
@@ -192,5 +125,55 @@ public sealed class KernelRouteSyncTests
             Assert.Equal((0, 1), sync.Reconcile());
         }
         Assert.Equal(["10.244.1.0/26", "10.244.2.0/26", "10.244.3.0/26", "10.244.5.0/26"], table.Routes.Keys.Order());
+    }
+
+    [Fact]
+    public void After_a_restart_each_familys_old_routes_stay_until_that_family_is_released()
+    {
+        var table = new FakeRouteTable();
+        table.Routes["10.244.9.0/26"] = FakeRouteTable.Ours("10.244.9.0/26", "10.0.0.9");
+        table.Routes["fd10:244::/122"] = FakeRouteTable.Ours("fd10:244::/122", "fd00::9");
+        using var sync = new KernelRouteSync(table, (_, _) => { });
+        Assert.Equal(2, sync.Startup());
+        Assert.Equal([Afi.IPv4, Afi.IPv6], sync.StaleFamilies.Order());
+        // Nothing was announced again. The reconcile keeps both while both are stale.
+        Assert.Equal((0, 0), sync.Reconcile());
+        // IPv4's End-of-RIB came from every peer: only the IPv4 route goes.
+        sync.ReleaseStale(Afi.IPv4);
+        WaitFor(table, r => !r.ContainsKey("10.244.9.0/26"), "the old IPv4 route to go");
+        Assert.True(table.Routes.ContainsKey("fd10:244::/122"));
+        Assert.True(sync.KeepingStale);
+        // A withdrawal of a stale family's prefix does not remove its route either (the family is not complete).
+        sync.Set(Prefix.Parse("fd10:244::/122"), null);
+        sync.Flush();
+        Assert.Equal((0, 0), sync.Reconcile());
+        Assert.True(table.Routes.ContainsKey("fd10:244::/122"));
+        sync.ReleaseStale(Afi.IPv6);
+        WaitFor(table, r => !r.ContainsKey("fd10:244::/122"), "the old IPv6 route to go");
+        Assert.False(sync.KeepingStale);
+    }
+
+    [Fact]
+    public void A_family_is_released_when_every_peer_that_may_carry_it_has_sent_its_end_of_rib()
+    {
+        IPAddress tor = IPAddress.Parse("10.0.0.1"), mesh = IPAddress.Parse("10.0.0.2"), gone = IPAddress.Parse("10.0.0.3");
+        var wait = new EndOfRibWait([Afi.IPv4, Afi.IPv6]);
+        wait.Add(tor, [Afi.IPv4, Afi.IPv6]);
+        wait.Add(mesh, [Afi.IPv4, Afi.IPv6]);
+        wait.Add(gone, [Afi.IPv4]);
+        // The ToR's IPv4 End-of-RIB: others still owe IPv4; nothing of IPv6 is done by it.
+        Assert.Empty(wait.EndOfRib(tor, Afi.IPv4, [Afi.IPv4, Afi.IPv6]));
+        // The mesh peer negotiated IPv4 only: its IPv4 End-of-RIB also means no IPv6 one will come from it.
+        Assert.Empty(wait.EndOfRib(mesh, Afi.IPv4, [Afi.IPv4]));
+        // The last peer owing IPv4 is removed from the configuration: IPv4 is complete, IPv6 still waits for the ToR.
+        Assert.Equal([Afi.IPv4], wait.Remove(gone));
+        Assert.True(wait.Waiting);
+        Assert.Equal([Afi.IPv6], wait.EndOfRib(tor, Afi.IPv6, [Afi.IPv4, Afi.IPv6]));
+        Assert.False(wait.Waiting);
+        // Families whose old routes were not kept are never waited for.
+        var none = new EndOfRibWait([Afi.IPv4]);
+        none.Add(tor, [Afi.IPv4, Afi.IPv6]);
+        Assert.Empty(none.EndOfRib(tor, Afi.IPv6, [Afi.IPv4, Afi.IPv6]));
+        Assert.Equal([Afi.IPv4], none.EndOfRib(tor, Afi.IPv4, [Afi.IPv4, Afi.IPv6]));
     }
 }

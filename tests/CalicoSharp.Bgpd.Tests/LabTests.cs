@@ -161,12 +161,36 @@ public class LabFailureTests
         TestNetns.Ip("-n", n1.Netns.Name, "route", "add", "10.244.250.0/26", "via", n1.TorAddress, "proto", "81");
 
         lab.StartBgpd(n1);
-        await BgpLab.WaitAsync(() => File.ReadAllText(n1.LogFile).Contains("End-of-RIB, removing", StringComparison.Ordinal), "node1 to release its stale routes", 60, lab.Diagnostics);
+        await BgpLab.WaitAsync(() => File.ReadAllText(n1.LogFile).Contains("End-of-RIB for IPv4, removing", StringComparison.Ordinal), "node1 to release its stale routes", 60, lab.Diagnostics);
         await BgpLab.WaitAsync(() => !BgpLab.KernelRoutes(n1).Contains("10.244.250.0", StringComparison.Ordinal), "the stale route to go", 30, lab.Diagnostics);
         Assert.Contains("left by a previous run", File.ReadAllText(n1.LogFile), StringComparison.Ordinal);
         Assert.Contains("blackhole " + blockA, BgpLab.KernelRoutes(n1), StringComparison.Ordinal);
         Assert.Contains($"{blockA} via", BgpLab.KernelRoutes(n2), StringComparison.Ordinal);
         Assert.True(await BgpLab.TcpExchangeAsync(a, b), lab.Diagnostics());
+    }
+
+    /// <summary>Issue 16, finding 6: pods keep talking, without losing a packet, while bgpd on the node of one of
+    /// them restarts after a crash (SIGKILL) and in a planned restart (SIGTERM: no Cease, so the ToR keeps the node's
+    /// routes).</summary>
+    [Theory]
+    [InlineData("KILL")]
+    [InlineData("TERM")]
+    public async Task Pods_lose_no_packet_and_no_connection_while_bgpd_restarts(string signal)
+    {
+        await using BgpLab lab = await BgpLab.StartAsync(TorModel.AsPerComputeServer, 2);
+        LabNode n1 = lab.Nodes[0], n2 = lab.Nodes[1];
+        LabPod a = await lab.AddPodAsync(n1, "pod-a");
+        LabPod b = await lab.AddPodAsync(n2, "pod-b");
+        await BgpLab.WaitAsync(() => BgpLab.KernelRoutes(n2).Contains($"{a.Block} via", StringComparison.Ordinal)
+            && BgpLab.KernelRoutes(n1).Contains($"{b.Block} via", StringComparison.Ordinal), "both blocks on both nodes", 60, lab.Diagnostics);
+        RestartTrafficResult r = await RestartTraffic.RunAsync(lab, b, a, signal);
+        Assert.True(r.PingsSent == 2000, $"{r}");
+        Assert.True(r.PingsLost == 0, $"{r}\n{lab.Diagnostics()}");
+        Assert.True(r.TcpUnbroken, $"{r}\n{lab.Diagnostics()}");
+        if (signal == "TERM")
+        {
+            Assert.Contains("closing without a NOTIFICATION", File.ReadAllText(n1.LogFile), StringComparison.Ordinal);
+        }
     }
 
     [Fact]
@@ -302,5 +326,34 @@ public class LabInterfaceTests
         Assert.Contains("calicosharp_etcd_up 1", metrics.Stdout, StringComparison.Ordinal);
         Assert.Contains("calicosharp_etcd_watch_up 1", metrics.Stdout, StringComparison.Ordinal);
         Assert.Matches(@"calicosharp_kernel_route_operations_total [1-9]", metrics.Stdout);
+    }
+}
+
+/// <summary>Issue 16, finding 8, as the ToR (BIRD) sees it: Calico's communities and prefixAdvertisements on the
+/// advertised blocks, and nothing of a pool with disableBGPExport.</summary>
+[Trait("Category", "Privileged")]
+public class AdvertisementLabTests
+{
+    [Fact]
+    public async Task The_tor_gets_the_configured_communities_and_nothing_of_a_pool_with_disableBGPExport()
+    {
+        await using BgpLab lab = await BgpLab.StartAsync(TorModel.AsPerComputeServer, 2);
+        LabNode n1 = lab.Nodes[0];
+        await lab.PutAsync("/calico/resources/v3/projectcalico.org/ippools/private",
+            """{"kind":"IPPool","apiVersion":"projectcalico.org/v3","metadata":{"name":"private"},"spec":{"cidr":"10.99.0.0/16","blockSize":26,"disableBGPExport":true}}""");
+        await lab.PutAsync("/calico/resources/v3/projectcalico.org/bgpconfigurations/default",
+            $$$"""{"kind":"BGPConfiguration","apiVersion":"projectcalico.org/v3","metadata":{"name":"default"},"spec":{"asNumber":{{{BgpLab.RackAs}}},"nodeToNodeMeshEnabled":false,"communities":[{"name":"rack","value":"65010:100"},{"name":"big","value":"65010:1:2"}],"prefixAdvertisements":[{"cidr":"{{{BgpLab.Pool}}}","communities":["rack","65010:7","big"]}]}}""");
+        LabPod a = await lab.AddPodAsync(n1, "pod-a");
+        IReadOnlyList<AssignedAddress> hidden = await lab.Ipam.AutoAssignAsync(new AutoAssignRequest { Node = n1.Name, HandleId = "private-1", Num4 = 1, Ipv4Pools = ["private"] });
+        string hiddenBlock = IpNet.Enclosing(hidden[0].Address, 26).ToString();
+
+        string Route(string block) => lab.Bird!.Birdc($"show route all for {block}").Replace(" ", "", StringComparison.Ordinal);
+        await BgpLab.WaitAsync(() => Route(a.Block).Contains("BGP.community:(65010,100)(65010,7)", StringComparison.Ordinal)
+            && Route(a.Block).Contains("BGP.large_community:(65010,1,2)", StringComparison.Ordinal), "node1's block with its communities at the ToR", 60, () => Route(a.Block) + lab.Diagnostics());
+        // node1 holds the private block (its blackhole is installed) but never advertises it.
+        await BgpLab.WaitAsync(() => BgpLab.KernelRoutes(n1).Contains($"blackhole {hiddenBlock}", StringComparison.Ordinal), "the private block's blackhole on node1", 30, lab.Diagnostics);
+        await Task.Delay(3000);
+        Assert.DoesNotContain(hiddenBlock.Split('/')[0], lab.Bird!.Birdc("show route"), StringComparison.Ordinal);
+        Assert.DoesNotContain(hiddenBlock.Split('/')[0], BgpLab.KernelRoutes(lab.Nodes[1]), StringComparison.Ordinal);
     }
 }

@@ -1,0 +1,174 @@
+using CalicoSharp.Bgp;
+
+namespace CalicoSharp.Bgp.Tests;
+
+/// <summary>RFC 4724 §4.2, the receiving speaker (helper) side, and the planned restart of RFC 4724 §4.1 / RFC 8538
+/// (issue 16, finding 6).</summary>
+public sealed class GracefulRestartTests
+{
+    private static PathAttributes Attrs(string nextHop) => new()
+    {
+        AsPath = AsPath.Sequence([65001]),
+        NextHop = Prefix.Parse(nextHop + (nextHop.Contains(':', StringComparison.Ordinal) ? "/128" : "/32")),
+    };
+
+    private static GracefulRestartCapability Both(bool v4Forwarding = true, bool v6Forwarding = true, bool restarting = false, ushort time = 60) =>
+        new(restarting, false, time, [new(Afi.IPv4, Safi.Unicast, v4Forwarding), new(Afi.IPv6, Safi.Unicast, v6Forwarding)]);
+
+    private static RoutePath? Best(Harness h, string prefix) => h.Speaker.Rib.Find(Prefix.Parse(prefix))?.Best;
+
+    /// <summary>A peer with routes of both families, whose TCP connection then drops without a NOTIFICATION.</summary>
+    private static (BgpPeer Peer, ScriptedPeer First) Restarting(Harness h, GracefulRestartCapability first, Func<PeerConfig, PeerConfig>? edit = null)
+    {
+        BgpPeer a = h.AddPeer("10.0.0.1", 65001, edit: edit);
+        ScriptedPeer sa = h.Establish(a, "10.0.0.1", restart: first);
+        sa.Announce(Attrs("10.0.0.1"), "10.1.0.0/24");
+        sa.Announce(Attrs("fd00::1"), "fd00:1::/64");
+        h.Until(() => a.PrefixesAccepted == 2, "routes of both families");
+        return (a, sa);
+    }
+
+    /// <summary>A peer with both families' routes drops (kept stale) and comes back with <paramref name="restart"/> as
+    /// its new graceful restart capability (null: none).</summary>
+    private static BgpPeer Returns(Harness h, GracefulRestartCapability? restart)
+    {
+        (BgpPeer a, ScriptedPeer sa) = Restarting(h, Both());
+        sa.Dispose();
+        h.Until(() => a.RoutesStale, "stale");
+        h.Establish(a, "10.0.0.1", restart: restart);
+        h.Pump();
+        return a;
+    }
+
+    [Fact]
+    public async Task Families_missing_from_the_peers_capability_are_not_kept()
+    {
+        await using var h = new Harness();
+        (BgpPeer a, ScriptedPeer sa) = Restarting(h, new GracefulRestartCapability(false, false, 60, [new(Afi.IPv4, Safi.Unicast, true)]));
+        sa.Dispose();
+        h.Until(() => a.State != SessionState.Established, "session down");
+        h.Pump();
+        Assert.True(Best(h, "10.1.0.0/24")?.Stale);
+        // The peer never said it could keep forwarding IPv6: its IPv6 routes go at once.
+        Assert.Null(Best(h, "fd00:1::/64"));
+        Assert.Equal(1, a.PrefixesAccepted);
+    }
+
+    [Fact]
+    public async Task A_peer_back_without_the_capability_loses_its_stale_routes_at_once()
+    {
+        await using var h = new Harness();
+        BgpPeer a = Returns(h, null);
+        // No End-of-RIB yet: the routes go because the new session has no graceful restart capability.
+        Assert.Null(Best(h, "10.1.0.0/24"));
+        Assert.Null(Best(h, "fd00:1::/64"));
+        Assert.False(a.RoutesStale);
+        Assert.Contains(h.Log, l => l.Contains("without the graceful restart capability", StringComparison.Ordinal));
+    }
+
+    [Fact]
+    public async Task A_peer_back_without_the_forwarding_bit_for_a_family_loses_that_familys_stale_routes()
+    {
+        await using var h = new Harness();
+        BgpPeer a = Returns(h, Both(v4Forwarding: false, v6Forwarding: true, restarting: true));
+        Assert.Null(Best(h, "10.1.0.0/24"));
+        Assert.True(Best(h, "fd00:1::/64")?.Stale);
+        Assert.True(a.RoutesStale);
+    }
+
+    /// <summary>The peer's stale routes go when its restart time (60 s here) ends, or maxRestartTime if shorter.</summary>
+    [Theory]
+    [InlineData(null, 60)]
+    [InlineData(10, 10)]
+    [InlineData(100, 60)]
+    public async Task Stale_routes_go_when_the_restart_time_capped_by_max_restart_time_ends(int? maxRestartTime, int seconds)
+    {
+        await using var h = new Harness();
+        (BgpPeer a, ScriptedPeer sa) = Restarting(h, Both(time: 60), c => new PeerConfig
+        {
+            Address = c.Address,
+            RemoteAs = c.RemoteAs,
+            Passive = true,
+            LocalAddress = c.LocalAddress,
+            LocalAddressOtherFamily = c.LocalAddressOtherFamily,
+            MaxRestartTime = maxRestartTime is { } m ? TimeSpan.FromSeconds(m) : null,
+        });
+        sa.Dispose();
+        h.Until(() => a.RoutesStale, "stale");
+        h.Advance(TimeSpan.FromSeconds(seconds) - TimeSpan.FromTicks(1));
+        Assert.True(a.RoutesStale);
+        h.Advance(TimeSpan.FromTicks(1));
+        Assert.False(a.RoutesStale);
+        Assert.Equal(0, a.PrefixesAccepted);
+    }
+
+    [Fact]
+    public async Task A_restarting_peers_new_connection_replaces_a_session_that_still_looks_established()
+    {
+        await using var h = new Harness();
+        (BgpPeer a, ScriptedPeer old) = Restarting(h, Both());
+        h.Drain(old);
+        // The peer restarted, but its old connection never closed (a reboot: no FIN). It connects again.
+        ScriptedPeer fresh = h.ConnectIn(a);
+        h.Next<OpenMessage>(fresh);
+        fresh.SendOpen(65001, "10.0.0.1", restart: Both(restarting: true));
+        h.Next<KeepaliveMessage>(fresh);
+        fresh.Send(MessageEncoder.Keepalive());
+        h.Until(() => a.State == SessionState.Established && a.RoutesStale, "the new session, with the old routes stale");
+        Assert.True(Best(h, "10.1.0.0/24")?.Stale);
+        // RFC 4724 §4.2: the old connection is closed without a NOTIFICATION.
+        h.Until(() => old.Closed, "the old connection closed");
+        Assert.DoesNotContain(h.Drain(old), m => m is NotificationMessage);
+        fresh.Announce(Attrs("10.0.0.1"), "10.1.0.0/24");
+        fresh.Send(UpdateEncoder.EndOfRib(Afi.IPv4));
+        fresh.Send(UpdateEncoder.EndOfRib(Afi.IPv6));
+        h.Until(() => !a.RoutesStale, "stale routes flushed by End-of-RIB");
+        Assert.False(Best(h, "10.1.0.0/24")?.Stale);
+        Assert.Null(Best(h, "fd00:1::/64"));
+    }
+
+    [Fact]
+    public async Task Without_graceful_restart_a_second_connection_still_loses_to_the_established_session()
+    {
+        await using var h = new Harness();
+        BgpPeer a = h.AddPeer("10.0.0.1", 65001);
+        h.Establish(a, "10.0.0.1", gracefulRestart: false);
+        ScriptedPeer second = h.ConnectIn(a);
+        NotificationMessage n = h.Expect<NotificationMessage>(second);
+        Assert.Equal((ErrorCode.Cease, Subcode.ConnectionCollisionResolution), (n.Code, n.Subcode));
+        Assert.Equal(SessionState.Established, a.State);
+    }
+
+    [Fact]
+    public async Task A_planned_restart_closes_sessions_with_graceful_restart_without_a_notification()
+    {
+        await using var h = new Harness();
+        BgpPeer gr = h.AddPeer("10.0.0.1", 65001);
+        BgpPeer plain = h.AddPeer("10.0.0.2", 65002);
+        ScriptedPeer sgr = h.Establish(gr, "10.0.0.1", restart: Both());
+        ScriptedPeer splain = h.Establish(plain, "10.0.0.2", gracefulRestart: false);
+        h.Drain(sgr);
+        h.Drain(splain);
+        Task stop = h.Speaker.StopAsync("restarting", TimeSpan.Zero, restarting: true);
+        h.Until(() => stop.IsCompleted, "the stop");
+        await stop;
+        h.Until(() => sgr.Closed && splain.Closed, "both connections closed");
+        // The GR peer keeps our routes (its helper role, RFC 4724 §4.2): no NOTIFICATION. The other gets a Cease.
+        Assert.DoesNotContain(h.Drain(sgr), m => m is NotificationMessage);
+        Assert.Contains(h.Drain(splain), m => m is NotificationMessage { Code: ErrorCode.Cease });
+    }
+
+    [Fact]
+    public async Task A_stop_for_good_sends_a_cease_also_to_graceful_restart_peers()
+    {
+        await using var h = new Harness();
+        BgpPeer gr = h.AddPeer("10.0.0.1", 65001);
+        ScriptedPeer sgr = h.Establish(gr, "10.0.0.1", restart: Both());
+        h.Drain(sgr);
+        Task stop = h.Speaker.StopAsync("decommissioned", TimeSpan.Zero);
+        h.Until(() => stop.IsCompleted, "the stop");
+        await stop;
+        h.Until(() => sgr.Closed, "closed");
+        Assert.Contains(h.Drain(sgr), m => m is NotificationMessage { Code: ErrorCode.Cease });
+    }
+}
