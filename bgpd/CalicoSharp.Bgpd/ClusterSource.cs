@@ -48,6 +48,9 @@ public sealed record ClusterSnapshot(
     /// <summary>Records of the read that were left out (not JSON, a pool without a CIDR): each is reported, the
     /// rest applies.</summary>
     public IReadOnlyList<ResourceProblem> Problems { get; init; } = [];
+
+    /// <summary>Calico Enterprise's BFDConfiguration resources, by name, each checked whole.</summary>
+    public IReadOnlyList<BfdConfigResource> BfdConfigurations { get; init; } = [];
 }
 
 /// <summary>
@@ -58,6 +61,7 @@ public sealed class EtcdClusterSource
 {
     private const string BgpConfigurations = Keys.ResourcePrefix + "bgpconfigurations/";
     internal const string BgpPeers = Keys.ResourcePrefix + "bgppeers/";
+    internal const string BfdConfigurations = Keys.ResourcePrefix + "bfdconfigurations/";
 
     private readonly IKvStore _store;
     private readonly string _node;
@@ -69,7 +73,7 @@ public sealed class EtcdClusterSource
     }
 
     /// <summary>The prefixes whose changes matter: a watch on them wakes the daemon.</summary>
-    public IReadOnlyList<string> WatchedPrefixes => [BgpConfigurations, BgpPeers, Keys.NodePrefix, Keys.PoolPrefix, Keys.HostAffinityPrefix(_node)];
+    public IReadOnlyList<string> WatchedPrefixes => [BgpConfigurations, BgpPeers, Keys.NodePrefix, Keys.PoolPrefix, Keys.HostAffinityPrefix(_node), BfdConfigurations];
 
     public async Task<ClusterSnapshot> ReadAsync(CancellationToken ct)
     {
@@ -80,6 +84,7 @@ public sealed class EtcdClusterSource
             KvRead.Under(Keys.NodePrefix, false),
             KvRead.Under(Keys.PoolPrefix, false),
             KvRead.Under(Keys.HostAffinityPrefix(_node), false),
+            KvRead.Under(BfdConfigurations, false),
         ], ct).ConfigureAwait(false);
         long revision = r.SelectMany(x => x).Select(e => e.ModRevision).DefaultIfEmpty(0).Max();
         var problems = new List<ResourceProblem>();
@@ -174,7 +179,12 @@ public sealed class EtcdClusterSource
                 });
             }
         }
-        return new ClusterSnapshot(revision, asn, mesh, port, nodes, peers, pools, blockSizes, blocks) { Problems = problems };
+        var bfd = new List<BfdConfigResource>();
+        foreach (KvEntry e in r[5])
+        {
+            Use(e, problems, root => bfd.Add(BfdConfigResource.Parse(e.Key[BfdConfigurations.Length..], Obj(root, "spec"))));
+        }
+        return new ClusterSnapshot(revision, asn, mesh, port, nodes, peers, pools, blockSizes, blocks) { Problems = problems, BfdConfigurations = bfd };
     }
 
     /// <summary>

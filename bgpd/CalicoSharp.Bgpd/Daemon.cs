@@ -203,6 +203,9 @@ public sealed class Daemon : IAsyncDisposable
 
     public KernelRouteSync? Kernel => _kernel;
 
+    /// <summary>BFD beside the BGP sessions (BfdPeers.cs); null before start.</summary>
+    public BfdPeers? Bfd { get; private set; }
+
     public ClusterSnapshot Cluster { get; private set; } = ClusterSnapshot.Empty;
 
     public DateTimeOffset StartedAt { get; } = DateTimeOffset.UtcNow;
@@ -278,6 +281,7 @@ public sealed class Daemon : IAsyncDisposable
         Speaker.ConfigureListener = SocketOptions.ApplyListener;
         Speaker.Rib.BestChanged += OnBestChanged;
         Speaker.Rib.EndOfRibReceived += OnEndOfRib;
+        Bfd = new BfdPeers(Speaker, _log);
         IPAddress listen = DaemonConfig.ParseAddress(_file.ListenAddress, "listenAddress") ?? IPAddress.IPv6Any;
         IPEndPoint bound = Speaker.Listen(new IPEndPoint(listen, _file.ListenPort ?? Cluster.ListenPort ?? 179));
         ListenEndpoint = bound;
@@ -492,7 +496,9 @@ public sealed class Daemon : IAsyncDisposable
             }
         }
         var problems = new List<ResourceProblem>(c.Problems);
-        ApplyPeers(DesiredPeers(c, problems));
+        List<PeerConfig> desired = DesiredPeers(c, problems);
+        ApplyPeers(desired);
+        Guard("BFD", () => Bfd?.Apply(desired, _file.Peers, c, c.Nodes.FirstOrDefault(n => n.Name == NodeName)?.Labels ?? new Dictionary<string, string>()));
         Report(problems);
         var originate = new HashSet<Prefix>(blocks);
         foreach (string s in _file.Originate)
@@ -869,6 +875,7 @@ public sealed class Daemon : IAsyncDisposable
                 await t.ConfigureAwait(false);
             }
         }
+        await Speaker.InvokeAsync(() => Bfd?.Stop()).ConfigureAwait(false);
         await Speaker.StopAsync(reason, TimeSpan.FromMilliseconds(300)).ConfigureAwait(false);
     }
 
@@ -882,6 +889,7 @@ public sealed class Daemon : IAsyncDisposable
         {
             await Speaker.DisposeAsync().ConfigureAwait(false);
         }
+        Bfd?.Dispose();
         _etcd?.Dispose();
         _kernel?.Dispose();
         _routeTable?.Dispose();

@@ -100,6 +100,9 @@ public sealed class BfdSession
     /// <summary>bfd.DesiredMinTxInterval as sent now: the idle interval until Up (§6.8.3), then the configured one.</summary>
     public TimeSpan DesiredMinTx => FromMicros(_desiredMinTx);
 
+    /// <summary>The detection time that last expired (the log says how long the remote was silent).</summary>
+    public TimeSpan ExpiredDetectionTime { get; private set; }
+
     internal bool Closing { get; private set; }
 
     private static TimeSpan FromMicros(ulong us) => TimeSpan.FromTicks((long)Math.Min(us * TimeSpan.TicksPerMicrosecond, (ulong)TimeSpan.MaxValue.Ticks));
@@ -269,6 +272,7 @@ public sealed class BfdSession
             return;
         }
         _detectArmed = false;
+        ExpiredDetectionTime = DetectionTime;
         // §6.8.1: a Detection Time without a packet forgets the remote; §6.8.4: Init or Up go Down.
         RemoteDiscriminator = 0;
         RemoteState = BfdState.Down;
