@@ -14,61 +14,9 @@ namespace CalicoSharp.Bgpd.Tests;
 [Trait("Category", "Privileged")]
 public class BfdLabTests
 {
-    /// <summary>BIRD's side: 100 ms × 3, the same as the BFDConfiguration the nodes get.</summary>
-    internal static string BirdBfd(int ms, int multiplier = 3) =>
-        $"protocol bfd {{ interface \"*\" {{ min rx interval {ms} ms; min tx interval {ms} ms; idle tx interval 1 s; multiplier {multiplier}; }}; }}";
+    private static Task<BgpLab> StartAsync(int nodes, bool bfd) => BfdLab.StartAsync(nodes, bfd);
 
-    internal static string BfdConfiguration(int ms, int multiplier = 3, string pattern = "*") =>
-        $$$"""{"kind":"BFDConfiguration","apiVersion":"projectcalico.org/v3","metadata":{"name":"default"},"spec":{"nodeSelector":"all()","interfaces":[{"matchPattern":"{{{pattern}}}","minimumSendInterval":"{{{ms}}}ms","minimumRecvInterval":"{{{ms}}}ms","idleSendInterval":"1s","multiplier":{{{multiplier}}}}]}}""";
-
-    internal const string BfdConfigurationKey = "/calico/resources/v3/projectcalico.org/bfdconfigurations/default";
-
-    /// <summary>A lab of <paramref name="nodes"/> nodes, AS per node, BIRD with BFD on every session, a block on each
-    /// node; with <paramref name="bfd"/> the nodes get the BFDConfiguration (else BIRD's BFD finds no partner).</summary>
-    internal static async Task<BgpLab> StartAsync(int nodes, bool bfd, int ms = 100)
-    {
-        BgpLab lab = await BgpLab.StartAsync(TorModel.AsPerComputeServer, nodes, l =>
-        {
-            l.TorExtra = BirdBfd(ms);
-            l.TorPeerExtra = _ => "bfd on;";
-        }, startBgpd: false);
-        try
-        {
-            if (bfd)
-            {
-                await lab.PutAsync(BfdConfigurationKey, BfdConfiguration(ms));
-            }
-            foreach (LabNode n in lab.Nodes)
-            {
-                IReadOnlyList<AssignedAddress> a = await lab.Ipam.AutoAssignAsync(new AutoAssignRequest { HandleId = $"bfd-{n.Name}", Node = n.Name, Num4 = 1 });
-                Blocks.AddOrUpdate(n, a[0].Block.ToString());
-                lab.StartBgpd(n);
-            }
-            foreach (LabNode n in lab.Nodes)
-            {
-                foreach (LabNode other in lab.Nodes.Where(o => o != n))
-                {
-                    await BgpLab.WaitAsync(() => HasRouteTo(n, other, lab), $"{n.Name} to learn {other.Name}'s block", 60, lab.Diagnostics);
-                }
-                if (bfd)
-                {
-                    await WaitBfdUpAsync(lab, n);
-                }
-            }
-            return lab;
-        }
-        catch
-        {
-            await lab.DisposeAsync();
-            throw;
-        }
-    }
-
-    private static readonly System.Runtime.CompilerServices.ConditionalWeakTable<LabNode, string> Blocks = [];
-
-    /// <summary>Whether <paramref name="other"/>'s block is in <paramref name="n"/>'s kernel (bgpd's protocol).</summary>
-    internal static bool HasRouteTo(LabNode n, LabNode other, BgpLab lab) =>
-        Blocks.TryGetValue(other, out string? block) && BgpLab.KernelRoutes(n).Contains(block + " ", StringComparison.Ordinal);
+    private static bool HasRouteTo(LabNode n, LabNode other, BgpLab lab) => lab.Nodes.Contains(other) && BfdLab.HasRouteTo(n, other);
 
     internal static async Task<JsonElement> NodeStatusAsync(LabNode n)
     {
@@ -86,14 +34,14 @@ public class BfdLabTests
             ProcessResult r = await BgpLab.CtlAsync("node", "status", "--bgpd-socket", n.ApiSocket, "-o", "json");
             using JsonDocument? d = r.ExitCode == 0 ? JsonDocument.Parse(r.Stdout) : null; // null: bgpd not answering yet
             bool ours = d is not null && d.RootElement.GetProperty("peers").EnumerateArray().Any(p => p.TryGetProperty("bfd", out JsonElement b) && b.GetProperty("state").GetString() == "Up");
-            bool birds = lab.Bird!.Birdc("show bfd sessions").Split('\n').Any(l => l.StartsWith(n.Address + " ", StringComparison.Ordinal) && l.Contains(" Up ", StringComparison.Ordinal));
+            bool birds = BfdLab.BirdUp(lab, n);
             if (ours && birds)
             {
                 return;
             }
             if (sw.Elapsed > TimeSpan.FromSeconds(30))
             {
-                throw new TimeoutException($"BFD between {n.Name} and the ToR not Up (bgpd: {ours}, BIRD: {birds})\n{lab.Bird.Birdc("show bfd sessions")}\n{lab.Diagnostics()}");
+                throw new TimeoutException($"BFD between {n.Name} and the ToR not Up (bgpd: {ours}, BIRD: {birds})\n{lab.Bird!.Birdc("show bfd sessions")}\n{lab.Diagnostics()}");
             }
             await Task.Delay(100);
         }
@@ -120,22 +68,12 @@ public class BfdLabTests
         k.WaitForExit();
     }
 
-    /// <summary>Drops everything on the ToR's end of the node's link, both ways, with no interface event: the link
-    /// dies silently.</summary>
-    internal static void CutSilently(BgpLab lab, LabNode n, bool cut)
-    {
-        string torIf = $"{lab.Prefix}t{n.Index}";
-        foreach ((string chain, string dir) in new[] { ("INPUT", "-i"), ("OUTPUT", "-o") })
-        {
-            TestNetns.Ip("netns", "exec", lab.Tor.Name, "iptables", cut ? "-I" : "-D", chain, dir, torIf, "-j", "DROP");
-        }
-    }
-
     [Fact]
     public async Task Bfd_comes_up_with_bird_and_node_status_shows_its_state_and_timers()
     {
         await using BgpLab lab = await StartAsync(1, bfd: true);
         LabNode n1 = lab.Nodes[0];
+        await WaitBfdUpAsync(lab, n1);
         JsonElement b = (await NodeStatusAsync(n1)).GetProperty("peers")[0].GetProperty("bfd");
         Assert.Equal("Up", b.GetProperty("remoteState").GetString());
         Assert.Equal(100, b.GetProperty("minTxMs").GetDouble());
@@ -150,7 +88,7 @@ public class BfdLabTests
         // Live change: 300 ms × 3 reaches the running session by a Poll Sequence; BGP stays up, BFD stays Up.
         long upBefore = b.GetProperty("upTransitions").GetInt64();
         string sinceBgp = (await NodeStatusAsync(n1)).GetProperty("peers")[0].GetProperty("since").GetString()!;
-        await lab.PutAsync(BfdConfigurationKey, BfdConfiguration(300));
+        await lab.PutAsync(BfdLab.ConfigurationKey, BfdLab.Configuration(300));
         await BgpLab.WaitAsync(() =>
         {
             JsonElement p = NodeStatusAsync(n1).GetAwaiter().GetResult().GetProperty("peers")[0];
@@ -210,7 +148,7 @@ public class BfdLabTests
     {
         await using BgpLab lab = await StartAsync(2, bfd: true);
         LabNode n1 = lab.Nodes[0], n2 = lab.Nodes[1];
-        CutSilently(lab, n1, true);
+        BfdLab.CutSilently(lab, n1, true);
         try
         {
             Task<TimeSpan?> nodeSide = TimeUntilAsync(() => !HasRouteTo(n1, n2, lab), TimeSpan.FromSeconds(8));
@@ -221,7 +159,7 @@ public class BfdLabTests
         }
         finally
         {
-            CutSilently(lab, n1, false);
+            BfdLab.CutSilently(lab, n1, false);
         }
         await BgpLab.WaitAsync(() => HasRouteTo(n1, n2, lab) && HasRouteTo(n2, n1, lab), "both blocks back", 60, lab.Diagnostics);
     }
@@ -231,7 +169,7 @@ public class BfdLabTests
     {
         await using BgpLab lab = await StartAsync(2, bfd: false);
         LabNode n1 = lab.Nodes[0], n2 = lab.Nodes[1];
-        CutSilently(lab, n1, true);
+        BfdLab.CutSilently(lab, n1, true);
         try
         {
             var sw = Stopwatch.StartNew();
@@ -246,7 +184,7 @@ public class BfdLabTests
         }
         finally
         {
-            CutSilently(lab, n1, false);
+            BfdLab.CutSilently(lab, n1, false);
         }
     }
 }
