@@ -1,4 +1,3 @@
-using System.Globalization;
 using System.Net;
 using CalicoSharp.Bgp.Bfd;
 
@@ -119,8 +118,7 @@ public class BfdFuzzTests
     [Trait("Category", "Fuzz")]
     public void Long_bfd_fuzz_run()
     {
-        int inputs = int.TryParse(Environment.GetEnvironmentVariable("BGP_FUZZ_INPUTS"), NumberStyles.None, CultureInfo.InvariantCulture, out int n) ? n : 1_000_000;
-        int seed = int.TryParse(Environment.GetEnvironmentVariable("BGP_FUZZ_SEED"), NumberStyles.None, CultureInfo.InvariantCulture, out int s) ? s : Environment.TickCount;
+        (int inputs, int seed) = FuzzTests.LongRunSettings();
         Run(inputs, seed);
     }
 }
