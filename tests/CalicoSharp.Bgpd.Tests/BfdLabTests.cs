@@ -102,6 +102,20 @@ public class BfdLabTests
     }
 
     [Fact]
+    public async Task Bfd_comes_up_over_ipv6_too_and_each_family_has_its_session()
+    {
+        await using BgpLab lab = await BfdLab.StartAsync(1, bfd: true, configure: l => l.Ipv6 = true);
+        LabNode n1 = lab.Nodes[0];
+        string Sessions() => lab.Bird!.Birdc("show bfd sessions");
+        await BgpLab.WaitAsync(() => Sessions().Split('\n').Any(l => l.StartsWith(n1.Address6 + " ", StringComparison.Ordinal) && l.Contains(" Up ", StringComparison.Ordinal)),
+            "BIRD's IPv6 BFD session Up", 30, () => Sessions() + lab.Diagnostics());
+        JsonElement peers = (await NodeStatusAsync(n1)).GetProperty("peers");
+        JsonElement v6 = peers.EnumerateArray().Single(p => p.GetProperty("address").GetString() == n1.TorAddress6);
+        Assert.Equal("Up", v6.GetProperty("bfd").GetProperty("state").GetString());
+        Assert.Equal(2, peers.EnumerateArray().Count(p => p.TryGetProperty("bfd", out JsonElement b) && b.GetProperty("state").GetString() == "Up"));
+    }
+
+    [Fact]
     public async Task Bird_detects_a_frozen_node_and_withdraws_its_block_long_before_the_hold_timer()
     {
         await using BgpLab lab = await StartAsync(2, bfd: true);
