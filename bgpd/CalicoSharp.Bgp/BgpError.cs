@@ -55,6 +55,9 @@ public static class Subcode
     public const byte ConnectionCollisionResolution = 7;
     public const byte OutOfResources = 8;
 
+    // RFC 9384: the session was closed because its BFD session went down.
+    public const byte BfdDown = 10;
+
     // RFC 7313 §5
     public const byte InvalidRouteRefreshLength = 1;
 }

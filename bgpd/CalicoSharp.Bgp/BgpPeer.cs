@@ -739,6 +739,26 @@ public sealed class BgpPeer
         }
     }
 
+    /// <summary>
+    /// RFC 5882 §3.2: the BFD session to this peer went down, so the path to it is gone: the BGP session is taken down
+    /// at once, its routes withdrawn (not kept as stale: the peer is unreachable, not restarting), with Cease / BFD Down
+    /// (RFC 9384) in case the peer can still hear it. The peer stays enabled and connects again as after any failure.
+    /// Returns whether a session or connection attempt was closed.
+    /// </summary>
+    public bool CloseForBfd(string reason)
+    {
+        if (_attempts.Count == 0)
+        {
+            return false;
+        }
+        foreach (Attempt a in _attempts.ToList())
+        {
+            LastError = $"BFD: {reason}";
+            Close(a, NotificationMessage.Shutdown(null, Subcode.BfdDown), graceful: false);
+        }
+        return true;
+    }
+
     /// <summary>Sends a ROUTE-REFRESH for <paramref name="family"/> (RFC 2918), when the peer supports it.</summary>
     public bool RequestRefresh(Afi family)
     {

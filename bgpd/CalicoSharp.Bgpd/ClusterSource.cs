@@ -61,6 +61,9 @@ public sealed record ClusterSnapshot(
 
     /// <summary>The default bgpconfiguration's <c>prefixAdvertisements</c>, in order.</summary>
     public IReadOnlyList<PrefixAdvertisement> PrefixAdvertisements { get; init; } = [];
+
+    /// <summary>Calico Enterprise's BFDConfiguration resources, by name, each checked whole.</summary>
+    public IReadOnlyList<BfdConfigResource> BfdConfigurations { get; init; } = [];
 }
 
 /// <summary>
@@ -71,6 +74,7 @@ public sealed class EtcdClusterSource
 {
     internal const string BgpConfigurations = Keys.ResourcePrefix + "bgpconfigurations/";
     internal const string BgpPeers = Keys.ResourcePrefix + "bgppeers/";
+    internal const string BfdConfigurations = Keys.ResourcePrefix + "bfdconfigurations/";
 
     private readonly IKvStore _store;
     private readonly string _node;
@@ -82,7 +86,7 @@ public sealed class EtcdClusterSource
     }
 
     /// <summary>The prefixes whose changes matter: a watch on them wakes the daemon.</summary>
-    public IReadOnlyList<string> WatchedPrefixes => [BgpConfigurations, BgpPeers, Keys.NodePrefix, Keys.PoolPrefix, Keys.HostAffinityPrefix(_node)];
+    public IReadOnlyList<string> WatchedPrefixes => [BgpConfigurations, BgpPeers, Keys.NodePrefix, Keys.PoolPrefix, Keys.HostAffinityPrefix(_node), BfdConfigurations];
 
     public async Task<ClusterSnapshot> ReadAsync(CancellationToken ct)
     {
@@ -93,6 +97,7 @@ public sealed class EtcdClusterSource
             KvRead.Under(Keys.NodePrefix, false),
             KvRead.Under(Keys.PoolPrefix, false),
             KvRead.Under(Keys.HostAffinityPrefix(_node), false),
+            KvRead.Under(BfdConfigurations, false),
         ], ct).ConfigureAwait(false);
         long revision = r.SelectMany(x => x).Select(e => e.ModRevision).DefaultIfEmpty(0).Max();
         var problems = new List<ResourceProblem>();
@@ -198,9 +203,15 @@ public sealed class EtcdClusterSource
                 });
             }
         }
+        var bfd = new List<BfdConfigResource>();
+        foreach (KvEntry e in r[5])
+        {
+            Use(e, problems, root => bfd.Add(BfdConfigResource.Parse(e.Key[BfdConfigurations.Length..], Obj(root, "spec"))));
+        }
         return new ClusterSnapshot(revision, asn, mesh, port, nodes, peers, pools, blockSizes, blocks)
         {
             Problems = problems,
+            BfdConfigurations = bfd,
             NoExportPools = noExport,
             CommunityNames = communityNames,
             PrefixAdvertisements = advertisements,

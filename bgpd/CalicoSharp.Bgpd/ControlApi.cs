@@ -157,6 +157,7 @@ internal sealed class BgpdService : Proto.Bgpd.BgpdBase
                 HoldTime = (uint)p.NegotiatedHoldTime.TotalSeconds,
                 RouterId = p.RemoteOpen?.RouterId.ToString() ?? "",
                 RoutesStale = p.RoutesStale,
+                Bfd = _d.Bfd?.Describe(p.Config.Address),
             });
         }
         return r;
@@ -370,6 +371,7 @@ internal static class Metrics
         Value("calicosharp_config_apply_errors_total", "counter", "Times applying the configuration or reconciling the kernel failed as a whole.", $"{d.ApplyErrors}");
         Value("calicosharp_etcd_last_read_age_seconds", "gauge", "Seconds since the last successful etcd read.",
             $"{(d.LastEtcdRead is { } t ? (DateTimeOffset.UtcNow - t).TotalSeconds : -1):0.###}");
+        d.Bfd?.RenderMetrics(sb, Metric);
         return sb.ToString();
     });
 }

@@ -222,6 +222,9 @@ public sealed class Daemon : IAsyncDisposable
 
     public KernelRouteSync? Kernel => _kernel;
 
+    /// <summary>BFD beside the BGP sessions (BfdPeers.cs); null before start.</summary>
+    public BfdPeers? Bfd { get; private set; }
+
     public ClusterSnapshot Cluster { get; private set; } = ClusterSnapshot.Empty;
 
     public DateTimeOffset StartedAt { get; }
@@ -281,6 +284,7 @@ public sealed class Daemon : IAsyncDisposable
         Speaker.ConfigureListener = SocketOptions.ApplyListener;
         Speaker.Rib.BestChanged += OnBestChanged;
         Speaker.Rib.EndOfRibReceived += OnEndOfRib;
+        Bfd = new BfdPeers(Speaker, _log);
         _listenWanted = WantedListen(Cluster);
         IPEndPoint bound = Speaker.Listen(_listenWanted);
         ListenEndpoint = bound;
@@ -498,7 +502,9 @@ public sealed class Daemon : IAsyncDisposable
         }
         var problems = new List<ResourceProblem>(c.Problems);
         ApplyIdentity(c, problems);
-        ApplyPeers(DesiredPeers(c, problems));
+        List<PeerConfig> desired = DesiredPeers(c, problems);
+        ApplyPeers(desired);
+        Guard("BFD", () => Bfd?.Apply(desired, _file.Peers, c, c.Nodes.FirstOrDefault(n => n.Name == NodeName)?.Labels ?? new Dictionary<string, string>()));
         ApplyNoExport(c);
         List<CommunityRule> rules = CommunityRules(c, problems);
         Report(problems);
@@ -1061,7 +1067,7 @@ public sealed class Daemon : IAsyncDisposable
             }
         }
         // Closing the sessions takes the peers' paths out of the RIB; the kernel keeps its routes (see above).
-        await Speaker.InvokeAsync(() => Speaker.Rib.BestChanged -= OnBestChanged).ConfigureAwait(false);
+        await Speaker.InvokeAsync(() => { Speaker.Rib.BestChanged -= OnBestChanged; Bfd?.Stop(); }).ConfigureAwait(false);
         await Speaker.StopAsync(reason, TimeSpan.FromMilliseconds(300), restarting).ConfigureAwait(false);
     }
 
@@ -1075,6 +1081,7 @@ public sealed class Daemon : IAsyncDisposable
         {
             await Speaker.DisposeAsync().ConfigureAwait(false);
         }
+        Bfd?.Dispose();
         _etcd?.Dispose();
         _kernel?.Dispose();
         _ownRouteTable?.Dispose();

@@ -207,6 +207,11 @@ public sealed class PeerSpec
     /// <summary>Source address for the session: "UseNodeIP" (the default: the node's address of the peer's family),
     /// "None" (the kernel picks the address of the interface toward the peer; Calico's names), or an address.</summary>
     public string? SourceAddress { get; set; }
+
+    /// <summary>BFD for this peer (RFC 5880/5882): true turns it on (with the timers of a BFDConfiguration in etcd that
+    /// matches the interface toward the peer, else 100 ms / 10 ms / 1 min idle / multiplier 5), false turns it off
+    /// whatever etcd says; absent: as etcd's BFDConfigurations say.</summary>
+    public bool? Bfd { get; set; }
 }
 
 public sealed class ConfigException : Exception

@@ -96,6 +96,27 @@ internal static class BgpCli
                         w.WriteNumber("prefixesRefused", x.PrefixesRefused);
                         w.WriteNumber("prefixesAdvertised", x.PrefixesAdvertised);
                         w.WriteString("routerId", x.RouterId);
+                        if (x.Bfd is { } b)
+                        {
+                            w.WriteStartObject("bfd");
+                            w.WriteString("state", b.State);
+                            w.WriteString("remoteState", b.RemoteState);
+                            w.WriteString("diagnostic", b.Diagnostic);
+                            w.WriteString("since", DateTimeOffset.FromUnixTimeMilliseconds(b.StateSinceUnixMs).ToString("o", CultureInfo.InvariantCulture));
+                            w.WriteNumber("minTxMs", b.MinTxUs / 1000.0);
+                            w.WriteNumber("minRxMs", b.MinRxUs / 1000.0);
+                            w.WriteNumber("idleTxMs", b.IdleTxUs / 1000.0);
+                            w.WriteNumber("multiplier", b.Multiplier);
+                            w.WriteNumber("txIntervalMs", b.TxIntervalUs / 1000.0);
+                            w.WriteNumber("detectionTimeMs", b.DetectionTimeUs / 1000.0);
+                            w.WriteNumber("remoteMultiplier", b.RemoteMultiplier);
+                            w.WriteNumber("upTransitions", b.UpTransitions);
+                            w.WriteNumber("downTransitions", b.DownTransitions);
+                            w.WriteNumber("packetsSent", b.PacketsSent);
+                            w.WriteNumber("packetsReceived", b.PacketsReceived);
+                            w.WriteString("source", b.Source);
+                            w.WriteEndObject();
+                        }
                         w.WriteEndObject();
                     }
                     w.WriteEndArray();
@@ -123,6 +144,20 @@ internal static class BgpCli
                     $"{x.PrefixesReceived}/{x.PrefixesRefused}/{x.PrefixesAccepted}/{x.PrefixesAdvertised}",
                     x.State == "Established" ? (x.RoutesStale ? "restarting (stale routes kept)" : "") : x.LastError,
                 ]));
+            if (peers.Peers.Any(x => x.Bfd is not null))
+            {
+                o.WriteLine();
+                static string Ms(uint us) => (us / 1000.0).ToString("0.###", CultureInfo.InvariantCulture) + " ms";
+                Output.Table(o, ["BFD PEER", "STATE", "REMOTE", "SINCE", "TX/RX/IDLE × MULT (CONFIGURED)", "TX INTERVAL", "DETECTION", "UP/DOWN", "DIAGNOSTIC"],
+                    peers.Peers.Where(x => x.Bfd is not null).Select(x => (IReadOnlyList<string>)
+                    [
+                        x.Address, x.Bfd.State, x.Bfd.RemoteState,
+                        DateTimeOffset.FromUnixTimeMilliseconds(x.Bfd.StateSinceUnixMs).ToLocalTime().ToString("HH:mm:ss", CultureInfo.InvariantCulture),
+                        $"{Ms(x.Bfd.MinTxUs)}/{Ms(x.Bfd.MinRxUs)}/{Ms(x.Bfd.IdleTxUs)} × {x.Bfd.Multiplier}",
+                        Ms(x.Bfd.TxIntervalUs), x.Bfd.DetectionTimeUs == 0 ? "-" : Ms(x.Bfd.DetectionTimeUs),
+                        $"{x.Bfd.UpTransitions}/{x.Bfd.DownTransitions}", x.Bfd.Diagnostic == "None" ? "" : x.Bfd.Diagnostic,
+                    ]));
+            }
             return Cli.ExitOk;
         });
         node.Subcommands.Add(status);

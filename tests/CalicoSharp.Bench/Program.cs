@@ -52,5 +52,11 @@ if (only is "all" or "bgpd" or "kernel")
     await KernelBench.RunAsync(Console.Out, 100_000).ConfigureAwait(false);
 }
 
+if (only is "all" or "bfd")
+{
+    // Failover after a silent link failure (p50/p99 over this many failures per setting) and the CPU of 100 sessions.
+    await BfdBench.RunAsync(Console.Out, args.Length > 1 && only == "bfd" ? int.Parse(args[1], CultureInfo.InvariantCulture) : 20).ConfigureAwait(false);
+}
+
 Console.WriteLine(string.Create(CultureInfo.InvariantCulture, $"benchmarks took {sw.Elapsed.TotalSeconds:0} s"));
 return 0;

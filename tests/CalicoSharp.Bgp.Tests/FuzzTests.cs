@@ -325,9 +325,16 @@ public class FuzzTests
     [Trait("Category", "Fuzz")]
     public void Long_fuzz_run()
     {
+        (int inputs, int seed) = LongRunSettings();
+        Run(inputs, seed);
+    }
+
+    /// <summary><c>make fuzz</c>'s inputs and seed: BGP_FUZZ_INPUTS (default 1,000,000), BGP_FUZZ_SEED (default: new).</summary>
+    internal static (int Inputs, int Seed) LongRunSettings()
+    {
         int inputs = int.TryParse(Environment.GetEnvironmentVariable("BGP_FUZZ_INPUTS"), NumberStyles.None, CultureInfo.InvariantCulture, out int n) ? n : 1_000_000;
         int seed = int.TryParse(Environment.GetEnvironmentVariable("BGP_FUZZ_SEED"), NumberStyles.None, CultureInfo.InvariantCulture, out int s) ? s : Environment.TickCount;
-        Run(inputs, seed);
+        return (inputs, seed);
     }
 
     [Fact]

@@ -173,6 +173,9 @@ public sealed class BgpLab : IAsyncDisposable
     /// <summary>Extra BIRD config for the ToR protocols (e.g. an MD5 password).</summary>
     public Func<LabNode, string>? TorPeerExtra { get; set; }
 
+    /// <summary>Extra top-level BIRD config for the ToR (e.g. a <c>protocol bfd</c>).</summary>
+    public string? TorExtra { get; set; }
+
     public static async Task<BgpLab> StartAsync(TorModel model, int nodes = 3, Action<BgpLab>? configure = null, bool startBgpd = true)
     {
         var lab = new BgpLab(TestNetns.NewLabPrefix(), model);
@@ -353,6 +356,7 @@ public sealed class BgpLab : IAsyncDisposable
             log "{dir}/bird.log" all;
             router id {{(tor == 1 ? "172.30.0.1" : "172.31.0.1")}};
             protocol device { scan time 1; }
+            {{TorExtra}}
             protocol direct { ipv4;{{(v6 ? " ipv6;" : "")}} }
             protocol kernel { ipv4 { import none; export filter { if source = RTS_BGP then accept; reject; }; }; merge paths on; }
             # Outside the pools: nodes must not install these.
