@@ -61,7 +61,7 @@ public static class ServiceLookup
                 notes.Add($"{save} -t {t} failed: {r.Value.Err.Trim()}");
                 continue;
             }
-            foreach (NatTable table in IptablesParser.Parse(r.Value.Out, family))
+            foreach (NatTable table in IptablesParser.Parse(r.Value.Out, family, deferRules: true))
             {
                 if (table.RuleCount > 0)
                 {
@@ -144,7 +144,16 @@ public static class ServiceLookup
                 : throw new RpcException(new Status(StatusCode.InvalidArgument, "a source address is needed (or from_node on a node with an address of that family)"));
         }
         var packet = new NatPacket(source, address, proto, (int)request.Port);
-        IReadOnlyList<NatOutcome> outcomes = NatEvaluator.Evaluate(tables, packet, request.FromNode, ctx);
+        IReadOnlyList<NatOutcome> outcomes;
+        try
+        {
+            outcomes = NatEvaluator.Evaluate(tables, packet, request.FromNode, ctx);
+        }
+        catch (NatParseException e)
+        {
+            // A chain's rules are read when the packet first enters it.
+            throw new RpcException(new Status(StatusCode.FailedPrecondition, $"{nodeName}'s NAT rules could not be read: {e.Message}"));
+        }
         ServiceAnswer answer = ServiceView.Interpret(outcomes, packet, nodeName);
         var reply = new ServiceLookupReply
         {

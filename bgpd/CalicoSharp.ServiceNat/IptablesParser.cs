@@ -24,7 +24,22 @@ public static class IptablesParser
         [("filter", "OUTPUT")] = (NatHook.Output, 0),
     };
 
+    /// <summary>Reads every rule now (a malformed line anywhere is refused with its number).</summary>
     public static IReadOnlyList<NatTable> Parse(string text, AddressFamily family)
+    {
+        IReadOnlyList<NatTable> tables = Parse(text, family, deferRules: true);
+        foreach (NatTable t in tables)
+        {
+            foreach (NatChain c in t.Chains.Values)
+            {
+                _ = c.Rules;
+            }
+        }
+        return tables;
+    }
+
+    /// <summary>With <paramref name="deferRules"/>, each chain's rule lines are read when the chain is first entered.</summary>
+    public static IReadOnlyList<NatTable> Parse(string text, AddressFamily family, bool deferRules)
     {
         ArgumentNullException.ThrowIfNull(text);
         var tables = new List<NatTable>();
@@ -81,11 +96,23 @@ public static class IptablesParser
                     }
                     continue;
                 }
+                if (deferRules && line.StartsWith("-A ", StringComparison.Ordinal))
+                {
+                    int end = line.IndexOf(' ', 3);
+                    string chainName = end < 0 ? line[3..] : line[3..end];
+                    if (!table.Chains.TryGetValue(chainName, out NatChain? chain))
+                    {
+                        throw new NatParseException($"rule for chain {chainName}, which is not declared");
+                    }
+                    NatTable owner = table;
+                    chain.Defer(lineNo, line, (c, lines) => ReadDeferred(owner, c, lines));
+                    continue;
+                }
                 List<string> tokens = Tokenize(line);
                 switch (tokens[0])
                 {
                     case "-A" or "--append" or "-I" or "--insert":
-                        AddRule(table, tokens);
+                        AddRule(table, tokens, line);
                         break;
                     case "-N" or "--new-chain":
                         string n = Arg(tokens, 1, tokens[0]);
@@ -112,10 +139,25 @@ public static class IptablesParser
         return tables;
     }
 
+    private static void ReadDeferred(NatTable table, NatChain chain, List<(int Line, string Text)> lines)
+    {
+        foreach ((int n, string text) in lines)
+        {
+            try
+            {
+                AddRule(table, Tokenize(text), text);
+            }
+            catch (NatParseException e)
+            {
+                throw new NatParseException($"line {n}: {e.Message}");
+            }
+        }
+    }
+
     private static string Arg(List<string> t, int i, string option) =>
         i < t.Count ? t[i] : throw new NatParseException($"{option} needs a value");
 
-    private static void AddRule(NatTable table, List<string> t)
+    private static void AddRule(NatTable table, List<string> t, string line)
     {
         string chainName = Arg(t, 1, t[0]);
         if (!table.Chains.TryGetValue(chainName, out NatChain? chain))
@@ -292,15 +334,13 @@ public static class IptablesParser
         {
             throw new NatParseException("a port match without -p");
         }
-        var rule = new NatRule(chainName, 0, Render(t), comment, matches, action);
-        if (insertAt is { } at)
-        {
-            chain.Rules.Insert(Math.Clamp(at - 1, 0, chain.Rules.Count), rule);
-        }
-        else
+        var rule = new NatRule(chainName, chain.Rules.Count + 1, line, comment, matches, action);
+        if (insertAt is not { } at)
         {
             chain.Rules.Add(rule);
+            return;
         }
+        chain.Rules.Insert(Math.Clamp(at - 1, 0, chain.Rules.Count), rule);
         for (int k = 0; k < chain.Rules.Count; k++)
         {
             if (chain.Rules[k].Number != k + 1)
@@ -323,9 +363,6 @@ public static class IptablesParser
         }
         return sb.ToString();
     }
-
-    private static string Render(List<string> t) =>
-        string.Join(' ', t.Select(x => x.Length == 0 || x.Any(char.IsWhiteSpace) || x.Contains('"', StringComparison.Ordinal) ? "\"" + x.Replace("\"", "\\\"", StringComparison.Ordinal) + "\"" : x));
 
     public static string Protocol(string p) => p.ToLowerInvariant() switch
     {
@@ -424,43 +461,57 @@ public static class IptablesParser
     public static List<string> Tokenize(string line)
     {
         ArgumentNullException.ThrowIfNull(line);
-        var tokens = new List<string>();
-        var sb = new StringBuilder();
-        bool quoted = false, any = false;
-        for (int i = 0; i < line.Length; i++)
+        var tokens = new List<string>(24);
+        int i = 0, n = line.Length;
+        while (i < n)
         {
-            char c = line[i];
-            if (c == '\\' && i + 1 < line.Length && line[i + 1] is '"' or '\\')
+            while (i < n && char.IsWhiteSpace(line[i]))
             {
-                sb.Append(line[++i]);
-                any = true;
+                i++;
             }
-            else if (c == '"')
+            if (i >= n)
             {
-                quoted = !quoted;
-                any = true;
+                break;
             }
-            else if (!quoted && char.IsWhiteSpace(c))
+            int start = i;
+            bool plain = true;
+            while (i < n && !char.IsWhiteSpace(line[i]))
             {
-                if (any)
+                if (line[i] is '"' or '\\')
                 {
-                    tokens.Add(sb.ToString());
-                    sb.Clear();
-                    any = false;
+                    plain = false;
+                    break;
+                }
+                i++;
+            }
+            if (plain)
+            {
+                tokens.Add(line[start..i]);
+                continue;
+            }
+            // A token with quotes or escapes: the slow way, from its start.
+            var sb = new StringBuilder();
+            bool quoted = false;
+            for (i = start; i < n && (quoted || !char.IsWhiteSpace(line[i])); i++)
+            {
+                char c = line[i];
+                if (c == '\\' && i + 1 < n && line[i + 1] is '"' or '\\')
+                {
+                    sb.Append(line[++i]);
+                }
+                else if (c == '"')
+                {
+                    quoted = !quoted;
+                }
+                else
+                {
+                    sb.Append(c);
                 }
             }
-            else
+            if (quoted)
             {
-                sb.Append(c);
-                any = true;
+                throw new NatParseException("unterminated quote");
             }
-        }
-        if (quoted)
-        {
-            throw new NatParseException("unterminated quote");
-        }
-        if (any)
-        {
             tokens.Add(sb.ToString());
         }
         return tokens;

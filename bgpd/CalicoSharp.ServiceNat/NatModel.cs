@@ -62,14 +62,46 @@ public sealed class NatTable(string name, AddressFamily family)
     /// <summary>nftables sets by name: canonical keys.</summary>
     public Dictionary<string, HashSet<string>> Sets { get; } = new(StringComparer.Ordinal);
 
-    public int RuleCount => Chains.Values.Sum(c => c.Rules.Count);
+    public int RuleCount => Chains.Values.Sum(c => c.Count);
 }
 
+/// <summary>A chain. Rules read from text may be kept as lines until the chain is first entered (a node with thousands
+/// of Services has tens of thousands of rules, of which a trace enters a handful of chains).</summary>
 public sealed class NatChain(string name)
 {
+    private readonly List<NatRule> _rules = [];
+    private List<(int Line, string Text)>? _pending;
+    private Action<NatChain, List<(int Line, string Text)>>? _read;
+
     public string Name { get; } = name;
 
-    public List<NatRule> Rules { get; } = [];
+    /// <summary>The rules, read now if they were deferred (a line that cannot be read throws <see cref="NatParseException"/> with its number).</summary>
+    public List<NatRule> Rules
+    {
+        get
+        {
+            if (_pending is { } p)
+            {
+                _pending = null;
+                _read!(this, p);
+            }
+            return _rules;
+        }
+    }
+
+    /// <summary>How many rules the chain has, without reading deferred ones.</summary>
+    public int Count => _rules.Count + (_pending?.Count ?? 0);
+
+    internal void Defer(int line, string text, Action<NatChain, List<(int Line, string Text)>> read)
+    {
+        if (_pending is null && _rules.Count > 0)
+        {
+            // Rules already read stay first; a deferred line after them is read with the rest.
+            _pending = [];
+        }
+        (_pending ??= []).Add((line, text));
+        _read = read;
+    }
 }
 
 /// <summary>An nftables verdict map: canonical key → action, and each element's comment.</summary>
