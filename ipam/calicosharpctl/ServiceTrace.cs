@@ -103,7 +103,8 @@ internal sealed class ServiceTracer(IpamClient ipam, NodeApis apis, Cancellation
         }
 
         var req = new ServiceLookupRequest { Address = target.Address.ToString(), Port = (uint)target.Port, Protocol = target.Protocol, Source = source, FromNode = fromNode };
-        ServiceLookupReply? r = await apis.CallAsync(node, (c, o) => c.LookupServiceAsync(req, o).ResponseAsync).ConfigureAwait(false);
+        // Dumping a node's rule set takes seconds when it holds thousands of Services (iptables-save, nft -j).
+        ServiceLookupReply? r = await apis.CallAsync(node, (c, o) => c.LookupServiceAsync(req, o).ResponseAsync, 60).ConfigureAwait(false);
         if (r is null)
         {
             var hop = new TraceHop("service", $"{node} bgpd", HopStatus.Unchecked, $"kube-proxy's rules on {node} not read: {apis.Describe(node)}", [("node", node)]);

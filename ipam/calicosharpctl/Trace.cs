@@ -76,7 +76,7 @@ internal sealed class NodeApis(string socketOption, CancellationToken ct)
         : $"no bgpd control API for {node} (only this node's, {socketOption}: give --bgpd-socket with {{node}} to reach others)";
 
     /// <summary>The node's answer, or null (with the reason kept for <see cref="Describe"/>) when it has no reachable API.</summary>
-    public async Task<T?> CallAsync<T>(string node, Func<Proto.Bgpd.BgpdClient, CallOptions, Task<T>> call)
+    public async Task<T?> CallAsync<T>(string node, Func<Proto.Bgpd.BgpdClient, CallOptions, Task<T>> call, int seconds = 5)
         where T : class
     {
         string? socket = await SocketForAsync(node).ConfigureAwait(false);
@@ -86,7 +86,7 @@ internal sealed class NodeApis(string socketOption, CancellationToken ct)
         }
         try
         {
-            return await BgpCli.CallAsync(socket, call, ct).ConfigureAwait(false);
+            return await BgpCli.CallAsync(socket, call, ct, seconds).ConfigureAwait(false);
         }
         catch (IOException e)
         {
