@@ -31,7 +31,7 @@ public static class NftParser
                 throw new NatParseException("not nft JSON: no \"nftables\" array");
             }
             NatTable? table = null;
-            var rules = new List<JsonElement>();
+            // Two passes over the document: chains, maps and sets first, then the rules (which name them); no copies.
             foreach (JsonElement item in items.EnumerateArray())
             {
                 if (item.ValueKind != JsonValueKind.Object)
@@ -70,7 +70,6 @@ public static class NftParser
                             ReadSet(table ?? throw new NatParseException($"a {p.Name} before its table"), p.Value, p.Name == "map");
                             break;
                         case "rule":
-                            rules.Add(p.Value.Clone());
                             break;
                         default:
                             break;
@@ -81,8 +80,12 @@ public static class NftParser
             {
                 throw new NatParseException("no table in the nft JSON");
             }
-            foreach (JsonElement r in rules)
+            foreach (JsonElement item in items.EnumerateArray())
             {
+                if (!item.TryGetProperty("rule", out JsonElement r))
+                {
+                    continue;
+                }
                 string chain = Str(r, "chain");
                 if (!table.Chains.TryGetValue(chain, out NatChain? c))
                 {
