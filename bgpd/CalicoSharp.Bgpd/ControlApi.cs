@@ -5,6 +5,7 @@ using CalicoSharp.Bgp;
 using CalicoSharp.Netlink;
 using CalicoSharp.Proto;
 using CalicoSharp.Rpc;
+using CalicoSharp.ServiceNat;
 using Grpc.Core;
 using KernelRouteEntry = CalicoSharp.Netlink.Route;
 using Route = CalicoSharp.Proto.Route;
@@ -229,6 +230,14 @@ internal sealed class BgpdService : Proto.Bgpd.BgpdBase
         }
         return route;
     }
+
+    public override Task<ServiceLookupReply> LookupService(ServiceLookupRequest request, ServerCallContext context) => Task.Run(() =>
+    {
+        INatContext? ctx = null;
+        INatContext Context() => ctx ??= new ServiceLookup.KernelContext();
+        IPAddress? self = IPAddress.TryParse(request.Address, out IPAddress? a) ? ServiceLookup.NodeAddress(_d.Speaker.Config.RouterId, a.AddressFamily, Context()) : null;
+        return ServiceLookup.Answer(request, _d.NodeName, ServiceLookup.Run, Context, self);
+    });
 
     public override async Task<LookupReply> Lookup(LookupRequest request, ServerCallContext context)
     {

@@ -29,12 +29,12 @@ internal static class BgpCli
         return new GrpcClient(new GrpcEndpoint("unix", "localhost", 0, socketPath), new GrpcClientOptions { MaxReceiveMessageSize = 1 << 30 });
     }
 
-    internal static async Task<T> CallAsync<T>(string socket, Func<Proto.Bgpd.BgpdClient, CallOptions, Task<T>> call, CancellationToken ct)
+    internal static async Task<T> CallAsync<T>(string socket, Func<Proto.Bgpd.BgpdClient, CallOptions, Task<T>> call, CancellationToken ct, int seconds = 5)
     {
         await using GrpcClient client = Connect(socket);
         try
         {
-            return await call(new Proto.Bgpd.BgpdClient(client.CreateCallInvoker()), new CallOptions(deadline: DateTime.UtcNow.AddSeconds(5), cancellationToken: ct)).ConfigureAwait(false);
+            return await call(new Proto.Bgpd.BgpdClient(client.CreateCallInvoker()), new CallOptions(deadline: DateTime.UtcNow.AddSeconds(seconds), cancellationToken: ct)).ConfigureAwait(false);
         }
         catch (RpcException e)
         {

@@ -76,7 +76,7 @@ internal sealed class NodeApis(string socketOption, CancellationToken ct)
         : $"no bgpd control API for {node} (only this node's, {socketOption}: give --bgpd-socket with {{node}} to reach others)";
 
     /// <summary>The node's answer, or null (with the reason kept for <see cref="Describe"/>) when it has no reachable API.</summary>
-    public async Task<T?> CallAsync<T>(string node, Func<Proto.Bgpd.BgpdClient, CallOptions, Task<T>> call)
+    public async Task<T?> CallAsync<T>(string node, Func<Proto.Bgpd.BgpdClient, CallOptions, Task<T>> call, int seconds = 5)
         where T : class
     {
         string? socket = await SocketForAsync(node).ConfigureAwait(false);
@@ -86,7 +86,7 @@ internal sealed class NodeApis(string socketOption, CancellationToken ct)
         }
         try
         {
-            return await BgpCli.CallAsync(socket, call, ct).ConfigureAwait(false);
+            return await BgpCli.CallAsync(socket, call, ct, seconds).ConfigureAwait(false);
         }
         catch (IOException e)
         {
@@ -165,9 +165,11 @@ internal sealed class Tracer(IpamClient ipam, NodeApis apis, CancellationToken c
 
         if (sourcePod is not null)
         {
-            Hop("from-pod", "etcd", HopStatus.Ok,
-                $"{PodText(sourcePod.Attributes ?? new Dictionary<string, string>())} ({sourcePod.Address}) sends it to its default gateway 169.254.1.1, its host-side cali interface on {sourceNode} (proxy ARP)",
-                ("address", sourcePod.Address.ToString()), ("node", sourceNode!));
+            await FromPodAsync(sourcePod, sourceNode!).ConfigureAwait(false);
+            if (_hops[^1].Status == HopStatus.Broken)
+            {
+                return Result(text, fromText, destNode);
+            }
         }
 
         // The advertised prefix: the block, or the /32 (/128) of a borrowed address.
@@ -202,7 +204,7 @@ internal sealed class Tracer(IpamClient ipam, NodeApis apis, CancellationToken c
     /// <summary>A runtime's 64-hex container id shortened as docker and crictl show it; other ids whole.</summary>
     private static string Short(string id) => id.Length == 64 && id.All(char.IsAsciiHexDigit) ? id[..12] : id;
 
-    private async Task<(string Node, IpLookup? Pod)> ResolveFromAsync(string from)
+    internal async Task<(string Node, IpLookup? Pod)> ResolveFromAsync(string from)
     {
         IpLookup? pod = null;
         if (IPAddress.TryParse(from, out IPAddress? a))
@@ -237,6 +239,43 @@ internal sealed class Tracer(IpamClient ipam, NodeApis apis, CancellationToken c
         }
         string node = pod.Attributes?.GetValueOrDefault("node") ?? pod.BlockNode ?? throw new UsageException($"--from {from}: its allocation names no node");
         return (node, pod);
+    }
+
+    /// <summary>The source pod's host-side interface, read on its node as the pod hop reads the destination's.</summary>
+    private async Task FromPodAsync(IpLookup pod, string node)
+    {
+        IReadOnlyDictionary<string, string> a = pod.Attributes ?? new Dictionary<string, string>();
+        string podText = PodText(a);
+        var facts = new (string, string)[] { ("address", pod.Address.ToString()), ("node", node) };
+        var req = new LookupRequest
+        {
+            Address = pod.Address.ToString(),
+            PodNamespace = a.GetValueOrDefault("namespace") ?? "",
+            PodName = a.GetValueOrDefault("pod") ?? "",
+            ContainerId = a.GetValueOrDefault("containerID") ?? "",
+        };
+        LookupReply? r = req.PodNamespace.Length > 0 || req.ContainerId.Length > 0
+            ? await apis.CallAsync(node, (c, o) => c.LookupAsync(req, o).ResponseAsync).ConfigureAwait(false) : null;
+        PodInterface? ifc = r?.PodInterface;
+        if (ifc is null)
+        {
+            Hop("from-pod", "etcd", HopStatus.Unchecked,
+                $"{podText} ({pod.Address}) sends it to its default gateway 169.254.1.1 on {node}; its interface was not checked: {(r is null ? apis.Describe(node) : "its allocation names no pod")}", facts);
+        }
+        else if (!ifc.Exists)
+        {
+            Hop("from-pod", $"{node} bgpd", HopStatus.Broken,
+                $"{podText} ({pod.Address}): its host interface {ifc.Name} does not exist on {node}: the pod's network namespace is gone while IPAM still holds {pod.Address}, so nothing sends from it", [.. facts, ("interface", ifc.Name)]);
+        }
+        else if (!ifc.Up || !ifc.LowerUp)
+        {
+            Hop("from-pod", $"{node} bgpd", HopStatus.Broken, $"{podText} ({pod.Address}): interface {ifc.Name} on {node} is {(ifc.Up ? "up but has no carrier (the pod end is down)" : "down")}", [.. facts, ("interface", ifc.Name)]);
+        }
+        else
+        {
+            Hop("from-pod", $"{node} bgpd", HopStatus.Ok,
+                $"{podText} ({pod.Address}) sends it to its default gateway 169.254.1.1, answered by its host-side interface {ifc.Name} on {node} (up, proxy ARP)", [.. facts, ("interface", ifc.Name)]);
+        }
     }
 
     /// <summary>The source node's kernel route to the address and the BGP path behind it.</summary>
@@ -428,15 +467,22 @@ internal sealed class Tracer(IpamClient ipam, NodeApis apis, CancellationToken c
 
     public static Command Command(TextWriter o, Func<ParseResult, bool> json, Func<ParseResult, IpamClient> connect)
     {
-        var address = new Argument<string>("address") { Description = "the pod address to trace" };
-        var from = new Option<string?>("--from") { Description = "where the packet starts: a node, or a pod (name, namespace/name or address); default this node" };
+        var address = new Argument<string>("address") { Description = "a pod address, or a Service address and port: <address>:<port>[/tcp|/udp|/sctp] ([v6 address]:port)" };
+        var from = new Option<string?>("--from") { Description = "where the packet starts: a node, a pod (name, namespace/name or address), or 'external' (a client outside the cluster; Service addresses only); default this node" };
         var cmd = new Command("trace", "walk the path a packet to a pod address takes, hop by hop, and name the hop where it breaks") { address, from };
         cmd.SetAction(async (p, ct) =>
         {
             string a = p.GetValue(address)!;
+            if (ServiceTarget.TryParse(a, out ServiceTarget? target))
+            {
+                using IpamClient sc = connect(p);
+                ServiceTraceResult sr = await new ServiceTracer(sc, new NodeApis(p.GetValue(BgpCli.Socket)!, ct), ct).RunAsync(target!, p.GetValue(from)).ConfigureAwait(false);
+                ServiceTracer.Write(o, sr, json(p));
+                return sr.Reaches ? Cli.ExitOk : Cli.ExitFailed;
+            }
             if (!IPAddress.TryParse(a, out IPAddress? ip))
             {
-                throw new UsageException($"'{a}' is not an IP address");
+                throw new UsageException($"'{a}' is not an IP address, nor <address>:<port>[/tcp|/udp|/sctp]");
             }
             using IpamClient c = connect(p);
             TraceResult r = await new Tracer(c, new NodeApis(p.GetValue(BgpCli.Socket)!, ct), ct).RunAsync(ip, p.GetValue(from)).ConfigureAwait(false);
@@ -458,34 +504,50 @@ internal sealed class Tracer(IpamClient ipam, NodeApis apis, CancellationToken c
                 w.WriteString("destinationNode", r.DestinationNode);
                 w.WriteBoolean("reachable", r.BrokenAt is null && r.Hops.All(h => h.Status != HopStatus.Unchecked));
                 w.WriteString("brokenAt", r.BrokenAt);
-                w.WriteStartArray("hops");
-                foreach (TraceHop h in r.Hops)
-                {
-                    w.WriteStartObject();
-                    w.WriteString("hop", h.Name);
-                    w.WriteString("source", h.Source);
-                    w.WriteString("status", h.Status.ToString().ToLowerInvariant());
-                    w.WriteString("summary", h.Summary);
-                    w.WriteStartObject("facts");
-                    foreach ((string k, string v) in h.Facts)
-                    {
-                        w.WriteString(k, v);
-                    }
-                    w.WriteEndObject();
-                    w.WriteEndObject();
-                }
-                w.WriteEndArray();
+                WriteHops(w, r.Hops);
                 w.WriteEndObject();
             });
             return;
         }
         o.WriteLine($"trace {r.Address} from {r.From}{(r.DestinationNode is null ? "" : $" to {r.DestinationNode}")}");
+        WriteHops(o, r, "");
+    }
+
+    internal static void WriteHops(TextWriter o, TraceResult r, string indent)
+    {
         int i = 1;
         foreach (TraceHop h in r.Hops)
         {
-            string mark = h.Status switch { HopStatus.Ok => "ok", HopStatus.Warning => "warn", HopStatus.Broken => "BROKEN", _ => "?" };
-            o.WriteLine($"{i++,2}. {h.Name,-18} {mark,-7} [{h.Source}] {h.Summary}");
+            o.WriteLine($"{indent}{i++,2}. {h.Name,-18} {Mark(h.Status),-7} [{h.Source}] {h.Summary}");
         }
-        o.WriteLine(r.BrokenAt is { } b ? $"the path breaks at: {b}" : r.Hops.Any(h => h.Status == HopStatus.Unchecked) ? "no break found in the hops that could be checked" : "the packet reaches the pod");
+        o.WriteLine(indent + (r.BrokenAt is { } b ? $"the path breaks at: {b}" : r.Hops.Any(h => h.Status == HopStatus.Unchecked) ? "no break found in the hops that could be checked" : "the packet reaches the pod"));
+    }
+
+    internal static string Mark(HopStatus s) => s switch { HopStatus.Ok => "ok", HopStatus.Warning => "warn", HopStatus.Broken => "BROKEN", _ => "?" };
+
+    internal static void WriteHops(System.Text.Json.Utf8JsonWriter w, IReadOnlyList<TraceHop> hops)
+    {
+        w.WriteStartArray("hops");
+        foreach (TraceHop h in hops)
+        {
+            WriteHop(w, h);
+        }
+        w.WriteEndArray();
+    }
+
+    internal static void WriteHop(System.Text.Json.Utf8JsonWriter w, TraceHop h)
+    {
+        w.WriteStartObject();
+        w.WriteString("hop", h.Name);
+        w.WriteString("source", h.Source);
+        w.WriteString("status", h.Status.ToString().ToLowerInvariant());
+        w.WriteString("summary", h.Summary);
+        w.WriteStartObject("facts");
+        foreach ((string k, string v) in h.Facts)
+        {
+            w.WriteString(k, v);
+        }
+        w.WriteEndObject();
+        w.WriteEndObject();
     }
 }

@@ -58,5 +58,15 @@ if (only is "all" or "bfd")
     await BfdBench.RunAsync(Console.Out, args.Length > 1 && only == "bfd" ? int.Parse(args[1], CultureInfo.InvariantCulture) : 20).ConfigureAwait(false);
 }
 
+if (only is "all" or "service-trace" or "service-rules")
+{
+    ServiceTraceBench.InProcess(Console.Out, 5);
+}
+
+if (only is "all" or "service-trace")
+{
+    await ServiceTraceBench.RunAsync(Console.Out, args.Length > 1 && only == "service-trace" ? int.Parse(args[1], CultureInfo.InvariantCulture) : 5).ConfigureAwait(false);
+}
+
 Console.WriteLine(string.Create(CultureInfo.InvariantCulture, $"benchmarks took {sw.Elapsed.TotalSeconds:0} s"));
 return 0;

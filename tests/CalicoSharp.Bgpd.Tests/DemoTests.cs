@@ -17,9 +17,10 @@ public sealed class DemoTests
         Assert.True(ok, text);
         Assert.Equal(
             ["routes converge", "cross-node pod-to-pod TCP", "trace reaches the pod", "trace names the block and its node", "trace names the next hop (the ToR)",
-                "trace names the pod's interface", "trace names the pod"],
+                "trace names the pod's interface", "trace names the pod", "outside client reaches both replicas via the external IP",
+                "outside client reaches both replicas via node1's NodePort", "a pod reaches the Service by its cluster IP", "trace shows kube-proxy's DNAT with 50%/50% and each replica's path"],
             demo.Checks.Select(c => c.Name));
-        foreach (string shown in new[] { "calicosharpctl ipam show --show-blocks", "calicosharpctl node status", "birdc show route", "route", "received \"hello from", "calicosharpctl trace" })
+        foreach (string shown in new[] { "calicosharpctl ipam show --show-blocks", "calicosharpctl node status", "birdc show route", "route", "received \"hello from", "calicosharpctl trace", "--from external", "KUBE-SEP-" })
         {
             Assert.Contains(shown, text, StringComparison.Ordinal);
         }

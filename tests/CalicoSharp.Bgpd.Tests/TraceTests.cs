@@ -17,12 +17,16 @@ public sealed class TraceLab : IAsyncLifetime
 
     public LabPod Doomed { get; private set; } = null!;
 
+    /// <summary>A source pod whose namespace goes away (for the from-pod hop).</summary>
+    public LabPod GoneSource { get; private set; } = null!;
+
     public async Task InitializeAsync()
     {
         Lab = await BgpLab.StartAsync(TorModel.AsPerComputeServer, 2);
         A = await Lab.AddPodAsync(Lab.Nodes[0], "pod-a");
         B = await Lab.AddPodAsync(Lab.Nodes[1], "pod-b");
         Doomed = await Lab.AddPodAsync(Lab.Nodes[1], "pod-doomed");
+        GoneSource = await Lab.AddPodAsync(Lab.Nodes[0], "pod-gone-source");
         await WaitForBlockAsync(Lab.Nodes[0], B, present: true);
     }
 
@@ -202,5 +206,18 @@ public sealed class TraceTests(TraceLab f) : IClassFixture<TraceLab>
         Assert.Equal("pod", BrokenAt(r));
         Assert.Contains($"{ifName} does not exist on {n2.Name}", Summary(r, "pod"), StringComparison.Ordinal);
         Assert.Equal("warning", HopOf(r, "destination-route").GetProperty("status").GetString());
+    }
+
+    [Fact]
+    public async Task A_source_pod_whose_namespace_is_gone_breaks_at_from_pod()
+    {
+        LabNode n1 = f.Lab.Nodes[0];
+        string ifName = HostInterface.Name("lab", "pod-gone-source", "");
+        f.GoneSource.Netns.Dispose();
+        await BgpLab.WaitAsync(() => !TestNetns.Ip("-n", n1.Netns.Name, "link").Contains(ifName, StringComparison.Ordinal), "the veth to go with the namespace");
+        (int exit, JsonElement r) = await f.TraceAsync(f.B.Address, "lab/pod-gone-source");
+        Assert.Equal(1, exit);
+        Assert.Equal("from-pod", BrokenAt(r));
+        Assert.Contains($"{ifName} does not exist on {n1.Name}", Summary(r, "from-pod"), StringComparison.Ordinal);
     }
 }

@@ -30,6 +30,7 @@ public sealed class LabDemo(DemoTools tools, TextWriter output)
 {
     private readonly List<DemoCheck> _checks = [];
     private BgpLab? _lab;
+    private ServiceLab? _services;
 
     public IReadOnlyList<DemoCheck> Checks => _checks;
 
@@ -69,6 +70,10 @@ public sealed class LabDemo(DemoTools tools, TextWriter output)
         finally
         {
             Title("Cleaning up: bgpd, BIRD and etcd stopped, every namespace and folder removed");
+            if (_services is not null)
+            {
+                await _services.DisposeAsync().ConfigureAwait(false);
+            }
             if (_lab is not null)
             {
                 await _lab.DisposeAsync().ConfigureAwait(false);
@@ -97,6 +102,7 @@ public sealed class LabDemo(DemoTools tools, TextWriter output)
         {
             l.BgpdCommand = tools.Bgpd;
             l.CniCommand = tools.Cni;
+            l.FabricRoute = true;
         }).ConfigureAwait(false);
         BgpLab lab = _lab;
         ct.ThrowIfCancellationRequested();
@@ -164,6 +170,74 @@ public sealed class LabDemo(DemoTools tools, TextWriter output)
         output.WriteLine($"  (answered in {traceMs} ms)");
         ProcessResult json = await RunCtlAsync(["trace", to.Address, "--from", "lab/" + from.Name, "--bgpd-socket", socket, "-o", "json"], ct).ConfigureAwait(false);
         CheckTrace(json, to, from.Node);
+        await ServiceStepsAsync(lab, pods, socket, ct).ConfigureAwait(false);
+    }
+
+    /// <summary>The first half of the journey: a Service, kube-proxy's NAT (written by the lab's stand-in), a client outside the cluster.</summary>
+    private async Task ServiceStepsAsync(BgpLab lab, List<LabPod> pods, string socket, CancellationToken ct)
+    {
+        const string clusterIp = "10.96.0.10", externalIp = "172.30.250.10";
+        const int port = 80, targetPort = 8080, nodePort = 30080;
+        LabNode node1 = lab.Nodes[0];
+        LabPod a = pods.First(p => p.Node == lab.Nodes[1]), b = pods.First(p => p.Node == lab.Nodes[2]), client = pods.First(p => p.Node == node1);
+        Title("A Service: web, two replicas, reached by cluster IP, an external IP pinned to node1, and a NodePort");
+        Explain($"""
+            Most connections start at a Service, not at a pod. The Service lab/web has two replicas, {a.Name} ({a.Address}) and
+            {b.Name} ({b.Address}), each answering on port {targetPort} with its name. It has the cluster IP {clusterIp}:{port}, the
+            external IP {externalIp} (pinned to node1: the ToR routes it there) and the NodePort {nodePort} on every node.
+            kube-proxy cannot run here, so a lab helper (KubeProxyRules) writes each node's NAT exactly as kube-proxy's
+            iptables mode would: KUBE-SERVICES -> KUBE-SVC-/KUBE-EXT- -> KUBE-SEP- with -m statistic, DNAT, KUBE-MARK-MASQ.
+            A client outside the cluster is a namespace behind the ToR ({ServiceLab.ClientAddress}).
+            """);
+        _services = ServiceLab.Start(lab);
+        _services.Serve(a, targetPort);
+        _services.Serve(b, targetPort);
+        _services.Pin(node1, externalIp);
+        var web = new LabService("lab", "web", clusterIp, [new LabServicePort("http", port, TargetPort: targetPort, NodePort: nodePort)],
+            [new LabEndpoint(a.Address, a.Node.Name), new LabEndpoint(b.Address, b.Node.Name)]) { ExternalIps = [externalIp] };
+        await _services.ProgramAsync([web]).ConfigureAwait(false);
+        string svcChain = KubeProxyRules.ServiceChain("lab/web:http", "tcp");
+        Show($"ip netns exec {node1.Netns.Name} iptables-save -t nat | grep {svcChain}",
+            string.Join('\n', (await ProcessRunner.RunAsync("ip", ["netns", "exec", node1.Netns.Name, "iptables-save", "-t", "nat"], TimeSpan.FromSeconds(30)).ConfigureAwait(false))
+                .Stdout.Split('\n').Where(l => l.Contains(svcChain, StringComparison.Ordinal) && l.StartsWith("-A", StringComparison.Ordinal))));
+
+        async Task<Dictionary<string, int>> Connect(TestNetns from, string address, int p, int n)
+        {
+            var seen = new Dictionary<string, int>(StringComparer.Ordinal);
+            for (int i = 0; i < n; i++)
+            {
+                ct.ThrowIfCancellationRequested();
+                string answer = await ServiceLab.ConnectAsync(from, address, p).ConfigureAwait(false);
+                seen[answer.Length == 0 ? "(no answer)" : answer] = seen.GetValueOrDefault(answer.Length == 0 ? "(no answer)" : answer) + 1;
+            }
+            output.WriteLine($"  {n} connections to {address}:{p}: {string.Join(", ", seen.OrderBy(x => x.Key, StringComparer.Ordinal).Select(x => $"{x.Value} answered by {x.Key}"))}");
+            return seen;
+        }
+        bool Both(Dictionary<string, int> seen) => seen.Keys.Order(StringComparer.Ordinal).SequenceEqual(new[] { a.Name, b.Name }.Order(StringComparer.Ordinal));
+
+        Title($"The outside client connects to the external IP {externalIp}:{port} and to node1's NodePort {node1.Address}:{nodePort}");
+        Dictionary<string, int> viaExternal = await Connect(_services.Client, externalIp, port, 20).ConfigureAwait(false);
+        Check("outside client reaches both replicas via the external IP", Both(viaExternal), string.Join(", ", viaExternal.Select(x => $"{x.Key} {x.Value}")));
+        Dictionary<string, int> viaNodePort = await Connect(_services.Client, node1.Address, nodePort, 20).ConfigureAwait(false);
+        Check("outside client reaches both replicas via node1's NodePort", Both(viaNodePort), string.Join(", ", viaNodePort.Select(x => $"{x.Key} {x.Value}")));
+
+        Title($"A pod on node1 ({client.Name}) connects to the cluster IP {clusterIp}:{port}");
+        Dictionary<string, int> viaCluster = await Connect(client.Netns, clusterIp, port, 4).ConfigureAwait(false);
+        Check("a pod reaches the Service by its cluster IP", viaCluster.Keys.All(k => k == a.Name || k == b.Name), string.Join(", ", viaCluster.Select(x => $"{x.Key} {x.Value}")));
+
+        Title($"The whole journey of the outside client's packet: calicosharpctl trace {externalIp}:{port} --from external");
+        Explain("node1 owns the external IP, so the fabric delivers the packet there; node1's bgpd reads node1's rules (iptables-save) and evaluates them.");
+        await CtlAsync(["trace", $"{externalIp}:{port}", "--from", "external", "--bgpd-socket", socket], ct, allowFailure: true).ConfigureAwait(false);
+        ProcessResult r = await RunCtlAsync(["trace", $"{externalIp}:{port}", "--from", "external", "--bgpd-socket", socket, "-o", "json"], ct).ConfigureAwait(false);
+        using JsonDocument d = JsonDocument.Parse(r.Stdout);
+        JsonElement root = d.RootElement;
+        JsonElement[] paths = [.. root.GetProperty("service").GetProperty("paths").EnumerateArray()];
+        JsonElement[] eps = [.. root.GetProperty("endpoints").EnumerateArray()];
+        bool half = paths.Length == 2 && paths.All(p => Math.Abs(p.GetProperty("probability").GetDouble() - 0.5) < 1e-6 && p.GetProperty("dnat").GetBoolean());
+        bool each = eps.Length == 2 && eps.All(e => e.GetProperty("reachable").GetBoolean())
+            && eps.Select(e => e.GetProperty("address").GetString()).Order(StringComparer.Ordinal).SequenceEqual(new[] { a.Address, b.Address }.Order(StringComparer.Ordinal));
+        Check("trace shows kube-proxy's DNAT with 50%/50% and each replica's path", r.ExitCode == 0 && half && each && root.GetProperty("node").GetString() == node1.Name,
+            $"exit {r.ExitCode}, handled by {root.GetProperty("node").GetString()}, {paths.Length} paths, {eps.Count(e => e.GetProperty("reachable").GetBoolean())} reach their pod");
     }
 
     private void CheckTrace(ProcessResult r, LabPod to, LabNode source)
