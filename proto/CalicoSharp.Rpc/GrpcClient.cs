@@ -586,7 +586,7 @@ internal sealed class ClientConnection : Http2Connection
             throw new RpcException(new Status(StatusCode.Unavailable, $"cannot connect to {endpoint}: {e.Message}", e));
         }
 
-        var conn = new ClientConnection(io, setReceiveTimeout, options);
+        var conn = new ClientConnection(io, setReceiveTimeout, options) { PeerName = endpoint.ToString() };
         conn.QueueHandshake(client: true,
         [
             (Http2.SettingsEnablePush, 0),

@@ -971,9 +971,12 @@ internal abstract class Http2Connection : IAsyncDisposable
         }
     }
 
-    /// <summary>The gRPC view of a dead connection.</summary>
-    protected static RpcException Unavailable(Exception reason) =>
-        reason as RpcException ?? new RpcException(new Status(StatusCode.Unavailable, reason.Message, reason));
+    /// <summary>How this side's errors name the peer (a client: its endpoint); null names none.</summary>
+    protected string? PeerName { get; init; }
+
+    /// <summary>The gRPC view of a dead connection, naming the peer that went away.</summary>
+    protected RpcException Unavailable(Exception reason) =>
+        reason as RpcException ?? new RpcException(new Status(StatusCode.Unavailable, PeerName is null ? reason.Message : $"{PeerName}: {reason.Message}", reason));
 
     /// <summary>Ends the connection with GOAWAY (best effort).</summary>
     protected async Task GoAwayAsync(Http2ErrorCode code, string? debug)
