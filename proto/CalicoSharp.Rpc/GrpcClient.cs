@@ -200,6 +200,8 @@ public sealed class GrpcClient : IAsyncDisposable, IDisposable
                 throw new RpcException(new Status(StatusCode.Internal, message is null ? $"{method}: no response message" : $"{method}: more than one response message to a unary call"));
             }
 
+            // Answered before the whole request went out (RFC 9113 §8.1): the rest is abandoned.
+            conn.Cancel(s);
             return message;
         }
         catch (OperationCanceledException) when (call.Token.IsCancellationRequested)
@@ -718,6 +720,8 @@ internal sealed class ClientConnection : Http2Connection
     }
 
     // Even ids would be server push, which this client disables.
+    protected override bool StopsSendingWhenPeerEnds => true;
+
     protected override bool IsIdle(int id)
     {
         lock (Gate)
@@ -825,18 +829,6 @@ internal sealed class ClientConnection : Http2Connection
         }
 
         return FlushQuietlyAsync();
-    }
-
-    private async Task FlushQuietlyAsync()
-    {
-        try
-        {
-            await FlushControlAsync().ConfigureAwait(false);
-        }
-        catch (Exception e) when (e is IOException or ObjectDisposedException or SocketException)
-        {
-            Fail(e);
-        }
     }
 
     public override ValueTask DisposeAsync()

@@ -319,6 +319,11 @@ internal sealed class ServerConnection : Http2Connection
         }
     }
 
+    /// <summary>A request message over the limit: the call answers RESOURCE_EXHAUSTED (its handler never
+    /// runs), then the stream is reset with NO_ERROR (see <see cref="ServeAsync"/>); until then the stream gets
+    /// no credit, so the client stops sending.</summary>
+    protected override void OnMessageFailureLocked(Http2Stream s) => s.FailReads();
+
     protected override void OnStreamReset(Http2Stream s)
     {
         lock (Gate)
@@ -397,6 +402,7 @@ internal sealed class ServerConnection : Http2Connection
         }
         finally
         {
+            bool reset = false;
             lock (Gate)
             {
                 calls.Remove(s.Id);
@@ -404,6 +410,19 @@ internal sealed class ServerConnection : Http2Connection
                 {
                     drained.TrySetResult();
                 }
+
+                // RFC 9113 §8.1: answered before the request ended (a message over the limit, an unknown method):
+                // RST_STREAM(NO_ERROR) tells the client to stop sending without discarding the answer.
+                if (s.LocalClosed && !s.RemoteClosed && Streams.ContainsKey(s.Id))
+                {
+                    QueueResetLocked(s, Http2ErrorCode.NoError, "answered before the request ended");
+                    reset = true;
+                }
+            }
+
+            if (reset)
+            {
+                await FlushQuietlyAsync().ConfigureAwait(false);
             }
 
             cts.Dispose();

@@ -441,7 +441,7 @@ internal abstract class Http2Connection : IAsyncDisposable
         {
             if (s.Failure is not null)
             {
-                QueueResetLocked(s, Http2ErrorCode.Cancel, null);
+                OnMessageFailureLocked(s);
                 return;
             }
 
@@ -457,6 +457,14 @@ internal abstract class Http2Connection : IAsyncDisposable
             EndRemote(s);
         }
     }
+
+    /// <summary>A message on the stream broke the rules (over the size limit, compressed): its reader gets the
+    /// failure. By default the stream is reset (CANCEL) at once; no more credit is given either way. Under the gate.</summary>
+    protected virtual void OnMessageFailureLocked(Http2Stream s) => QueueResetLocked(s, Http2ErrorCode.Cancel, null);
+
+    /// <summary>Whether this side stops sending on a stream the peer has ended: a client, whose answer is then
+    /// complete (RFC 9113 §8.1: a server may answer before the request is whole).</summary>
+    protected virtual bool StopsSendingWhenPeerEnds => false;
 
     /// <summary>Credits consumed bytes to a stream, held back while its reader is behind. Under the gate.</summary>
     private void Credit(Http2Stream s, int bytes)
@@ -833,6 +841,19 @@ internal abstract class Http2Connection : IAsyncDisposable
         }
     }
 
+    /// <summary>Sends the queued control frames; a failed write fails the connection instead of throwing.</summary>
+    protected async Task FlushQuietlyAsync()
+    {
+        try
+        {
+            await FlushControlAsync().ConfigureAwait(false);
+        }
+        catch (Exception e) when (e is IOException or ObjectDisposedException or System.Net.Sockets.SocketException)
+        {
+            Fail(e);
+        }
+    }
+
     private void TakeControl()
     {
         lock (Gate)
@@ -856,6 +877,13 @@ internal abstract class Http2Connection : IAsyncDisposable
         int pos = 0;
         while (true)
         {
+            if (StopsSendingWhenPeerEnds && pos < data.Length && s.Ended.IsCompletedSuccessfully)
+            {
+                // RFC 9113 §8.1: the server answered in full before it had the whole request (a message over its
+                // limit, an unknown method): the rest is not wanted, and the answer is read, not discarded.
+                return;
+            }
+
             Task? wait = null;
             await writeLock.WaitAsync(ct).ConfigureAwait(false);
             try

@@ -290,6 +290,20 @@ public class ConformanceTests(ConformanceServers servers) : IClassFixture<Confor
 
     [Theory]
     [MemberData(nameof(Pairings))]
+    public async Task A_message_over_the_limit_is_ResourceExhausted_both_ways(string client, string server, string transport)
+    {
+        await using MatrixClient c = Connect(client, server, transport);
+        var sw = Stopwatch.StartNew();
+        var tooBigUp = await Assert.ThrowsAsync<RpcException>(() => c.Echo.SayAsync(new EchoRequest { Payload = ByteString.CopyFrom(new byte[ConformanceServers.MaxMessage + 1]) }, deadline: Soon).ResponseAsync);
+        Assert.True(tooBigUp.StatusCode == StatusCode.ResourceExhausted, tooBigUp.Status.ToString());
+        var tooBigDown = await Assert.ThrowsAsync<RpcException>(() => c.Echo.SayAsync(new EchoRequest { ReplySize = ConformanceServers.MaxMessage + 1 }, deadline: Soon).ResponseAsync);
+        Assert.True(tooBigDown.StatusCode == StatusCode.ResourceExhausted, tooBigDown.Status.ToString());
+        Assert.True(sw.Elapsed < TimeSpan.FromSeconds(10), $"refusing the messages took {sw.Elapsed}");
+        Assert.Equal("after", (await c.Echo.SayAsync(new EchoRequest { Text = "after" }, deadline: Soon)).Text);
+    }
+
+    [Theory]
+    [MemberData(nameof(Pairings))]
     public async Task A_server_that_dies_mid_call_is_Unavailable(string client, string server, string transport)
     {
         EchoService service = servers.Service(server);
