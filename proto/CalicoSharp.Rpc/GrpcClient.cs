@@ -192,7 +192,7 @@ public sealed class GrpcClient : IAsyncDisposable, IDisposable
             Status status = await EndStatusAsync(s, call.Token).ConfigureAwait(false);
             if (status.StatusCode != StatusCode.OK)
             {
-                throw new RpcException(status);
+                throw new RpcException(status, TrailersOf(s));
             }
 
             if (message is null || extra is not null)
@@ -255,6 +255,10 @@ public sealed class GrpcClient : IAsyncDisposable, IDisposable
         await s.Ended.WaitAsync(ct).ConfigureAwait(false);
         return GrpcWire.StatusOf(s.Trailers ?? await s.Headers.ConfigureAwait(false));
     }
+
+    /// <summary>The custom trailers of an ended stream (of the headers, for a trailers-only answer).</summary>
+    internal static Metadata TrailersOf(Http2Stream s) =>
+        GrpcWire.MetadataOf(s.Trailers ?? (s.Headers.IsCompletedSuccessfully ? s.Headers.Result : null));
 
     internal static async Task CheckResponseHeadersAsync(Http2Stream s, CancellationToken ct)
     {
@@ -456,7 +460,7 @@ public sealed class GrpcStreamingCall : IAsyncDisposable
         Status status = await GrpcClient.EndStatusAsync(stream, ct).ConfigureAwait(false);
         if (status.StatusCode != StatusCode.OK)
         {
-            throw new RpcException(status, $"{method}: {status.Detail}");
+            throw new RpcException(status, GrpcClient.TrailersOf(stream), $"{method}: {status.Detail}");
         }
 
         return null;

@@ -206,7 +206,7 @@ public class ConformanceTests(ConformanceServers servers) : IClassFixture<Confor
 
     [Theory]
     [MemberData(nameof(Pairings))]
-    public async Task Status_codes_and_messages_reach_the_client(string client, string server, string transport)
+    public async Task Status_codes_messages_and_trailers_reach_the_client(string client, string server, string transport)
     {
         await using MatrixClient c = Connect(client, server, transport);
         StatusCode[] codes =
@@ -221,6 +221,7 @@ public class ConformanceTests(ConformanceServers servers) : IClassFixture<Confor
             var e = await Assert.ThrowsAsync<RpcException>(() => c.Echo.FailAsync(new FailRequest { Code = (int)code, Detail = detail, Trailer = "t-" + code }, deadline: Soon).ResponseAsync);
             Assert.Equal(code, e.StatusCode);
             Assert.Equal(detail, e.Status.Detail);
+            Assert.Equal("t-" + code, e.Trailers.GetValue("x-trailer"));
         }
 
         // A handler's unexpected exception: UNKNOWN with its text (Kestrel only with EnableDetailedErrors, set here).
