@@ -7,7 +7,7 @@ RID         ?= linux-x64
 OUT         ?= $(CURDIR)/out
 BIN         := $(OUT)/bin
 RESULTS     := $(OUT)/test-results
-DEB_PACKAGES := etcd-server etcd-client bird2 containernetworking-plugins iproute2 iputils-ping netcat-openbsd curl podman runc busybox-static iptables
+DEB_PACKAGES := etcd-server etcd-client bird2 containernetworking-plugins iproute2 iputils-ping netcat-openbsd curl podman runc busybox-static iptables nghttp2-client
 PREFIX      ?= /usr/local
 CNI_BIN_DIR ?= /opt/cni/bin
 CNI_NET_DIR ?= /etc/cni/net.d
@@ -69,6 +69,8 @@ fuzz: build
 	BGP_FUZZ_INPUTS=$(BGP_FUZZ_INPUTS) dotnet test tests/CalicoSharp.Bgp.Tests -c $(CONFIG) --no-build -nologo --filter "Category=Fuzz" --logger "console;verbosity=normal"
 
 ## bench: benchmarks (printed, never asserted), against the reference implementations in the same run
+## (one part alone: dotnet tests/CalicoSharp.Bench/bin/Release/net10.0/CalicoSharp.Bench.dll ipam|cni|bgp|peer-memory|bgpd|kernel|rpc;
+## rpc: the gRPC server under h2load beside Kestrel's, args [requests [clients [streams per client]]])
 bench: deps build publish
 	dotnet publish tests/CalicoSharp.IpamLoad/CalicoSharp.IpamLoad.csproj -c Release -r $(RID) -o $(OUT)/bench -nologo -clp:ErrorsOnly
 	dotnet tests/CalicoSharp.Bench/bin/$(CONFIG)/net10.0/CalicoSharp.Bench.dll
