@@ -179,7 +179,7 @@ public sealed class GrpcClient : IAsyncDisposable, IDisposable
 
         try
         {
-            await conn.SendRequestAsync(s, RequestHeaders(method, deadline, metadata), framedRequest, endStream: true, call.Token).ConfigureAwait(false);
+            await conn.SendRequestAsync(s, RequestHeaders(method, deadline, metadata, conn.PeerMaxHeaderListSize), framedRequest, endStream: true, call.Token).ConfigureAwait(false);
             meanwhile?.Run();
             if (options.Blocking)
             {
@@ -234,7 +234,7 @@ public sealed class GrpcClient : IAsyncDisposable, IDisposable
         Http2Stream s = conn.NewStream();
         try
         {
-            await conn.SendRequestAsync(s, RequestHeaders(method, null, null), ReadOnlyMemory<byte>.Empty, endStream: false, call.Token).ConfigureAwait(false);
+            await conn.SendRequestAsync(s, RequestHeaders(method, null, null, conn.PeerMaxHeaderListSize), ReadOnlyMemory<byte>.Empty, endStream: false, call.Token).ConfigureAwait(false);
         }
         catch (OperationCanceledException) when (call.Token.IsCancellationRequested)
         {
@@ -276,7 +276,7 @@ public sealed class GrpcClient : IAsyncDisposable, IDisposable
         }
     }
 
-    private byte[] RequestHeaders(string method, DateTime? deadline, Metadata? metadata)
+    private byte[] RequestHeaders(string method, DateTime? deadline, Metadata? metadata, long peerMaxHeaderListSize)
     {
         var fields = new List<(string, string)>(8)
         {
@@ -301,6 +301,16 @@ public sealed class GrpcClient : IAsyncDisposable, IDisposable
                     fields.Add((e.Key, e.Value));
                 }
             }
+        }
+
+        // RFC 9113 §6.5.2, §10.5.1: a header list over the server's advertised bound is refused here, as
+        // Grpc.Net.Client does, rather than sent to a server that ends the whole connection over it (as this
+        // project's server does: it cannot decode on past the bound). Its size: name + value + 32 per field.
+        long size = fields.Sum(f => (long)System.Text.Encoding.UTF8.GetByteCount(f.Item1) + System.Text.Encoding.UTF8.GetByteCount(f.Item2) + 32);
+        if (size > peerMaxHeaderListSize)
+        {
+            throw new RpcException(new Status(StatusCode.Internal,
+                $"{method}: request headers of {size} bytes exceed the limit of {peerMaxHeaderListSize} bytes that {Endpoint} set (SETTINGS_MAX_HEADER_LIST_SIZE)"));
         }
 
         return GrpcWire.Block(fields);

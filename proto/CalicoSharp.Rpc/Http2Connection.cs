@@ -32,6 +32,7 @@ internal abstract class Http2Connection : IAsyncDisposable
     private long connectionSendWindow = Http2.DefaultWindow;
     private long peerInitialWindow = Http2.DefaultWindow;
     private int peerMaxFrameSize = Http2.DefaultMaxFrameSize;
+    private long peerMaxHeaderListSize = long.MaxValue; // RFC 9113 §6.5.2: unlimited until the peer says
     // Until the peer's SETTINGS say otherwise, as Go's HTTP/2 client assumes: a burst at connection start is
     // not refused wholesale by a server with the common limit of 100.
     private long peerMaxConcurrentStreams = 100;
@@ -722,9 +723,11 @@ internal abstract class Http2Connection : IAsyncDisposable
 
                         peerMaxFrameSize = (int)value;
                         break;
+                    case Http2.SettingsMaxHeaderListSize:
+                        peerMaxHeaderListSize = value;
+                        break;
                     default:
-                        // The header table size the peer allows us is moot (this side never indexes);
-                        // concurrency and list-size limits are the peer's to enforce.
+                        // The header table size the peer allows us is moot (this side never indexes).
                         break;
                 }
             }
@@ -814,6 +817,19 @@ internal abstract class Http2Connection : IAsyncDisposable
         OnStreamReset(s);
     }
 
+    /// <summary>The largest header list the peer said it accepts (SETTINGS_MAX_HEADER_LIST_SIZE; unlimited until
+    /// its SETTINGS arrive).</summary>
+    public long PeerMaxHeaderListSize
+    {
+        get
+        {
+            lock (Gate)
+            {
+                return peerMaxHeaderListSize;
+            }
+        }
+    }
+
     /// <summary>Sends whatever control frames are queued (acknowledgements, credit, resets).</summary>
     public async Task FlushControlAsync()
     {
@@ -877,18 +893,15 @@ internal abstract class Http2Connection : IAsyncDisposable
         int pos = 0;
         while (true)
         {
-            if (StopsSendingWhenPeerEnds && pos < data.Length && s.Ended.IsCompletedSuccessfully)
-            {
-                // RFC 9113 §8.1: the server answered in full before it had the whole request (a message over its
-                // limit, an unknown method): the rest is not wanted, and the answer is read, not discarded.
-                return;
-            }
-
             Task? wait = null;
             await writeLock.WaitAsync(ct).ConfigureAwait(false);
             try
             {
-                ThrowIfUnusable(s);
+                if (!ThrowIfUnusable(s, pos < data.Length))
+                {
+                    return;
+                }
+
                 if (s.Id == 0)
                 {
                     // RFC 9113 §5.1.1 and §5.1.2: a new stream takes the next id as its HEADERS are written,
@@ -983,10 +996,19 @@ internal abstract class Http2Connection : IAsyncDisposable
         }
     }
 
-    private void ThrowIfUnusable(Http2Stream s)
+    /// <summary>Throws when the stream or the connection cannot carry more; false when the rest of the data is
+    /// not wanted: RFC 9113 §8.1, the server answered in full before it had the whole request (a message over
+    /// its limit, an unknown method), and may have reset the stream with NO_ERROR after its answer — a client
+    /// stops sending and reads the answer rather than discarding it.</summary>
+    private bool ThrowIfUnusable(Http2Stream s, bool dataLeft)
     {
         lock (Gate)
         {
+            if (dataLeft && StopsSendingWhenPeerEnds && s.Ended.IsCompletedSuccessfully)
+            {
+                return false;
+            }
+
             if (failure is not null)
             {
                 throw Unavailable(failure);
@@ -996,6 +1018,8 @@ internal abstract class Http2Connection : IAsyncDisposable
             {
                 throw s.Failure ?? new RpcException(new Status(StatusCode.Cancelled, "the stream was reset"));
             }
+
+            return true;
         }
     }
 
