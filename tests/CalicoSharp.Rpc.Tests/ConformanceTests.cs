@@ -157,8 +157,8 @@ public class ConformanceTests(ConformanceServers servers) : IClassFixture<Confor
 
     /// <summary>The pairings whose client does its I/O in the background. Differs from the reference on purpose:
     /// blocking mode (the CNI plugin, the CLI) runs one call at a time on the calling thread, with no timer
-    /// or reader thread; its deadline bounds every read, while a cancellation token is looked at only between
-    /// reads — so it has neither concurrent calls nor prompt cancellation to test.</summary>
+    /// or reader thread; its deadline bounds every read, while a cancellation token is not looked at as the call
+    /// waits for its answer — so it has neither concurrent calls nor prompt cancellation to test.</summary>
     public static TheoryData<string, string, string> AsyncPairings
     {
         get

@@ -38,7 +38,9 @@ internal static partial class H2Load
                 "--log-file", log,
                 $"http://{server}{method}",
             ];
-            string command = "h2load " + string.Join(' ', args.Select(a => a.Contains(' ', StringComparison.Ordinal) ? $"'{a}'" : a));
+            // As it would be typed in the temporary folder (request.grpc: one framed request message).
+            string command = "h2load " + string.Join(' ', args.Select(a => a.StartsWith(dir, StringComparison.Ordinal) ? Path.GetFileName(a)
+                : a.Contains(' ', StringComparison.Ordinal) ? $"'{a}'" : a));
             var psi = new ProcessStartInfo("h2load") { RedirectStandardOutput = true, RedirectStandardError = true };
             foreach (string a in args)
             {
