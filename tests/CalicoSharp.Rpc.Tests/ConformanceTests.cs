@@ -240,35 +240,36 @@ public class ConformanceTests(ConformanceServers servers) : IClassFixture<Confor
 
     [Theory]
     [MemberData(nameof(Pairings))]
-    public async Task A_deadline_ends_the_call_on_both_sides(string client, string server, string transport)
-    {
-        EchoService service = servers.Service(server);
-        await using MatrixClient c = Connect(client, server, transport);
-        Assert.Equal("warm", (await c.Echo.SayAsync(new EchoRequest { Text = "warm" }, deadline: Soon)).Text);
-        int cancelled = Volatile.Read(ref service.Cancelled);
-        var sw = Stopwatch.StartNew();
-        var e = await Assert.ThrowsAsync<RpcException>(() => c.Echo.SlowAsync(new SlowRequest { Milliseconds = 10_000 }, deadline: DateTime.UtcNow.AddMilliseconds(300)).ResponseAsync);
-        Assert.Equal(StatusCode.DeadlineExceeded, e.StatusCode);
-        Assert.InRange(sw.ElapsedMilliseconds, 250, 3000);
-        // The handler saw it too: its token was cancelled.
-        await WaitForAsync(() => Volatile.Read(ref service.Cancelled) > cancelled, "the handler's token was not cancelled at the deadline");
-        Assert.Equal("after", (await c.Echo.SayAsync(new EchoRequest { Text = "after" }, deadline: Soon)).Text);
-    }
+    public Task A_deadline_ends_the_call_on_both_sides(string client, string server, string transport) =>
+        SlowCallEndsOnBothSidesAsync(client, server, transport, () => new CallOptions(deadline: DateTime.UtcNow.AddMilliseconds(300)),
+            StatusCode.DeadlineExceeded, "the handler's token was not cancelled at the deadline");
 
     [Theory]
     [MemberData(nameof(AsyncPairings))]
     public async Task Cancelling_a_call_resets_its_stream_and_cancels_the_handler(string client, string server, string transport)
     {
+        using var cts = new CancellationTokenSource();
+        await SlowCallEndsOnBothSidesAsync(client, server, transport, () =>
+        {
+            cts.CancelAfter(300);
+            return new CallOptions(cancellationToken: cts.Token);
+        }, StatusCode.Cancelled, "the reset did not cancel the handler");
+    }
+
+    /// <summary>A 10-second call that its options end after 300 ms: the client sees <paramref name="expected"/>
+    /// within 3 s, the handler's token is cancelled, and the connection serves the next call.</summary>
+    private async Task SlowCallEndsOnBothSidesAsync(string client, string server, string transport, Func<CallOptions> options, StatusCode expected, string handlerNotCancelled)
+    {
         EchoService service = servers.Service(server);
         await using MatrixClient c = Connect(client, server, transport);
         Assert.Equal("warm", (await c.Echo.SayAsync(new EchoRequest { Text = "warm" }, deadline: Soon)).Text);
         int cancelled = Volatile.Read(ref service.Cancelled);
-        using var cts = new CancellationTokenSource(300);
         var sw = Stopwatch.StartNew();
-        var e = await Assert.ThrowsAsync<RpcException>(() => c.Echo.SlowAsync(new SlowRequest { Milliseconds = 10_000 }, cancellationToken: cts.Token).ResponseAsync);
-        Assert.Equal(StatusCode.Cancelled, e.StatusCode);
+        var e = await Assert.ThrowsAsync<RpcException>(() => c.Echo.SlowAsync(new SlowRequest { Milliseconds = 10_000 }, options()).ResponseAsync);
+        Assert.Equal(expected, e.StatusCode);
         Assert.InRange(sw.ElapsedMilliseconds, 250, 3000);
-        await WaitForAsync(() => Volatile.Read(ref service.Cancelled) > cancelled, "the reset did not cancel the handler");
+        // The handler saw it too: its token was cancelled.
+        await WaitForAsync(() => Volatile.Read(ref service.Cancelled) > cancelled, handlerNotCancelled);
         Assert.Equal("after", (await c.Echo.SayAsync(new EchoRequest { Text = "after" }, deadline: Soon)).Text);
     }
 
