@@ -7,7 +7,7 @@ RID         ?= linux-x64
 OUT         ?= $(CURDIR)/out
 BIN         := $(OUT)/bin
 RESULTS     := $(OUT)/test-results
-DEB_PACKAGES := etcd-server etcd-client bird2 containernetworking-plugins iproute2 iputils-ping netcat-openbsd curl podman runc busybox-static iptables nftables socat
+DEB_PACKAGES := etcd-server etcd-client bird2 containernetworking-plugins iproute2 iputils-ping netcat-openbsd curl podman runc busybox-static iptables nftables socat nghttp2-client
 PREFIX      ?= /usr/local
 CNI_BIN_DIR ?= /opt/cni/bin
 CNI_NET_DIR ?= /etc/cni/net.d
@@ -69,7 +69,8 @@ fuzz: build
 	BGP_FUZZ_INPUTS=$(BGP_FUZZ_INPUTS) dotnet test tests/CalicoSharp.Bgp.Tests -c $(CONFIG) --no-build -nologo --filter "Category=Fuzz" --logger "console;verbosity=normal"
 
 ## bench: benchmarks (printed, never asserted), against the reference implementations in the same run; BENCH picks one
-## part (ipam, cni, bgp, peer-memory, bgpd, kernel, restart), e.g. make bench BENCH=restart
+## part (ipam, cni, bgp, peer-memory, bgpd, kernel, restart, bfd, service-trace, service-rules, rpc), e.g. make bench BENCH=restart
+## (rpc: the gRPC server under h2load beside Kestrel's; run the dll directly for its args [requests [clients [streams per client]]])
 bench: deps build publish
 	dotnet publish tests/CalicoSharp.IpamLoad/CalicoSharp.IpamLoad.csproj -c Release -r $(RID) -o $(OUT)/bench -nologo -clp:ErrorsOnly
 	dotnet tests/CalicoSharp.Bench/bin/$(CONFIG)/net10.0/CalicoSharp.Bench.dll $(BENCH)

@@ -81,6 +81,52 @@ internal static class GrpcWire
         return new Status((StatusCode)value, DecodeMessage(Get(trailers, "grpc-message") ?? string.Empty));
     }
 
+    /// <summary>The custom metadata of a header block (a call's trailers): pseudo-headers, content-type and the
+    /// status fields left out, <c>-bin</c> values decoded from base64 (padded or not); a field Metadata cannot
+    /// hold (a name or value outside its alphabet) is skipped rather than failing the call.</summary>
+    public static Metadata MetadataOf(List<HeaderField>? fields)
+    {
+        var m = new Metadata();
+        foreach (HeaderField f in fields ?? [])
+        {
+            if (f.Name.StartsWith(':') || f.Name is "content-type" or "grpc-status" or "grpc-message")
+            {
+                continue;
+            }
+
+            try
+            {
+                if (f.Name.EndsWith("-bin", StringComparison.Ordinal))
+                {
+                    string padded = f.Value.PadRight(f.Value.Length + ((4 - (f.Value.Length % 4)) % 4), '=');
+                    m.Add(f.Name, Convert.FromBase64String(padded));
+                }
+                else
+                {
+                    m.Add(f.Name, f.Value);
+                }
+            }
+            catch (Exception e) when (e is ArgumentException or FormatException)
+            {
+                // not a field gRPC metadata can carry
+            }
+        }
+
+        return m;
+    }
+
+    /// <summary>Metadata as header fields (binary values in base64), the status fields left to the caller.</summary>
+    public static IEnumerable<(string Name, string Value)> FieldsOf(Metadata metadata)
+    {
+        foreach (Metadata.Entry e in metadata)
+        {
+            if (e.Key is not ("grpc-status" or "grpc-message"))
+            {
+                yield return (e.Key, e.IsBinary ? Convert.ToBase64String(e.ValueBytes) : e.Value);
+            }
+        }
+    }
+
     /// <summary>gRPC's status for an HTTP status that is not 200 (the mapping gRPC's HTTP-to-status table gives).</summary>
     public static Status FromHttpStatus(string? status) => status switch
     {

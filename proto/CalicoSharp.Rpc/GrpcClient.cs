@@ -179,7 +179,7 @@ public sealed class GrpcClient : IAsyncDisposable, IDisposable
 
         try
         {
-            await conn.SendRequestAsync(s, RequestHeaders(method, deadline, metadata), framedRequest, endStream: true, call.Token).ConfigureAwait(false);
+            await conn.SendRequestAsync(s, RequestHeaders(method, deadline, metadata, conn.PeerMaxHeaderListSize), framedRequest, endStream: true, call.Token).ConfigureAwait(false);
             meanwhile?.Run();
             if (options.Blocking)
             {
@@ -192,7 +192,7 @@ public sealed class GrpcClient : IAsyncDisposable, IDisposable
             Status status = await EndStatusAsync(s, call.Token).ConfigureAwait(false);
             if (status.StatusCode != StatusCode.OK)
             {
-                throw new RpcException(status);
+                throw new RpcException(status, TrailersOf(s));
             }
 
             if (message is null || extra is not null)
@@ -200,6 +200,8 @@ public sealed class GrpcClient : IAsyncDisposable, IDisposable
                 throw new RpcException(new Status(StatusCode.Internal, message is null ? $"{method}: no response message" : $"{method}: more than one response message to a unary call"));
             }
 
+            // Answered before the whole request went out (RFC 9113 §8.1): the rest is abandoned.
+            conn.Cancel(s);
             return message;
         }
         catch (OperationCanceledException) when (call.Token.IsCancellationRequested)
@@ -232,7 +234,7 @@ public sealed class GrpcClient : IAsyncDisposable, IDisposable
         Http2Stream s = conn.NewStream();
         try
         {
-            await conn.SendRequestAsync(s, RequestHeaders(method, null, null), ReadOnlyMemory<byte>.Empty, endStream: false, call.Token).ConfigureAwait(false);
+            await conn.SendRequestAsync(s, RequestHeaders(method, null, null, conn.PeerMaxHeaderListSize), ReadOnlyMemory<byte>.Empty, endStream: false, call.Token).ConfigureAwait(false);
         }
         catch (OperationCanceledException) when (call.Token.IsCancellationRequested)
         {
@@ -254,6 +256,10 @@ public sealed class GrpcClient : IAsyncDisposable, IDisposable
         return GrpcWire.StatusOf(s.Trailers ?? await s.Headers.ConfigureAwait(false));
     }
 
+    /// <summary>The custom trailers of an ended stream (of the headers, for a trailers-only answer).</summary>
+    internal static Metadata TrailersOf(Http2Stream s) =>
+        GrpcWire.MetadataOf(s.Trailers ?? (s.Headers.IsCompletedSuccessfully ? s.Headers.Result : null));
+
     internal static async Task CheckResponseHeadersAsync(Http2Stream s, CancellationToken ct)
     {
         List<HeaderField> headers = await s.Headers.WaitAsync(ct).ConfigureAwait(false);
@@ -270,7 +276,7 @@ public sealed class GrpcClient : IAsyncDisposable, IDisposable
         }
     }
 
-    private byte[] RequestHeaders(string method, DateTime? deadline, Metadata? metadata)
+    private byte[] RequestHeaders(string method, DateTime? deadline, Metadata? metadata, long peerMaxHeaderListSize)
     {
         var fields = new List<(string, string)>(8)
         {
@@ -295,6 +301,16 @@ public sealed class GrpcClient : IAsyncDisposable, IDisposable
                     fields.Add((e.Key, e.Value));
                 }
             }
+        }
+
+        // RFC 9113 §6.5.2, §10.5.1: a header list over the server's advertised bound is refused here, as
+        // Grpc.Net.Client does, rather than sent to a server that ends the whole connection over it (as this
+        // project's server does: it cannot decode on past the bound). Its size: name + value + 32 per field.
+        long size = fields.Sum(f => (long)System.Text.Encoding.UTF8.GetByteCount(f.Item1) + System.Text.Encoding.UTF8.GetByteCount(f.Item2) + 32);
+        if (size > peerMaxHeaderListSize)
+        {
+            throw new RpcException(new Status(StatusCode.Internal,
+                $"{method}: request headers of {size} bytes exceed the limit of {peerMaxHeaderListSize} bytes that {Endpoint} set (SETTINGS_MAX_HEADER_LIST_SIZE)"));
         }
 
         return GrpcWire.Block(fields);
@@ -454,7 +470,7 @@ public sealed class GrpcStreamingCall : IAsyncDisposable
         Status status = await GrpcClient.EndStatusAsync(stream, ct).ConfigureAwait(false);
         if (status.StatusCode != StatusCode.OK)
         {
-            throw new RpcException(status, $"{method}: {status.Detail}");
+            throw new RpcException(status, GrpcClient.TrailersOf(stream), $"{method}: {status.Detail}");
         }
 
         return null;
@@ -586,7 +602,7 @@ internal sealed class ClientConnection : Http2Connection
             throw new RpcException(new Status(StatusCode.Unavailable, $"cannot connect to {endpoint}: {e.Message}", e));
         }
 
-        var conn = new ClientConnection(io, setReceiveTimeout, options);
+        var conn = new ClientConnection(io, setReceiveTimeout, options) { PeerName = endpoint.ToString() };
         conn.QueueHandshake(client: true,
         [
             (Http2.SettingsEnablePush, 0),
@@ -718,6 +734,8 @@ internal sealed class ClientConnection : Http2Connection
     }
 
     // Even ids would be server push, which this client disables.
+    protected override bool StopsSendingWhenPeerEnds => true;
+
     protected override bool IsIdle(int id)
     {
         lock (Gate)
@@ -825,18 +843,6 @@ internal sealed class ClientConnection : Http2Connection
         }
 
         return FlushQuietlyAsync();
-    }
-
-    private async Task FlushQuietlyAsync()
-    {
-        try
-        {
-            await FlushControlAsync().ConfigureAwait(false);
-        }
-        catch (Exception e) when (e is IOException or ObjectDisposedException or SocketException)
-        {
-            Fail(e);
-        }
     }
 
     public override ValueTask DisposeAsync()

@@ -319,6 +319,11 @@ internal sealed class ServerConnection : Http2Connection
         }
     }
 
+    /// <summary>A request message over the limit: the call answers RESOURCE_EXHAUSTED (its handler never
+    /// runs), then the stream is reset with NO_ERROR (see <see cref="ServeAsync"/>); until then the stream gets
+    /// no credit, so the client stops sending.</summary>
+    protected override void OnMessageFailureLocked(Http2Stream s) => s.FailReads();
+
     protected override void OnStreamReset(Http2Stream s)
     {
         lock (Gate)
@@ -343,6 +348,7 @@ internal sealed class ServerConnection : Http2Connection
     {
         string path = GrpcWire.Get(headers, ":path") ?? string.Empty;
         DateTime deadline = DateTime.MaxValue;
+        CallContext? context = null;
         try
         {
             if (GrpcWire.ParseTimeout(GrpcWire.Get(headers, "grpc-timeout")) is { } timeout)
@@ -372,14 +378,15 @@ internal sealed class ServerConnection : Http2Connection
                 throw new RpcException(new Status(StatusCode.Internal, request is null ? "no request message" : "more than one request message to a unary method"));
             }
 
-            var context = new CallContext(path, headers, deadline, cts.Token);
+            context = new CallContext(path, headers, deadline, cts.Token);
             byte[] response = await method(request, context).ConfigureAwait(false);
             await SendAsync(s, GrpcWire.Block([(":status", "200"), ("content-type", GrpcWire.ContentType)]), response,
-                GrpcWire.Block([("grpc-status", "0")]), true, cts.Token).ConfigureAwait(false);
+                GrpcWire.Block([("grpc-status", "0"), .. GrpcWire.FieldsOf(context.ResponseTrailers)]), true, cts.Token).ConfigureAwait(false);
         }
         catch (RpcException e)
         {
-            await SendStatusQuietlyAsync(s, e.Status, cts.Token).ConfigureAwait(false);
+            // The handler's trailers, then the exception's (as Grpc.AspNetCore merges them).
+            await SendStatusQuietlyAsync(s, e.Status, cts.Token, [.. GrpcWire.FieldsOf(context?.ResponseTrailers ?? []), .. GrpcWire.FieldsOf(e.Trailers)]).ConfigureAwait(false);
         }
         catch (OperationCanceledException) when (cts.IsCancellationRequested)
         {
@@ -397,6 +404,7 @@ internal sealed class ServerConnection : Http2Connection
         }
         finally
         {
+            bool reset = false;
             lock (Gate)
             {
                 calls.Remove(s.Id);
@@ -404,6 +412,19 @@ internal sealed class ServerConnection : Http2Connection
                 {
                     drained.TrySetResult();
                 }
+
+                // RFC 9113 §8.1: answered before the request ended (a message over the limit, an unknown method):
+                // RST_STREAM(NO_ERROR) tells the client to stop sending without discarding the answer.
+                if (s.LocalClosed && !s.RemoteClosed && Streams.ContainsKey(s.Id))
+                {
+                    QueueResetLocked(s, Http2ErrorCode.NoError, "answered before the request ended");
+                    reset = true;
+                }
+            }
+
+            if (reset)
+            {
+                await FlushQuietlyAsync().ConfigureAwait(false);
             }
 
             cts.Dispose();
@@ -411,7 +432,7 @@ internal sealed class ServerConnection : Http2Connection
     }
 
     /// <summary>A trailers-only answer with the status, unless the stream is gone already.</summary>
-    private async Task SendStatusQuietlyAsync(Http2Stream s, Status status, CancellationToken ct)
+    private async Task SendStatusQuietlyAsync(Http2Stream s, Status status, CancellationToken ct, List<(string Name, string Value)>? trailers = null)
     {
         if (s.LocalClosed)
         {
@@ -423,6 +444,8 @@ internal sealed class ServerConnection : Http2Connection
         {
             fields.Add(("grpc-message", GrpcWire.EncodeMessage(status.Detail)));
         }
+
+        fields.AddRange(trailers ?? []);
 
         try
         {

@@ -32,6 +32,7 @@ internal abstract class Http2Connection : IAsyncDisposable
     private long connectionSendWindow = Http2.DefaultWindow;
     private long peerInitialWindow = Http2.DefaultWindow;
     private int peerMaxFrameSize = Http2.DefaultMaxFrameSize;
+    private long peerMaxHeaderListSize = long.MaxValue; // RFC 9113 §6.5.2: unlimited until the peer says
     // Until the peer's SETTINGS say otherwise, as Go's HTTP/2 client assumes: a burst at connection start is
     // not refused wholesale by a server with the common limit of 100.
     private long peerMaxConcurrentStreams = 100;
@@ -441,7 +442,7 @@ internal abstract class Http2Connection : IAsyncDisposable
         {
             if (s.Failure is not null)
             {
-                QueueResetLocked(s, Http2ErrorCode.Cancel, null);
+                OnMessageFailureLocked(s);
                 return;
             }
 
@@ -457,6 +458,14 @@ internal abstract class Http2Connection : IAsyncDisposable
             EndRemote(s);
         }
     }
+
+    /// <summary>A message on the stream broke the rules (over the size limit, compressed): its reader gets the
+    /// failure. By default the stream is reset (CANCEL) at once; no more credit is given either way. Under the gate.</summary>
+    protected virtual void OnMessageFailureLocked(Http2Stream s) => QueueResetLocked(s, Http2ErrorCode.Cancel, null);
+
+    /// <summary>Whether this side stops sending on a stream the peer has ended: a client, whose answer is then
+    /// complete (RFC 9113 §8.1: a server may answer before the request is whole).</summary>
+    protected virtual bool StopsSendingWhenPeerEnds => false;
 
     /// <summary>Credits consumed bytes to a stream, held back while its reader is behind. Under the gate.</summary>
     private void Credit(Http2Stream s, int bytes)
@@ -714,9 +723,11 @@ internal abstract class Http2Connection : IAsyncDisposable
 
                         peerMaxFrameSize = (int)value;
                         break;
+                    case Http2.SettingsMaxHeaderListSize:
+                        peerMaxHeaderListSize = value;
+                        break;
                     default:
-                        // The header table size the peer allows us is moot (this side never indexes);
-                        // concurrency and list-size limits are the peer's to enforce.
+                        // The header table size the peer allows us is moot (this side never indexes).
                         break;
                 }
             }
@@ -806,6 +817,19 @@ internal abstract class Http2Connection : IAsyncDisposable
         OnStreamReset(s);
     }
 
+    /// <summary>The largest header list the peer said it accepts (SETTINGS_MAX_HEADER_LIST_SIZE; unlimited until
+    /// its SETTINGS arrive).</summary>
+    public long PeerMaxHeaderListSize
+    {
+        get
+        {
+            lock (Gate)
+            {
+                return peerMaxHeaderListSize;
+            }
+        }
+    }
+
     /// <summary>Sends whatever control frames are queued (acknowledgements, credit, resets).</summary>
     public async Task FlushControlAsync()
     {
@@ -830,6 +854,19 @@ internal abstract class Http2Connection : IAsyncDisposable
         finally
         {
             writeLock.Release();
+        }
+    }
+
+    /// <summary>Sends the queued control frames; a failed write fails the connection instead of throwing.</summary>
+    protected async Task FlushQuietlyAsync()
+    {
+        try
+        {
+            await FlushControlAsync().ConfigureAwait(false);
+        }
+        catch (Exception e) when (e is IOException or ObjectDisposedException or System.Net.Sockets.SocketException)
+        {
+            Fail(e);
         }
     }
 
@@ -860,7 +897,11 @@ internal abstract class Http2Connection : IAsyncDisposable
             await writeLock.WaitAsync(ct).ConfigureAwait(false);
             try
             {
-                ThrowIfUnusable(s);
+                if (!ThrowIfUnusable(s, pos < data.Length))
+                {
+                    return;
+                }
+
                 if (s.Id == 0)
                 {
                     // RFC 9113 §5.1.1 and §5.1.2: a new stream takes the next id as its HEADERS are written,
@@ -955,10 +996,19 @@ internal abstract class Http2Connection : IAsyncDisposable
         }
     }
 
-    private void ThrowIfUnusable(Http2Stream s)
+    /// <summary>Throws when the stream or the connection cannot carry more; false when the rest of the data is
+    /// not wanted: RFC 9113 §8.1, the server answered in full before it had the whole request (a message over
+    /// its limit, an unknown method), and may have reset the stream with NO_ERROR after its answer — a client
+    /// stops sending and reads the answer rather than discarding it.</summary>
+    private bool ThrowIfUnusable(Http2Stream s, bool dataLeft)
     {
         lock (Gate)
         {
+            if (dataLeft && StopsSendingWhenPeerEnds && s.Ended.IsCompletedSuccessfully)
+            {
+                return false;
+            }
+
             if (failure is not null)
             {
                 throw Unavailable(failure);
@@ -968,12 +1018,17 @@ internal abstract class Http2Connection : IAsyncDisposable
             {
                 throw s.Failure ?? new RpcException(new Status(StatusCode.Cancelled, "the stream was reset"));
             }
+
+            return true;
         }
     }
 
-    /// <summary>The gRPC view of a dead connection.</summary>
-    protected static RpcException Unavailable(Exception reason) =>
-        reason as RpcException ?? new RpcException(new Status(StatusCode.Unavailable, reason.Message, reason));
+    /// <summary>How this side's errors name the peer (a client: its endpoint); null names none.</summary>
+    protected string? PeerName { get; init; }
+
+    /// <summary>The gRPC view of a dead connection, naming the peer that went away.</summary>
+    protected RpcException Unavailable(Exception reason) =>
+        reason as RpcException ?? new RpcException(new Status(StatusCode.Unavailable, PeerName is null ? reason.Message : $"{PeerName}: {reason.Message}", reason));
 
     /// <summary>Ends the connection with GOAWAY (best effort).</summary>
     protected async Task GoAwayAsync(Http2ErrorCode code, string? debug)

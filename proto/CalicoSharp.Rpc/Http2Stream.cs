@@ -152,6 +152,16 @@ internal sealed class Http2Stream
         _ = ended.Task.Exception;
     }
 
+    /// <summary>Ends the reader's messages with the <see cref="Failure"/>, while the stream stays open (a server
+    /// answers with the failure's status before it resets the stream).</summary>
+    public void FailReads()
+    {
+        if (Failure is { } f)
+        {
+            messages.Writer.TryComplete(f);
+        }
+    }
+
     private void Fail(RpcException e)
     {
         Failure ??= e;

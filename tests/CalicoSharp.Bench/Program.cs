@@ -68,5 +68,12 @@ if (only is "all" or "service-trace")
     await ServiceTraceBench.RunAsync(Console.Out, args.Length > 1 && only == "service-trace" ? int.Parse(args[1], CultureInfo.InvariantCulture) : 5).ConfigureAwait(false);
 }
 
+if (only is "all" or "rpc")
+{
+    // rpc [requests [clients [streams per client]]]
+    int Arg(int i, int fallback) => args.Length > i && only == "rpc" ? int.Parse(args[i], CultureInfo.InvariantCulture) : fallback;
+    await RpcBench.RunAsync(Console.Out, Arg(1, 20_000), Arg(2, 100), Arg(3, 10)).ConfigureAwait(false);
+}
+
 Console.WriteLine(string.Create(CultureInfo.InvariantCulture, $"benchmarks took {sw.Elapsed.TotalSeconds:0} s"));
 return 0;

@@ -9,8 +9,13 @@ internal sealed class EchoService : Echo.Echo.EchoBase
 {
     public int Cancelled;
 
+    /// <summary>Calls of Say answered, and Slow calls whose handler has started.</summary>
+    public int Said;
+    public int SlowStarted;
+
     public override async Task<EchoReply> Say(EchoRequest request, ServerCallContext context)
     {
+        Interlocked.Increment(ref Said);
         DateTime deadline = context.Deadline;
         if (request.Text == "deadline")
         {
@@ -30,10 +35,43 @@ internal sealed class EchoService : Echo.Echo.EchoBase
 
     public override Task<EchoReply> Fail(FailRequest request, ServerCallContext context) => request.ThrowUnexpected
         ? throw new InvalidOperationException(request.Detail)
-        : throw new RpcException(new Status((StatusCode)request.Code, request.Detail));
+        : throw new RpcException(new Status((StatusCode)request.Code, request.Detail),
+            request.Trailer.Length > 0 ? new Metadata { { "x-trailer", request.Trailer } } : []);
+
+    public override async Task Chat(IAsyncStreamReader<EchoRequest> requestStream, IServerStreamWriter<EchoReply> responseStream, ServerCallContext context)
+    {
+        try
+        {
+            while (await requestStream.MoveNext(context.CancellationToken))
+            {
+                EchoRequest r = requestStream.Current;
+                switch (r.Text)
+                {
+                    case "bye":
+                        return;
+                    case "fail":
+                        throw new RpcException(new Status(StatusCode.Aborted, "the chat ended as asked"));
+                    default:
+                        await responseStream.WriteAsync(new EchoReply
+                        {
+                            Text = r.Text,
+                            Payload = r.ReplySize > 0 ? ByteString.CopyFrom(Pattern(r.ReplySize)) : r.Payload,
+                        }, context.CancellationToken);
+                        break;
+                }
+            }
+        }
+        catch (Exception e) when (e is not RpcException && context.CancellationToken.IsCancellationRequested)
+        {
+            // The client reset the stream: Kestrel cancels the handler's token (and its reads fail).
+            Interlocked.Increment(ref Cancelled);
+            throw;
+        }
+    }
 
     public override async Task<EchoReply> Slow(SlowRequest request, ServerCallContext context)
     {
+        Interlocked.Increment(ref SlowStarted);
         try
         {
             await Task.Delay(request.Milliseconds, context.CancellationToken);
