@@ -55,6 +55,10 @@ public static class Subcode
     public const byte ConnectionCollisionResolution = 7;
     public const byte OutOfResources = 8;
 
+    // RFC 8538 §3.1: end the session for good, also when graceful restart with notification is negotiated (the
+    // Data carries the NOTIFICATION it stands for: its code, subcode and data).
+    public const byte HardReset = 9;
+
     // RFC 9384: the session was closed because its BFD session went down.
     public const byte BfdDown = 10;
 

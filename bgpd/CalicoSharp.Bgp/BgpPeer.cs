@@ -315,7 +315,9 @@ public sealed class BgpPeer
             FourOctetAs = true,
             ExtendedMessage = true,
             GracefulRestart = Config.GracefulRestart
-                ? new GracefulRestartCapability(_speaker.Config.Restarting, false, _speaker.Config.RestartTime,
+                // RFC 8538 §2: the N bit: a NOTIFICATION other than Hard Reset is handled as a restart (both ends keep
+                // the routes as stale), once both ends set it.
+                ? new GracefulRestartCapability(_speaker.Config.Restarting, true, _speaker.Config.RestartTime,
                     [.. Config.Families.Select(f => new GracefulRestartFamily(f, Safi.Unicast, _speaker.Config.Restarting))])
                 : null,
         };
@@ -398,8 +400,11 @@ public sealed class BgpPeer
                     break;
                 case NotificationMessage n:
                     LastError = $"received NOTIFICATION: {n}";
-                    Log(BgpLogLevel.Warning, LastError);
-                    Drop(a, graceful: n.Code == ErrorCode.Cease && n.Subcode == Subcode.ConnectionCollisionResolution ? null : false);
+                    // RFC 8538 §4: with the N bit on both ends, any NOTIFICATION but a Hard Reset is a restart: the peer's
+                    // routes stay, stale, as when its connection drops (RFC 4724 §4.2).
+                    bool keep = a.State == SessionState.Established && NotificationNegotiated && !n.IsHardReset;
+                    Log(BgpLogLevel.Warning, LastError + (keep ? "; graceful restart with notification (RFC 8538): keeping its routes as stale" : ""));
+                    Drop(a, graceful: n.Code == ErrorCode.Cease && n.Subcode == Subcode.ConnectionCollisionResolution ? null : keep);
                     break;
                 case RouteRefreshMessage r:
                     if (a.State != SessionState.Established)
@@ -542,6 +547,29 @@ public sealed class BgpPeer
     /// <summary>Both ends announced graceful restart on the established session.</summary>
     internal bool GracefulRestartNegotiated => Config.GracefulRestart && PeerGracefulRestart is not null;
 
+    /// <summary>Both ends set graceful restart's N bit (RFC 8538): a NOTIFICATION other than Hard Reset keeps the routes.
+    /// This speaker sets it whenever it announces graceful restart.</summary>
+    public bool NotificationNegotiated => GracefulRestartNegotiated && PeerGracefulRestart!.Notification;
+
+    /// <summary>The Cease subcodes that end a session for good, sent as Hard Reset once the N bit is negotiated (RFC 8538
+    /// §4: a MUST for Maximum Number of Prefixes Reached, a SHOULD for Administrative Shutdown and Peer De-configured).
+    /// BFD Down too: the path to the peer is gone, stale routes through it would lead nowhere. Administrative Reset and
+    /// Other Configuration Change (a reset, the session comes back) stay graceful.</summary>
+    private static bool EndsForGood(NotificationMessage n) => n.Code == ErrorCode.Cease
+        && n.Subcode is Subcode.MaximumPrefixesReached or Subcode.AdministrativeShutdown or Subcode.PeerDeconfigured or Subcode.BfdDown;
+
+    /// <summary>What this speaker sends to end the established session <paramref name="a"/> with <paramref name="n"/>, and
+    /// whether the peer's routes stay (stale): with the N bit negotiated, a Hard Reset around a NOTIFICATION that ends it for
+    /// good (both ends drop the routes), any other as it is (both ends keep them, RFC 8538 §4).</summary>
+    private (NotificationMessage Sent, bool KeepRoutes) ForSession(Attempt a, NotificationMessage n)
+    {
+        if (a.State != SessionState.Established || !NotificationNegotiated)
+        {
+            return (n, false);
+        }
+        return EndsForGood(n) ? (NotificationMessage.HardReset(n), false) : (n, true);
+    }
+
     /// <summary>RFC 4724 §4.2: when the session is back, the stale routes of a family go at once if the new OPEN has no
     /// graceful restart capability, does not list the family, or lists it without the Forwarding State bit (the
     /// peer did not keep forwarding, so the old routes may lead nowhere), or the family is no longer negotiated.</summary>
@@ -600,9 +628,10 @@ public sealed class BgpPeer
     /// <summary>Sends the NOTIFICATION for a protocol error and drops the connection.</summary>
     private void Fail(Attempt a, BgpProtocolException e)
     {
-        LastError = $"sent NOTIFICATION: {NotificationMessage.Describe(e.Code, e.Subcode)}: {e.Message}";
-        Log(BgpLogLevel.Warning, LastError);
-        Close(a, e.ToNotification(), graceful: e.Code == ErrorCode.HoldTimerExpired);
+        (NotificationMessage sent, bool keep) = ForSession(a, e.ToNotification());
+        LastError = $"sent NOTIFICATION: {(sent.IsHardReset ? "hard reset: " : "")}{NotificationMessage.Describe(e.Code, e.Subcode)}: {e.Message}";
+        Log(BgpLogLevel.Warning, LastError + (keep ? "; graceful restart with notification (RFC 8538): keeping its routes as stale" : ""));
+        Close(a, sent, graceful: keep || e.Code == ErrorCode.HoldTimerExpired);
     }
 
     private void Close(Attempt a, NotificationMessage? notification, bool? graceful)
@@ -689,44 +718,63 @@ public sealed class BgpPeer
         _restartTimer = null;
     }
 
-    /// <summary>RFC 4271 §8.1.2 event 2 (ManualStop): Cease with an RFC 8203 message; no automatic restart. With
-    /// <paramref name="restarting"/> (this speaker stops to start again, RFC 4724 §4.1), an established session with
-    /// graceful restart on both ends is closed without a NOTIFICATION, so the peer keeps our routes while we are
-    /// away (a Cease would make it withdraw them: RFC 8538 §3 keeps routes after a NOTIFICATION only with the N bit,
-    /// which this speaker does not announce).</summary>
-    public void Stop(string? message, byte subcode = Subcode.AdministrativeShutdown, bool restarting = false)
+    /// <summary>RFC 4271 §8.1.2 event 2 (ManualStop): Cease with an RFC 8203 message; no automatic restart. With the N
+    /// bit negotiated (RFC 8538) an Administrative Shutdown or Peer De-configured goes as a Hard Reset, so the peer drops
+    /// our routes at once. With <paramref name="restarting"/> (this speaker stops to start again, RFC 4724 §4.1), an
+    /// established session with graceful restart on both ends keeps our routes at the peer while we are away: closed
+    /// with Cease / Administrative Reset when the N bit is negotiated (the peer learns why), else without a
+    /// NOTIFICATION (any NOTIFICATION would make a peer without RFC 8538 withdraw them).</summary>
+    public void Stop(string? message, byte subcode = Subcode.AdministrativeShutdown, bool restarting = false) => Stop(message, subcode, restarting, resetting: false);
+
+    private void Stop(string? message, byte subcode, bool restarting, bool resetting)
     {
         _enabled = false;
         _connectCts?.Cancel();
         _connecting = false;
         _connectRetry?.Dispose();
         _idleHold?.Dispose();
+        bool kept = false;
         foreach (Attempt a in _attempts.ToList())
         {
-            bool quiet = restarting && a.State == SessionState.Established && GracefulRestartNegotiated;
-            if (quiet)
+            NotificationMessage? sent;
+            bool keep = false;
+            if (restarting && a.State == SessionState.Established && GracefulRestartNegotiated)
             {
-                Log(BgpLogLevel.Info, "closing without a NOTIFICATION: the peer keeps our routes while we restart (RFC 4724)");
+                sent = NotificationNegotiated ? NotificationMessage.Shutdown(message, Subcode.AdministrativeReset) : null;
+                Log(BgpLogLevel.Info, sent is null
+                    ? "closing without a NOTIFICATION: the peer keeps our routes while we restart (RFC 4724)"
+                    : "closing with Cease / administrative reset: the peer keeps our routes while we restart (RFC 8538)");
             }
-            Close(a, quiet ? null : NotificationMessage.Shutdown(message, subcode), false);
+            else
+            {
+                (sent, keep) = ForSession(a, NotificationMessage.Shutdown(message, subcode));
+                // Only a reset comes back: a stopped peer keeps nothing.
+                keep &= resetting;
+            }
+            Close(a, sent, keep);
+            kept |= keep;
         }
-        StopRestartTimer();
-        if (RoutesStale)
+        if (!kept)
         {
-            _speaker.Rib.FlushStale(this);
+            StopRestartTimer();
+            if (RoutesStale)
+            {
+                _speaker.Rib.FlushStale(this);
+            }
         }
         SetBase(SessionState.Idle);
     }
 
     /// <summary>Resets the session (a configuration change it must see, RFC 4486 Cease / Other Configuration Change):
-    /// closed with the Cease, then started again at once.</summary>
+    /// closed with the Cease, then started again at once. With the N bit negotiated both ends keep the routes, stale,
+    /// until the new session's End-of-RIB (RFC 8538), so a reset drops no traffic.</summary>
     internal void Reset(string message)
     {
         if (!_enabled)
         {
             return;
         }
-        Stop(message, Subcode.OtherConfigurationChange);
+        Stop(message, Subcode.OtherConfigurationChange, restarting: false, resetting: true);
         Start();
     }
 
@@ -754,7 +802,7 @@ public sealed class BgpPeer
         foreach (Attempt a in _attempts.ToList())
         {
             LastError = $"BFD: {reason}";
-            Close(a, NotificationMessage.Shutdown(null, Subcode.BfdDown), graceful: false);
+            Close(a, ForSession(a, NotificationMessage.Shutdown(null, Subcode.BfdDown)).Sent, graceful: false);
         }
         return true;
     }

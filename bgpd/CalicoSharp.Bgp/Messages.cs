@@ -67,6 +67,24 @@ public sealed class NotificationMessage : BgpMessage
         return new NotificationMessage(ErrorCode.Cease, subcode, data);
     }
 
+    /// <summary>RFC 8538 §3.1: a Cease / Hard Reset standing for <paramref name="reason"/>, whose code, subcode and data
+    /// it carries. With graceful restart's N bit negotiated, any other NOTIFICATION leaves the routes in place, stale.</summary>
+    public static NotificationMessage HardReset(NotificationMessage reason)
+    {
+        ArgumentNullException.ThrowIfNull(reason);
+        byte[] data = new byte[2 + reason.Data.Length];
+        data[0] = (byte)reason.Code;
+        data[1] = reason.Subcode;
+        reason.Data.Span.CopyTo(data.AsSpan(2));
+        return new NotificationMessage(ErrorCode.Cease, Bgp.Subcode.HardReset, data);
+    }
+
+    /// <summary>Cease / Hard Reset (RFC 8538).</summary>
+    public bool IsHardReset => Code == ErrorCode.Cease && Subcode == Bgp.Subcode.HardReset;
+
+    /// <summary>The NOTIFICATION a Hard Reset stands for; null for any other message, or a Hard Reset too short to carry one.</summary>
+    public NotificationMessage? Encapsulated => IsHardReset && Data.Length >= 2 ? new((ErrorCode)Data.Span[0], Data.Span[1], Data[2..]) : null;
+
     /// <summary>The RFC 8203 shutdown communication, when this notification carries a valid one.</summary>
     public string? ShutdownText
     {
@@ -95,6 +113,11 @@ public sealed class NotificationMessage : BgpMessage
     /// <summary>The notification as the log and <c>node status</c> show it: the shutdown communication escaped.</summary>
     public override string ToString()
     {
+        if (Encapsulated is { } inner)
+        {
+            // One level only: a Hard Reset inside a Hard Reset is named, not unwrapped again.
+            return $"{Describe(Code, Subcode)}: {(inner.IsHardReset ? Describe(inner.Code, inner.Subcode) : inner.ToString())}";
+        }
         string text = ShutdownText is { } s ? $" \"{EscapeText(s)}\"" : Data.Length > 0 ? $" data {Convert.ToHexString(Data.Span)}" : "";
         return $"{Describe(Code, Subcode)}{text}";
     }
@@ -190,6 +213,7 @@ public sealed class NotificationMessage : BgpMessage
             (ErrorCode.Cease, 6) => "other configuration change",
             (ErrorCode.Cease, 7) => "connection collision resolution",
             (ErrorCode.Cease, 8) => "out of resources",
+            (ErrorCode.Cease, 9) => "hard reset",
             (ErrorCode.RouteRefreshMessage, 1) => "invalid message length",
             _ => $"subcode {subcode}",
         };

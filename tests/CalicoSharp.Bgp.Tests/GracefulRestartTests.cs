@@ -2,8 +2,8 @@ using CalicoSharp.Bgp;
 
 namespace CalicoSharp.Bgp.Tests;
 
-/// <summary>RFC 4724 §4.2, the receiving speaker (helper) side, and the planned restart of RFC 4724 §4.1 / RFC 8538
-/// (issue 16, finding 6).</summary>
+/// <summary>RFC 4724 §4.2, the receiving speaker (helper) side, the planned restart of RFC 4724 §4.1 (issue 16, finding
+/// 6), and RFC 8538's N bit: a NOTIFICATION other than Hard Reset keeps the routes when both ends set it.</summary>
 public sealed class GracefulRestartTests
 {
     private static PathAttributes Attrs(string nextHop) => new()
@@ -12,8 +12,8 @@ public sealed class GracefulRestartTests
         NextHop = Prefix.Parse(nextHop + (nextHop.Contains(':', StringComparison.Ordinal) ? "/128" : "/32")),
     };
 
-    private static GracefulRestartCapability Both(bool v4Forwarding = true, bool v6Forwarding = true, bool restarting = false, ushort time = 60) =>
-        new(restarting, false, time, [new(Afi.IPv4, Safi.Unicast, v4Forwarding), new(Afi.IPv6, Safi.Unicast, v6Forwarding)]);
+    private static GracefulRestartCapability Both(bool v4Forwarding = true, bool v6Forwarding = true, bool restarting = false, ushort time = 60, bool notification = false) =>
+        new(restarting, notification, time, [new(Afi.IPv4, Safi.Unicast, v4Forwarding), new(Afi.IPv6, Safi.Unicast, v6Forwarding)]);
 
     private static RoutePath? Best(Harness h, string prefix) => h.Speaker.Rib.Find(Prefix.Parse(prefix))?.Best;
 
@@ -119,12 +119,7 @@ public sealed class GracefulRestartTests
         // RFC 4724 §4.2: the old connection is closed without a NOTIFICATION.
         h.Until(() => old.Closed, "the old connection closed");
         Assert.DoesNotContain(h.Drain(old), m => m is NotificationMessage);
-        fresh.Announce(Attrs("10.0.0.1"), "10.1.0.0/24");
-        fresh.Send(UpdateEncoder.EndOfRib(Afi.IPv4));
-        fresh.Send(UpdateEncoder.EndOfRib(Afi.IPv6));
-        h.Until(() => !a.RoutesStale, "stale routes flushed by End-of-RIB");
-        Assert.False(Best(h, "10.1.0.0/24")?.Stale);
-        Assert.Null(Best(h, "fd00:1::/64"));
+        SendsIpv4AgainAndEndOfRib(h, a, fresh);
     }
 
     [Fact]
@@ -170,5 +165,128 @@ public sealed class GracefulRestartTests
         await stop;
         h.Until(() => sgr.Closed, "closed");
         Assert.Contains(h.Drain(sgr), m => m is NotificationMessage { Code: ErrorCode.Cease });
+    }
+
+    /// <summary>The restarted peer sends its IPv4 route again and both End-of-RIBs: that route is fresh, the IPv6 one it
+    /// did not send again goes.</summary>
+    private static void SendsIpv4AgainAndEndOfRib(Harness h, BgpPeer a, ScriptedPeer back)
+    {
+        back.Announce(Attrs("10.0.0.1"), "10.1.0.0/24");
+        back.Send(UpdateEncoder.EndOfRib(Afi.IPv4));
+        back.Send(UpdateEncoder.EndOfRib(Afi.IPv6));
+        h.Until(() => !a.RoutesStale, "stale routes flushed by End-of-RIB");
+        Assert.False(Best(h, "10.1.0.0/24")?.Stale);
+        Assert.Null(Best(h, "fd00:1::/64"));
+    }
+
+    [Fact]
+    public async Task The_open_sets_the_N_bit_with_graceful_restart()
+    {
+        await using var h = new Harness();
+        BgpPeer a = h.AddPeer("10.0.0.1", 65001);
+        ScriptedPeer s = h.ConnectIn(a);
+        Assert.True(h.Next<OpenMessage>(s).GracefulRestart?.Notification);
+        BgpPeer off = h.AddPeer("10.0.0.2", 65002, edit: c => new PeerConfig { Address = c.Address, RemoteAs = c.RemoteAs, Passive = true, GracefulRestart = false });
+        Assert.Null(h.Next<OpenMessage>(h.ConnectIn(off)).GracefulRestart);
+    }
+
+    /// <summary>RFC 8538 §4: a NOTIFICATION from a peer that set the N bit is a restart (its routes stay, stale, until
+    /// the restart time ends); from a peer that did not, RFC 4724 applies and they go at once; a Hard Reset always
+    /// takes them out.</summary>
+    [Theory]
+    [InlineData(true, ErrorCode.Cease, Subcode.AdministrativeReset, true)]
+    [InlineData(true, ErrorCode.UpdateMessage, Subcode.MalformedAttributeList, true)]
+    [InlineData(false, ErrorCode.Cease, Subcode.AdministrativeReset, false)]
+    [InlineData(true, ErrorCode.Cease, Subcode.HardReset, false)]
+    public async Task A_received_notification_keeps_the_routes_only_with_the_N_bit_on_both_ends_and_never_a_hard_reset(bool peerSetsN, ErrorCode code, byte subcode, bool kept)
+    {
+        await using var h = new Harness();
+        (BgpPeer a, ScriptedPeer sa) = Restarting(h, Both(notification: peerSetsN));
+        Assert.Equal(peerSetsN, a.NotificationNegotiated);
+        NotificationMessage n = subcode == Subcode.HardReset && code == ErrorCode.Cease
+            ? NotificationMessage.HardReset(NotificationMessage.Shutdown("decommissioned"))
+            : new NotificationMessage(code, subcode, ReadOnlyMemory<byte>.Empty);
+        sa.Send(MessageEncoder.Notification(n));
+        h.Until(() => a.State != SessionState.Established, "the session down");
+        h.Pump();
+        Assert.Equal(kept, a.RoutesStale);
+        Assert.Equal(kept, Best(h, "10.1.0.0/24")?.Stale == true);
+        Assert.Equal(kept, Best(h, "fd00:1::/64")?.Stale == true);
+        Assert.Equal(kept, h.Log.Any(l => l.Contains("graceful restart with notification (RFC 8538): keeping its routes as stale", StringComparison.Ordinal)));
+        if (kept)
+        {
+            h.Advance(TimeSpan.FromSeconds(60));
+            Assert.False(a.RoutesStale);
+            Assert.Null(Best(h, "10.1.0.0/24"));
+        }
+        if (n.IsHardReset)
+        {
+            Assert.Equal("received NOTIFICATION: cease (6/9 hard reset): cease (6/2 administrative shutdown) \"decommissioned\"", a.LastError);
+        }
+    }
+
+    [Fact]
+    public async Task Past_its_prefix_limit_a_peer_gets_a_hard_reset_and_loses_its_routes()
+    {
+        await using var h = new Harness();
+        (BgpPeer a, ScriptedPeer sa) = Restarting(h, Both(notification: true), c => new PeerConfig
+        {
+            Address = c.Address,
+            RemoteAs = c.RemoteAs,
+            Passive = true,
+            LocalAddress = c.LocalAddress,
+            LocalAddressOtherFamily = c.LocalAddressOtherFamily,
+            MaxPrefixes = 2,
+        });
+        h.Drain(sa);
+        sa.Announce(Attrs("10.0.0.1"), "10.2.0.0/24");
+        NotificationMessage n = h.Expect<NotificationMessage>(sa);
+        // RFC 8538 §4: Maximum Number of Prefixes Reached MUST go as a Hard Reset, which carries it.
+        Assert.Equal((ErrorCode.Cease, Subcode.HardReset), (n.Code, n.Subcode));
+        Assert.Equal((ErrorCode.Cease, Subcode.MaximumPrefixesReached), (n.Encapsulated!.Code, n.Encapsulated.Subcode));
+        h.Until(() => a.State != SessionState.Established, "the session down");
+        h.Pump();
+        Assert.False(a.RoutesStale);
+        Assert.Null(Best(h, "10.1.0.0/24"));
+    }
+
+    /// <summary>Stopping for good with the N bit negotiated: a Hard Reset (else the peer would keep our routes as stale);
+    /// a planned restart: Cease / Administrative Reset, which the peer takes as a restart.</summary>
+    [Theory]
+    [InlineData(false, Subcode.HardReset, Subcode.AdministrativeShutdown)]
+    [InlineData(true, Subcode.AdministrativeReset, null)]
+    public async Task With_the_N_bit_a_stop_for_good_is_a_hard_reset_and_a_planned_restart_a_plain_cease(bool restarting, byte subcode, byte? inner)
+    {
+        await using var h = new Harness();
+        BgpPeer gr = h.AddPeer("10.0.0.1", 65001);
+        ScriptedPeer sgr = h.Establish(gr, "10.0.0.1", restart: Both(notification: true));
+        h.Drain(sgr);
+        Task stop = h.Speaker.StopAsync("maintenance", TimeSpan.Zero, restarting);
+        h.Until(() => stop.IsCompleted, "the stop");
+        await stop;
+        h.Until(() => sgr.Closed, "closed");
+        NotificationMessage n = Assert.IsType<NotificationMessage>(Assert.Single(h.Drain(sgr), m => m is NotificationMessage));
+        Assert.Equal((ErrorCode.Cease, subcode), (n.Code, n.Subcode));
+        Assert.Equal(inner, n.Encapsulated?.Subcode);
+        Assert.Equal("maintenance", (n.Encapsulated ?? n).ShutdownText);
+    }
+
+    [Fact]
+    public async Task With_the_N_bit_a_reset_for_a_configuration_change_keeps_the_peers_routes_until_it_is_back()
+    {
+        await using var h = new Harness();
+        (BgpPeer a, ScriptedPeer sa) = Restarting(h, Both(notification: true));
+        h.Drain(sa);
+        h.Speaker.ChangeIdentity(h.Speaker.Config.LocalAs, SpeakerConfig.ParseRouterId("10.0.0.253"), null, "router id changed");
+        h.Until(() => sa.Closed, "the reset");
+        NotificationMessage n = Assert.IsType<NotificationMessage>(Assert.Single(h.Drain(sa), m => m is NotificationMessage));
+        Assert.Equal((ErrorCode.Cease, Subcode.OtherConfigurationChange), (n.Code, n.Subcode));
+        h.Pump();
+        Assert.True(a.RoutesStale);
+        Assert.True(Best(h, "10.1.0.0/24")?.Stale);
+
+        // Back: the new session's End-of-RIB ends the restart; routes sent again are fresh, the others go.
+        ScriptedPeer back = h.Establish(a, "10.0.0.1", restart: Both(notification: true, restarting: true));
+        SendsIpv4AgainAndEndOfRib(h, a, back);
     }
 }
