@@ -261,7 +261,7 @@ internal sealed unsafe partial class BlockingSocket : Stream
     {
         if (fd >= 0)
         {
-            _ = close(fd);
+            _ = Posix.close(fd);
             fd = -1;
         }
 
@@ -310,7 +310,4 @@ internal sealed unsafe partial class BlockingSocket : Stream
 
     [LibraryImport(LibC, SetLastError = true)]
     private static partial nint send(int fd, byte* buffer, nuint length, int flags);
-
-    [LibraryImport(LibC, SetLastError = true)]
-    private static partial int close(int fd);
 }

@@ -29,6 +29,9 @@ internal static unsafe partial class Posix
     }
 
     [LibraryImport(LibC, SetLastError = true)]
+    public static partial int close(int fd);
+
+    [LibraryImport(LibC, SetLastError = true)]
     public static partial int poll(PollFd* fds, nuint count, int timeout);
 
     /// <summary>poll(2) with a nanosecond timeout (null: wait for ever) and no signal mask change.</summary>
