@@ -298,6 +298,14 @@ public sealed class BgpLab : IAsyncDisposable
             {
                 lab.Bird2 = BirdProcess.Start(lab.Tor2.Name, lab.TorConfig(2));
             }
+            if (!lab.AddressFlag)
+            {
+                // What calico/node's start-up writes: each node's record with its BGP address (the subnet's length).
+                foreach (LabNode n in lab.Nodes)
+                {
+                    await lab.PutNodeAddressAsync(n, $"{n.Address}/{n.PrefixLength}").ConfigureAwait(false);
+                }
+            }
             if (startBgpd)
             {
                 foreach (LabNode n in lab.Nodes)
@@ -411,12 +419,24 @@ public sealed class BgpLab : IAsyncDisposable
         }
     }
 
+    /// <summary>Start bgpd with <c>--ipv4-address</c> (the default); false: without, so it takes its address from its
+    /// nodes record, which the lab writes as calico/node would (<see cref="PutNodeAddressAsync"/> changes it).</summary>
+    public bool AddressFlag { get; set; } = true;
+
+    /// <summary>Writes the node's nodes record with this <c>spec.bgp.ipv4Address</c> (the ToR models' AS per node too).</summary>
+    public Task PutNodeAddressAsync(LabNode n, string ipv4Address) =>
+        PutAsync(Keys.Node(n.Name), "{\"kind\":\"Node\",\"apiVersion\":\"projectcalico.org/v3\",\"metadata\":{\"name\":\"" + n.Name
+            + "\"},\"spec\":{\"bgp\":{\"ipv4Address\":\"" + ipv4Address + "\"}}}");
+
+    /// <summary>The node's link toward the ToR or the segment (its BGP address is on it).</summary>
+    public string NodeInterface(LabNode n) => $"{Prefix}n{n.Index}";
+
     public void StartBgpd(LabNode n, params string[] extra)
     {
         var psi = new ProcessStartInfo("ip") { UseShellExecute = false, RedirectStandardError = true, RedirectStandardOutput = true };
         foreach (string a in new[] { "netns", "exec", n.Netns.Name }.Concat(BgpdCommand).Concat(
         [
-            "--node-name", n.Name, "--ipv4-address", $"{n.Address}/{n.PrefixLength}", "--etcd-endpoints", Etcd.UnixEndpoint, "--log-level", "debug",
+            "--node-name", n.Name, .. AddressFlag ? ["--ipv4-address", $"{n.Address}/{n.PrefixLength}"] : Array.Empty<string>(), "--etcd-endpoints", Etcd.UnixEndpoint, "--log-level", "debug",
             "--api-socket", n.ApiSocket, "--metrics-address", LabNode.MetricsAddress, "--secrets-dir", SecretsDirectory, "--state-dir", n.StateDir,
         ]).Concat(Model == TorModel.AsPerComputeServer ? ["--as", n.As.ToString(CultureInfo.InvariantCulture)] : [])
             .Concat(Ipv6 ? ["--ipv6-address", n.Address6 + "/64"] : []).Concat(extra))
