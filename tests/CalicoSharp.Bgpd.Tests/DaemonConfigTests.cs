@@ -60,7 +60,7 @@ public sealed class DaemonConfigTests : IAsyncLifetime
     /// <summary>Starts node1's daemon; with <paramref name="table"/>, it programs that kernel table (else none), on
     /// <paramref name="time"/> (else the system clock).</summary>
     private async Task<Daemon> StartAsync(string? configFile = null, int? peerMaxPrefixes = null, string configExtra = "", IRouteTable? table = null, TimeProvider? time = null,
-        string? ipv4 = "127.0.0.1/8")
+        string? ipv4 = "127.0.0.1/8", TimeSpan? reconcile = null)
     {
         PutConfig(configExtra);
         daemon = new Daemon(new DaemonOptions
@@ -74,6 +74,7 @@ public sealed class DaemonConfigTests : IAsyncLifetime
             ConfigFile = configFile,
             PeerMaxPrefixes = peerMaxPrefixes,
             PollInterval = TimeSpan.FromMilliseconds(50),
+            ReconcileInterval = reconcile ?? TimeSpan.FromSeconds(10),
             StateDirectory = dir,
         }, (level, line) =>
         {
@@ -634,5 +635,25 @@ public sealed class DaemonConfigTests : IAsyncLifetime
     {
         var e = Assert.Throws<ConfigException>(() => DaemonConfig.ParseNodeAddress(text, v4 ? System.Net.Sockets.AddressFamily.InterNetwork : System.Net.Sockets.AddressFamily.InterNetworkV6, "ipv4Address"));
         Assert.Contains($"'{text}'", e.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task A_netlink_error_during_the_reconcile_is_logged_and_the_daemon_keeps_following_etcd()
+    {
+        var table = new FakeRouteTable();
+        await StartAsync(table: table, reconcile: TimeSpan.FromMilliseconds(100));
+        table.Broken = true;
+        await Until(() => Task.FromResult(Logged("kernel routes failed: NetlinkException")), "the reconcile's failure logged");
+        long errors = await daemon!.Speaker.InvokeAsync(() => daemon.ApplyErrors);
+        Assert.True(errors > 0);
+        // The loop lives on: a bgppeer put into etcd now is still applied.
+        PutPeer("late", "'peerIP':'127.0.0.16','asNumber':65016");
+        await Until(async () => await PeerAsync("127.0.0.16") is not null, "the bgppeer put while the kernel fails");
+        table.Broken = false;
+        await Until(() => Task.FromResult(Logged("kernel routes: working again")), "the reconcile working again");
+        lock (logLines)
+        {
+            Assert.Single(logLines, l => l.Contains("kernel routes failed", StringComparison.Ordinal));
+        }
     }
 }
