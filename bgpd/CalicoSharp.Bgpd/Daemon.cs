@@ -37,7 +37,9 @@ public sealed class DaemonOptions
 
     public string? NodeName { get; init; }
 
-    /// <summary>This node's BGP IPv4 address, as a CIDR ("10.0.0.2/24") or an address.</summary>
+    /// <summary>This node's BGP IPv4 address, as a CIDR ("10.0.0.2/24") or an address (flag <c>--ipv4-address</c>).
+    /// It wins over the config file's <c>ipv4Address</c>, which wins over the node record's
+    /// <c>spec.bgp.ipv4Address</c>; with neither, the record's is followed live.</summary>
     public string? Ipv4Address { get; init; }
 
     public string? Ipv6Address { get; init; }
@@ -129,18 +131,11 @@ public sealed class Daemon : IAsyncDisposable
         _local = new LocalPrefixes(log);
         _file = options.ConfigFile is { } f ? DaemonConfig.Load(f) : new DaemonConfig();
         NodeName = options.NodeName ?? _file.NodeName ?? Environment.GetEnvironmentVariable("NODENAME") ?? Environment.MachineName;
-        Ipv4Cidr = options.Ipv4Address ?? _file.Ipv4Address;
-        Ipv6Cidr = options.Ipv6Address ?? _file.Ipv6Address;
-        Ipv4 = DaemonConfig.ParseAddress(Ipv4Cidr, "ipv4Address");
-        Ipv6 = DaemonConfig.ParseAddress(Ipv6Cidr, "ipv6Address");
-        if (Ipv4 is not null && Ipv4.AddressFamily != AddressFamily.InterNetwork)
-        {
-            throw new ConfigException($"ipv4Address: {Ipv4} is not an IPv4 address");
-        }
-        if (Ipv6 is not null && Ipv6.AddressFamily != AddressFamily.InterNetworkV6)
-        {
-            throw new ConfigException($"ipv6Address: {Ipv6} is not an IPv6 address");
-        }
+        // The operator's own, checked at once: a bad flag or file address stops bgpd (the node record's are judged live).
+        DaemonConfig.ParseNodeAddress(options.Ipv4Address, AddressFamily.InterNetwork, "--ipv4-address");
+        DaemonConfig.ParseNodeAddress(options.Ipv6Address, AddressFamily.InterNetworkV6, "--ipv6-address");
+        Ipv4Cidr = NonEmpty(options.Ipv4Address) ?? NonEmpty(_file.Ipv4Address);
+        Ipv6Cidr = NonEmpty(options.Ipv6Address) ?? NonEmpty(_file.Ipv6Address);
         IKvStore? store = options.Store;
         if (store is null && options.EtcdEndpoints.Count > 0)
         {
@@ -182,6 +177,8 @@ public sealed class Daemon : IAsyncDisposable
             DaemonConfig.ParsePrefix(p, "originate");
         }
         DaemonConfig.ParseAddress(file.ListenAddress, "listenAddress");
+        DaemonConfig.ParseNodeAddress(file.Ipv4Address, AddressFamily.InterNetwork, "ipv4Address");
+        DaemonConfig.ParseNodeAddress(file.Ipv6Address, AddressFamily.InterNetworkV6, "ipv6Address");
         foreach ((string? id, string what) in new[] { (file.RouterId, "routerId"), (file.RouteReflectorClusterId, "routeReflectorClusterID") })
         {
             if (id is not null)
@@ -207,13 +204,25 @@ public sealed class Daemon : IAsyncDisposable
     /// <summary>The allocator the control API serves to the CNI plugin; null without etcd.</summary>
     internal IpamClient? Ipam { get; }
 
+    /// <summary>The IPv4 address bgpd was given (flag, else config file) as written; published to the node record
+    /// at start. Null: the node record's is followed.</summary>
     public string? Ipv4Cidr { get; }
 
     public string? Ipv6Cidr { get; }
 
-    public IPAddress? Ipv4 { get; }
+    /// <summary>This node's BGP IPv4 address in use (the router id unless the file has one, the sessions' source):
+    /// from the flag, the config file or the node record, in that order; changes with the record.</summary>
+    public IPAddress? Ipv4 { get; private set; }
 
-    public IPAddress? Ipv6 { get; }
+    public IPAddress? Ipv6 { get; private set; }
+
+    /// <summary>Where <see cref="Ipv4"/> comes from ("--ipv4-address", "the config file's ipv4Address", "etcd
+    /// &lt;key&gt; spec.bgp.ipv4Address"); null without one.</summary>
+    public string? Ipv4Source { get; private set; }
+
+    public string? Ipv6Source { get; private set; }
+
+    private static string? NonEmpty(string? s) => string.IsNullOrWhiteSpace(s) ? null : s;
 
     public BgpSpeaker Speaker { get; private set; } = null!;
 
@@ -269,6 +278,16 @@ public sealed class Daemon : IAsyncDisposable
             }
             Cluster = await _cluster.ReadAsync(_cts.Token).ConfigureAwait(false);
             LastEtcdRead = _time.GetUtcNow();
+        }
+        var addressProblems = new List<ResourceProblem>();
+        ApplyAddresses(Cluster, addressProblems, starting: true);
+        if (Ipv4 is null && _file.RouterId is null)
+        {
+            // Nothing to speak with: no router id and no source address. systemd starts bgpd again (Restart=on-failure),
+            // so a node that comes up before its record has an address joins once it has.
+            string why = addressProblems.Count > 0 ? addressProblems[0].Reason + "; " : _cluster is null ? "" : $"etcd {Keys.Node(NodeName)} has no spec.bgp.ipv4Address; ";
+            throw new ConfigException($"node {NodeName} has no BGP IPv4 address (its router id): {why}give --ipv4-address, ipv4Address in the config file"
+                + (_cluster is null ? "" : $", spec.bgp.ipv4Address in etcd {Keys.Node(NodeName)}") + ", or routerId in the config file");
         }
         (uint routerId, uint? cluster, _) = Identity(Cluster);
         Speaker = new BgpSpeaker(new SpeakerConfig
@@ -501,6 +520,7 @@ public sealed class Daemon : IAsyncDisposable
             }
         }
         var problems = new List<ResourceProblem>(c.Problems);
+        ApplyAddresses(c, problems, starting: false);
         ApplyIdentity(c, problems);
         List<PeerConfig> desired = DesiredPeers(c, problems);
         ApplyPeers(desired);
@@ -552,12 +572,91 @@ public sealed class Daemon : IAsyncDisposable
 
     private static string Dotted(uint id) => $"{id >> 24}.{(id >> 16) & 255}.{(id >> 8) & 255}.{id & 255}";
 
+    private string? _overrideNoted;
+
+    /// <summary>
+    /// This node's BGP addresses: per family the flag, else the config file, else the node record's
+    /// <c>spec.bgp.ipv4Address</c> / <c>ipv6Address</c> (Calico's "10.0.0.5/24", or a bare address). A change is
+    /// logged and applied here; what it touches follows in the same pass: the router id (when it is the IPv4 address)
+    /// resets every session, a new source address resets the sessions bound to it (see <see cref="Key"/>), the mesh's
+    /// active/passive sides are chosen again. An address in use is never dropped live: a record whose address
+    /// becomes unreadable, empty or missing (or has no bgp section) is reported and the last address stays until
+    /// one is given again or bgpd restarts.
+    /// </summary>
+    private void ApplyAddresses(ClusterSnapshot c, List<ResourceProblem> problems, bool starting)
+    {
+        NodeInfo? me = c.Nodes.FirstOrDefault(n => n.Name == NodeName);
+        string key = Keys.Node(NodeName);
+        var overrides = new List<string>();
+        (IPAddress? address, string? source) Resolve(bool v4, IPAddress? current, string? currentSource)
+        {
+            AddressFamily family = v4 ? AddressFamily.InterNetwork : AddressFamily.InterNetworkV6;
+            string field = v4 ? "ipv4Address" : "ipv6Address";
+            string? recordText = v4 ? me?.Ipv4Text : me?.Ipv6Text;
+            IPAddress? record = null;
+            string? recordProblem = null;
+            try
+            {
+                record = DaemonConfig.ParseNodeAddress(recordText, family, $"spec.bgp.{field}");
+            }
+            catch (ConfigException e)
+            {
+                recordProblem = e.Message;
+            }
+            (IPAddress? given, string? givenSource) = (v4 ? _options.Ipv4Address : _options.Ipv6Address) is { } flag && NonEmpty(flag) is not null
+                ? (DaemonConfig.ParseNodeAddress(flag, family, "--" + (v4 ? "ipv4" : "ipv6") + "-address"), "--" + (v4 ? "ipv4" : "ipv6") + "-address")
+                : (DaemonConfig.ParseNodeAddress(v4 ? _file.Ipv4Address : _file.Ipv6Address, family, field), $"the config file's {field}");
+            if (given is not null)
+            {
+                if (record is not null && !record.Equals(given))
+                {
+                    overrides.Add($"spec.bgp.{field} {recordText} is not used: {givenSource} ({given}) wins");
+                }
+                return (given, givenSource);
+            }
+            string recordSource = $"etcd {key} spec.bgp.{field}";
+            if (record is not null)
+            {
+                return (record, recordSource);
+            }
+            if (recordProblem is not null)
+            {
+                problems.Add(new ResourceProblem(key, current is null ? $"{recordProblem}; this node has no BGP {(v4 ? "IPv4" : "IPv6")} address"
+                    : $"{recordProblem}; keeping {current} until it is fixed"));
+            }
+            else if (current is not null && !starting)
+            {
+                string how = me is null ? "the node record is gone" : recordText is null ? $"spec.bgp.{field} is missing" : $"spec.bgp.{field} is empty";
+                problems.Add(new ResourceProblem(key, $"{how}: keeping this node's {(v4 ? "IPv4" : "IPv6")} address {current} (was from {currentSource}) until one is given or bgpd restarts"));
+            }
+            return (current, current is null ? null : currentSource);
+        }
+        (IPAddress? v4, string? v4Source) = Resolve(true, Ipv4, Ipv4Source);
+        (IPAddress? v6, string? v6Source) = Resolve(false, Ipv6, Ipv6Source);
+        string noted = string.Join("; ", overrides);
+        if (noted != (_overrideNoted ?? "") && noted.Length > 0)
+        {
+            _log(BgpLogLevel.Warning, $"node {NodeName}: {noted}");
+        }
+        _overrideNoted = noted;
+        foreach ((IPAddress? was, IPAddress? now, string? from, string what) in new[] { (Ipv4, v4, v4Source, "IPv4"), (Ipv6, v6, v6Source, "IPv6") })
+        {
+            if (!Equals(was, now) && now is not null)
+            {
+                _log(BgpLogLevel.Info, starting || was is null
+                    ? $"node {NodeName}: BGP {what} address {now} (from {from})"
+                    : $"node {NodeName}: BGP {what} address {was} -> {now} (from {from}); sessions that use it are reset");
+            }
+        }
+        (Ipv4, Ipv4Source, Ipv6, Ipv6Source) = (v4, v4Source, v6, v6Source);
+    }
+
     /// <summary>The router id (the file's routerId, else the node's IPv4 address) and route reflector cluster id (the
     /// file's, else this node's record) as configured now. The file's are the operator's own and checked when it is
     /// read; a bad cluster id in the node record is returned as a problem and ignored.</summary>
     private (uint RouterId, uint? ClusterId, string? Problem) Identity(ClusterSnapshot c)
     {
-        string rid = _file.RouterId ?? Ipv4?.ToString() ?? throw new ConfigException("no router id: give an IPv4 address (--ipv4-address, ipv4Address) or routerId");
+        string rid = _file.RouterId ?? Ipv4?.ToString() ?? throw new ConfigException("no router id: give an IPv4 address (--ipv4-address, ipv4Address, the node record's spec.bgp.ipv4Address) or routerId");
         uint routerId = ParseId(rid, "routerId");
         if (_file.RouteReflectorClusterId is { } fileCluster)
         {
@@ -901,7 +1000,7 @@ public sealed class Daemon : IAsyncDisposable
 
     /// <summary>What a session is made with: a change resets it.</summary>
     private static string Key(PeerConfig p) =>
-        $"{p.Address}|{p.Port}|{p.RemoteAs}|{p.LocalAddress}|{p.HoldTime}|{p.KeepaliveTime}|{p.Passive}|{p.MaxPrefixes}|{p.GracefulRestart}|{SocketOptions.Describe(p)}";
+        $"{p.Address}|{p.Port}|{p.RemoteAs}|{p.LocalAddress}|{p.LocalAddressOtherFamily}|{p.HoldTime}|{p.KeepaliveTime}|{p.Passive}|{p.MaxPrefixes}|{p.GracefulRestart}|{SocketOptions.Describe(p)}";
 
     /// <summary>What applies to a running session (<see cref="BgpSpeaker.UpdatePeer"/>).</summary>
     private static string SoftKey(PeerConfig p) =>

@@ -97,8 +97,17 @@ public sealed class EtcdServer : IDisposable
         };
         process.BeginOutputReadLine();
         process.BeginErrorReadLine();
+        if (PidFile is { } pidFile)
+        {
+            File.WriteAllText(pidFile, process.Id.ToString(CultureInfo.InvariantCulture) + "\n");
+        }
         WaitReady(TimeSpan.FromSeconds(20));
     }
+
+    /// <summary>Where this etcd's process id is kept while it runs: a file in the folder CALICOSHARP_TEST_PID_DIR names
+    /// (make test sets it), so that an etcd a crashed test run left behind is stopped by its id alone; null without it.</summary>
+    private string? PidFile => Environment.GetEnvironmentVariable("CALICOSHARP_TEST_PID_DIR") is { Length: > 0 } dir && Directory.Exists(dir)
+        ? Path.Combine(dir, name + ".pid") : null;
 
     private void WaitReady(TimeSpan timeout)
     {
@@ -147,6 +156,10 @@ public sealed class EtcdServer : IDisposable
 
         process?.Dispose();
         process = null;
+        if (PidFile is { } pidFile)
+        {
+            File.Delete(pidFile);
+        }
     }
 
     public void Freeze() => Signal("STOP");
