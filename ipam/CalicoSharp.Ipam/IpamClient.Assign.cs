@@ -68,38 +68,53 @@ public sealed partial class IpamClient
 
         var (view, handle) = fresh ?? await ReadNodeViewAsync(request.Node, request.HandleId, hinted, ct).ConfigureAwait(false);
         await SettleInterruptedClaimsAsync(view, ct).ConfigureAwait(false);
+        // A retried request (ADD killed or cut off before it answered) keeps what its handle holds and takes
+        // only what is missing: the part of an ADD that was done is not done twice.
+        IReadOnlyList<AssignedAddress> held = [];
+        int num4 = request.Num4, num6 = request.Num6;
         if (request.ReuseExisting && handle.Handle?.Block is { Count: > 0 })
         {
-            var held = await HeldAddressesAsync(request.HandleId, handle.Handle, ct).ConfigureAwait(false);
-            if (held.Count(a => !a.Block.IsIPv6) == request.Num4 && held.Count(a => a.Block.IsIPv6) == request.Num6)
+            held = await HeldAddressesAsync(request.HandleId, handle.Handle, ct).ConfigureAwait(false);
+            int held4 = held.Count(a => !a.Block.IsIPv6), held6 = held.Count(a => a.Block.IsIPv6);
+            if (held4 == num4 && held6 == num6)
             {
                 return held;
+            }
+
+            if (held4 <= num4 && held6 <= num6)
+            {
+                (num4, num6) = (num4 - held4, num6 - held6);
+            }
+            else
+            {
+                held = [];
             }
         }
 
         // Validate the pool choice of both families before anything is written.
-        var pools4 = request.Num4 > 0 ? SelectPools(view, false, request.Ipv4Pools) : [];
-        var pools6 = request.Num6 > 0 ? SelectPools(view, true, request.Ipv6Pools) : [];
+        var pools4 = num4 > 0 ? SelectPools(view, false, request.Ipv4Pools) : [];
+        var pools6 = num6 > 0 ? SelectPools(view, true, request.Ipv6Pools) : [];
         var assigned = new List<AssignedAddress>(request.Num4 + request.Num6);
+        assigned.AddRange(held);
         try
         {
-            if (request.Num4 > 0)
+            if (num4 > 0)
             {
-                await AssignFamilyAsync(view, handle, pools4, request.Num4, attrs, assigned, ct).ConfigureAwait(false);
+                await AssignFamilyAsync(view, handle, pools4, num4, attrs, assigned, ct).ConfigureAwait(false);
             }
 
-            if (request.Num6 > 0)
+            if (num6 > 0)
             {
-                await AssignFamilyAsync(view, handle, pools6, request.Num6, attrs, assigned, ct).ConfigureAwait(false);
+                await AssignFamilyAsync(view, handle, pools6, num6, attrs, assigned, ct).ConfigureAwait(false);
             }
         }
-        catch (Exception) when (assigned.Count > 0)
+        catch (Exception) when (assigned.Count > held.Count)
         {
             // Give back what this call took, guarded by the sequence numbers it recorded.
             using var cts = new CancellationTokenSource(options.Timeout);
             try
             {
-                await ReleaseCoreAsync([.. assigned.Select(a => new ReleaseRequest(a.Address, a.SequenceNumber))], cts.Token).ConfigureAwait(false);
+                await ReleaseCoreAsync([.. assigned.Skip(held.Count).Select(a => new ReleaseRequest(a.Address, a.SequenceNumber))], cts.Token).ConfigureAwait(false);
             }
             catch (IpamException)
             {
@@ -114,7 +129,8 @@ public sealed partial class IpamClient
             keptView = view;
         }
 
-        return assigned;
+        // IPv4 first, as a request that found nothing held returns them.
+        return held.Count == 0 ? assigned : [.. assigned.OrderBy(a => a.Block.IsIPv6)];
     }
 
     /// <summary>The common case from what the last assignment knew: every address from the node's hinted blocks,

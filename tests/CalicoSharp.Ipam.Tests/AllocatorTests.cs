@@ -338,6 +338,21 @@ public sealed class AllocatorTests : IDisposable
         Assert.Empty(await store.ListAsync(Keys.IpamRoot, true, default));
     }
 
+    /// <summary>An ADD killed between its IPv4 and IPv6 allocations, retried: the retry keeps the IPv4 address
+    /// the handle holds and takes only the IPv6 one (not a second IPv4 address, held until DEL).</summary>
+    [Fact]
+    public async Task A_retried_request_that_finds_part_of_it_held_takes_only_the_rest()
+    {
+        await AddPool("10.244.0.0/16", "p4");
+        await AddPool("fd00:244::/48", "p6");
+        var v4 = Assert.Single(await Assign("node1", "h1"));
+        var got = await ipam.AutoAssignAsync(new AutoAssignRequest { HandleId = "h1", Node = "node1", Num4 = 1, Num6 = 1, ReuseExisting = true });
+        Assert.Equal(2, got.Count);
+        Assert.Equal(v4.Address, got.Single(a => !a.Block.IsIPv6).Address);
+        Assert.Equal(2, (await ipam.GetUsageAsync()).Sum(u => u.InUse));
+        Assert.Empty((await ipam.CheckAsync()).Problems);
+    }
+
     /// <summary>What a claimer killed mid-claim leaves: the node's affinity <c>pending</c>, and the block created
     /// (for <paramref name="blockOf"/>, maybe another node) or not yet.</summary>
     private async Task InterruptedClaim(string node, IpNet cidr, string? blockOf)
