@@ -27,14 +27,15 @@ public interface IIpamBackend : IDisposable
 /// <summary>The built-in IPAM: CalicoSharp's allocator against etcd. Handle "&lt;network&gt;.&lt;container id&gt;".</summary>
 public sealed class CalicoIpamBackend(IpamClient client, NodeAgent? agent = null) : IIpamBackend
 {
-    public static CalicoIpamBackend Create(NetConf conf, string? stateDirectory = null, Log? log = null)
+    public static CalicoIpamBackend Create(NetConf conf, string? stateDirectory = null, Log? log = null, Action<string>? afterStep = null)
     {
         ArgumentNullException.ThrowIfNull(conf);
         var endpoints = conf.EtcdEndpoints.Count > 0 ? conf.EtcdEndpoints : ["http://127.0.0.1:2379"];
         try
         {
             var store = new EtcdKvStore(new EtcdOptions { Endpoints = EtcdOptions.ParseEndpoints(string.Join(',', endpoints)), Timeout = conf.EtcdTimeout, Blocking = true });
-            return new CalicoIpamBackend(new IpamClient(store, IpamClientOptions.InStateDirectory(stateDirectory, conf.EtcdTimeout)), NodeAgent.Find(conf, log ?? Log.None));
+            var options = IpamClientOptions.InStateDirectory(stateDirectory, conf.EtcdTimeout) with { AfterStep = afterStep };
+            return new CalicoIpamBackend(new IpamClient(store, options), NodeAgent.Find(conf, log ?? Log.None));
         }
         catch (IpamException e)
         {

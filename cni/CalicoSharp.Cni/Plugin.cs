@@ -23,7 +23,8 @@ public sealed class PluginOptions
 
     public Func<IDataplane>? Dataplane { get; init; }
 
-    /// <summary>Called after each ADD step ("ipam", "veth", ...); tests throw here to inject failures.</summary>
+    /// <summary>Called after each ADD step ("ipam", "veth", ...) and, with the built-in IPAM, after each of its
+    /// writes (<see cref="Ipam.IpamClientOptions.AfterStep"/>); tests throw or kill the process here.</summary>
     public Action<string>? AfterStep { get; init; }
 
     public Func<string>? HostName { get; init; }
@@ -50,7 +51,7 @@ public static partial class Plugin
     /// <summary>The process boundary, kept thin: this process's environment, stdin and stdout. Plain
     /// blocking reads and writes: one pod's work is sequential, and the first asynchronous stream
     /// operation would start the thread pool (measured: 1.6 ms of every call).</summary>
-    public static async Task<int> MainAsync(PluginKind kind)
+    public static async Task<int> MainAsync(PluginKind kind, PluginOptions? options = null)
     {
         var env = new Dictionary<string, string>(StringComparer.Ordinal);
         foreach (string name in EnvironmentNames)
@@ -65,7 +66,7 @@ public static partial class Plugin
         using var stdin = new FileStream(new Microsoft.Win32.SafeHandles.SafeFileHandle(0, ownsHandle: false), FileAccess.Read, 0);
         byte[] config = ReadToEnd(stdin);
         using var stdout = new FileStream(new Microsoft.Win32.SafeHandles.SafeFileHandle(1, ownsHandle: false), FileAccess.Write, 0);
-        return await RunAsync(kind, env, config, stdout).ConfigureAwait(false);
+        return await RunAsync(kind, env, config, stdout, options).ConfigureAwait(false);
     }
 
     /// <summary>A stream to its end in plain reads: Stream.CopyTo rents an 80 KiB buffer from the shared array
@@ -140,7 +141,7 @@ public static partial class Plugin
             }
 
             var stateDir = env.GetValueOrDefault("CALICOSHARP_STATE_DIR");
-            using var ipam = (options.Ipam ?? (c => DefaultIpam(c, stateDir, ctx.Log)))(conf);
+            using var ipam = (options.Ipam ?? (c => DefaultIpam(c, stateDir, ctx.Log, options.AfterStep)))(conf);
             var dataplane = kind == PluginKind.Network ? (options.Dataplane ?? (() => new LinuxDataplane()))() : null;
             var result = cniEnv.Command switch
             {
@@ -186,8 +187,8 @@ public static partial class Plugin
         }
     }
 
-    private static IIpamBackend DefaultIpam(NetConf conf, string? stateDir, Log log) =>
-        conf.Ipam.Type == IpamType ? CalicoIpamBackend.Create(conf, stateDir, log) : new ExecIpamBackend();
+    private static IIpamBackend DefaultIpam(NetConf conf, string? stateDir, Log log, Action<string>? afterStep) =>
+        conf.Ipam.Type == IpamType ? CalicoIpamBackend.Create(conf, stateDir, log, afterStep) : new ExecIpamBackend();
 
     private static async Task<CniResult> AddAsync(PluginContext ctx, IIpamBackend ipam, IDataplane? dataplane, Action<string> step)
     {

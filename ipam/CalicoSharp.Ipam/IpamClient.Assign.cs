@@ -67,38 +67,54 @@ public sealed partial class IpamClient
         }
 
         var (view, handle) = fresh ?? await ReadNodeViewAsync(request.Node, request.HandleId, hinted, ct).ConfigureAwait(false);
+        await SettleInterruptedClaimsAsync(view, ct).ConfigureAwait(false);
+        // A retried request (ADD killed or cut off before it answered) keeps what its handle holds and takes
+        // only what is missing: the part of an ADD that was done is not done twice.
+        IReadOnlyList<AssignedAddress> held = [];
+        int num4 = request.Num4, num6 = request.Num6;
         if (request.ReuseExisting && handle.Handle?.Block is { Count: > 0 })
         {
-            var held = await HeldAddressesAsync(request.HandleId, handle.Handle, ct).ConfigureAwait(false);
-            if (held.Count(a => !a.Block.IsIPv6) == request.Num4 && held.Count(a => a.Block.IsIPv6) == request.Num6)
+            held = await HeldAddressesAsync(request.HandleId, handle.Handle, ct).ConfigureAwait(false);
+            int held4 = held.Count(a => !a.Block.IsIPv6), held6 = held.Count(a => a.Block.IsIPv6);
+            if (held4 == num4 && held6 == num6)
             {
                 return held;
+            }
+
+            if (held4 <= num4 && held6 <= num6)
+            {
+                (num4, num6) = (num4 - held4, num6 - held6);
+            }
+            else
+            {
+                held = [];
             }
         }
 
         // Validate the pool choice of both families before anything is written.
-        var pools4 = request.Num4 > 0 ? SelectPools(view, false, request.Ipv4Pools) : [];
-        var pools6 = request.Num6 > 0 ? SelectPools(view, true, request.Ipv6Pools) : [];
+        var pools4 = num4 > 0 ? SelectPools(view, false, request.Ipv4Pools) : [];
+        var pools6 = num6 > 0 ? SelectPools(view, true, request.Ipv6Pools) : [];
         var assigned = new List<AssignedAddress>(request.Num4 + request.Num6);
+        assigned.AddRange(held);
         try
         {
-            if (request.Num4 > 0)
+            if (num4 > 0)
             {
-                await AssignFamilyAsync(view, handle, pools4, request.Num4, attrs, assigned, ct).ConfigureAwait(false);
+                await AssignFamilyAsync(view, handle, pools4, num4, attrs, assigned, ct).ConfigureAwait(false);
             }
 
-            if (request.Num6 > 0)
+            if (num6 > 0)
             {
-                await AssignFamilyAsync(view, handle, pools6, request.Num6, attrs, assigned, ct).ConfigureAwait(false);
+                await AssignFamilyAsync(view, handle, pools6, num6, attrs, assigned, ct).ConfigureAwait(false);
             }
         }
-        catch (Exception) when (assigned.Count > 0)
+        catch (Exception) when (assigned.Count > held.Count)
         {
             // Give back what this call took, guarded by the sequence numbers it recorded.
             using var cts = new CancellationTokenSource(options.Timeout);
             try
             {
-                await ReleaseCoreAsync([.. assigned.Select(a => new ReleaseRequest(a.Address, a.SequenceNumber))], cts.Token).ConfigureAwait(false);
+                await ReleaseCoreAsync([.. assigned.Skip(held.Count).Select(a => new ReleaseRequest(a.Address, a.SequenceNumber))], cts.Token).ConfigureAwait(false);
             }
             catch (IpamException)
             {
@@ -113,7 +129,8 @@ public sealed partial class IpamClient
             keptView = view;
         }
 
-        return assigned;
+        // IPv4 first, as a request that found nothing held returns them.
+        return held.Count == 0 ? assigned : [.. assigned.OrderBy(a => a.Block.IsIPv6)];
     }
 
     /// <summary>The common case from what the last assignment knew: every address from the node's hinted blocks,
@@ -294,7 +311,7 @@ public sealed partial class IpamClient
             }
 
             var bs = view.Blocks[cidr];
-            if (!await EnsureOwnedAsync(view, bs, ct).ConfigureAwait(false))
+            if (!IsOwned(view, bs))
             {
                 continue;
             }
@@ -366,26 +383,95 @@ public sealed partial class IpamClient
         }
     }
 
-    /// <summary>True when the block exists and is this node's; finishes an interrupted claim (pending
-    /// affinity whose block was created) by confirming it.</summary>
-    private async Task<bool> EnsureOwnedAsync(NodeView view, BlockState bs, CancellationToken ct)
+    /// <summary>True when the block exists and is this node's (interrupted claims are settled before).</summary>
+    private static bool IsOwned(NodeView view, BlockState bs) =>
+        bs.Block is not null && bs.Block.Affinity == Keys.AffinityOf(view.Node)
+        && view.Affinities.TryGetValue(bs.Cidr, out var aff) && aff.Affinity.State != BlockAffinity.PendingDeletion;
+
+    /// <summary>
+    /// Settles the claims of this node that a claimer left <c>pending</c> (killed between the two phases, or
+    /// cut off from etcd): the node's next allocation finishes or withdraws them before anything else, also
+    /// when another block serves it, so no claim dangles, holds a place under maxBlocksPerHost, or keeps a
+    /// created block from being confirmed (bgpd advertises confirmed blocks only). A block that is the node's
+    /// is confirmed; one not yet created is created and confirmed (the claim resumes, so a claimer of this
+    /// node still under way meets its own block and not a withdrawn claim); one of another node, or outside
+    /// every enabled pool, has the claim withdrawn. No round trip when nothing is pending.
+    /// </summary>
+    private async Task SettleInterruptedClaimsAsync(NodeView view, CancellationToken ct)
     {
-        if (bs.Block is null || bs.Block.Affinity != Keys.AffinityOf(view.Node) || !view.Affinities.TryGetValue(bs.Cidr, out var aff))
+        var pending = view.Affinities.Where(a => a.Value.Affinity.State == BlockAffinity.Pending).Select(a => a.Key).Order().ToList();
+        if (pending.Count == 0)
         {
-            return false;
+            return;
         }
 
-        if (aff.Affinity.State == BlockAffinity.Pending)
+        if (pending.Where(c => !view.Blocks.ContainsKey(c)).ToList() is { Count: > 0 } unread)
         {
-            var key = Keys.Affinity(view.Node, bs.Cidr);
-            var r = await store.TxnAsync([new(key, aff.Rev)], [KvOp.Put(key, RecordJson.Encode(new BlockAffinity { State = BlockAffinity.Confirmed }))], ct).ConfigureAwait(false);
-            if (r.Succeeded)
+            await LoadBlocksAsync(view, unread, ct).ConfigureAwait(false);
+        }
+
+        foreach (var cidr in pending)
+        {
+            var block = view.Blocks[cidr].Block;
+            if (block is null && view.Pools.Any(p => !p.Disabled && p.Cidr.Contains(cidr)))
             {
-                view.Affinities[bs.Cidr] = (new BlockAffinity { State = BlockAffinity.Confirmed }, r.Revision);
+                _ = await ClaimSpecificAsync(view, cidr, ct).ConfigureAwait(false);
+            }
+            else if (block?.Affinity == Keys.AffinityOf(view.Node))
+            {
+                await ConfirmAsync(view, cidr, view.Affinities[cidr].Rev, ct).ConfigureAwait(false);
+            }
+            else
+            {
+                await WithdrawClaimAsync(view, cidr, view.Affinities[cidr].Rev, ct).ConfigureAwait(false);
             }
         }
+    }
 
-        return aff.Affinity.State != BlockAffinity.PendingDeletion;
+    /// <summary>Sets the node's affinity for a block it holds to <c>confirmed</c>. A claim rewritten meanwhile
+    /// (another claimer of this node resumed it) is confirmed at its new revision; one removed or marked for
+    /// deletion meanwhile is left as it is (the node is releasing the block). True when it is confirmed.</summary>
+    private async Task<bool> ConfirmAsync(NodeView view, IpNet cidr, long rev, CancellationToken ct)
+    {
+        var key = Keys.Affinity(view.Node, cidr);
+        var confirmed = new BlockAffinity { State = BlockAffinity.Confirmed };
+        for (int attempt = 0; attempt < options.MaxAttempts; attempt++)
+        {
+            var r = await store.TxnAsync([new(key, rev)], [KvOp.Put(key, RecordJson.Encode(confirmed))], [KvRead.One(key)], ct).ConfigureAwait(false);
+            if (r.Succeeded)
+            {
+                view.Affinities[cidr] = (confirmed, r.Revision);
+                return true;
+            }
+
+            if (r.Reads![0].FirstOrDefault() is not { } now)
+            {
+                view.Affinities.Remove(cidr);
+                return false;
+            }
+
+            var state = RecordJson.DecodeAffinity(now.Value, now.Key);
+            view.Affinities[cidr] = (state, now.ModRevision);
+            if (state.State != BlockAffinity.Pending)
+            {
+                return state.State == BlockAffinity.Confirmed;
+            }
+
+            rev = now.ModRevision;
+        }
+
+        throw Conflict($"confirming block {cidr}");
+    }
+
+    /// <summary>Withdraws the node's pending claim of a block it does not hold.</summary>
+    private async Task WithdrawClaimAsync(NodeView view, IpNet cidr, long rev, CancellationToken ct)
+    {
+        var key = Keys.Affinity(view.Node, cidr);
+        if ((await store.TxnAsync([new(key, rev)], [KvOp.Delete(key)], ct).ConfigureAwait(false)).Succeeded)
+        {
+            view.Affinities.Remove(cidr);
+            view.Blocks.Remove(cidr);
+        }
     }
 
     /// <summary>Allocates up to <paramref name="want"/> addresses from one block, block and handle written
@@ -408,6 +494,8 @@ public sealed partial class IpamClient
             return 0;
         }
 
+        AfterStep("allocated");
+
         foreach (int o in ordinals)
         {
             assigned.Add(new AssignedAddress(bs.Cidr.AddressAt((UInt128)o), bs.Cidr, bs.Block!.SequenceNumber));
@@ -427,21 +515,6 @@ public sealed partial class IpamClient
     private async Task<BlockState?> ClaimBlockAsync(NodeView view, List<IpPool> pools, CancellationToken ct)
     {
         bool v6 = pools[0].IsIPv6;
-
-        // An interrupted claim of ours (pending affinity, no block) is resumed first.
-        foreach (var (cidr, aff) in view.Affinities.Where(a => a.Key.IsIPv6 == v6 && a.Value.Affinity.State == BlockAffinity.Pending).ToList())
-        {
-            if (!view.Blocks.ContainsKey(cidr))
-            {
-                await LoadBlocksAsync(view, [cidr], ct).ConfigureAwait(false);
-            }
-
-            if (view.Blocks[cidr].Block is null && pools.Any(p => p.Cidr.Contains(cidr)) && await ClaimSpecificAsync(view, cidr, ct).ConfigureAwait(false) is { } resumed)
-            {
-                return resumed;
-            }
-        }
-
         for (int attempt = 0; attempt < options.MaxAttempts; attempt++)
         {
             IpNet? free = null;
@@ -500,26 +573,32 @@ public sealed partial class IpamClient
         affRev = r.Revision;
         view.Affinities[cidr] = (new BlockAffinity { State = BlockAffinity.Pending }, affRev);
 
+        AfterStep("affinity-pending");
+
         var block = BlockLogic.Create(cidr, view.Node, Now);
-        var bs = new BlockState(cidr, block, 0);
-        var created = await store.TxnAsync([new(Keys.Block(cidr), 0)], [KvOp.Put(Keys.Block(cidr), RecordJson.Encode(block))], ct).ConfigureAwait(false);
-        if (!created.Succeeded)
+        var created = await store.TxnAsync([new(Keys.Block(cidr), 0)], [KvOp.Put(Keys.Block(cidr), RecordJson.Encode(block))], [KvRead.One(Keys.Block(cidr))], ct).ConfigureAwait(false);
+        BlockState bs;
+        if (created.Succeeded)
         {
-            // Another node got there first: withdraw our pending claim.
-            await store.TxnAsync([new(affKey, affRev)], [KvOp.Delete(affKey)], ct).ConfigureAwait(false);
-            view.Affinities.Remove(cidr);
-            view.Blocks.Remove(cidr);
-            return null;
+            bs = new BlockState(cidr, block, created.Revision);
+        }
+        else
+        {
+            bs = BlockState.From(cidr, created.Reads![0].FirstOrDefault());
+            if (bs.Block?.Affinity != Keys.AffinityOf(view.Node))
+            {
+                // Another node got there first: withdraw our pending claim.
+                await WithdrawClaimAsync(view, cidr, affRev, ct).ConfigureAwait(false);
+                return null;
+            }
+
+            // Another claimer of this node (resuming the same claim) created it: it is ours all the same.
         }
 
-        bs.Rev = created.Revision;
         view.Blocks[cidr] = bs;
-        var confirmed = await store.TxnAsync([new(affKey, affRev)], [KvOp.Put(affKey, RecordJson.Encode(new BlockAffinity { State = BlockAffinity.Confirmed }))], ct).ConfigureAwait(false);
-        if (confirmed.Succeeded)
-        {
-            view.Affinities[cidr] = (new BlockAffinity { State = BlockAffinity.Confirmed }, confirmed.Revision);
-        }
-
+        AfterStep("block-created");
+        await ConfirmAsync(view, cidr, affRev, ct).ConfigureAwait(false);
+        AfterStep("affinity-confirmed");
         return bs;
     }
 
@@ -558,9 +637,9 @@ public sealed partial class IpamClient
                 continue;
             }
 
-            var confirmed = await store.TxnAsync([new(ourKey, bs.Rev)], [KvOp.Put(ourKey, RecordJson.Encode(new BlockAffinity { State = BlockAffinity.Confirmed }))], ct).ConfigureAwait(false);
-            view.Affinities[bs.Cidr] = (new BlockAffinity { State = confirmed.Succeeded ? BlockAffinity.Confirmed : BlockAffinity.Pending }, confirmed.Succeeded ? confirmed.Revision : bs.Rev);
+            view.Affinities[bs.Cidr] = (new BlockAffinity { State = BlockAffinity.Pending }, bs.Rev);
             view.Blocks[bs.Cidr] = bs;
+            await ConfirmAsync(view, bs.Cidr, bs.Rev, ct).ConfigureAwait(false);
             return bs;
         }
 

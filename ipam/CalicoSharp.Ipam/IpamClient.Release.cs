@@ -61,6 +61,7 @@ public sealed partial class IpamClient
                 if (ok)
                 {
                     freed += n;
+                    AfterStep("released");
                     break;
                 }
 

@@ -37,6 +37,11 @@ public sealed record IpamClientOptions
     /// one transaction that compares every record it relies on, and reads them all afresh in the same round
     /// trip when one has changed.</summary>
     public bool KeepNodeView { get; init; }
+
+    /// <summary>Called after each write of a claim, an allocation or a release ("affinity-pending",
+    /// "block-created", "affinity-confirmed", "allocated", "released"): the crash tests' fault points (the
+    /// test-only plugin build kills itself there). Null, as everywhere outside those tests: nothing runs.</summary>
+    public Action<string>? AfterStep { get; init; }
 }
 
 /// <summary>What to allocate: N IPv4 and/or M IPv6 addresses for a handle on a node.</summary>
@@ -90,6 +95,8 @@ public sealed partial class IpamClient : IDisposable
     public IpamClientOptions Options => options;
 
     private DateTimeOffset Now => options.Time.GetUtcNow();
+
+    private void AfterStep(string step) => options.AfterStep?.Invoke(step);
 
     public void Dispose() => store.Dispose();
 

@@ -338,6 +338,72 @@ public sealed class AllocatorTests : IDisposable
         Assert.Empty(await store.ListAsync(Keys.IpamRoot, true, default));
     }
 
+    /// <summary>An ADD killed between its IPv4 and IPv6 allocations, retried: the retry keeps the IPv4 address
+    /// the handle holds and takes only the IPv6 one (not a second IPv4 address, held until DEL).</summary>
+    [Fact]
+    public async Task A_retried_request_that_finds_part_of_it_held_takes_only_the_rest()
+    {
+        await AddPool("10.244.0.0/16", "p4");
+        await AddPool("fd00:244::/48", "p6");
+        var v4 = Assert.Single(await Assign("node1", "h1"));
+        var got = await ipam.AutoAssignAsync(new AutoAssignRequest { HandleId = "h1", Node = "node1", Num4 = 1, Num6 = 1, ReuseExisting = true });
+        Assert.Equal(2, got.Count);
+        Assert.Equal(v4.Address, got.Single(a => !a.Block.IsIPv6).Address);
+        Assert.Equal(2, (await ipam.GetUsageAsync()).Sum(u => u.InUse));
+        Assert.Empty((await ipam.CheckAsync()).Problems);
+    }
+
+    /// <summary>What a claimer killed mid-claim leaves: the node's affinity <c>pending</c>, and the block created
+    /// (for <paramref name="blockOf"/>, maybe another node) or not yet.</summary>
+    private async Task InterruptedClaim(string node, IpNet cidr, string? blockOf)
+    {
+        var ops = new List<KvOp> { KvOp.Put(Keys.Affinity(node, cidr), RecordJson.Encode(new BlockAffinity { State = BlockAffinity.Pending })) };
+        if (blockOf is not null)
+        {
+            ops.Add(KvOp.Put(Keys.Block(cidr), RecordJson.Encode(BlockLogic.Create(cidr, blockOf, time.Now))));
+            if (blockOf != node)
+            {
+                ops.Add(KvOp.Put(Keys.Affinity(blockOf, cidr), RecordJson.Encode(new BlockAffinity { State = BlockAffinity.Confirmed })));
+            }
+        }
+
+        Assert.True((await store.TxnAsync([], ops, [], default)).Succeeded);
+    }
+
+    private async Task<string?> AffinityState(string node, IpNet cidr) =>
+        await store.GetAsync(Keys.Affinity(node, cidr), default) is { } e ? RecordJson.DecodeAffinity(e.Value, e.Key).State : null;
+
+    public static TheoryData<string?> InterruptedClaims() => [null, "node1", "node2"];
+
+    /// <summary>A claim cut off between <c>pending</c> and <c>confirmed</c> is settled by the node's next
+    /// allocation, also one that another block of the node serves: finished when the block is the node's or
+    /// not yet created (so bgpd advertises it and nothing dangles), withdrawn when another node created it.</summary>
+    [Theory]
+    [MemberData(nameof(InterruptedClaims))]
+    public async Task The_next_allocation_settles_an_interrupted_claim(string? blockOf)
+    {
+        await AddPool("10.244.0.0/16", "p4");
+        var own = Assert.Single(await Assign("node1", "h1")).Block;
+        var cut = IpNet.Parse(own.ToString().StartsWith("10.244.200.", StringComparison.Ordinal) ? "10.244.201.0/26" : "10.244.200.0/26");
+        await InterruptedClaim("node1", cut, blockOf);
+
+        Assert.Equal(own, Assert.Single(await Assign("node1", "h2")).Block);
+
+        var block = await store.GetAsync(Keys.Block(cut), default);
+        if (blockOf == "node2")
+        {
+            Assert.Null(await AffinityState("node1", cut));
+            Assert.Equal(Keys.AffinityOf("node2"), RecordJson.DecodeBlock(block!.Value, block.Key).Affinity);
+        }
+        else
+        {
+            Assert.Equal(BlockAffinity.Confirmed, await AffinityState("node1", cut));
+            Assert.Equal(Keys.AffinityOf("node1"), RecordJson.DecodeBlock(block!.Value, block.Key).Affinity);
+        }
+
+        Assert.Empty((await ipam.CheckAsync()).Problems);
+    }
+
     private static IpPool Pool(string cidr, int blockSize) =>
         IpPool.FromResource(new IpPoolResource { Metadata = new() { Name = "p" }, Spec = new() { Cidr = cidr, BlockSize = blockSize } }, 0);
 
