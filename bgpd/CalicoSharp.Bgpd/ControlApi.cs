@@ -381,6 +381,7 @@ internal static class Metrics
         Value("calicosharp_etcd_last_read_age_seconds", "gauge", "Seconds since the last successful etcd read.",
             $"{(d.LastEtcdRead is { } t ? (DateTimeOffset.UtcNow - t).TotalSeconds : -1):0.###}");
         d.Bfd?.RenderMetrics(sb, Metric);
+        ProcessMetrics.Render(sb, Metric);
         return sb.ToString();
     });
 }
