@@ -72,7 +72,17 @@ public sealed record ClusterSnapshot(
 
     /// <summary>Calico Enterprise's BFDConfiguration resources, by name, each checked whole.</summary>
     public IReadOnlyList<BfdConfigResource> BfdConfigurations { get; init; } = [];
+
+    /// <summary>Every pool with its <c>natOutgoing</c> and <c>disabled</c> (NatOutgoing.cs).</summary>
+    public IReadOnlyList<NatPool> NatPools { get; init; } = [];
+
+    /// <summary>The default bgpconfiguration's <c>serviceClusterIPs</c>, <c>serviceExternalIPs</c> and
+    /// <c>serviceLoadBalancerIPs</c> (each a list of <c>{cidr}</c>), as written; the daemon checks them.</summary>
+    public IReadOnlyList<ServiceRange> ServiceRanges { get; init; } = [];
 }
+
+/// <summary>One <c>{cidr}</c> entry of a bgpconfiguration's service lists: the list's name and the CIDR as written.</summary>
+public sealed record ServiceRange(string Kind, string Cidr);
 
 /// <summary>
 /// Reads bgpconfigurations, bgppeers, nodes, ippools and this node's block affinities in one etcd round trip
@@ -114,6 +124,7 @@ public sealed class EtcdClusterSource
         int? port = null;
         var communityNames = new Dictionary<string, string>(StringComparer.Ordinal);
         var advertisements = new List<PrefixAdvertisement>();
+        var serviceRanges = new List<ServiceRange>();
         foreach (KvEntry e in r[0])
         {
             // Calico reads the "default" configuration (a node-specific one, "node.<name>", overrides listenPort).
@@ -132,6 +143,7 @@ public sealed class EtcdClusterSource
                     if (name == "default")
                     {
                         ReadCommunities(spec, communityNames, advertisements, reason => problems.Add(new ResourceProblem(e.Key, reason)));
+                        ReadServiceRanges(spec, serviceRanges, reason => problems.Add(new ResourceProblem(e.Key, reason)));
                     }
                 }
             });
@@ -198,6 +210,7 @@ public sealed class EtcdClusterSource
         var pools = new List<IpNet>();
         var noExport = new List<IpNet>();
         var blockSizes = new Dictionary<IpNet, int>();
+        var natPools = new List<NatPool>();
         foreach (KvEntry e in r[3])
         {
             Use(e, problems, root =>
@@ -208,6 +221,7 @@ public sealed class EtcdClusterSource
                     throw new ConfigException(cidr is null ? "ippool without spec.cidr" : $"ippool cidr '{cidr}' is not a CIDR");
                 }
                 pools.Add(net);
+                natPools.Add(new NatPool(net, Bool(root, "natOutgoing"), Bool(root, "disabled")));
                 if (Obj(root, "spec") is { } ne && ne.TryGetProperty("disableBGPExport", out JsonElement dx) && dx.ValueKind == JsonValueKind.True)
                 {
                     noExport.Add(net);
@@ -243,7 +257,44 @@ public sealed class EtcdClusterSource
             NoExportPools = noExport,
             CommunityNames = communityNames,
             PrefixAdvertisements = advertisements,
+            NatPools = natPools,
+            ServiceRanges = serviceRanges,
         };
+    }
+
+    /// <summary>A boolean of the record's spec: true only when it is JSON true.</summary>
+    private static bool Bool(JsonElement root, string name) =>
+        Obj(root, "spec") is { } spec && spec.TryGetProperty(name, out JsonElement v) && v.ValueKind == JsonValueKind.True;
+
+    /// <summary>The names of Calico's bgpconfigurations service lists, in the order they are read.</summary>
+    public static readonly string[] ServiceRangeKinds = ["serviceClusterIPs", "serviceExternalIPs", "serviceLoadBalancerIPs"];
+
+    /// <summary>Calico's <c>serviceClusterIPs: [{cidr}]</c> and its two siblings, as written (checked by the daemon).</summary>
+    private static void ReadServiceRanges(JsonElement spec, List<ServiceRange> ranges, Action<string> problem)
+    {
+        foreach (string kind in ServiceRangeKinds)
+        {
+            if (!spec.TryGetProperty(kind, out JsonElement list) || list.ValueKind == JsonValueKind.Null)
+            {
+                continue;
+            }
+            if (list.ValueKind != JsonValueKind.Array)
+            {
+                problem($"{kind}: must be a list of {{cidr}}, not {list.ValueKind}; left out");
+                continue;
+            }
+            foreach (JsonElement item in list.EnumerateArray())
+            {
+                if (Str(item, "cidr") is { } cidr)
+                {
+                    ranges.Add(new ServiceRange(kind, cidr));
+                }
+                else
+                {
+                    problem($"{kind}: {item} has no cidr; left out");
+                }
+            }
+        }
     }
 
     /// <summary>Calico's <c>communities: [{name, value}]</c> and <c>prefixAdvertisements: [{cidr, communities: [..]}]</c>,

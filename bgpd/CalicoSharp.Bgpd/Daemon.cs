@@ -75,6 +75,10 @@ public sealed class DaemonOptions
     /// does not dispose a table it is given.</summary>
     public IRouteTable? RouteTable { get; init; }
 
+    /// <summary>How bgpd runs nft for ippools natOutgoing (tests: a fake); null: the real nft when bgpd owns the real kernel
+    /// (<see cref="Kernel"/> on and no <see cref="RouteTable"/> given), else natOutgoing is not programmed.</summary>
+    public NatOutgoingTable.ScriptRunner? Nft { get; init; }
+
     /// <summary>The daemon's and its speaker's clock (tests: a fake one to step timers); null: the system's.</summary>
     public TimeProvider? Time { get; init; }
 
@@ -106,6 +110,9 @@ public sealed class Daemon : IAsyncDisposable
     private readonly NetlinkRouteTable? _ownRouteTable;
     private readonly TimeProvider _time;
     private readonly KernelRouteSync? _kernel;
+    private readonly NatOutgoingTable? _nat;
+    private List<(Prefix Prefix, string Kind)> _serviceRanges = [];
+    private HashSet<Prefix> _serviceAdvertised = [];
     private EndOfRibWait _eorWait = new([]);
     private DaemonConfig _file;
     private string? _appliedImport;
@@ -153,6 +160,10 @@ public sealed class Daemon : IAsyncDisposable
             _routeTable = options.RouteTable ?? (_ownRouteTable = new NetlinkRouteTable());
             _kernel = new KernelRouteSync(_routeTable, log);
         }
+        if (options.Nft is not null || (options.Kernel && options.RouteTable is null))
+        {
+            _nat = new NatOutgoingTable(log, options.Nft);
+        }
         ValidateFile(_file);
     }
 
@@ -175,6 +186,16 @@ public sealed class Daemon : IAsyncDisposable
         foreach (string p in file.Originate)
         {
             DaemonConfig.ParsePrefix(p, "originate");
+        }
+        foreach ((List<CidrEntry> list, string kind) in new[] { (file.ServiceClusterIPs, "serviceClusterIPs"), (file.ServiceExternalIPs, "serviceExternalIPs"), (file.ServiceLoadBalancerIPs, "serviceLoadBalancerIPs") })
+        {
+            foreach (CidrEntry e in list)
+            {
+                if (!IpNet.TryParse(e.Cidr, true, out _, out string error))
+                {
+                    throw new ConfigException($"{kind}: {error}");
+                }
+            }
         }
         DaemonConfig.ParseAddress(file.ListenAddress, "listenAddress");
         DaemonConfig.ParseNodeAddress(file.Ipv4Address, AddressFamily.InterNetwork, "ipv4Address");
@@ -260,6 +281,17 @@ public sealed class Daemon : IAsyncDisposable
 
     public IReadOnlyCollection<Prefix> OwnBlocks => _ownBlocks;
 
+    /// <summary>ippools natOutgoing: bgpd's nftables table now; null when bgpd does not program the dataplane.</summary>
+    public NatOutgoingState? NatOutgoing => _nat?.State;
+
+    /// <summary>The service ranges (bgpconfigurations serviceClusterIPs, serviceExternalIPs, serviceLoadBalancerIPs)
+    /// this node advertises now, with the list each came from; empty when it advertises none.</summary>
+    public IReadOnlyList<(Prefix Prefix, string Kind)> ServiceAdvertised { get; private set; } = [];
+
+    /// <summary>Routes from peers inside a service range, refused (never installed: another node's advertisement of a
+    /// Service range would loop the traffic between nodes).</summary>
+    public long ServiceRoutesRefused { get; private set; }
+
     /// <summary>Announcements from peers refused because they fall inside this node's blocks or borrowed addresses.</summary>
     public long LocalPrefixesRefused => _local.Refused;
 
@@ -312,6 +344,7 @@ public sealed class Daemon : IAsyncDisposable
         _eorWait = new EndOfRibWait(_kernel?.StaleFamilies ?? []);
         // A record in etcd that cannot be used is skipped and reported, never a reason not to start.
         await Speaker.InvokeAsync(() => Guard("applying the configuration", Apply)).ConfigureAwait(false);
+        _nat?.Apply(Cluster.NatPools);
         _loop = Task.Run(LoopAsync);
         if (_etcd is not null && _cluster is not null)
         {
@@ -392,6 +425,8 @@ public sealed class Daemon : IAsyncDisposable
                     LastEtcdError = null;
                     Cluster = snap;
                     await UpdateBorrowedAsync(snap).ConfigureAwait(false);
+                    // Off the speaker's loop: nft takes tens of milliseconds, BGP keeps running meanwhile.
+                    _nat?.Apply(snap.NatPools);
                 }
                 catch (OperationCanceledException) when (_cts.IsCancellationRequested)
                 {
@@ -511,15 +546,19 @@ public sealed class Daemon : IAsyncDisposable
         _appliedImport = _file.Import;
         bool localChanged = _local.Update(blocks, _borrowed);
         mayAcceptMore |= localChanged && _local.Released;
+        var problems = new List<ResourceProblem>(c.Problems);
+        List<(Prefix Prefix, string Kind)> serviceRanges = ServiceRanges(c, problems);
+        bool servicesChanged = !serviceRanges.SequenceEqual(_serviceRanges);
+        mayAcceptMore |= _serviceRanges.Select(r => r.Prefix).Except(serviceRanges.Select(r => r.Prefix)).Any();
+        _serviceRanges = serviceRanges;
         // Each changes what the import policy accepts: what the peers sent is judged again.
-        if (localChanged | poolsChanged | importChanged)
+        if (localChanged | poolsChanged | importChanged | servicesChanged)
         {
             foreach (BgpPeer p in Speaker.Peers)
             {
                 Speaker.Rib.Reimport(p, mayAcceptMore);
             }
         }
-        var problems = new List<ResourceProblem>(c.Problems);
         ApplyAddresses(c, problems, starting: false);
         ApplyIdentity(c, problems);
         List<PeerConfig> desired = DesiredPeers(c, problems);
@@ -542,6 +581,23 @@ public sealed class Daemon : IAsyncDisposable
             }
         }
         _ownBlocks = blocks;
+        // Calico's service advertisement: every node announces the configured ranges (the fabric spreads the traffic
+        // over the nodes, ECMP), except a node labelled to be left out of external load balancers.
+        NodeInfo? me = c.Nodes.FirstOrDefault(n => n.Name == NodeName);
+        bool excluded = me?.Labels.GetValueOrDefault(ExcludeLabel) == "true";
+        List<(Prefix Prefix, string Kind)> advertised = excluded ? [] : [.. serviceRanges.Where(r => !originate.Contains(r.Prefix)).DistinctBy(r => r.Prefix)];
+        if (excluded != _excludedLogged)
+        {
+            _log(BgpLogLevel.Info, excluded ? $"node {NodeName} is labelled {ExcludeLabel}=true: it advertises no service range"
+                : $"node {NodeName}: no longer labelled {ExcludeLabel}=true");
+            _excludedLogged = excluded;
+        }
+        _serviceAdvertised = [.. advertised.Select(r => r.Prefix)];
+        ServiceAdvertised = advertised;
+        foreach ((Prefix p, string _) in advertised)
+        {
+            originate.Add(p);
+        }
         foreach (Prefix gone in _originated.Keys.Where(p => !originate.Contains(p)).ToList())
         {
             Speaker.Rib.WithdrawLocal(gone);
@@ -558,7 +614,9 @@ public sealed class Daemon : IAsyncDisposable
                 continue;
             }
             Speaker.Rib.Originate(p, attrs);
-            string what = blocks.Contains(p) ? " (block affine to this node)" : p.Length is 32 or 128 ? " (borrowed address)" : "";
+            string what = blocks.Contains(p) ? " (block affine to this node)"
+                : advertised.FirstOrDefault(r => r.Prefix == p).Kind is { } kind ? $" (service range, {kind})"
+                : p.Length is 32 or 128 ? " (borrowed address)" : "";
             string with = attrs is null ? "" : $" with {CommunityRule.Describe(attrs)}";
             _log(BgpLogLevel.Info, known ? $"announcing {p}{what} again{(attrs is null ? " without communities" : with)}" : $"announcing {p}{what}{with}");
         }
@@ -566,6 +624,38 @@ public sealed class Daemon : IAsyncDisposable
     }
 
     private IPEndPoint _listenWanted = new(IPAddress.IPv6Any, 179);
+
+    /// <summary>Kubernetes' well-known label: a node carrying it with "true" advertises no service range (as Calico).</summary>
+    public const string ExcludeLabel = "node.kubernetes.io/exclude-from-external-load-balancers";
+
+    private bool _excludedLogged;
+
+    /// <summary>The service ranges of the default bgpconfiguration and of the config file, checked: an entry that is not
+    /// a CIDR is reported and left out, the others apply. In the order given, each prefix once.</summary>
+    private List<(Prefix Prefix, string Kind)> ServiceRanges(ClusterSnapshot c, List<ResourceProblem> problems)
+    {
+        var result = new List<(Prefix, string)>();
+        IEnumerable<ServiceRange> fromFile = _file.ServiceClusterIPs.Select(e => new ServiceRange("serviceClusterIPs", e.Cidr))
+            .Concat(_file.ServiceExternalIPs.Select(e => new ServiceRange("serviceExternalIPs", e.Cidr)))
+            .Concat(_file.ServiceLoadBalancerIPs.Select(e => new ServiceRange("serviceLoadBalancerIPs", e.Cidr)));
+        foreach (ServiceRange r in c.ServiceRanges.Concat(fromFile))
+        {
+            // As Calico: a CIDR with its length, host bits zero (a single address is written /32 or /128).
+            if (IpNet.TryParse(r.Cidr, true, out IpNet net, out string error))
+            {
+                Prefix p = Prefix.Parse(net.ToString());
+                if (!result.Any(x => x.Item1 == p))
+                {
+                    result.Add((p, r.Kind));
+                }
+            }
+            else
+            {
+                problems.Add(new ResourceProblem(EtcdClusterSource.BgpConfigurations + "default", $"{r.Kind}: {error}; left out"));
+            }
+        }
+        return result;
+    }
 
     private IPEndPoint WantedListen(ClusterSnapshot c) =>
         new(DaemonConfig.ParseAddress(_file.ListenAddress, "listenAddress") ?? IPAddress.IPv6Any, _file.ListenPort ?? c.ListenPort ?? 179);
@@ -1032,6 +1122,14 @@ public sealed class Daemon : IAsyncDisposable
         {
             return PolicyResult.Reject;
         }
+        foreach ((Prefix range, string _) in _serviceRanges)
+        {
+            if (peer is not null && range.Contains(prefix))
+            {
+                ServiceRoutesRefused++;
+                return PolicyResult.Reject;
+            }
+        }
         if (_file.Import == "all")
         {
             return PolicyResult.Accept;
@@ -1069,6 +1167,12 @@ public sealed class Daemon : IAsyncDisposable
         }
         if (best.IsLocal)
         {
+            // A service range is only advertised: kube-proxy's rules take its traffic before routing, and a blackhole
+            // would break the node's own connections to addresses of the range.
+            if (_serviceAdvertised.Contains(e.Prefix))
+            {
+                return null;
+            }
             return e.Prefix.Length == e.Prefix.MaxLength ? null : KernelRoute.Drop;
         }
         var hops = new List<IPAddress>();
@@ -1168,6 +1272,11 @@ public sealed class Daemon : IAsyncDisposable
         // Closing the sessions takes the peers' paths out of the RIB; the kernel keeps its routes (see above).
         await Speaker.InvokeAsync(() => { Speaker.Rib.BestChanged -= OnBestChanged; Bfd?.Stop(); }).ConfigureAwait(false);
         await Speaker.StopAsync(reason, TimeSpan.FromMilliseconds(300), restarting).ConfigureAwait(false);
+        // natOutgoing: a restart keeps the table (pods keep reaching the outside meanwhile); stopping for good removes it.
+        if (!restarting)
+        {
+            _nat?.Remove();
+        }
     }
 
     public async ValueTask DisposeAsync()

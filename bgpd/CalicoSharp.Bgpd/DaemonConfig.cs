@@ -57,6 +57,18 @@ public sealed class DaemonConfig
     /// <see cref="PeerSpec.MaxPrefixes"/>.</summary>
     public int? PeerMaxPrefixes { get; set; }
 
+    /// <summary>bgpconfigurations serviceClusterIPs: ranges every node advertises (added to etcd's).</summary>
+    [JsonPropertyName("serviceClusterIPs")]
+    public List<CidrEntry> ServiceClusterIPs { get; set; } = [];
+
+    /// <summary>bgpconfigurations serviceExternalIPs.</summary>
+    [JsonPropertyName("serviceExternalIPs")]
+    public List<CidrEntry> ServiceExternalIPs { get; set; } = [];
+
+    /// <summary>bgpconfigurations serviceLoadBalancerIPs.</summary>
+    [JsonPropertyName("serviceLoadBalancerIPs")]
+    public List<CidrEntry> ServiceLoadBalancerIPs { get; set; } = [];
+
     public static DaemonConfig Load(string path)
     {
         string text;
@@ -189,6 +201,12 @@ public sealed class DaemonConfig
 
     internal static Prefix ParsePrefix(string text, string what) =>
         Prefix.TryParse(text, out Prefix p) ? p : throw new ConfigException($"{what}: '{text}' is not a CIDR");
+}
+
+/// <summary>Calico's <c>{cidr: "10.96.0.0/12"}</c> list entry.</summary>
+public sealed class CidrEntry
+{
+    public string Cidr { get; set; } = "";
 }
 
 /// <summary>A bgppeers entry (Calico's field names).</summary>

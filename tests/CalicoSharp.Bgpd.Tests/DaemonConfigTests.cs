@@ -656,4 +656,55 @@ public sealed class DaemonConfigTests : IAsyncLifetime
             Assert.Single(logLines, l => l.Contains("kernel routes failed", StringComparison.Ordinal));
         }
     }
+
+    [Fact]
+    public async Task Service_ranges_are_advertised_never_blackholed_refused_from_peers_checked_and_applied_live()
+    {
+        PutPool("default", "10.244.0.0/16");
+        PutPeer("tor", "'peerIP':'127.0.0.10','asNumber':65010");
+        var table = new FakeRouteTable();
+        const string ranges = "'serviceClusterIPs':[{'cidr':'10.96.0.0/16'}],'serviceLoadBalancerIPs':[{'cidr':'fd00:96::/112'}]";
+        await StartAsync(configExtra: ranges + ",'serviceExternalIPs':[{'cidr':'172.30.250.0/24'},{'cidr':'10.0.0.1/8'},{'ip':'x'}]", table: table);
+        Assert.Equal([("10.96.0.0/16", "serviceClusterIPs"), ("172.30.250.0/24", "serviceExternalIPs"), ("fd00:96::/112", "serviceLoadBalancerIPs")],
+            daemon!.ServiceAdvertised.Select(r => (r.Prefix.ToString(), r.Kind)));
+        IReadOnlyList<ResourceProblem> problems = await ProblemsAsync();
+        Assert.Contains(problems, p => p.Reason.Contains("serviceExternalIPs", StringComparison.Ordinal) && p.Reason.Contains("10.0.0.1/8", StringComparison.Ordinal));
+        Assert.True(await daemon.Speaker.InvokeAsync(() => daemon.Speaker.Rib.Find(Prefix.Parse("10.96.0.0/16"))?.Best is { IsLocal: true }));
+        lock (table.Routes)
+        {
+            // Advertised only: kube-proxy's rules take the traffic before routing; a blackhole would break the node's own connections.
+            Assert.DoesNotContain(table.Routes.Keys, k => k.StartsWith("10.96.", StringComparison.Ordinal) || k.StartsWith("172.30.250.", StringComparison.Ordinal));
+        }
+        await using BgpTester tor = await BgpTester.ConnectAsync(new IPEndPoint(IPAddress.Loopback, daemon.ListenEndpoint!.Port), IPAddress.Parse("127.0.0.10"), 65010);
+        await Until(() => Task.FromResult(tor.Announced >= 2), "the IPv4 service ranges at the peer");
+
+        // Another node's advertisement of a service range, passed on by the fabric: refused and counted, even inside a pool.
+        await tor.SendAsync(BgpTester.PrepareAnnouncements(65010, IPAddress.Parse("127.0.0.10"), (10u << 24) | (96u << 16) | (1u << 8), 1, 1));
+        await Until(() => Task.FromResult(daemon.ServiceRoutesRefused >= 1), "the refusal");
+        Assert.Null(await daemon.Speaker.InvokeAsync(() => daemon.Speaker.Rib.Find(Prefix.Parse("10.96.1.0/24"))?.Best));
+
+        // Live: the external range goes, the session stays.
+        PutConfig(ranges);
+        await Until(() => Task.FromResult(daemon.ServiceAdvertised.Count == 2 && tor.Withdrawn >= 1), "the external range withdrawn");
+        Assert.False(tor.Closed);
+
+        // A node labelled to stay out of external load balancers advertises no range.
+        Put("/calico/resources/v3/projectcalico.org/nodes/node1",
+            """{"kind":"Node","apiVersion":"projectcalico.org/v3","metadata":{"name":"node1","labels":{"node.kubernetes.io/exclude-from-external-load-balancers":"true"}},"spec":{"bgp":{"ipv4Address":"127.0.0.1/8"}}}""");
+        await Until(() => Task.FromResult(daemon.ServiceAdvertised.Count == 0 && tor.Withdrawn >= 2), "every range withdrawn");
+        lock (logLines)
+        {
+            Assert.Contains(logLines, l => l.Contains("exclude-from-external-load-balancers=true: it advertises no service range", StringComparison.Ordinal));
+        }
+    }
+
+    [Fact]
+    public void A_config_file_with_a_bad_service_range_is_refused()
+    {
+        string file = Path.Combine(dir, "bad-service.json");
+        File.WriteAllText(file, """{"nodeName":"node1","ipv4Address":"127.0.0.1","serviceClusterIPs":[{"cidr":"10.96.0.1/12"}]}""");
+        var e = Assert.Throws<ConfigException>(() => new Daemon(new DaemonOptions { ConfigFile = file, Kernel = false }, (_, _) => { }));
+        Assert.Contains("serviceClusterIPs", e.Message, StringComparison.Ordinal);
+        Assert.Contains("10.96.0.1/12", e.Message, StringComparison.Ordinal);
+    }
 }
