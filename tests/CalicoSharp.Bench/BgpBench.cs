@@ -76,15 +76,15 @@ internal static class BgpBench
         }
         o.WriteLine();
         o.WriteLine($"At rest: 2 peers, {AtRestRoutes:N0} routes; bgpd with the control API and metrics on, each queried once; RSS 2 s after the last route, from /proc/PID/smaps");
-        o.WriteLine("| round | speaker | RSS (MiB) | peak RSS (MiB) | binary's pages (code, read-only data) | shared libraries | anonymous: heaps, stacks, runtime data | of it the GC heap (live after the last GC) |");
-        o.WriteLine("|---|---|---|---|---|---|---|---|");
+        o.WriteLine("| round | speaker | RSS (MiB) | peak RSS (MiB) | binary's file pages (code, read-only data) | binary's zero-filled data (.bss; NativeAOT: runtime data rehydrated at start) | shared libraries | other anonymous (GC heap, malloc, stacks) | GC heap (live after the last GC) |");
+        o.WriteLine("|---|---|---|---|---|---|---|---|---|");
         for (int i = 0; i < rest.Count; i++)
         {
             foreach (Result r in new[] { rest[i].Bird, rest[i].Ours })
             {
                 Smaps m = r.Smaps!;
                 o.WriteLine(string.Create(CultureInfo.InvariantCulture,
-                    $"| {i + 1} | {r.Name} | {m.Rss:0.0} | {r.PeakRssMiB:0.0} | {m.Binary:0.0} | {m.Libraries:0.0} | {m.Anonymous:0.0} | {(r.GcHeapMiB is { } h ? h.ToString("0.0", CultureInfo.InvariantCulture) : "-")} |"));
+                    $"| {i + 1} | {r.Name} | {m.Rss:0.0} | {r.PeakRssMiB:0.0} | {m.Binary:0.0} | {m.BinaryBss:0.0} | {m.Libraries:0.0} | {m.Anonymous:0.0} | {(r.GcHeapMiB is { } h ? h.ToString("0.0", CultureInfo.InvariantCulture) : "-")} |"));
             }
         }
         o.WriteLine(string.Create(CultureInfo.InvariantCulture,
@@ -113,7 +113,7 @@ internal static class BgpBench
 
     private sealed record GcFigures(long Allocated, long Gen0, long Gen1, long Gen2);
 
-    private sealed record Smaps(double Rss, double Binary, double Libraries, double Anonymous);
+    private sealed record Smaps(double Rss, double Binary, double BinaryBss, double Libraries, double Anonymous);
 
     private sealed record Result(string Name, double Seconds, double Cpu, double PeakRssMiB, GcFigures? Gc, Smaps? Smaps, double? GcHeapMiB);
 
@@ -216,12 +216,15 @@ internal static class BgpBench
         return samples;
     }
 
-    /// <summary>Resident pages by kind of mapping: the executable's own file, other files (shared libraries), anonymous.</summary>
+    /// <summary>Resident pages by kind of mapping: the executable's own file, its .bss (the anonymous mapping that
+    /// directly follows its last file mapping), other files (shared libraries), other anonymous memory.</summary>
     private static Smaps ReadSmaps(int pid)
     {
         string exe = File.ResolveLinkTarget($"/proc/{pid}/exe", returnFinalTarget: true)?.FullName ?? "";
-        long binary = 0, libraries = 0, anonymous = 0;
+        long binary = 0, bss = 0, libraries = 0, anonymous = 0;
         string? path = null;
+        bool isBss = false;
+        ulong exeEnd = 0;
         foreach (string line in File.ReadLines($"/proc/{pid}/smaps"))
         {
             string[] f = line.Split(' ', StringSplitOptions.RemoveEmptyEntries);
@@ -229,6 +232,13 @@ internal static class BgpBench
             {
                 // A mapping's header line: address range, perms, offset, device, inode, [path].
                 path = f.Length >= 6 ? string.Join(' ', f[5..]) : null;
+                string[] range = f[0].Split('-');
+                ulong start = ulong.Parse(range[0], NumberStyles.HexNumber, CultureInfo.InvariantCulture);
+                isBss = path is null && start == exeEnd;
+                if (path == exe)
+                {
+                    exeEnd = ulong.Parse(range[1], NumberStyles.HexNumber, CultureInfo.InvariantCulture);
+                }
             }
             else if (f.Length >= 2 && f[0] == "Rss:")
             {
@@ -236,6 +246,10 @@ internal static class BgpBench
                 if (path is not null && path == exe)
                 {
                     binary += kib;
+                }
+                else if (isBss)
+                {
+                    bss += kib;
                 }
                 else if (path is not null && path.StartsWith('/'))
                 {
@@ -247,7 +261,7 @@ internal static class BgpBench
                 }
             }
         }
-        return new Smaps((binary + libraries + anonymous) / 1024.0, binary / 1024.0, libraries / 1024.0, anonymous / 1024.0);
+        return new Smaps((binary + bss + libraries + anonymous) / 1024.0, binary / 1024.0, bss / 1024.0, libraries / 1024.0, anonymous / 1024.0);
     }
 
     private static double CpuSeconds(int pid)
