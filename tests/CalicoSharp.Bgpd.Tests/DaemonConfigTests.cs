@@ -600,10 +600,14 @@ public sealed class DaemonConfigTests : IAsyncLifetime
 
         // Without the flag, the file's wins over the record.
         daemon = null;
-        logLines.Clear();
         await StartAsync(file, ipv4: null);
         Assert.Equal(IPAddress.Parse("127.0.0.5"), daemon!.Ipv4);
         Assert.Equal("the config file's ipv4Address", daemon.Ipv4Source);
+        // A reload with another address uses it and publishes it in the record, as at start.
+        File.WriteAllText(file, """{"ipv4Address":"127.0.0.8/8"}""");
+        await daemon.ReloadAsync();
+        Assert.Equal(IPAddress.Parse("127.0.0.8"), await NodeAddressAsync());
+        Assert.Contains("\"ipv4Address\":\"127.0.0.8/8\"", Encoding.UTF8.GetString((await store.GetAsync(Node1, default))!.Value), StringComparison.Ordinal);
     }
 
     [Theory]
