@@ -227,9 +227,9 @@ public sealed class Daemon : IAsyncDisposable
 
     /// <summary>The IPv4 address bgpd was given (flag, else config file) as written; published to the node record
     /// at start. Null: the node record's is followed.</summary>
-    public string? Ipv4Cidr { get; }
+    public string? Ipv4Cidr { get; private set; }
 
-    public string? Ipv6Cidr { get; }
+    public string? Ipv6Cidr { get; private set; }
 
     /// <summary>This node's BGP IPv4 address in use (the router id unless the file has one, the sessions' source):
     /// from the flag, the config file or the node record, in that order; changes with the record.</summary>
@@ -528,6 +528,20 @@ public sealed class Daemon : IAsyncDisposable
             Guard("applying the configuration", Apply);
         }).ConfigureAwait(false);
         _log(BgpLogLevel.Info, $"reloaded {f}");
+        string? v4 = NonEmpty(_options.Ipv4Address) ?? NonEmpty(next.Ipv4Address), v6 = NonEmpty(_options.Ipv6Address) ?? NonEmpty(next.Ipv6Address);
+        if ((v4 != Ipv4Cidr || v6 != Ipv6Cidr) && _cluster is not null)
+        {
+            // A new address in the file is published as at start, so the other nodes' mesh follows it.
+            try
+            {
+                await _cluster.WriteNodeAsync(v4, v6, null, _cts.Token).ConfigureAwait(false);
+                (Ipv4Cidr, Ipv6Cidr) = (v4, v6);
+            }
+            catch (Exception e) when (e is IpamException or IOException or Grpc.Core.RpcException)
+            {
+                _log(BgpLogLevel.Warning, $"etcd {Keys.Node(NodeName)}: cannot publish the reloaded address: {e.Message}; the node uses it, the other nodes do not see it yet");
+            }
+        }
     }
 
     /// <summary>Desired against actual, on the speaker's loop: pools, peers, announced prefixes.</summary>

@@ -562,6 +562,22 @@ public sealed class DaemonConfigTests : IAsyncLifetime
     }
 
     [Fact]
+    public async Task Another_nodes_unreadable_address_is_reported_under_its_key_and_gets_no_session()
+    {
+        PutPeer("all-nodes", "'peerSelector':'all()'");
+        Put("/calico/resources/v3/projectcalico.org/nodes/node2",
+            """{"kind":"Node","apiVersion":"projectcalico.org/v3","metadata":{"name":"node2"},"spec":{"bgp":{"ipv4Address":"banana"}}}""");
+        await StartAsync();
+        await Until(async () => (await ProblemsAsync()).Any(p => p.Key.EndsWith("/nodes/node2", StringComparison.Ordinal)
+            && p.Reason == "spec.bgp.ipv4Address: 'banana' is not an IPv4 address (Calico writes it with its subnet's length, e.g. 10.0.0.5/24); no session to node node2 over IPv4 until it is fixed"),
+            "node2's record reported");
+        Assert.Empty(await daemon!.Speaker.InvokeAsync(() => daemon.Speaker.Peers.ToList()));
+        Put("/calico/resources/v3/projectcalico.org/nodes/node2",
+            """{"kind":"Node","apiVersion":"projectcalico.org/v3","metadata":{"name":"node2"},"spec":{"bgp":{"ipv4Address":"127.0.0.22/8"}}}""");
+        await Until(async () => await PeerAsync("127.0.0.22") is not null, "the session to node2 once its address is fixed");
+    }
+
+    [Fact]
     public async Task A_flag_wins_over_the_config_file_which_wins_over_the_node_record()
     {
         PutNode("'ipv4Address':'127.0.0.6/8','ipv6Address':'fd00::6/64','asNumber':64999");
@@ -584,10 +600,14 @@ public sealed class DaemonConfigTests : IAsyncLifetime
 
         // Without the flag, the file's wins over the record.
         daemon = null;
-        logLines.Clear();
         await StartAsync(file, ipv4: null);
         Assert.Equal(IPAddress.Parse("127.0.0.5"), daemon!.Ipv4);
         Assert.Equal("the config file's ipv4Address", daemon.Ipv4Source);
+        // A reload with another address uses it and publishes it in the record, as at start.
+        File.WriteAllText(file, """{"ipv4Address":"127.0.0.8/8"}""");
+        await daemon.ReloadAsync();
+        Assert.Equal(IPAddress.Parse("127.0.0.8"), await NodeAddressAsync());
+        Assert.Contains("\"ipv4Address\":\"127.0.0.8/8\"", Encoding.UTF8.GetString((await store.GetAsync(Node1, default))!.Value), StringComparison.Ordinal);
     }
 
     [Theory]
