@@ -82,7 +82,7 @@ public static class IptablesParser
                     table = null;
                     continue;
                 }
-                ReadLine(table, tableName, line, lineNo, deferRules);
+                ReadLine(table, tableName, line, lineNo, deferRules, "");
             }
             catch (NatParseException e)
             {
@@ -109,7 +109,7 @@ public static class IptablesParser
             }
             try
             {
-                ReadLine(table, tableName, line, lineNo, deferRules: true);
+                ReadLine(table, tableName, line, lineNo, deferRules: true, source + ", ");
             }
             catch (NatParseException e)
             {
@@ -119,7 +119,7 @@ public static class IptablesParser
     }
 
     /// <summary>One line of a table: a chain declaration (<c>:CHAIN POLICY</c>, <c>-P</c>, <c>-N</c>) or a command.</summary>
-    private static void ReadLine(NatTable table, string tableName, string line, int lineNo, bool deferRules)
+    private static void ReadLine(NatTable table, string tableName, string line, int lineNo, bool deferRules, string where)
     {
         if (line[0] == ':')
         {
@@ -139,7 +139,7 @@ public static class IptablesParser
             {
                 throw new NatParseException($"rule for chain {chainName}, which is not declared");
             }
-            chain.Defer(lineNo, line, (c, lines) => ReadDeferred(table, c, lines));
+            chain.Defer(lineNo, line, (c, lines) => ReadDeferred(table, c, lines, where));
             return;
         }
         List<string> tokens = Tokenize(line);
@@ -187,7 +187,7 @@ public static class IptablesParser
     /// <summary>The built-in chains of an iptables table (nat, filter) this reader evaluates.</summary>
     public static IEnumerable<string> BuiltinChains(string tableName) => Builtins.Keys.Where(k => k.Table == tableName).Select(k => k.Chain);
 
-    private static void ReadDeferred(NatTable table, NatChain chain, List<(int Line, string Text)> lines)
+    private static void ReadDeferred(NatTable table, NatChain chain, List<(int Line, string Text)> lines, string where)
     {
         foreach ((int n, string text) in lines)
         {
@@ -197,7 +197,7 @@ public static class IptablesParser
             }
             catch (NatParseException e)
             {
-                throw new NatParseException($"line {n}: {e.Message}");
+                throw new NatParseException($"{where}line {n}: {e.Message}");
             }
         }
     }
