@@ -115,7 +115,7 @@ internal static class BfdBench
         const int multiplier = 3;
         uint asn = 0;
         string BirdPeers(uint nodeAs) => string.Concat(Enumerable.Range(1, sessions).Select(i => string.Create(CultureInfo.InvariantCulture,
-            $"protocol bgp bfd{i} {{ local as {BgpLab.TorAsPerCompute}; neighbor 10.99.{i}.1 as {nodeAs}; source address 10.99.{i}.2; hold time 9; keepalive time 3; connect retry time 1; error wait time 1, 2; ipv4 {{ import none; export none; }}; bfd on; }}\n")));
+            $"protocol bgp pair{i} {{ local as {BgpLab.TorAsPerCompute}; neighbor 10.99.{i}.1 as {nodeAs}; source address 10.99.{i}.2; hold time 9; keepalive time 3; connect retry time 1; error wait time 1, 2; ipv4 {{ import none; export none; }}; bfd on; }}\n")));
         await using BgpLab lab = await BgpLab.StartAsync(TorModel.AsPerComputeServer, 1, l =>
         {
             if (command is not null)
