@@ -903,7 +903,8 @@ public sealed class Daemon : IAsyncDisposable
         var next = new Dictionary<string, string>(StringComparer.Ordinal);
         foreach (ResourceProblem p in found)
         {
-            next.TryAdd(p.Key, p.Reason);
+            // Several problems of one record (two bad entries of a list) are all said, not only the first.
+            next[p.Key] = next.TryGetValue(p.Key, out string? earlier) && earlier != p.Reason ? $"{earlier}; {p.Reason}" : p.Reason;
         }
         foreach ((string key, string reason) in next)
         {

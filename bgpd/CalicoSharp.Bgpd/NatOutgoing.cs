@@ -176,12 +176,18 @@ public sealed class NatOutgoingTable
     private const string NotInstalled = "nft is not installed";
 
     /// <summary>nft -f - with the script on stdin.</summary>
-    public static string? RunNft(string script)
+    public static string? RunNft(string script) => RunNft(script, null);
+
+    /// <summary>nft -f - with the script on stdin, in the named network namespace (ip netns exec) when one is given
+    /// (the benchmark's).</summary>
+    public static string? RunNft(string script, string? netns)
     {
         ArgumentNullException.ThrowIfNull(script);
-        var psi = new ProcessStartInfo("nft") { RedirectStandardInput = true, RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
-        psi.ArgumentList.Add("-f");
-        psi.ArgumentList.Add("-");
+        var psi = new ProcessStartInfo(netns is null ? "nft" : "ip") { RedirectStandardInput = true, RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
+        foreach (string a in netns is null ? ["-f", "-"] : new[] { "netns", "exec", netns, "nft", "-f", "-" })
+        {
+            psi.ArgumentList.Add(a);
+        }
         try
         {
             using Process p = Process.Start(psi)!;

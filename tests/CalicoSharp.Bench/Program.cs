@@ -68,6 +68,12 @@ if (only is "all" or "service-trace")
     await ServiceTraceBench.RunAsync(Console.Out, args.Length > 1 && only == "service-trace" ? int.Parse(args[1], CultureInfo.InvariantCulture) : 5).ConfigureAwait(false);
 }
 
+if (only is "all" or "nat-outgoing")
+{
+    // nat-outgoing [changes]: bgpd's nftables table replaced for 50 pools, p50/p99/max over this many changes.
+    NatOutgoingBench.Run(Console.Out, args.Length > 1 && only == "nat-outgoing" ? int.Parse(args[1], CultureInfo.InvariantCulture) : 40);
+}
+
 if (only is "all" or "rpc")
 {
     // rpc [requests [clients [streams per client]]]
