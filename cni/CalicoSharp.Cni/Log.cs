@@ -96,9 +96,9 @@ public sealed partial class Log
                 if (n < 0)
                 {
                     int errno = Marshal.GetLastPInvokeError();
-                    if (errno == 4)
+                    if (errno == Tmds.Linux.LibC.EINTR)
                     {
-                        continue; // EINTR
+                        continue;
                     }
 
                     throw new IOException($"log write failed: {Marshal.GetPInvokeErrorMessage(errno)}");

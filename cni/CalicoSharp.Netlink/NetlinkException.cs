@@ -1,4 +1,5 @@
 using System.Runtime.InteropServices;
+using Tmds.Linux;
 
 namespace CalicoSharp.Netlink;
 
@@ -34,9 +35,9 @@ public sealed class NetlinkException : Exception
     /// <summary>The positive errno (ENOENT = 2, EEXIST = 17, ...).</summary>
     public int Errno { get; }
 
-    public bool NotFound => Errno is 2 or 19 or 3; // ENOENT, ENODEV, ESRCH
+    public bool NotFound => Errno == LibC.ENOENT || Errno == LibC.ENODEV || Errno == LibC.ESRCH;
 
-    public bool Exists => Errno == 17; // EEXIST
+    public bool Exists => Errno == LibC.EEXIST;
 
     private static string Format(string operation, int errno, string? kernelMessage) =>
         $"{operation}: {Marshal.GetPInvokeErrorMessage(errno)} (errno {errno}){(string.IsNullOrEmpty(kernelMessage) ? string.Empty : $": {kernelMessage}")}";

@@ -2,6 +2,7 @@ using System.Buffers.Binary;
 using System.Net;
 using System.Net.NetworkInformation;
 using System.Net.Sockets;
+using Tmds.Linux;
 
 namespace CalicoSharp.Netlink;
 
@@ -9,6 +10,9 @@ namespace CalicoSharp.Netlink;
 /// socket was opened in.</summary>
 public sealed class RtNetlink : IDisposable
 {
+    /// <summary>RT_TABLE_COMPAT: rtm_table's value when the table id does not fit its byte.</summary>
+    private const byte RtTableCompat = 252;
+
     private readonly NetlinkSocket socket;
 
     public RtNetlink(NetlinkSocket socket) => this.socket = socket ?? throw new ArgumentNullException(nameof(socket));
@@ -235,7 +239,7 @@ public sealed class RtNetlink : IDisposable
     {
         ArgumentNullException.ThrowIfNull(address);
         return RequestIfPresent(AddressMessage(Rt.RTM_DELADDR, Nl.NLM_F_REQUEST, index, address, prefixLength),
-            $"deleting address {address}/{prefixLength} from link #{index}", e => e.NotFound || e.Errno == 99); // EADDRNOTAVAIL
+            $"deleting address {address}/{prefixLength} from link #{index}", e => e.NotFound || e.Errno == LibC.EADDRNOTAVAIL);
     }
 
     public List<InterfaceAddress> ListAddresses(int index = 0, AddressFamily family = AddressFamily.Unspecified)
@@ -375,7 +379,7 @@ public sealed class RtNetlink : IDisposable
         var m = new MessageBuilder(Rt.RTM_GETROUTE, Nl.NLM_F_REQUEST);
         m.RtMsg(v6 ? Rt.AF_INET6 : Rt.AF_INET, (byte)(v6 ? 128 : 32), 0, 0, 0, 0, fibMatch ? Rt.RTM_F_FIB_MATCH : 0u);
         m.AttrAddress(Rt.RTA_DST, destination);
-        return QueryOne(m, $"getting the route to {destination}", ParseRoute, e => e.Errno is 101 or 113 or 22); // ENETUNREACH, EHOSTUNREACH, EINVAL
+        return QueryOne(m, $"getting the route to {destination}", ParseRoute, e => e.Errno == LibC.ENETUNREACH || e.Errno == LibC.EHOSTUNREACH || e.Errno == LibC.EINVAL);
     }
 
     /// <summary>The route that decides where a packet to <paramref name="destination"/> goes, like
@@ -415,7 +419,7 @@ public sealed class RtNetlink : IDisposable
     {
         var m = new MessageBuilder(type, flags);
         bool v6 = r.IsIPv6;
-        byte table = r.Table < 256 ? (byte)r.Table : (byte)252; // RT_TABLE_COMPAT, the real one in RTA_TABLE
+        byte table = r.Table < 256 ? (byte)r.Table : RtTableCompat; // the real one in RTA_TABLE
         m.RtMsg(v6 ? Rt.AF_INET6 : Rt.AF_INET, (byte)r.PrefixLength, table, r.Protocol, r.Scope, r.Type, r.Flags);
         m.AttrAddress(Rt.RTA_DST, r.Destination);
         m.AttrU32(Rt.RTA_TABLE, r.Table);
