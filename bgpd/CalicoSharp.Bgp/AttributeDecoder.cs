@@ -52,21 +52,21 @@ internal static class AttributeDecoder
         var t = new Row?[256];
         void Add(Row r) => t[r.Code] = r;
         // RFC 7606 §7.1-§7.12 (and RFC 6793 §6, RFC 8092 §6) fix the actions.
-        Add(new(AttributeCode.Origin, "ORIGIN", WellKnown, ErrorAction.TreatAsWithdraw, Subcode.InvalidOrigin, DecodeOrigin));
-        Add(new(AttributeCode.AsPath, "AS_PATH", WellKnown, ErrorAction.TreatAsWithdraw, Subcode.MalformedAsPath, DecodeAsPath));
-        Add(new(AttributeCode.NextHop, "NEXT_HOP", WellKnown, ErrorAction.TreatAsWithdraw, Subcode.InvalidNextHop, DecodeNextHop));
-        Add(new(AttributeCode.Med, "MULTI_EXIT_DISC", OptionalNonTransitive, ErrorAction.TreatAsWithdraw, Subcode.AttributeLengthError, DecodeMed));
-        Add(new(AttributeCode.LocalPref, "LOCAL_PREF", WellKnown, ErrorAction.TreatAsWithdraw, Subcode.AttributeLengthError, DecodeLocalPref));
-        Add(new(AttributeCode.AtomicAggregate, "ATOMIC_AGGREGATE", WellKnown, ErrorAction.AttributeDiscard, Subcode.AttributeLengthError, DecodeAtomicAggregate));
-        Add(new(AttributeCode.Aggregator, "AGGREGATOR", OptionalTransitive, ErrorAction.AttributeDiscard, Subcode.AttributeLengthError, DecodeAggregator));
-        Add(new(AttributeCode.Communities, "COMMUNITIES", OptionalTransitive, ErrorAction.TreatAsWithdraw, Subcode.OptionalAttributeError, DecodeCommunities));
-        Add(new(AttributeCode.OriginatorId, "ORIGINATOR_ID", OptionalNonTransitive, ErrorAction.TreatAsWithdraw, Subcode.AttributeLengthError, DecodeOriginatorId));
-        Add(new(AttributeCode.ClusterList, "CLUSTER_LIST", OptionalNonTransitive, ErrorAction.TreatAsWithdraw, Subcode.AttributeLengthError, DecodeClusterList));
-        Add(new(AttributeCode.MpReachNlri, "MP_REACH_NLRI", OptionalNonTransitive, ErrorAction.SessionReset, Subcode.OptionalAttributeError, DecodeMpReach));
-        Add(new(AttributeCode.MpUnreachNlri, "MP_UNREACH_NLRI", OptionalNonTransitive, ErrorAction.SessionReset, Subcode.OptionalAttributeError, DecodeMpUnreach));
-        Add(new(AttributeCode.As4Path, "AS4_PATH", OptionalTransitive, ErrorAction.AttributeDiscard, Subcode.OptionalAttributeError, DecodeAs4Path));
-        Add(new(AttributeCode.As4Aggregator, "AS4_AGGREGATOR", OptionalTransitive, ErrorAction.AttributeDiscard, Subcode.OptionalAttributeError, DecodeAs4Aggregator));
-        Add(new(AttributeCode.LargeCommunities, "LARGE_COMMUNITY", OptionalTransitive, ErrorAction.TreatAsWithdraw, Subcode.OptionalAttributeError, DecodeLargeCommunities));
+        Add(new(AttributeCode.Origin, "ORIGIN", WellKnown, ErrorAction.TreatAsWithdraw, Subcode.Update.InvalidOrigin, DecodeOrigin));
+        Add(new(AttributeCode.AsPath, "AS_PATH", WellKnown, ErrorAction.TreatAsWithdraw, Subcode.Update.MalformedAsPath, DecodeAsPath));
+        Add(new(AttributeCode.NextHop, "NEXT_HOP", WellKnown, ErrorAction.TreatAsWithdraw, Subcode.Update.InvalidNextHop, DecodeNextHop));
+        Add(new(AttributeCode.Med, "MULTI_EXIT_DISC", OptionalNonTransitive, ErrorAction.TreatAsWithdraw, Subcode.Update.AttributeLengthError, DecodeMed));
+        Add(new(AttributeCode.LocalPref, "LOCAL_PREF", WellKnown, ErrorAction.TreatAsWithdraw, Subcode.Update.AttributeLengthError, DecodeLocalPref));
+        Add(new(AttributeCode.AtomicAggregate, "ATOMIC_AGGREGATE", WellKnown, ErrorAction.AttributeDiscard, Subcode.Update.AttributeLengthError, DecodeAtomicAggregate));
+        Add(new(AttributeCode.Aggregator, "AGGREGATOR", OptionalTransitive, ErrorAction.AttributeDiscard, Subcode.Update.AttributeLengthError, DecodeAggregator));
+        Add(new(AttributeCode.Communities, "COMMUNITIES", OptionalTransitive, ErrorAction.TreatAsWithdraw, Subcode.Update.OptionalAttributeError, DecodeCommunities));
+        Add(new(AttributeCode.OriginatorId, "ORIGINATOR_ID", OptionalNonTransitive, ErrorAction.TreatAsWithdraw, Subcode.Update.AttributeLengthError, DecodeOriginatorId));
+        Add(new(AttributeCode.ClusterList, "CLUSTER_LIST", OptionalNonTransitive, ErrorAction.TreatAsWithdraw, Subcode.Update.AttributeLengthError, DecodeClusterList));
+        Add(new(AttributeCode.MpReachNlri, "MP_REACH_NLRI", OptionalNonTransitive, ErrorAction.SessionReset, Subcode.Update.OptionalAttributeError, DecodeMpReach));
+        Add(new(AttributeCode.MpUnreachNlri, "MP_UNREACH_NLRI", OptionalNonTransitive, ErrorAction.SessionReset, Subcode.Update.OptionalAttributeError, DecodeMpUnreach));
+        Add(new(AttributeCode.As4Path, "AS4_PATH", OptionalTransitive, ErrorAction.AttributeDiscard, Subcode.Update.OptionalAttributeError, DecodeAs4Path));
+        Add(new(AttributeCode.As4Aggregator, "AS4_AGGREGATOR", OptionalTransitive, ErrorAction.AttributeDiscard, Subcode.Update.OptionalAttributeError, DecodeAs4Aggregator));
+        Add(new(AttributeCode.LargeCommunities, "LARGE_COMMUNITY", OptionalTransitive, ErrorAction.TreatAsWithdraw, Subcode.Update.OptionalAttributeError, DecodeLargeCommunities));
         return t;
     }
 
@@ -104,7 +104,7 @@ internal static class AttributeDecoder
             // treat-as-withdraw; the Total Path Attribute Length still locates the NLRI.
             if (block.Length < 3 || ((block[0] & AttributeFlags.ExtendedLength) != 0 && block.Length < 4))
             {
-                MessageDecoder.MarkWithdraw(u, new BgpProtocolException(ErrorCode.UpdateMessage, Subcode.MalformedAttributeList,
+                MessageDecoder.MarkWithdraw(u, new BgpProtocolException(ErrorCode.UpdateMessage, Subcode.Update.MalformedAttributeList,
                     $"{block.Length} octets left in the attribute block, too few for an attribute header", null, ErrorAction.TreatAsWithdraw));
                 break;
             }
@@ -117,10 +117,10 @@ internal static class AttributeDecoder
             {
                 if (code is AttributeCode.MpReachNlri or AttributeCode.MpUnreachNlri)
                 {
-                    throw new BgpProtocolException(ErrorCode.UpdateMessage, Subcode.AttributeLengthError,
+                    throw new BgpProtocolException(ErrorCode.UpdateMessage, Subcode.Update.AttributeLengthError,
                         $"{Name(code)} of {len} octets overruns the attribute block", block.ToArray());
                 }
-                MessageDecoder.MarkWithdraw(u, new BgpProtocolException(ErrorCode.UpdateMessage, Subcode.AttributeLengthError,
+                MessageDecoder.MarkWithdraw(u, new BgpProtocolException(ErrorCode.UpdateMessage, Subcode.Update.AttributeLengthError,
                     $"{Name(code)} of {len} octets overruns the attribute block ({block.Length - hdr} left)", null, ErrorAction.TreatAsWithdraw));
                 break;
             }
@@ -133,7 +133,7 @@ internal static class AttributeDecoder
                 // RFC 7606 §3 g: a repeated MP attribute resets the session; any other repeat is discarded.
                 if (code is AttributeCode.MpReachNlri or AttributeCode.MpUnreachNlri)
                 {
-                    throw new BgpProtocolException(ErrorCode.UpdateMessage, Subcode.MalformedAttributeList, $"{Name(code)} appears twice");
+                    throw new BgpProtocolException(ErrorCode.UpdateMessage, Subcode.Update.MalformedAttributeList, $"{Name(code)} appears twice");
                 }
                 u.Discarded.Add($"{Name(code)}: repeated, discarded");
                 continue;
@@ -143,7 +143,7 @@ internal static class AttributeDecoder
             {
                 if ((flags & AttributeFlags.Optional) == 0)
                 {
-                    throw new BgpProtocolException(ErrorCode.UpdateMessage, Subcode.UnrecognizedWellKnownAttribute,
+                    throw new BgpProtocolException(ErrorCode.UpdateMessage, Subcode.Update.UnrecognizedWellKnownAttribute,
                         $"unrecognized well-known attribute type {code}", whole.ToArray());
                 }
                 if ((flags & AttributeFlags.Transitive) != 0)
@@ -161,7 +161,7 @@ internal static class AttributeDecoder
             {
                 if (!flagsOk)
                 {
-                    throw new BgpProtocolException(ErrorCode.UpdateMessage, Subcode.AttributeFlagsError,
+                    throw new BgpProtocolException(ErrorCode.UpdateMessage, Subcode.Update.AttributeFlagsError,
                         $"{row.Name} with flags 0x{flags:x2}", whole.ToArray(), row.OnError);
                 }
                 row.Decode(value, ref b);
@@ -243,7 +243,7 @@ internal static class AttributeDecoder
     {
         if (v.Length != n)
         {
-            throw Malformed(Subcode.AttributeLengthError, $"{name} of {v.Length} octets (must be {n})");
+            throw Malformed(Subcode.Update.AttributeLengthError, $"{name} of {v.Length} octets (must be {n})");
         }
     }
 
@@ -252,7 +252,7 @@ internal static class AttributeDecoder
         ExpectLength(v, 1, "ORIGIN");
         if (v[0] > 2)
         {
-            throw Malformed(Subcode.InvalidOrigin, $"ORIGIN value {v[0]}");
+            throw Malformed(Subcode.Update.InvalidOrigin, $"ORIGIN value {v[0]}");
         }
         b.Origin = (Origin)v[0];
     }
@@ -273,21 +273,21 @@ internal static class AttributeDecoder
         {
             if (v.Length < 2)
             {
-                throw Malformed(Subcode.MalformedAsPath, $"{name}: one octet left after the last segment");
+                throw Malformed(Subcode.Update.MalformedAsPath, $"{name}: one octet left after the last segment");
             }
             byte type = v[0];
             int count = v[1];
             if (type is < 1 or > 4 || (!allowConfed && type > 2))
             {
-                throw Malformed(Subcode.MalformedAsPath, $"{name}: segment type {type}");
+                throw Malformed(Subcode.Update.MalformedAsPath, $"{name}: segment type {type}");
             }
             if (count == 0)
             {
-                throw Malformed(Subcode.MalformedAsPath, $"{name}: empty segment");
+                throw Malformed(Subcode.Update.MalformedAsPath, $"{name}: empty segment");
             }
             if (v.Length < 2 + count * width)
             {
-                throw Malformed(Subcode.MalformedAsPath, $"{name}: segment of {count} AS numbers overruns the attribute");
+                throw Malformed(Subcode.Update.MalformedAsPath, $"{name}: segment of {count} AS numbers overruns the attribute");
             }
             uint[] asns = new uint[count];
             for (int i = 0; i < count; i++)
@@ -355,7 +355,7 @@ internal static class AttributeDecoder
         // "is it one of my addresses" is a session rule).
         if (nh == 0 || (nh >> 28) == 0xE || nh == uint.MaxValue)
         {
-            throw Malformed(Subcode.InvalidNextHop, $"NEXT_HOP {Prefix.V4(nh, 32).Address} is not a unicast address");
+            throw Malformed(Subcode.Update.InvalidNextHop, $"NEXT_HOP {Prefix.V4(nh, 32).Address} is not a unicast address");
         }
         b.NextHop = Prefix.V4(nh, 32);
     }
@@ -396,7 +396,7 @@ internal static class AttributeDecoder
     {
         if (v.Length % 4 != 0)
         {
-            throw Malformed(Subcode.AttributeLengthError, $"{name} of {v.Length} octets (not a multiple of 4)");
+            throw Malformed(Subcode.Update.AttributeLengthError, $"{name} of {v.Length} octets (not a multiple of 4)");
         }
         uint[] r = new uint[v.Length / 4];
         for (int i = 0; i < r.Length; i++)
@@ -411,7 +411,7 @@ internal static class AttributeDecoder
         // RFC 7606 §7.8: a length of zero or not a multiple of 4 is malformed.
         if (v.IsEmpty)
         {
-            throw Malformed(Subcode.OptionalAttributeError, "COMMUNITIES of 0 octets");
+            throw Malformed(Subcode.Update.OptionalAttributeError, "COMMUNITIES of 0 octets");
         }
         b.Communities = ReadUInts(v, "COMMUNITIES");
     }
@@ -420,7 +420,7 @@ internal static class AttributeDecoder
     {
         if (v.IsEmpty || v.Length % 12 != 0)
         {
-            throw Malformed(Subcode.OptionalAttributeError, $"LARGE_COMMUNITY of {v.Length} octets (not a non-zero multiple of 12)");
+            throw Malformed(Subcode.Update.OptionalAttributeError, $"LARGE_COMMUNITY of {v.Length} octets (not a non-zero multiple of 12)");
         }
         var r = new LargeCommunity[v.Length / 12];
         for (int i = 0; i < r.Length; i++)
@@ -441,7 +441,7 @@ internal static class AttributeDecoder
     {
         if (v.IsEmpty)
         {
-            throw Malformed(Subcode.AttributeLengthError, "CLUSTER_LIST of 0 octets");
+            throw Malformed(Subcode.Update.AttributeLengthError, "CLUSTER_LIST of 0 octets");
         }
         b.ClusterList = ReadUInts(v, "CLUSTER_LIST");
     }
@@ -451,14 +451,14 @@ internal static class AttributeDecoder
         UpdateMessage u = b.Update;
         if (v.Length < 5)
         {
-            throw Malformed(Subcode.OptionalAttributeError, $"MP_REACH_NLRI of {v.Length} octets");
+            throw Malformed(Subcode.Update.OptionalAttributeError, $"MP_REACH_NLRI of {v.Length} octets");
         }
         ushort afi = BinaryPrimitives.ReadUInt16BigEndian(v);
         byte safi = v[2];
         int nhLen = v[3];
         if (v.Length < 4 + nhLen + 1)
         {
-            throw Malformed(Subcode.OptionalAttributeError, $"MP_REACH_NLRI next hop of {nhLen} octets overruns the attribute");
+            throw Malformed(Subcode.Update.OptionalAttributeError, $"MP_REACH_NLRI next hop of {nhLen} octets overruns the attribute");
         }
         ReadOnlySpan<byte> nh = v.Slice(4, nhLen);
         ReadOnlySpan<byte> nlri = v[(4 + nhLen + 1)..];
@@ -469,13 +469,13 @@ internal static class AttributeDecoder
             return;
         }
         var family = (Afi)afi;
-        MessageDecoder.ReadPrefixes(nlri, family, u.MpReach, ErrorCode.UpdateMessage, Subcode.OptionalAttributeError, "MP_REACH_NLRI");
+        MessageDecoder.ReadPrefixes(nlri, family, u.MpReach, ErrorCode.UpdateMessage, Subcode.Update.OptionalAttributeError, "MP_REACH_NLRI");
         u.MpReachAfi = family;
         bool okLength = family == Afi.IPv4 ? nhLen == 4 : nhLen is 16 or 32;
         if (!okLength)
         {
             // The NLRI could be located, so RFC 7606 §7.11 lets the prefixes be withdrawn instead of the session reset.
-            MessageDecoder.MarkWithdraw(u, new BgpProtocolException(ErrorCode.UpdateMessage, Subcode.OptionalAttributeError,
+            MessageDecoder.MarkWithdraw(u, new BgpProtocolException(ErrorCode.UpdateMessage, Subcode.Update.OptionalAttributeError,
                 $"MP_REACH_NLRI next hop length {nhLen} for {family}", null, ErrorAction.TreatAsWithdraw));
             return;
         }
@@ -498,7 +498,7 @@ internal static class AttributeDecoder
         UpdateMessage u = b.Update;
         if (v.Length < 3)
         {
-            throw Malformed(Subcode.OptionalAttributeError, $"MP_UNREACH_NLRI of {v.Length} octets");
+            throw Malformed(Subcode.Update.OptionalAttributeError, $"MP_UNREACH_NLRI of {v.Length} octets");
         }
         ushort afi = BinaryPrimitives.ReadUInt16BigEndian(v);
         if (afi is not 1 and not 2 || v[2] != 1)
@@ -506,7 +506,7 @@ internal static class AttributeDecoder
             u.Discarded.Add($"MP_UNREACH_NLRI for AFI {afi} SAFI {v[2]}: not negotiated, ignored");
             return;
         }
-        MessageDecoder.ReadPrefixes(v[3..], (Afi)afi, u.MpUnreach, ErrorCode.UpdateMessage, Subcode.OptionalAttributeError, "MP_UNREACH_NLRI");
+        MessageDecoder.ReadPrefixes(v[3..], (Afi)afi, u.MpUnreach, ErrorCode.UpdateMessage, Subcode.Update.OptionalAttributeError, "MP_UNREACH_NLRI");
         u.HasMpUnreach = true;
         u.MpUnreachAfi = (Afi)afi;
     }

@@ -267,7 +267,7 @@ public sealed class BgpPeer
             // §6.8: a connection that collides with an Established one is closed.
             var c = new BgpConnection(stream, _speaker.Loop, _speaker.Time, Config.DisplayName, outgoing: false);
             c.Send(MessageEncoder.Notification(new NotificationMessage(ErrorCode.Cease,
-                _enabled ? Subcode.ConnectionCollisionResolution : Subcode.ConnectionRejected, ReadOnlyMemory<byte>.Empty)));
+                _enabled ? Subcode.Cease.ConnectionCollisionResolution : Subcode.Cease.ConnectionRejected, ReadOnlyMemory<byte>.Empty)));
             c.Start();
             c.Close(TimeSpan.FromSeconds(1));
             return;
@@ -363,7 +363,7 @@ public sealed class BgpPeer
         if (Config.SendStallLimit is { } limit && a.Connection.SendStalledFor > limit)
         {
             // A peer that has not read anything we queued for this long cannot keep up.
-            Fail(a, new BgpProtocolException(ErrorCode.Cease, Subcode.OutOfResources,
+            Fail(a, new BgpProtocolException(ErrorCode.Cease, Subcode.Cease.OutOfResources,
                 $"peer is not reading: {a.Connection.QueuedBytes} bytes queued and nothing sent for {a.Connection.SendStalledFor.TotalSeconds:0} s"));
             return;
         }
@@ -407,7 +407,7 @@ public sealed class BgpPeer
                     // routes stay, stale, as when its connection drops (RFC 4724 §4.2).
                     bool keep = a.State == SessionState.Established && NotificationNegotiated && !n.IsHardReset;
                     Log(BgpLogLevel.Warning, LastError + (keep ? "; graceful restart with notification (RFC 8538): keeping its routes as stale" : ""));
-                    Drop(a, graceful: n.Code == ErrorCode.Cease && n.Subcode == Subcode.ConnectionCollisionResolution ? null : keep);
+                    Drop(a, graceful: n.Code == ErrorCode.Cease && n.Subcode == Subcode.Cease.ConnectionCollisionResolution ? null : keep);
                     break;
                 case RouteRefreshMessage r:
                     if (a.State != SessionState.Established)
@@ -434,9 +434,9 @@ public sealed class BgpPeer
     private static BgpProtocolException FsmError(SessionState state, string what) =>
         new(ErrorCode.FiniteStateMachine, state switch
         {
-            SessionState.OpenSent => Subcode.UnexpectedInOpenSent,
-            SessionState.OpenConfirm => Subcode.UnexpectedInOpenConfirm,
-            _ => Subcode.UnexpectedInEstablished,
+            SessionState.OpenSent => Subcode.Fsm.UnexpectedInOpenSent,
+            SessionState.OpenConfirm => Subcode.Fsm.UnexpectedInOpenConfirm,
+            _ => Subcode.Fsm.UnexpectedInEstablished,
         }, $"unexpected {what} in {state}");
 
     private void OnOpen(Attempt a, OpenMessage open)
@@ -453,7 +453,7 @@ public sealed class BgpPeer
             if (open.GracefulRestart is null)
             {
                 // Not a graceful restart: the established session wins (RFC 4271 §6.8).
-                Close(a, new NotificationMessage(ErrorCode.Cease, Subcode.ConnectionCollisionResolution, ReadOnlyMemory<byte>.Empty), null);
+                Close(a, new NotificationMessage(ErrorCode.Cease, Subcode.Cease.ConnectionCollisionResolution, ReadOnlyMemory<byte>.Empty), null);
                 return;
             }
             // RFC 4724 §4.2: the peer restarted while its old session still looked up. The old TCP connection is closed
@@ -469,7 +469,7 @@ public sealed class BgpPeer
             bool keepOutgoing = _speaker.Config.RouterId > open.BgpIdentifier;
             Attempt loser = (a.Connection.Outgoing == keepOutgoing) ? other : a;
             Log(BgpLogLevel.Info, $"connection collision: keeping the {(keepOutgoing ? "outgoing" : "incoming")} connection");
-            Close(loser, new NotificationMessage(ErrorCode.Cease, Subcode.ConnectionCollisionResolution, ReadOnlyMemory<byte>.Empty), null);
+            Close(loser, new NotificationMessage(ErrorCode.Cease, Subcode.Cease.ConnectionCollisionResolution, ReadOnlyMemory<byte>.Empty), null);
             if (loser == a)
             {
                 return;
@@ -496,17 +496,17 @@ public sealed class BgpPeer
         // RFC 4271 §6.2 and RFC 6793 §4.1.
         if (open.As != Config.RemoteAs)
         {
-            throw new BgpProtocolException(ErrorCode.OpenMessage, Subcode.BadPeerAs,
+            throw new BgpProtocolException(ErrorCode.OpenMessage, Subcode.Open.BadPeerAs,
                 $"peer says AS {open.As}, configured AS {Config.RemoteAs}", [(byte)(open.MyAsField >> 8), (byte)open.MyAsField]);
         }
         if (open.BgpIdentifier == 0 || (!IsEbgp && open.BgpIdentifier == _speaker.Config.RouterId))
         {
-            throw new BgpProtocolException(ErrorCode.OpenMessage, Subcode.BadBgpIdentifier,
+            throw new BgpProtocolException(ErrorCode.OpenMessage, Subcode.Open.BadBgpIdentifier,
                 $"BGP identifier {open.RouterId} {(open.BgpIdentifier == 0 ? "is zero" : "is our own")}");
         }
         if (open.HoldTime is 1 or 2)
         {
-            throw new BgpProtocolException(ErrorCode.OpenMessage, Subcode.UnacceptableHoldTime, $"hold time {open.HoldTime} s (must be 0 or at least 3)");
+            throw new BgpProtocolException(ErrorCode.OpenMessage, Subcode.Open.UnacceptableHoldTime, $"hold time {open.HoldTime} s (must be 0 or at least 3)");
         }
     }
 
@@ -515,7 +515,7 @@ public sealed class BgpPeer
         // RFC 4271 §6.8: once one connection is established, the other goes.
         foreach (Attempt other in _attempts.Where(x => x != a).ToList())
         {
-            Close(other, new NotificationMessage(ErrorCode.Cease, Subcode.ConnectionCollisionResolution, ReadOnlyMemory<byte>.Empty), null);
+            Close(other, new NotificationMessage(ErrorCode.Cease, Subcode.Cease.ConnectionCollisionResolution, ReadOnlyMemory<byte>.Empty), null);
         }
         OpenMessage open = a.RemoteOpen!;
         a.State = SessionState.Established;
@@ -559,7 +559,7 @@ public sealed class BgpPeer
     /// BFD Down too: the path to the peer is gone, stale routes through it would lead nowhere. Administrative Reset and
     /// Other Configuration Change (a reset, the session comes back) stay graceful.</summary>
     private static bool EndsForGood(NotificationMessage n) => n.Code == ErrorCode.Cease
-        && n.Subcode is Subcode.MaximumPrefixesReached or Subcode.AdministrativeShutdown or Subcode.PeerDeconfigured or Subcode.BfdDown;
+        && n.Subcode is Subcode.Cease.MaximumPrefixesReached or Subcode.Cease.AdministrativeShutdown or Subcode.Cease.PeerDeconfigured or Subcode.Cease.BfdDown;
 
     /// <summary>What this speaker sends to end the established session <paramref name="a"/> with <paramref name="n"/>, and
     /// whether the peer's routes stay (stale): with the N bit negotiated, a Hard Reset around a NOTIFICATION that ends it for
@@ -727,7 +727,7 @@ public sealed class BgpPeer
     /// established session with graceful restart on both ends keeps our routes at the peer while we are away: closed
     /// with Cease / Administrative Reset when the N bit is negotiated (the peer learns why), else without a
     /// NOTIFICATION (any NOTIFICATION would make a peer without RFC 8538 withdraw them).</summary>
-    public void Stop(string? message, byte subcode = Subcode.AdministrativeShutdown, bool restarting = false) => Stop(message, subcode, restarting, resetting: false);
+    public void Stop(string? message, byte subcode = Subcode.Cease.AdministrativeShutdown, bool restarting = false) => Stop(message, subcode, restarting, resetting: false);
 
     private void Stop(string? message, byte subcode, bool restarting, bool resetting)
     {
@@ -743,7 +743,7 @@ public sealed class BgpPeer
             bool keep = false;
             if (restarting && a.State == SessionState.Established && GracefulRestartNegotiated)
             {
-                sent = NotificationNegotiated ? NotificationMessage.Shutdown(message, Subcode.AdministrativeReset) : null;
+                sent = NotificationNegotiated ? NotificationMessage.Shutdown(message, Subcode.Cease.AdministrativeReset) : null;
                 Log(BgpLogLevel.Info, sent is null
                     ? "closing without a NOTIFICATION: the peer keeps our routes while we restart (RFC 4724)"
                     : "closing with Cease / administrative reset: the peer keeps our routes while we restart (RFC 8538)");
@@ -777,7 +777,7 @@ public sealed class BgpPeer
         {
             return;
         }
-        Stop(message, Subcode.OtherConfigurationChange, restarting: false, resetting: true);
+        Stop(message, Subcode.Cease.OtherConfigurationChange, restarting: false, resetting: true);
         Start();
     }
 
@@ -805,7 +805,7 @@ public sealed class BgpPeer
         foreach (Attempt a in _attempts.ToList())
         {
             LastError = $"BFD: {reason}";
-            Close(a, ForSession(a, NotificationMessage.Shutdown(null, Subcode.BfdDown)).Sent, graceful: false);
+            Close(a, ForSession(a, NotificationMessage.Shutdown(null, Subcode.Cease.BfdDown)).Sent, graceful: false);
         }
         return true;
     }

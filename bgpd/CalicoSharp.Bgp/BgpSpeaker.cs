@@ -122,7 +122,7 @@ public sealed class BgpSpeaker : IAsyncDisposable
     public void RemovePeer(BgpPeer peer, string? message = null)
     {
         ArgumentNullException.ThrowIfNull(peer);
-        peer.Stop(message ?? "peer removed from the configuration", Subcode.PeerDeconfigured);
+        peer.Stop(message ?? "peer removed from the configuration", Subcode.Cease.PeerDeconfigured);
         _peers.Remove(peer);
         foreach (Socket l in _listeners)
         {

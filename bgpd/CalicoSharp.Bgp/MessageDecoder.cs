@@ -33,13 +33,13 @@ public static class MessageDecoder
         // RFC 4271 §6.1: the marker must be all ones.
         if (header[..16].ContainsAnyExcept((byte)0xFF))
         {
-            throw new BgpProtocolException(ErrorCode.MessageHeader, Subcode.ConnectionNotSynchronized, "the message marker is not all ones");
+            throw new BgpProtocolException(ErrorCode.MessageHeader, Subcode.Header.ConnectionNotSynchronized, "the message marker is not all ones");
         }
         length = BinaryPrimitives.ReadUInt16BigEndian(header[16..]);
         byte t = header[18];
         if (t is < 1 or > 5)
         {
-            throw new BgpProtocolException(ErrorCode.MessageHeader, Subcode.BadMessageType, $"unknown message type {t}", [t]);
+            throw new BgpProtocolException(ErrorCode.MessageHeader, Subcode.Header.BadMessageType, $"unknown message type {t}", [t]);
         }
         type = (MessageType)t;
         int min = type switch
@@ -55,7 +55,7 @@ public static class MessageDecoder
         int max = type is MessageType.Open or MessageType.Keepalive ? 4096 : maxLength;
         if (length < min || length > max || (exact && length != min))
         {
-            throw new BgpProtocolException(ErrorCode.MessageHeader, Subcode.BadMessageLength,
+            throw new BgpProtocolException(ErrorCode.MessageHeader, Subcode.Header.BadMessageLength,
                 $"{type} message with length {length} (allowed {min}{(exact ? "" : $"-{max}")})", [header[16], header[17]]);
         }
         return true;
@@ -69,7 +69,7 @@ public static class MessageDecoder
         MessageType.Notification => new NotificationMessage((ErrorCode)body[0], body[1], body[2..].ToArray()),
         MessageType.Keepalive => KeepaliveMessage.Instance,
         MessageType.RouteRefresh => DecodeRouteRefresh(body),
-        _ => throw new BgpProtocolException(ErrorCode.MessageHeader, Subcode.BadMessageType, $"unknown message type {(byte)type}", [(byte)type]),
+        _ => throw new BgpProtocolException(ErrorCode.MessageHeader, Subcode.Header.BadMessageType, $"unknown message type {(byte)type}", [(byte)type]),
     };
 
     /// <summary>Decodes one complete message including its header (tests, tools).</summary>
@@ -77,11 +77,11 @@ public static class MessageDecoder
     {
         if (!TryReadHeader(message, options.MaxMessageLength, out MessageType type, out int length))
         {
-            throw new BgpProtocolException(ErrorCode.MessageHeader, Subcode.BadMessageLength, $"a message needs at least {HeaderLength} octets, got {message.Length}");
+            throw new BgpProtocolException(ErrorCode.MessageHeader, Subcode.Header.BadMessageLength, $"a message needs at least {HeaderLength} octets, got {message.Length}");
         }
         if (length != message.Length)
         {
-            throw new BgpProtocolException(ErrorCode.MessageHeader, Subcode.BadMessageLength, $"header says {length} octets, got {message.Length}",
+            throw new BgpProtocolException(ErrorCode.MessageHeader, Subcode.Header.BadMessageLength, $"header says {length} octets, got {message.Length}",
                 [message[16], message[17]]);
         }
         return Decode(type, message[HeaderLength..], options);
@@ -92,7 +92,7 @@ public static class MessageDecoder
         if (body.Length != 4)
         {
             // RFC 7313 §5: a ROUTE-REFRESH whose length is not 23.
-            throw new BgpProtocolException(ErrorCode.RouteRefreshMessage, Subcode.InvalidRouteRefreshLength,
+            throw new BgpProtocolException(ErrorCode.RouteRefreshMessage, Subcode.RouteRefresh.InvalidRouteRefreshLength,
                 $"ROUTE-REFRESH with length {body.Length + HeaderLength}", body.ToArray());
         }
         return new RouteRefreshMessage((Afi)BinaryPrimitives.ReadUInt16BigEndian(body), (Safi)body[3], body[2]);
@@ -104,7 +104,7 @@ public static class MessageDecoder
         if (version != 4)
         {
             // RFC 4271 §6.2: data is the largest version we support, two octets.
-            throw new BgpProtocolException(ErrorCode.OpenMessage, Subcode.UnsupportedVersion, $"BGP version {version} (only 4 is supported)", [0, 4]);
+            throw new BgpProtocolException(ErrorCode.OpenMessage, Subcode.Open.UnsupportedVersion, $"BGP version {version} (only 4 is supported)", [0, 4]);
         }
         ushort myAs = BinaryPrimitives.ReadUInt16BigEndian(body[1..]);
         ushort hold = BinaryPrimitives.ReadUInt16BigEndian(body[3..]);
@@ -125,7 +125,7 @@ public static class MessageDecoder
     {
         if (optLen != opt.Length)
         {
-            throw new BgpProtocolException(ErrorCode.MessageHeader, Subcode.BadMessageLength,
+            throw new BgpProtocolException(ErrorCode.MessageHeader, Subcode.Header.BadMessageLength,
                 $"OPEN optional parameters length {optLen} but {opt.Length} octets follow");
         }
         var mp = new List<(Afi, Safi)>();
@@ -152,7 +152,7 @@ public static class MessageDecoder
             if (ptype != 2)
             {
                 // RFC 5492 §3: only capabilities (type 2) are defined; anything else is unsupported.
-                throw new BgpProtocolException(ErrorCode.OpenMessage, Subcode.UnsupportedOptionalParameter, $"unsupported optional parameter type {ptype}");
+                throw new BgpProtocolException(ErrorCode.OpenMessage, Subcode.Open.UnsupportedOptionalParameter, $"unsupported optional parameter type {ptype}");
             }
             while (!value.IsEmpty)
             {
@@ -232,7 +232,7 @@ public static class MessageDecoder
         int withdrawnLen = BinaryPrimitives.ReadUInt16BigEndian(body);
         if (2 + withdrawnLen + 2 > body.Length)
         {
-            throw new BgpProtocolException(ErrorCode.UpdateMessage, Subcode.MalformedAttributeList,
+            throw new BgpProtocolException(ErrorCode.UpdateMessage, Subcode.Update.MalformedAttributeList,
                 $"withdrawn routes length {withdrawnLen} overruns the UPDATE of {body.Length + HeaderLength} octets");
         }
         ReadOnlySpan<byte> withdrawn = body.Slice(2, withdrawnLen);
@@ -240,11 +240,11 @@ public static class MessageDecoder
         int attrStart = 4 + withdrawnLen;
         if (attrStart + attrLen > body.Length)
         {
-            throw new BgpProtocolException(ErrorCode.UpdateMessage, Subcode.MalformedAttributeList,
+            throw new BgpProtocolException(ErrorCode.UpdateMessage, Subcode.Update.MalformedAttributeList,
                 $"total path attribute length {attrLen} overruns the UPDATE of {body.Length + HeaderLength} octets");
         }
-        ReadPrefixes(withdrawn, Afi.IPv4, u.Withdrawn, ErrorCode.UpdateMessage, Subcode.InvalidNetworkField, "withdrawn routes");
-        ReadPrefixes(body[(attrStart + attrLen)..], Afi.IPv4, u.Nlri, ErrorCode.UpdateMessage, Subcode.InvalidNetworkField, "NLRI");
+        ReadPrefixes(withdrawn, Afi.IPv4, u.Withdrawn, ErrorCode.UpdateMessage, Subcode.Update.InvalidNetworkField, "withdrawn routes");
+        ReadPrefixes(body[(attrStart + attrLen)..], Afi.IPv4, u.Nlri, ErrorCode.UpdateMessage, Subcode.Update.InvalidNetworkField, "NLRI");
         if (attrLen > 0)
         {
             AttributeDecoder.Decode(body.Slice(attrStart, attrLen), options, u);
@@ -296,7 +296,7 @@ public static class MessageDecoder
             : (byte)0;
         if (missing != 0)
         {
-            MarkWithdraw(u, new BgpProtocolException(ErrorCode.UpdateMessage, Subcode.MissingWellKnownAttribute,
+            MarkWithdraw(u, new BgpProtocolException(ErrorCode.UpdateMessage, Subcode.Update.MissingWellKnownAttribute,
                 $"missing well-known attribute {AttributeDecoder.Name(missing)}", [missing], ErrorAction.TreatAsWithdraw));
         }
     }

@@ -48,7 +48,7 @@ public sealed class NotificationMessage : BgpMessage
     public ReadOnlyMemory<byte> Data { get; }
 
     /// <summary>Cease/administrative shutdown or reset with a message (RFC 8203: length octet, UTF-8, at most 255 octets).</summary>
-    public static NotificationMessage Shutdown(string? message, byte subcode = Bgp.Subcode.AdministrativeShutdown)
+    public static NotificationMessage Shutdown(string? message, byte subcode = Bgp.Subcode.Cease.AdministrativeShutdown)
     {
         if (string.IsNullOrEmpty(message))
         {
@@ -76,11 +76,11 @@ public sealed class NotificationMessage : BgpMessage
         data[0] = (byte)reason.Code;
         data[1] = reason.Subcode;
         reason.Data.Span.CopyTo(data.AsSpan(2));
-        return new NotificationMessage(ErrorCode.Cease, Bgp.Subcode.HardReset, data);
+        return new NotificationMessage(ErrorCode.Cease, Bgp.Subcode.Cease.HardReset, data);
     }
 
     /// <summary>Cease / Hard Reset (RFC 8538).</summary>
-    public bool IsHardReset => Code == ErrorCode.Cease && Subcode == Bgp.Subcode.HardReset;
+    public bool IsHardReset => Code == ErrorCode.Cease && Subcode == Bgp.Subcode.Cease.HardReset;
 
     /// <summary>The NOTIFICATION a Hard Reset stands for; null for any other message, or a Hard Reset too short to carry one.</summary>
     public NotificationMessage? Encapsulated => IsHardReset && Data.Length >= 2 ? new((ErrorCode)Data.Span[0], Data.Span[1], Data[2..]) : null;
@@ -90,7 +90,7 @@ public sealed class NotificationMessage : BgpMessage
     {
         get
         {
-            if (Code != ErrorCode.Cease || (Subcode != Bgp.Subcode.AdministrativeShutdown && Subcode != Bgp.Subcode.AdministrativeReset) || Data.Length == 0)
+            if (Code != ErrorCode.Cease || (Subcode != Bgp.Subcode.Cease.AdministrativeShutdown && Subcode != Bgp.Subcode.Cease.AdministrativeReset) || Data.Length == 0)
             {
                 return null;
             }

@@ -200,7 +200,7 @@ public sealed class Rib
             System.Buffers.Binary.BinaryPrimitives.WriteUInt16BigEndian(data, (ushort)(u.MpReach.Count > 0 ? u.MpReachAfi : Afi.IPv4));
             data[2] = 1;
             System.Buffers.Binary.BinaryPrimitives.WriteUInt32BigEndian(data.AsSpan(3), (uint)limit);
-            peer.Shutdown(new BgpProtocolException(ErrorCode.Cease, Subcode.MaximumPrefixesReached, $"more than {limit} prefixes", data));
+            peer.Shutdown(new BgpProtocolException(ErrorCode.Cease, Subcode.Cease.MaximumPrefixesReached, $"more than {limit} prefixes", data));
         }
         ScheduleFlush();
     }
@@ -868,7 +868,7 @@ public sealed class Rib
                 // RFC 4486 §4: a reset for a configuration change other than those with their own subcode is
                 // Cease / "Other Configuration Change".
                 _speaker.Log(BgpLogLevel.Warning, $"peer {peer.Config.DisplayName}: import policy widened and the peer has no route refresh (RFC 2918): resetting the session so it sends its routes again");
-                peer.Shutdown(new BgpProtocolException(ErrorCode.Cease, Subcode.OtherConfigurationChange,
+                peer.Shutdown(new BgpProtocolException(ErrorCode.Cease, Subcode.Cease.OtherConfigurationChange,
                     "import policy changed; the peer cannot be asked for its routes again without route refresh"));
             }
         }

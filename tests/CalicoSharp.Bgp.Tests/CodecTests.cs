@@ -53,7 +53,7 @@ public class CodecTests
         Assert.IsType<KeepaliveMessage>(Wire.Decode(MessageEncoder.Keepalive()));
         var n = Assert.IsType<NotificationMessage>(Wire.Decode(MessageEncoder.Notification(NotificationMessage.Shutdown("maintenance: back in 5 min"))));
         Assert.Equal(ErrorCode.Cease, n.Code);
-        Assert.Equal(Subcode.AdministrativeShutdown, n.Subcode);
+        Assert.Equal(Subcode.Cease.AdministrativeShutdown, n.Subcode);
         Assert.Equal("maintenance: back in 5 min", n.ShutdownText);
         Assert.Contains("administrative shutdown", n.ToString(), StringComparison.Ordinal);
         var r = Assert.IsType<RouteRefreshMessage>(Wire.Decode(MessageEncoder.RouteRefresh(new RouteRefreshMessage(Afi.IPv6, Safi.Unicast))));

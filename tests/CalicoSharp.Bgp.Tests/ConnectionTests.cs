@@ -55,6 +55,6 @@ public class ConnectionTests
         }
         var error = Assert.IsType<BgpProtocolException>(closedWith);
         Assert.Equal(ErrorCode.MessageHeader, error.Code);
-        Assert.Equal(Subcode.BadMessageType, error.Subcode);
+        Assert.Equal(Subcode.Header.BadMessageType, error.Subcode);
     }
 }

@@ -145,9 +145,9 @@ public class FsmTests
 
     public static TheoryData<string, uint, string, ushort, byte> BadOpens() => new()
     {
-        { "wrong AS", 65099, "10.0.0.1", 90, Subcode.BadPeerAs },
-        { "router id zero", 65001, "0.0.0.0", 90, Subcode.BadBgpIdentifier },
-        { "hold time 2", 65001, "10.0.0.1", 2, Subcode.UnacceptableHoldTime },
+        { "wrong AS", 65099, "10.0.0.1", 90, Subcode.Open.BadPeerAs },
+        { "router id zero", 65001, "0.0.0.0", 90, Subcode.Open.BadBgpIdentifier },
+        { "hold time 2", 65001, "10.0.0.1", 2, Subcode.Open.UnacceptableHoldTime },
     };
 
     [Theory]
@@ -174,7 +174,7 @@ public class FsmTests
         ScriptedPeer s = h.ConnectIn(peer);
         h.Next<OpenMessage>(s);
         s.SendOpen(64512, "10.0.0.254");
-        Assert.Equal(Subcode.BadBgpIdentifier, h.Expect<NotificationMessage>(s).Subcode);
+        Assert.Equal(Subcode.Open.BadBgpIdentifier, h.Expect<NotificationMessage>(s).Subcode);
     }
 
     [Fact]
@@ -186,7 +186,7 @@ public class FsmTests
         h.Next<OpenMessage>(s);
         s.Send(Wire.Message(MessageType.Open, 3, 0xFD, 0xE9, 0, 90, 10, 0, 0, 1, 0));
         NotificationMessage n = h.Expect<NotificationMessage>(s);
-        Assert.Equal((ErrorCode.OpenMessage, Subcode.UnsupportedVersion), (n.Code, n.Subcode));
+        Assert.Equal((ErrorCode.OpenMessage, Subcode.Open.UnsupportedVersion), (n.Code, n.Subcode));
         Assert.Equal(new byte[] { 0, 4 }, n.Data.ToArray());
     }
 
@@ -201,7 +201,7 @@ public class FsmTests
         h.Next<KeepaliveMessage>(s);
         s.Send(UpdateEncoder.EndOfRib(Afi.IPv4));
         NotificationMessage n = h.Expect<NotificationMessage>(s);
-        Assert.Equal((ErrorCode.FiniteStateMachine, Subcode.UnexpectedInOpenConfirm), (n.Code, n.Subcode));
+        Assert.Equal((ErrorCode.FiniteStateMachine, Subcode.Fsm.UnexpectedInOpenConfirm), (n.Code, n.Subcode));
     }
 
     [Fact]
@@ -213,7 +213,7 @@ public class FsmTests
         h.Next<OpenMessage>(s);
         s.Send(MessageEncoder.Keepalive());
         NotificationMessage n = h.Expect<NotificationMessage>(s);
-        Assert.Equal((ErrorCode.FiniteStateMachine, Subcode.UnexpectedInOpenSent), (n.Code, n.Subcode));
+        Assert.Equal((ErrorCode.FiniteStateMachine, Subcode.Fsm.UnexpectedInOpenSent), (n.Code, n.Subcode));
     }
 
     [Fact]
@@ -227,7 +227,7 @@ public class FsmTests
         bad[18] = 42;
         s.Send(bad);
         NotificationMessage n = h.Expect<NotificationMessage>(s);
-        Assert.Equal((ErrorCode.MessageHeader, Subcode.BadMessageType), (n.Code, n.Subcode));
+        Assert.Equal((ErrorCode.MessageHeader, Subcode.Header.BadMessageType), (n.Code, n.Subcode));
         Assert.NotEqual(SessionState.Established, peer.State);
     }
 
@@ -250,7 +250,7 @@ public class FsmTests
         ScriptedPeer loser = outgoingSurvives ? incoming : outgoing;
         ScriptedPeer winner = outgoingSurvives ? outgoing : incoming;
         NotificationMessage n = h.Expect<NotificationMessage>(loser);
-        Assert.Equal((ErrorCode.Cease, Subcode.ConnectionCollisionResolution), (n.Code, n.Subcode));
+        Assert.Equal((ErrorCode.Cease, Subcode.Cease.ConnectionCollisionResolution), (n.Code, n.Subcode));
         Assert.DoesNotContain(h.Drain(winner), m => m is NotificationMessage);
         winner.Send(MessageEncoder.Keepalive());
         h.Until(() => peer.State == SessionState.Established, "Established on the surviving connection");
@@ -271,7 +271,7 @@ public class FsmTests
         });
         ScriptedPeer s = h.Establish(peer, "10.0.0.1");
         int connects = h.Connects;
-        s.Send(MessageEncoder.Notification(new NotificationMessage(ErrorCode.Cease, Subcode.ConnectionCollisionResolution, ReadOnlyMemory<byte>.Empty)));
+        s.Send(MessageEncoder.Notification(new NotificationMessage(ErrorCode.Cease, Subcode.Cease.ConnectionCollisionResolution, ReadOnlyMemory<byte>.Empty)));
         h.Until(() => peer.State == SessionState.Idle, "Idle after the collision cease");
         h.Advance(TimeSpan.FromSeconds(4) + Tick);
         Assert.Equal(connects + 1, h.Connects);
@@ -286,7 +286,7 @@ public class FsmTests
         h.Drain(s);
         peer.Stop("node drained for maintenance");
         NotificationMessage n = h.Expect<NotificationMessage>(s);
-        Assert.Equal((ErrorCode.Cease, Subcode.AdministrativeShutdown), (n.Code, n.Subcode));
+        Assert.Equal((ErrorCode.Cease, Subcode.Cease.AdministrativeShutdown), (n.Code, n.Subcode));
         Assert.Equal("node drained for maintenance", n.ShutdownText);
         Assert.Equal(SessionState.Idle, peer.State);
         h.Advance(TimeSpan.FromMinutes(10));

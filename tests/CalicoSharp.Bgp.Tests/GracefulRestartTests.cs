@@ -130,7 +130,7 @@ public sealed class GracefulRestartTests
         h.Establish(a, "10.0.0.1", gracefulRestart: false);
         ScriptedPeer second = h.ConnectIn(a);
         NotificationMessage n = h.Expect<NotificationMessage>(second);
-        Assert.Equal((ErrorCode.Cease, Subcode.ConnectionCollisionResolution), (n.Code, n.Subcode));
+        Assert.Equal((ErrorCode.Cease, Subcode.Cease.ConnectionCollisionResolution), (n.Code, n.Subcode));
         Assert.Equal(SessionState.Established, a.State);
     }
 
@@ -194,16 +194,16 @@ public sealed class GracefulRestartTests
     /// the restart time ends); from a peer that did not, RFC 4724 applies and they go at once; a Hard Reset always
     /// takes them out.</summary>
     [Theory]
-    [InlineData(true, ErrorCode.Cease, Subcode.AdministrativeReset, true)]
-    [InlineData(true, ErrorCode.UpdateMessage, Subcode.MalformedAttributeList, true)]
-    [InlineData(false, ErrorCode.Cease, Subcode.AdministrativeReset, false)]
-    [InlineData(true, ErrorCode.Cease, Subcode.HardReset, false)]
+    [InlineData(true, ErrorCode.Cease, Subcode.Cease.AdministrativeReset, true)]
+    [InlineData(true, ErrorCode.UpdateMessage, Subcode.Update.MalformedAttributeList, true)]
+    [InlineData(false, ErrorCode.Cease, Subcode.Cease.AdministrativeReset, false)]
+    [InlineData(true, ErrorCode.Cease, Subcode.Cease.HardReset, false)]
     public async Task A_received_notification_keeps_the_routes_only_with_the_N_bit_on_both_ends_and_never_a_hard_reset(bool peerSetsN, ErrorCode code, byte subcode, bool kept)
     {
         await using var h = new Harness();
         (BgpPeer a, ScriptedPeer sa) = Restarting(h, Both(notification: peerSetsN));
         Assert.Equal(peerSetsN, a.NotificationNegotiated);
-        NotificationMessage n = subcode == Subcode.HardReset && code == ErrorCode.Cease
+        NotificationMessage n = subcode == Subcode.Cease.HardReset && code == ErrorCode.Cease
             ? NotificationMessage.HardReset(NotificationMessage.Shutdown("decommissioned"))
             : new NotificationMessage(code, subcode, ReadOnlyMemory<byte>.Empty);
         sa.Send(MessageEncoder.Notification(n));
@@ -242,8 +242,8 @@ public sealed class GracefulRestartTests
         sa.Announce(Attrs("10.0.0.1"), "10.2.0.0/24");
         NotificationMessage n = h.Expect<NotificationMessage>(sa);
         // RFC 8538 §4: Maximum Number of Prefixes Reached MUST go as a Hard Reset, which carries it.
-        Assert.Equal((ErrorCode.Cease, Subcode.HardReset), (n.Code, n.Subcode));
-        Assert.Equal((ErrorCode.Cease, Subcode.MaximumPrefixesReached), (n.Encapsulated!.Code, n.Encapsulated.Subcode));
+        Assert.Equal((ErrorCode.Cease, Subcode.Cease.HardReset), (n.Code, n.Subcode));
+        Assert.Equal((ErrorCode.Cease, Subcode.Cease.MaximumPrefixesReached), (n.Encapsulated!.Code, n.Encapsulated.Subcode));
         h.Until(() => a.State != SessionState.Established, "the session down");
         h.Pump();
         Assert.False(a.RoutesStale);
@@ -253,8 +253,8 @@ public sealed class GracefulRestartTests
     /// <summary>Stopping for good with the N bit negotiated: a Hard Reset (else the peer would keep our routes as stale);
     /// a planned restart: Cease / Administrative Reset, which the peer takes as a restart.</summary>
     [Theory]
-    [InlineData(false, Subcode.HardReset, Subcode.AdministrativeShutdown)]
-    [InlineData(true, Subcode.AdministrativeReset, null)]
+    [InlineData(false, Subcode.Cease.HardReset, Subcode.Cease.AdministrativeShutdown)]
+    [InlineData(true, Subcode.Cease.AdministrativeReset, null)]
     public async Task With_the_N_bit_a_stop_for_good_is_a_hard_reset_and_a_planned_restart_a_plain_cease(bool restarting, byte subcode, byte? inner)
     {
         await using var h = new Harness();
@@ -280,7 +280,7 @@ public sealed class GracefulRestartTests
         h.Speaker.ChangeIdentity(h.Speaker.Config.LocalAs, SpeakerConfig.ParseRouterId("10.0.0.253"), null, "router id changed");
         h.Until(() => sa.Closed, "the reset");
         NotificationMessage n = Assert.IsType<NotificationMessage>(Assert.Single(h.Drain(sa), m => m is NotificationMessage));
-        Assert.Equal((ErrorCode.Cease, Subcode.OtherConfigurationChange), (n.Code, n.Subcode));
+        Assert.Equal((ErrorCode.Cease, Subcode.Cease.OtherConfigurationChange), (n.Code, n.Subcode));
         h.Pump();
         Assert.True(a.RoutesStale);
         Assert.True(Best(h, "10.1.0.0/24")?.Stale);

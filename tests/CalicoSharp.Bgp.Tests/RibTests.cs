@@ -363,7 +363,7 @@ public class RibTests
         pools.Add(P("10.99.0.0/16"));
         h.Loop.Post(() => h.Speaker.Rib.Reimport(a, mayAcceptMore: true));
         NotificationMessage n = h.Expect<NotificationMessage>(sa);
-        Assert.Equal((ErrorCode.Cease, Subcode.OtherConfigurationChange), (n.Code, n.Subcode));
+        Assert.Equal((ErrorCode.Cease, Subcode.Cease.OtherConfigurationChange), (n.Code, n.Subcode));
         h.Until(() => a.State != SessionState.Established, "the session to go down");
         Assert.Contains(h.Log, l => l.Contains("route refresh", StringComparison.Ordinal));
     }
@@ -426,7 +426,7 @@ public class RibTests
         ScriptedPeer sa = h.Establish(a, "10.0.0.1");
         sa.Announce(Attrs("10.0.0.1", 65001), "10.1.0.0/24", "10.1.1.0/24", "10.1.2.0/24");
         NotificationMessage n = h.Expect<NotificationMessage>(sa);
-        Assert.Equal((ErrorCode.Cease, Subcode.MaximumPrefixesReached), (n.Code, n.Subcode));
+        Assert.Equal((ErrorCode.Cease, Subcode.Cease.MaximumPrefixesReached), (n.Code, n.Subcode));
         h.Until(() => a.PrefixesAccepted == 0, "the peer's routes to go");
     }
 
@@ -454,7 +454,7 @@ public class RibTests
 
         sa.Announce(Attrs("10.0.0.1", 65001), "10.244.3.0/26");
         NotificationMessage n = h.Expect<NotificationMessage>(sa);
-        Assert.Equal((ErrorCode.Cease, Subcode.MaximumPrefixesReached), (n.Code, n.Subcode));
+        Assert.Equal((ErrorCode.Cease, Subcode.Cease.MaximumPrefixesReached), (n.Code, n.Subcode));
         // RFC 4486 §4: AFI, SAFI and the upper bound.
         Assert.Equal(new byte[] { 0, 1, 1, 0, 0, 0, 2 }, n.Data.ToArray());
         Assert.Contains(h.Log, l => l.Contains("3 prefixes accepted, more than the limit of 2", StringComparison.Ordinal));

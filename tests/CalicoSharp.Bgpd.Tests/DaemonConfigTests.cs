@@ -226,7 +226,7 @@ public sealed class DaemonConfigTests : IAsyncLifetime
         // asNumber: it is in the OPEN, so the session is reset with Cease / Other Configuration Change.
         PutConfig(asNumber: 64513, listenPort: port2);
         await Until(() => Task.FromResult(first.Closed), "the session reset by the AS change");
-        Assert.Equal((ErrorCode.Cease, Subcode.OtherConfigurationChange), (first.Notification!.Code, first.Notification.Subcode));
+        Assert.Equal((ErrorCode.Cease, Subcode.Cease.OtherConfigurationChange), (first.Notification!.Code, first.Notification.Subcode));
         Assert.Equal(64513u, daemon.LocalAs);
         Assert.True(Logged("AS 64512 -> 64513: resetting 1 sessions (tor)"));
 
@@ -472,7 +472,7 @@ public sealed class DaemonConfigTests : IAsyncLifetime
         await tor.SendAsync(BgpTester.PrepareAnnouncements(65010, IPAddress.Parse("127.0.0.10"), 0x0BC80000, 1, 1));
         await Until(() => Task.FromResult(tor.Notification is not null), "the NOTIFICATION");
         NotificationMessage n = tor.Notification!;
-        Assert.Equal((ErrorCode.Cease, Subcode.MaximumPrefixesReached), (n.Code, n.Subcode));
+        Assert.Equal((ErrorCode.Cease, Subcode.Cease.MaximumPrefixesReached), (n.Code, n.Subcode));
         Assert.Equal(new byte[] { 0, 1, 1, 0x00, 0x01, 0x86, 0xA0 }, n.Data.ToArray());
         await Until(async () => await Accepted() == 0, "the peer's routes to go");
         lock (logLines)
