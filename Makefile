@@ -7,6 +7,8 @@ RID         ?= linux-x64
 OUT         ?= $(CURDIR)/out
 BIN         := $(OUT)/bin
 RESULTS     := $(OUT)/test-results
+# Each test etcd writes its process id here while it runs; make test stops what a crashed test left, by id
+TEST_PIDS   := $(OUT)/test-pids
 DEB_PACKAGES := etcd-server etcd-client bird2 containernetworking-plugins iproute2 iputils-ping netcat-openbsd curl podman runc busybox-static iptables nftables socat nghttp2-client
 PREFIX      ?= /usr/local
 CNI_BIN_DIR ?= /opt/cni/bin
@@ -41,12 +43,16 @@ publish: restore
 
 ## test: every test, unit and lab; prints 'N passed, N failed'
 test: deps build
-	@rm -rf $(RESULTS); mkdir -p $(RESULTS)
+	@rm -rf $(RESULTS); mkdir -p $(RESULTS) $(TEST_PIDS)
 	@status=0; \
-	dotnet test CalicoSharp.sln -c $(CONFIG) --no-build -nologo -m:1 \
+	CALICOSHARP_TEST_PID_DIR=$(TEST_PIDS) dotnet test CalicoSharp.sln -c $(CONFIG) --no-build -nologo -m:1 \
 	  --logger "trx" --logger "console;verbosity=minimal" --results-directory $(RESULTS) \
 	  $(if $(FILTER),--filter "$(FILTER)") || status=$$?; \
-	pkill -f -- '--name [c]alicosharp-test-etcd' 2>/dev/null || true; \
+	for f in $(TEST_PIDS)/*.pid; do \
+	  [ -f "$$f" ] || continue; pid=$$(cat "$$f"); \
+	  if grep -qa -- '--name.calicosharp-test-etcd' /proc/$$pid/cmdline 2>/dev/null; then kill $$pid 2>/dev/null || true; fi; \
+	  rm -f "$$f"; \
+	done; \
 	passed=0; failed=0; skipped=0; \
 	for f in $(RESULTS)/*.trx; do \
 	  [ -f "$$f" ] || continue; \

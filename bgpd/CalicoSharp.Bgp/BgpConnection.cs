@@ -5,8 +5,10 @@ namespace CalicoSharp.Bgp;
 
 /// <summary>
 /// One TCP connection to a peer: a read task that frames and decodes messages and hands them to the event
-/// loop (at most <see cref="ReadCredits"/> unprocessed at a time, so a fast sender is slowed by TCP, not
-/// buffered without bound), and a write pump that drains what the loop wrote. The loop writes through
+/// loop in batches of up to <see cref="Batch"/> (one work item per batch, not per message; at most
+/// <see cref="ReadCredits"/> messages unprocessed at a time, so a fast sender is slowed by TCP, not buffered
+/// without bound), and a write pump that drains what the loop wrote. UPDATE messages are recycled once the
+/// loop has handled them: a handler must not keep one. The loop writes through
 /// <see cref="Output"/> and watches <see cref="QueuedBytes"/>: a peer that stops reading stops receiving new
 /// UPDATEs (its changes wait in the RIB), and never stalls the loop or the other peers.
 /// </summary>
@@ -14,11 +16,20 @@ public sealed class BgpConnection : IAsyncDisposable
 {
     public const int ReadCredits = 128;
 
+    /// <summary>Messages handed to the loop in one work item (as many as the bytes at hand hold, up to this).</summary>
+    public const int Batch = 32;
+
+    /// <summary>UPDATEs kept for reuse: what can be in flight, plus a batch being decoded; only small ones (room for at
+    /// most <see cref="SpareUpdateCapacity"/> prefixes), where the lists cost most per prefix and keeping them little.</summary>
+    private const int SpareUpdates = ReadCredits + Batch;
+    private const int SpareUpdateCapacity = 64;
+
     private readonly Stream _stream;
     private readonly IEventLoop _loop;
     private readonly TimeProvider _time;
     private readonly Pipe _out = new(new PipeOptions(pauseWriterThreshold: 0, resumeWriterThreshold: 0, minimumSegmentSize: 64 * 1024, useSynchronizationContext: false));
-    private readonly SemaphoreSlim _credits = new(ReadCredits);
+    private readonly SemaphoreSlim _credits = new(ReadCredits / Batch);
+    private readonly Stack<UpdateMessage> _spareUpdates = new();
     private readonly CancellationTokenSource _cts = new();
     private Task? _reader;
     private Task? _writer;
@@ -55,7 +66,8 @@ public sealed class BgpConnection : IAsyncDisposable
     /// <summary>Time since the pump last got bytes out while some were waiting (zero when nothing waits).</summary>
     public TimeSpan SendStalledFor => QueuedBytes == 0 ? TimeSpan.Zero : _time.GetElapsedTime(Interlocked.Read(ref _lastSent));
 
-    /// <summary>Message handler (runs on the loop).</summary>
+    /// <summary>Message handler (runs on the loop). An <see cref="UpdateMessage"/> is reused for a later message once the
+    /// handler returns: keep what it holds (its attributes, copies of its prefixes), never the message or its lists.</summary>
     public Action<BgpConnection, BgpMessage>? OnMessage { get; set; }
 
     /// <summary>Called on the loop when reading stops: null for an orderly close, else the error.</summary>
@@ -147,11 +159,29 @@ public sealed class BgpConnection : IAsyncDisposable
                 {
                     Interlocked.Exchange(ref _lastReceived, _time.GetTimestamp());
                 }
-                while (TryTakeMessage(ref buffer, scratch, out BgpMessage? message))
+                BgpMessage[]? batch = null;
+                int count = 0;
+                try
                 {
-                    await _credits.WaitAsync(_cts.Token).ConfigureAwait(false);
-                    BgpMessage m = message!;
-                    _loop.Post(() => Deliver(m));
+                    while (TryTakeMessage(ref buffer, scratch, out BgpMessage? message))
+                    {
+                        batch ??= new BgpMessage[Batch];
+                        batch[count++] = message!;
+                        if (count == Batch)
+                        {
+                            await PostAsync(batch, count).ConfigureAwait(false);
+                            batch = null;
+                            count = 0;
+                        }
+                    }
+                }
+                finally
+                {
+                    // Also when the next message failed to decode: those before it are handled first.
+                    if (count > 0)
+                    {
+                        await PostAsync(batch!, count).ConfigureAwait(false);
+                    }
                 }
                 reader.AdvanceTo(buffer.Start, buffer.End);
                 if (result.IsCompleted)
@@ -191,13 +221,33 @@ public sealed class BgpConnection : IAsyncDisposable
         }
     }
 
-    private void Deliver(BgpMessage m)
+    private async Task PostAsync(BgpMessage[] batch, int count)
+    {
+        await _credits.WaitAsync(_cts.Token).ConfigureAwait(false);
+        _loop.Post(() => Deliver(batch, count));
+    }
+
+    private void Deliver(BgpMessage[] batch, int count)
     {
         try
         {
-            if (!Closed)
+            for (int i = 0; i < count; i++)
             {
-                OnMessage?.Invoke(this, m);
+                BgpMessage m = batch[i];
+                if (!Closed)
+                {
+                    OnMessage?.Invoke(this, m);
+                }
+                if (m is UpdateMessage u && u.PrefixCapacity <= SpareUpdateCapacity)
+                {
+                    lock (_spareUpdates)
+                    {
+                        if (_spareUpdates.Count < SpareUpdates)
+                        {
+                            _spareUpdates.Push(u);
+                        }
+                    }
+                }
             }
         }
         finally
@@ -236,7 +286,15 @@ public sealed class BgpConnection : IAsyncDisposable
             body.CopyTo(scratch);
             span = scratch.AsSpan(0, (int)body.Length);
         }
-        message = MessageDecoder.Decode(type, span, options);
+        UpdateMessage? reuse = null;
+        if (type == MessageType.Update)
+        {
+            lock (_spareUpdates)
+            {
+                _spareUpdates.TryPop(out reuse);
+            }
+        }
+        message = MessageDecoder.Decode(type, span, options, reuse);
         buffer = buffer.Slice(length);
         return true;
     }

@@ -127,6 +127,9 @@ public sealed class BgpPeer
 
     internal NativeQueue<int> Pending { get; } = new();
 
+    /// <summary>The export's encoder, kept from one export to the next (replaced when the codec options change).</summary>
+    internal UpdateEncoder? Encoder { get; set; }
+
     /// <summary>End-of-RIB still owed to the peer for the initial table transfer.</summary>
     internal bool EndOfRibOwed { get; set; }
 

@@ -441,6 +441,15 @@ public sealed class Rib
 
     private readonly List<int> _emptied = [];
 
+    // Export's working sets, reused from one export to the next (the loop runs one export at a time).
+    private const int MaxSpareLists = ExportBatch;
+    private const int MaxSpareCapacity = 64;
+    private readonly Dictionary<PathAttributes, List<Prefix>> _exportGroups = [];
+    private readonly Dictionary<(BgpPeer?, PathAttributes, Afi), PathAttributes?> _exportCache = [];
+    private readonly List<Prefix> _withdraw4 = [];
+    private readonly List<Prefix> _withdraw6 = [];
+    private readonly Stack<List<Prefix>> _spareLists = new();
+
     private void FlushEmpty()
     {
         foreach (int e in _emptied)
@@ -461,11 +470,18 @@ public sealed class Rib
         {
             return;
         }
-        var encoder = new UpdateEncoder(conn.Options);
-        var groups = new Dictionary<PathAttributes, List<Prefix>>();
-        var withdraw4 = new List<Prefix>();
-        var withdraw6 = new List<Prefix>();
-        var cache = new Dictionary<(BgpPeer?, PathAttributes, Afi), PathAttributes?>();
+        // The encoder (its 64 KiB attribute buffer) lives with the peer, the working sets with the RIB: an export runs
+        // after every batch of received UPDATEs, and allocating them each time was most of what an UPDATE cost the GC.
+        UpdateEncoder encoder = peer.Encoder is { } e0 && e0.Options == conn.Options ? e0 : peer.Encoder = new UpdateEncoder(conn.Options);
+        Dictionary<PathAttributes, List<Prefix>> groups = _exportGroups;
+        List<Prefix> withdraw4 = _withdraw4;
+        List<Prefix> withdraw6 = _withdraw6;
+        Dictionary<(BgpPeer?, PathAttributes, Afi), PathAttributes?> cache = _exportCache;
+        // Empty unless an export failed half-way: nothing of it may reach this peer.
+        groups.Clear();
+        cache.Clear();
+        withdraw4.Clear();
+        withdraw6.Clear();
         int exported = 0;
         while (peer.Pending.Count > 0)
         {
@@ -500,7 +516,7 @@ public sealed class Rib
                 }
                 if (!groups.TryGetValue(out_, out List<Prefix>? list))
                 {
-                    list = [];
+                    list = _spareLists.Count > 0 ? _spareLists.Pop() : [];
                     groups[out_] = list;
                 }
                 list.Add(prefix);
@@ -533,6 +549,11 @@ public sealed class Rib
                     }
                     start = end;
                 }
+                if (_spareLists.Count < MaxSpareLists && prefixes.Capacity <= MaxSpareCapacity)
+                {
+                    prefixes.Clear();
+                    _spareLists.Push(prefixes);
+                }
             }
             groups.Clear();
             cache.Clear();
@@ -540,8 +561,11 @@ public sealed class Rib
         }
         if (exported > 4 * ExportBatch)
         {
-            // A big transfer is over: give back the queue's memory.
+            // A big transfer is over: give back the queue's memory and the working sets'.
             peer.Pending.TrimExcess();
+            _spareLists.Clear();
+            _exportGroups.TrimExcess();
+            _exportCache.TrimExcess();
         }
         if (peer.EndOfRibOwed)
         {

@@ -61,6 +61,9 @@ public sealed class UpdateMessage : BgpMessage
             : Attributes with { NextHop = MpNextHop, LinkLocalNextHop = MpLinkLocalNextHop };
     }
 
+    /// <summary>Prefixes the lists hold room for: what keeping this message for reuse keeps in memory.</summary>
+    internal int PrefixCapacity => Withdrawn.Capacity + Nlri.Capacity + MpReach.Capacity + MpUnreach.Capacity;
+
     public void Clear()
     {
         Withdrawn.Clear();

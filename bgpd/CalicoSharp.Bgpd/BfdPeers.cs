@@ -122,8 +122,9 @@ public sealed record BfdConfigResource(string Name, Selector? NodeSelector, stri
 }
 
 /// <summary>
-/// bgpd's BFD: one session per BGP peer that has it on (RFC 5882), on the speaker's event loop; a session that goes
-/// down from Up takes its BGP session down at once. Which peers get BFD, and with which timers, follows the
+/// bgpd's BFD: one session per BGP peer that has it on (RFC 5882), all run by one <see cref="BfdLoop"/> thread; a
+/// session that goes down from Up takes its BGP session down at once (posted to the speaker's event loop). The
+/// methods here run on the speaker's loop and reach the sessions under the BFD loop's lock. Which peers get BFD, and with which timers, follows the
 /// configuration: a BFDConfiguration that selects this node and matches the interface toward the peer, and the
 /// file's per-peer <c>bfd</c> switch. Timer changes reach running sessions by a Poll Sequence, never by a BGP reset.
 /// </summary>
@@ -132,7 +133,9 @@ public sealed class BfdPeers : IDisposable
     private readonly BgpSpeaker _speaker;
     private readonly Action<BgpLogLevel, string> _log;
     private readonly BfdUdpTransport? _udp;
+    private readonly BfdLoop _loop;
     private readonly Dictionary<IPAddress, string> _configuredBy = [];
+    private long _bgpSessionsClosed;
 
     public BfdPeers(BgpSpeaker speaker, Action<BgpLogLevel, string> log, IBfdTransport? transport = null)
     {
@@ -144,16 +147,18 @@ public sealed class BfdPeers : IDisposable
             _udp = new BfdUdpTransport(log);
             transport = _udp;
         }
-        Endpoint = new BfdEndpoint(speaker.Time, speaker.Loop, transport);
+        _loop = new BfdLoop(speaker.Time, transport, _udp, e => log(BgpLogLevel.Error, $"BFD: {e}"));
+        Endpoint = _loop.Endpoint;
         Endpoint.StateChanged += OnStateChanged;
     }
 
-    private bool _listening;
-
+    /// <summary>The sessions; touch them only inside <see cref="BfdLoop.Invoke"/> of <see cref="Loop"/> or on its thread.</summary>
     public BfdEndpoint Endpoint { get; }
 
+    public BfdLoop Loop => _loop;
+
     /// <summary>BGP sessions BFD took down.</summary>
-    public long BgpSessionsClosed { get; private set; }
+    public long BgpSessionsClosed => Interlocked.Read(ref _bgpSessionsClosed);
 
     /// <summary>Session state changes, by the state entered.</summary>
     public long TransitionsTo(BfdState state) => _transitions[(int)state];
@@ -210,12 +215,16 @@ public sealed class BfdPeers : IDisposable
                 desired[p.Address] = (p, r.Timers, r.Source);
             }
         }
-        if (desired.Count > 0 && !_listening)
+        if (desired.Count > 0)
         {
-            // Port 3784 and the receive thread only once some peer has BFD.
-            _listening = true;
-            _udp?.Start((datagram, source, ttl) => _speaker.Loop.Post(() => Endpoint.Receive(datagram, source, ttl)));
+            // Port 3784 and the BFD thread only once some peer has BFD.
+            _loop.Start();
         }
+        _loop.Invoke(() => Reconcile(desired));
+    }
+
+    private void Reconcile(Dictionary<IPAddress, (PeerConfig Peer, BfdTimers Timers, string Source)> desired)
+    {
         foreach (BfdSession s in Endpoint.Sessions.Where(s => !desired.ContainsKey(s.Peer)).ToList())
         {
             _log(BgpLogLevel.Info, $"BFD {s.Name}: no longer configured, session removed (AdminDown sent)");
@@ -240,7 +249,9 @@ public sealed class BfdPeers : IDisposable
     }
 
     /// <summary>The session to <paramref name="peer"/> as node status shows it; null without BFD. On the loop.</summary>
-    public Proto.BfdSession? Describe(IPAddress peer)
+    public Proto.BfdSession? Describe(IPAddress peer) => _loop.Invoke(() => DescribeLocked(peer));
+
+    private Proto.BfdSession? DescribeLocked(IPAddress peer)
     {
         if (Endpoint.Find(peer) is not { } s)
         {
@@ -319,16 +330,25 @@ public sealed class BfdPeers : IDisposable
         _log(s.State == BfdState.Up || old != BfdState.Up ? BgpLogLevel.Info : BgpLogLevel.Warning,
             $"BFD {s.Name}: {old} -> {s.State}{(why.Length > 0 && s.State != BfdState.Up ? $": {why}" : "")}");
         // RFC 5882 §3.2: Up to Down is a failure of the path, unless the peer said AdminDown (then it is no failure).
-        if (old == BfdState.Up && s.State == BfdState.Down && s.RemoteState != BfdState.AdminDown
-            && _speaker.FindPeer(s.Peer) is { } peer && peer.CloseForBfd($"session down: {why}"))
+        // On the BFD thread: the BGP session is the speaker's, so its loop closes it.
+        if (old == BfdState.Up && s.State == BfdState.Down && s.RemoteState != BfdState.AdminDown)
         {
-            BgpSessionsClosed++;
-            _log(BgpLogLevel.Warning, $"peer {peer.Config.DisplayName}: BFD session down ({why}): BGP session taken down, its routes withdrawn");
+            IPAddress address = s.Peer;
+            _speaker.Loop.Post(() =>
+            {
+                if (_speaker.FindPeer(address) is { } peer && peer.CloseForBfd($"session down: {why}"))
+                {
+                    Interlocked.Increment(ref _bgpSessionsClosed);
+                    _log(BgpLogLevel.Warning, $"peer {peer.Config.DisplayName}: BFD session down ({why}): BGP session taken down, its routes withdrawn");
+                }
+            });
         }
     }
 
     /// <summary>The BFD metrics (Prometheus text format), on the loop.</summary>
-    internal void RenderMetrics(System.Text.StringBuilder sb, Action<string, string, string> metric)
+    internal void RenderMetrics(System.Text.StringBuilder sb, Action<string, string, string> metric) => _loop.Invoke(() => RenderMetricsLocked(sb, metric));
+
+    private void RenderMetricsLocked(System.Text.StringBuilder sb, Action<string, string, string> metric)
     {
         metric("calicosharp_bfd_sessions", "gauge", "BFD sessions by state.");
         foreach (BfdState st in Enum.GetValues<BfdState>())
@@ -359,16 +379,17 @@ public sealed class BfdPeers : IDisposable
     }
 
     /// <summary>A planned stop: every session tells its peer AdminDown, so the peer sees no failure (RFC 5880 §6.8.16).</summary>
-    public void Stop()
+    public void Stop() => _loop.Invoke(() =>
     {
         foreach (BfdSession s in Endpoint.Sessions.ToList())
         {
             Endpoint.Remove(s);
         }
-    }
+    });
 
     public void Dispose()
     {
+        _loop.Dispose();
         Endpoint.Clear();
         _udp?.Dispose();
     }

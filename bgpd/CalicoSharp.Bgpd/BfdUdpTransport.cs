@@ -10,8 +10,9 @@ namespace CalicoSharp.Bgpd;
 /// <summary>
 /// BFD over UDP for single-hop sessions (RFC 5881): packets to port 3784 with TTL 255, each session from a source
 /// port of its own in 49152–65535 (§4); received on one socket per address family bound to 3784, with the TTL (hop
-/// limit) each packet arrived with (IP_RECVTTL, IPV6_RECVHOPLIMIT), which the endpoint checks (§5). One receive
-/// thread serves every session (poll on both sockets); sends are non-blocking and happen on the event loop.
+/// limit) each packet arrived with (IP_RECVTTL, IPV6_RECVHOPLIMIT), which the endpoint checks (§5). It has no thread:
+/// <see cref="BfdLoop"/> polls the receiving sockets and calls <see cref="ReceiveAll"/>; sends are non-blocking and
+/// happen on that loop.
 /// </summary>
 public sealed unsafe partial class BfdUdpTransport : IBfdTransport, IDisposable
 {
@@ -23,15 +24,12 @@ public sealed unsafe partial class BfdUdpTransport : IBfdTransport, IDisposable
     private const int IpTtlCmsg = 2;
     private const int Ipv6RecvHopLimit = 51;
     private const int Ipv6HopLimitCmsg = 52;
-    private const int PollIn = 1;
     private const int MsgDontWait = 0x40;
 
     private readonly Dictionary<BfdSession, (Socket Socket, SocketAddress To)> _tx = [];
     private readonly List<Socket> _rx = [];
     private readonly Action<BgpLogLevel, string> _log;
     private readonly HashSet<string> _reported = [];
-    private Thread? _thread;
-    private volatile bool _stopping;
     private int _nextPort;
 
     public BfdUdpTransport(Action<BgpLogLevel, string> log, int port = ControlPort)
@@ -47,11 +45,16 @@ public sealed unsafe partial class BfdUdpTransport : IBfdTransport, IDisposable
     /// <summary>Datagrams that could not be sent (no route, the interface down), counted, never thrown.</summary>
     public long SendErrors { get; private set; }
 
-    /// <summary>Opens the receiving sockets and starts the receive thread, which hands each datagram, its source and
-    /// TTL to <paramref name="deliver"/> (posted to the event loop by the caller).</summary>
-    public void Start(Action<byte[], IPAddress, int> deliver)
+    /// <summary>The receiving sockets' descriptors (none before <see cref="Listen"/>, or when neither family could bind).</summary>
+    public IReadOnlyList<int> ReceiveDescriptors { get; private set; } = [];
+
+    /// <summary>Opens the receiving sockets, one per address family, bound to <see cref="Port"/>; once.</summary>
+    public void Listen()
     {
-        ArgumentNullException.ThrowIfNull(deliver);
+        if (_rx.Count > 0)
+        {
+            return;
+        }
         foreach (AddressFamily family in new[] { AddressFamily.InterNetwork, AddressFamily.InterNetworkV6 })
         {
             var s = new Socket(family, SocketType.Dgram, ProtocolType.Udp);
@@ -78,8 +81,7 @@ public sealed unsafe partial class BfdUdpTransport : IBfdTransport, IDisposable
                     $"BFD: cannot receive {(family == AddressFamily.InterNetwork ? "IPv4" : "IPv6")} on UDP port {Port}: {e.Message}");
             }
         }
-        _thread = new Thread(() => ReceiveLoop(deliver)) { IsBackground = true, Name = "bfd-rx" };
-        _thread.Start();
+        ReceiveDescriptors = [.. _rx.Select(s => (int)s.SafeHandle.DangerousGetHandle())];
     }
 
     private static byte[] Int(int v)
@@ -89,50 +91,28 @@ public sealed unsafe partial class BfdUdpTransport : IBfdTransport, IDisposable
         return b;
     }
 
-    private void ReceiveLoop(Action<byte[], IPAddress, int> deliver)
+    /// <summary>Hands every datagram waiting on the receiving socket <paramref name="fd"/> to the endpoint, with its
+    /// source and TTL; returns how many.</summary>
+    public int ReceiveAll(int fd, BfdEndpoint endpoint)
     {
-        int n = _rx.Count;
-        if (n == 0)
-        {
-            return;
-        }
-        PollFd* fds = stackalloc PollFd[n];
+        ArgumentNullException.ThrowIfNull(endpoint);
         byte* buffer = stackalloc byte[512];
         byte* name = stackalloc byte[128];
         byte* control = stackalloc byte[128];
-        while (!_stopping)
+        int count = 0;
+        while (true)
         {
-            for (int i = 0; i < n; i++)
+            var iov = new IoVec { Base = buffer, Length = 512 };
+            var msg = new MsgHdr { Name = name, NameLength = 128, Iov = &iov, IovLength = 1, Control = control, ControlLength = 128 };
+            nint got = recvmsg(fd, &msg, MsgDontWait);
+            if (got < 0)
             {
-                fds[i] = new PollFd { Fd = (int)_rx[i].SafeHandle.DangerousGetHandle(), Events = PollIn };
+                return count;
             }
-            // Woken at least every 250 ms to notice a stop.
-            if (poll(fds, (nuint)n, 250) <= 0)
+            count++;
+            if (Source(name, msg.NameLength) is { } source)
             {
-                continue;
-            }
-            for (int i = 0; i < n; i++)
-            {
-                if ((fds[i].Revents & PollIn) == 0)
-                {
-                    continue;
-                }
-                while (!_stopping)
-                {
-                    var iov = new IoVec { Base = buffer, Length = 512 };
-                    var msg = new MsgHdr { Name = name, NameLength = 128, Iov = &iov, IovLength = 1, Control = control, ControlLength = 128 };
-                    nint got = recvmsg(fds[i].Fd, &msg, MsgDontWait);
-                    if (got < 0)
-                    {
-                        break;
-                    }
-                    IPAddress? source = Source(name, msg.NameLength);
-                    int ttl = Ttl(&msg);
-                    if (source is not null)
-                    {
-                        deliver(new ReadOnlySpan<byte>(buffer, (int)got).ToArray(), source, ttl);
-                    }
-                }
+                endpoint.Receive(new ReadOnlySpan<byte>(buffer, (int)got), source, Ttl(&msg));
             }
         }
     }
@@ -274,25 +254,17 @@ public sealed unsafe partial class BfdUdpTransport : IBfdTransport, IDisposable
 
     public void Dispose()
     {
-        _stopping = true;
-        _thread?.Join(TimeSpan.FromSeconds(2));
+        ReceiveDescriptors = [];
         foreach (Socket s in _rx)
         {
             s.Dispose();
         }
+        _rx.Clear();
         foreach ((Socket s, _) in _tx.Values)
         {
             s.Dispose();
         }
         _tx.Clear();
-    }
-
-    [StructLayout(LayoutKind.Sequential)]
-    private struct PollFd
-    {
-        public int Fd;
-        public short Events;
-        public short Revents;
     }
 
     [StructLayout(LayoutKind.Sequential)]
@@ -321,9 +293,6 @@ public sealed unsafe partial class BfdUdpTransport : IBfdTransport, IDisposable
         public int Level;
         public int Type;
     }
-
-    [LibraryImport(LibC, SetLastError = true)]
-    private static partial int poll(PollFd* fds, nuint count, int timeout);
 
     [LibraryImport(LibC, SetLastError = true)]
     private static partial nint recvmsg(int fd, MsgHdr* msg, int flags);

@@ -6,7 +6,15 @@ using CalicoSharp.Ipam;
 namespace CalicoSharp.Bgpd;
 
 /// <summary>A nodes resource as bgpd needs it.</summary>
-public sealed record NodeInfo(string Name, IPAddress? Ipv4, IPAddress? Ipv6, uint? AsNumber, string? ClusterId, IReadOnlyDictionary<string, string> Labels);
+public sealed record NodeInfo(string Name, IPAddress? Ipv4, IPAddress? Ipv6, uint? AsNumber, string? ClusterId, IReadOnlyDictionary<string, string> Labels)
+{
+    /// <summary><c>spec.bgp.ipv4Address</c> as written (null: absent or not a string): this node's own is checked
+    /// by the daemon, which says what it does with a bad one.</summary>
+    public string? Ipv4Text { get; init; }
+
+    /// <summary><c>spec.bgp.ipv6Address</c> as written.</summary>
+    public string? Ipv6Text { get; init; }
+}
 
 /// <summary>A bgppeers resource (Calico's spec fields).</summary>
 public sealed record PeerResource(string Name, string? PeerIP, uint AsNumber, string? Node, string? NodeSelector, string? PeerSelector,
@@ -64,7 +72,17 @@ public sealed record ClusterSnapshot(
 
     /// <summary>Calico Enterprise's BFDConfiguration resources, by name, each checked whole.</summary>
     public IReadOnlyList<BfdConfigResource> BfdConfigurations { get; init; } = [];
+
+    /// <summary>Every pool with its <c>natOutgoing</c> and <c>disabled</c> (NatOutgoing.cs).</summary>
+    public IReadOnlyList<NatPool> NatPools { get; init; } = [];
+
+    /// <summary>The default bgpconfiguration's <c>serviceClusterIPs</c>, <c>serviceExternalIPs</c> and
+    /// <c>serviceLoadBalancerIPs</c> (each a list of <c>{cidr}</c>), as written; the daemon checks them.</summary>
+    public IReadOnlyList<ServiceRange> ServiceRanges { get; init; } = [];
 }
+
+/// <summary>One <c>{cidr}</c> entry of a bgpconfiguration's service lists: the list's name and the CIDR as written.</summary>
+public sealed record ServiceRange(string Kind, string Cidr);
 
 /// <summary>
 /// Reads bgpconfigurations, bgppeers, nodes, ippools and this node's block affinities in one etcd round trip
@@ -106,6 +124,7 @@ public sealed class EtcdClusterSource
         int? port = null;
         var communityNames = new Dictionary<string, string>(StringComparer.Ordinal);
         var advertisements = new List<PrefixAdvertisement>();
+        var serviceRanges = new List<ServiceRange>();
         foreach (KvEntry e in r[0])
         {
             // Calico reads the "default" configuration (a node-specific one, "node.<name>", overrides listenPort).
@@ -124,6 +143,7 @@ public sealed class EtcdClusterSource
                     if (name == "default")
                     {
                         ReadCommunities(spec, communityNames, advertisements, reason => problems.Add(new ResourceProblem(e.Key, reason)));
+                        ReadServiceRanges(spec, serviceRanges, reason => problems.Add(new ResourceProblem(e.Key, reason)));
                     }
                 }
             });
@@ -159,17 +179,38 @@ public sealed class EtcdClusterSource
                     }
                 }
                 JsonElement? bgp = Obj(root, "spec") is { } spec ? Obj(spec, "bgp") : null;
-                nodes.Add(new NodeInfo(e.Key[Keys.NodePrefix.Length..],
-                    bgp is { } b4 ? Address(Str(b4, "ipv4Address")) : null,
-                    bgp is { } b6 ? Address(Str(b6, "ipv6Address")) : null,
+                string name = e.Key[Keys.NodePrefix.Length..];
+                string? v4 = bgp is { } b4 ? Str(b4, "ipv4Address") : null, v6 = bgp is { } b6 ? Str(b6, "ipv6Address") : null;
+                // Another node's address that cannot be read: no session to it over that family, said once by key
+                // (this node's own is the daemon's to judge: it may have a flag or keep the last good one).
+                IPAddress? NodeAddress(string? text, System.Net.Sockets.AddressFamily family, string field)
+                {
+                    try
+                    {
+                        return DaemonConfig.ParseNodeAddress(text, family, field);
+                    }
+                    catch (ConfigException ex) when (name != _node)
+                    {
+                        problems.Add(new ResourceProblem(e.Key, $"{ex.Message}; no session to node {name} over {(family == System.Net.Sockets.AddressFamily.InterNetwork ? "IPv4" : "IPv6")} until it is fixed"));
+                        return null;
+                    }
+                    catch (ConfigException)
+                    {
+                        return null;
+                    }
+                }
+                nodes.Add(new NodeInfo(name,
+                    NodeAddress(v4, System.Net.Sockets.AddressFamily.InterNetwork, "spec.bgp.ipv4Address"),
+                    NodeAddress(v6, System.Net.Sockets.AddressFamily.InterNetworkV6, "spec.bgp.ipv6Address"),
                     bgp is { } ba ? UInt(ba, "asNumber") : null,
                     bgp is { } bc ? Str(bc, "routeReflectorClusterID") : null,
-                    labels));
+                    labels) { Ipv4Text = v4, Ipv6Text = v6 });
             });
         }
         var pools = new List<IpNet>();
         var noExport = new List<IpNet>();
         var blockSizes = new Dictionary<IpNet, int>();
+        var natPools = new List<NatPool>();
         foreach (KvEntry e in r[3])
         {
             Use(e, problems, root =>
@@ -180,6 +221,7 @@ public sealed class EtcdClusterSource
                     throw new ConfigException(cidr is null ? "ippool without spec.cidr" : $"ippool cidr '{cidr}' is not a CIDR");
                 }
                 pools.Add(net);
+                natPools.Add(new NatPool(net, Bool(root, "natOutgoing"), Bool(root, "disabled")));
                 if (Obj(root, "spec") is { } ne && ne.TryGetProperty("disableBGPExport", out JsonElement dx) && dx.ValueKind == JsonValueKind.True)
                 {
                     noExport.Add(net);
@@ -215,7 +257,44 @@ public sealed class EtcdClusterSource
             NoExportPools = noExport,
             CommunityNames = communityNames,
             PrefixAdvertisements = advertisements,
+            NatPools = natPools,
+            ServiceRanges = serviceRanges,
         };
+    }
+
+    /// <summary>A boolean of the record's spec: true only when it is JSON true.</summary>
+    private static bool Bool(JsonElement root, string name) =>
+        Obj(root, "spec") is { } spec && spec.TryGetProperty(name, out JsonElement v) && v.ValueKind == JsonValueKind.True;
+
+    /// <summary>The names of Calico's bgpconfigurations service lists, in the order they are read.</summary>
+    public static readonly string[] ServiceRangeKinds = ["serviceClusterIPs", "serviceExternalIPs", "serviceLoadBalancerIPs"];
+
+    /// <summary>Calico's <c>serviceClusterIPs: [{cidr}]</c> and its two siblings, as written (checked by the daemon).</summary>
+    private static void ReadServiceRanges(JsonElement spec, List<ServiceRange> ranges, Action<string> problem)
+    {
+        foreach (string kind in ServiceRangeKinds)
+        {
+            if (!spec.TryGetProperty(kind, out JsonElement list) || list.ValueKind == JsonValueKind.Null)
+            {
+                continue;
+            }
+            if (list.ValueKind != JsonValueKind.Array)
+            {
+                problem($"{kind}: must be a list of {{cidr}}, not {list.ValueKind}; left out");
+                continue;
+            }
+            foreach (JsonElement item in list.EnumerateArray())
+            {
+                if (Str(item, "cidr") is { } cidr)
+                {
+                    ranges.Add(new ServiceRange(kind, cidr));
+                }
+                else
+                {
+                    problem($"{kind}: {item} has no cidr; left out");
+                }
+            }
+        }
     }
 
     /// <summary>Calico's <c>communities: [{name, value}]</c> and <c>prefixAdvertisements: [{cidr, communities: [..]}]</c>,
@@ -342,8 +421,6 @@ public sealed class EtcdClusterSource
 
     private static uint? UInt(JsonElement o, string name) => o.ValueKind == JsonValueKind.Object && o.TryGetProperty(name, out JsonElement v) && v.ValueKind == JsonValueKind.Number && v.TryGetUInt32(out uint u) ? u : null;
 
-    private static IPAddress? Address(string? cidr) => cidr is not null && IPAddress.TryParse(cidr.Split('/')[0], out IPAddress? a) ? a : null;
-
     /// <summary>Creates or updates this node's nodes record with its BGP addresses and AS (other fields are kept).</summary>
     public async Task WriteNodeAsync(string? ipv4Cidr, string? ipv6Cidr, uint? asNumber, CancellationToken ct)
     {
@@ -406,6 +483,17 @@ public sealed class EtcdClusterSource
             }
             w.WritePropertyName("bgp");
             w.WriteStartObject();
+            // What this start was given replaces the record's; the rest of the record's bgp section stays (an
+            // address of the other family, the AS, the cluster id: bgpd may run on them).
+            JsonElement? oldBgp = Obj(root, "spec") is { } s2 ? Obj(s2, "bgp") : null;
+            if (oldBgp is { } ob)
+            {
+                foreach (JsonProperty p in ob.EnumerateObject().Where(p => !(p.Name == "ipv4Address" && ipv4Cidr is not null)
+                    && !(p.Name == "ipv6Address" && ipv6Cidr is not null) && !(p.Name == "asNumber" && asNumber is not null)))
+                {
+                    p.WriteTo(w);
+                }
+            }
             if (ipv4Cidr is not null)
             {
                 w.WriteString("ipv4Address", ipv4Cidr);
@@ -417,11 +505,6 @@ public sealed class EtcdClusterSource
             if (asNumber is { } a)
             {
                 w.WriteNumber("asNumber", a);
-            }
-            if (Obj(root, "spec") is { } s2 && Obj(s2, "bgp") is { } oldBgp && oldBgp.TryGetProperty("routeReflectorClusterID", out JsonElement rr))
-            {
-                w.WritePropertyName("routeReflectorClusterID");
-                rr.WriteTo(w);
             }
             w.WriteEndObject();
             w.WriteEndObject();

@@ -132,6 +132,22 @@ internal sealed class BgpdService : Proto.Bgpd.BgpdBase
         s.OwnBlocks.AddRange(_d.OwnBlocks.Select(b => b.ToString()).Order(StringComparer.Ordinal));
         s.Skipped.AddRange(_d.Problems.Select(p => new SkippedResource { Key = p.Key, Reason = p.Reason }));
         s.ApplyErrors = _d.ApplyErrors;
+        if (_d.NatOutgoing is { } nat)
+        {
+            s.NatOutgoing = new NatOutgoingStatus
+            {
+                Programmed = nat.Programmed,
+                Error = nat.Error ?? "",
+                Updates = nat.Updates,
+                Errors = nat.Errors,
+                LastProgramMs = nat.LastProgramMs,
+                Table = NatOutgoingRules.QualifiedName,
+            };
+            s.NatOutgoing.MasqueradePools.AddRange(nat.MasqueradePools);
+            s.NatOutgoing.AllPools.AddRange(nat.AllPools);
+        }
+        s.ServiceRanges.AddRange(_d.ServiceAdvertised.Select(r => new ServiceRangeStatus { Cidr = r.Prefix.ToString(), Kind = r.Kind }));
+        s.ServiceRoutesRefused = _d.ServiceRoutesRefused;
         return s;
     });
 
@@ -380,7 +396,19 @@ internal static class Metrics
         Value("calicosharp_config_apply_errors_total", "counter", "Times applying the configuration or reconciling the kernel failed as a whole.", $"{d.ApplyErrors}");
         Value("calicosharp_etcd_last_read_age_seconds", "gauge", "Seconds since the last successful etcd read.",
             $"{(d.LastEtcdRead is { } t ? (DateTimeOffset.UtcNow - t).TotalSeconds : -1):0.###}");
+        if (d.NatOutgoing is { } nat)
+        {
+            Value("calicosharp_nat_outgoing_programmed", "gauge", "1 while bgpd's nftables table inet calicosharp masquerades some pool (ippools natOutgoing).", $"{(nat.Programmed ? 1 : 0)}");
+            Value("calicosharp_nat_outgoing_pools", "gauge", "Pools whose pods are masqueraded toward addresses outside every pool.", $"{nat.MasqueradePools.Count}");
+            Value("calicosharp_nat_outgoing_updates_total", "counter", "Times the natOutgoing table was replaced (or removed).", $"{nat.Updates}");
+            Value("calicosharp_nat_outgoing_errors_total", "counter", "Times programming the natOutgoing table failed (node status says why).", $"{nat.Errors}");
+            Value("calicosharp_nat_outgoing_last_program_seconds", "gauge", "How long the last nft transaction for the natOutgoing table took.", $"{nat.LastProgramMs / 1000:0.######}");
+        }
+        Value("calicosharp_service_ranges_advertised", "gauge", "Service ranges (bgpconfigurations serviceClusterIPs, serviceExternalIPs, serviceLoadBalancerIPs) this node advertises.",
+            $"{d.ServiceAdvertised.Count}");
+        Value("calicosharp_service_routes_refused_total", "counter", "Routes from peers inside a service range, refused (never installed into the kernel).", $"{d.ServiceRoutesRefused}");
         d.Bfd?.RenderMetrics(sb, Metric);
+        ProcessMetrics.Render(sb, Metric);
         return sb.ToString();
     });
 }

@@ -37,7 +37,9 @@ public sealed class DaemonOptions
 
     public string? NodeName { get; init; }
 
-    /// <summary>This node's BGP IPv4 address, as a CIDR ("10.0.0.2/24") or an address.</summary>
+    /// <summary>This node's BGP IPv4 address, as a CIDR ("10.0.0.2/24") or an address (flag <c>--ipv4-address</c>).
+    /// It wins over the config file's <c>ipv4Address</c>, which wins over the node record's
+    /// <c>spec.bgp.ipv4Address</c>; with neither, the record's is followed live.</summary>
     public string? Ipv4Address { get; init; }
 
     public string? Ipv6Address { get; init; }
@@ -73,6 +75,10 @@ public sealed class DaemonOptions
     /// does not dispose a table it is given.</summary>
     public IRouteTable? RouteTable { get; init; }
 
+    /// <summary>How bgpd runs nft for ippools natOutgoing (tests: a fake); null: the real nft when bgpd owns the real kernel
+    /// (<see cref="Kernel"/> on and no <see cref="RouteTable"/> given), else natOutgoing is not programmed.</summary>
+    public NatOutgoingTable.ScriptRunner? Nft { get; init; }
+
     /// <summary>The daemon's and its speaker's clock (tests: a fake one to step timers); null: the system's.</summary>
     public TimeProvider? Time { get; init; }
 
@@ -104,6 +110,9 @@ public sealed class Daemon : IAsyncDisposable
     private readonly NetlinkRouteTable? _ownRouteTable;
     private readonly TimeProvider _time;
     private readonly KernelRouteSync? _kernel;
+    private readonly NatOutgoingTable? _nat;
+    private List<(Prefix Prefix, string Kind)> _serviceRanges = [];
+    private HashSet<Prefix> _serviceAdvertised = [];
     private EndOfRibWait _eorWait = new([]);
     private DaemonConfig _file;
     private string? _appliedImport;
@@ -129,18 +138,11 @@ public sealed class Daemon : IAsyncDisposable
         _local = new LocalPrefixes(log);
         _file = options.ConfigFile is { } f ? DaemonConfig.Load(f) : new DaemonConfig();
         NodeName = options.NodeName ?? _file.NodeName ?? Environment.GetEnvironmentVariable("NODENAME") ?? Environment.MachineName;
-        Ipv4Cidr = options.Ipv4Address ?? _file.Ipv4Address;
-        Ipv6Cidr = options.Ipv6Address ?? _file.Ipv6Address;
-        Ipv4 = DaemonConfig.ParseAddress(Ipv4Cidr, "ipv4Address");
-        Ipv6 = DaemonConfig.ParseAddress(Ipv6Cidr, "ipv6Address");
-        if (Ipv4 is not null && Ipv4.AddressFamily != AddressFamily.InterNetwork)
-        {
-            throw new ConfigException($"ipv4Address: {Ipv4} is not an IPv4 address");
-        }
-        if (Ipv6 is not null && Ipv6.AddressFamily != AddressFamily.InterNetworkV6)
-        {
-            throw new ConfigException($"ipv6Address: {Ipv6} is not an IPv6 address");
-        }
+        // The operator's own, checked at once: a bad flag or file address stops bgpd (the node record's are judged live).
+        DaemonConfig.ParseNodeAddress(options.Ipv4Address, AddressFamily.InterNetwork, "--ipv4-address");
+        DaemonConfig.ParseNodeAddress(options.Ipv6Address, AddressFamily.InterNetworkV6, "--ipv6-address");
+        Ipv4Cidr = NonEmpty(options.Ipv4Address) ?? NonEmpty(_file.Ipv4Address);
+        Ipv6Cidr = NonEmpty(options.Ipv6Address) ?? NonEmpty(_file.Ipv6Address);
         IKvStore? store = options.Store;
         if (store is null && options.EtcdEndpoints.Count > 0)
         {
@@ -157,6 +159,10 @@ public sealed class Daemon : IAsyncDisposable
         {
             _routeTable = options.RouteTable ?? (_ownRouteTable = new NetlinkRouteTable());
             _kernel = new KernelRouteSync(_routeTable, log);
+        }
+        if (options.Nft is not null || (options.Kernel && options.RouteTable is null))
+        {
+            _nat = new NatOutgoingTable(log, options.Nft);
         }
         ValidateFile(_file);
     }
@@ -181,7 +187,19 @@ public sealed class Daemon : IAsyncDisposable
         {
             DaemonConfig.ParsePrefix(p, "originate");
         }
+        foreach ((List<CidrEntry> list, string kind) in new[] { (file.ServiceClusterIPs, "serviceClusterIPs"), (file.ServiceExternalIPs, "serviceExternalIPs"), (file.ServiceLoadBalancerIPs, "serviceLoadBalancerIPs") })
+        {
+            foreach (CidrEntry e in list)
+            {
+                if (!IpNet.TryParse(e.Cidr, true, out _, out string error))
+                {
+                    throw new ConfigException($"{kind}: {error}");
+                }
+            }
+        }
         DaemonConfig.ParseAddress(file.ListenAddress, "listenAddress");
+        DaemonConfig.ParseNodeAddress(file.Ipv4Address, AddressFamily.InterNetwork, "ipv4Address");
+        DaemonConfig.ParseNodeAddress(file.Ipv6Address, AddressFamily.InterNetworkV6, "ipv6Address");
         foreach ((string? id, string what) in new[] { (file.RouterId, "routerId"), (file.RouteReflectorClusterId, "routeReflectorClusterID") })
         {
             if (id is not null)
@@ -207,13 +225,25 @@ public sealed class Daemon : IAsyncDisposable
     /// <summary>The allocator the control API serves to the CNI plugin; null without etcd.</summary>
     internal IpamClient? Ipam { get; }
 
-    public string? Ipv4Cidr { get; }
+    /// <summary>The IPv4 address bgpd was given (flag, else config file) as written; published to the node record
+    /// at start. Null: the node record's is followed.</summary>
+    public string? Ipv4Cidr { get; private set; }
 
-    public string? Ipv6Cidr { get; }
+    public string? Ipv6Cidr { get; private set; }
 
-    public IPAddress? Ipv4 { get; }
+    /// <summary>This node's BGP IPv4 address in use (the router id unless the file has one, the sessions' source):
+    /// from the flag, the config file or the node record, in that order; changes with the record.</summary>
+    public IPAddress? Ipv4 { get; private set; }
 
-    public IPAddress? Ipv6 { get; }
+    public IPAddress? Ipv6 { get; private set; }
+
+    /// <summary>Where <see cref="Ipv4"/> comes from ("--ipv4-address", "the config file's ipv4Address", "etcd
+    /// &lt;key&gt; spec.bgp.ipv4Address"); null without one.</summary>
+    public string? Ipv4Source { get; private set; }
+
+    public string? Ipv6Source { get; private set; }
+
+    private static string? NonEmpty(string? s) => string.IsNullOrWhiteSpace(s) ? null : s;
 
     public BgpSpeaker Speaker { get; private set; } = null!;
 
@@ -251,6 +281,17 @@ public sealed class Daemon : IAsyncDisposable
 
     public IReadOnlyCollection<Prefix> OwnBlocks => _ownBlocks;
 
+    /// <summary>ippools natOutgoing: bgpd's nftables table now; null when bgpd does not program the dataplane.</summary>
+    public NatOutgoingState? NatOutgoing => _nat?.State;
+
+    /// <summary>The service ranges (bgpconfigurations serviceClusterIPs, serviceExternalIPs, serviceLoadBalancerIPs)
+    /// this node advertises now, with the list each came from; empty when it advertises none.</summary>
+    public IReadOnlyList<(Prefix Prefix, string Kind)> ServiceAdvertised { get; private set; } = [];
+
+    /// <summary>Routes from peers inside a service range, refused (never installed: another node's advertisement of a
+    /// Service range would loop the traffic between nodes).</summary>
+    public long ServiceRoutesRefused { get; private set; }
+
     /// <summary>Announcements from peers refused because they fall inside this node's blocks or borrowed addresses.</summary>
     public long LocalPrefixesRefused => _local.Refused;
 
@@ -269,6 +310,16 @@ public sealed class Daemon : IAsyncDisposable
             }
             Cluster = await _cluster.ReadAsync(_cts.Token).ConfigureAwait(false);
             LastEtcdRead = _time.GetUtcNow();
+        }
+        var addressProblems = new List<ResourceProblem>();
+        ApplyAddresses(Cluster, addressProblems, starting: true);
+        if (Ipv4 is null && _file.RouterId is null)
+        {
+            // Nothing to speak with: no router id and no source address. systemd starts bgpd again (Restart=on-failure),
+            // so a node that comes up before its record has an address joins once it has.
+            string why = addressProblems.Count > 0 ? addressProblems[0].Reason + "; " : _cluster is null ? "" : $"etcd {Keys.Node(NodeName)} has no spec.bgp.ipv4Address; ";
+            throw new ConfigException($"node {NodeName} has no BGP IPv4 address (its router id): {why}give --ipv4-address, ipv4Address in the config file"
+                + (_cluster is null ? "" : $", spec.bgp.ipv4Address in etcd {Keys.Node(NodeName)}") + ", or routerId in the config file");
         }
         (uint routerId, uint? cluster, _) = Identity(Cluster);
         Speaker = new BgpSpeaker(new SpeakerConfig
@@ -293,6 +344,7 @@ public sealed class Daemon : IAsyncDisposable
         _eorWait = new EndOfRibWait(_kernel?.StaleFamilies ?? []);
         // A record in etcd that cannot be used is skipped and reported, never a reason not to start.
         await Speaker.InvokeAsync(() => Guard("applying the configuration", Apply)).ConfigureAwait(false);
+        _nat?.Apply(Cluster.NatPools);
         _loop = Task.Run(LoopAsync);
         if (_etcd is not null && _cluster is not null)
         {
@@ -373,6 +425,8 @@ public sealed class Daemon : IAsyncDisposable
                     LastEtcdError = null;
                     Cluster = snap;
                     await UpdateBorrowedAsync(snap).ConfigureAwait(false);
+                    // Off the speaker's loop: nft takes tens of milliseconds, BGP keeps running meanwhile.
+                    _nat?.Apply(snap.NatPools);
                 }
                 catch (OperationCanceledException) when (_cts.IsCancellationRequested)
                 {
@@ -474,6 +528,20 @@ public sealed class Daemon : IAsyncDisposable
             Guard("applying the configuration", Apply);
         }).ConfigureAwait(false);
         _log(BgpLogLevel.Info, $"reloaded {f}");
+        string? v4 = NonEmpty(_options.Ipv4Address) ?? NonEmpty(next.Ipv4Address), v6 = NonEmpty(_options.Ipv6Address) ?? NonEmpty(next.Ipv6Address);
+        if ((v4 != Ipv4Cidr || v6 != Ipv6Cidr) && _cluster is not null)
+        {
+            // A new address in the file is published as at start, so the other nodes' mesh follows it.
+            try
+            {
+                await _cluster.WriteNodeAsync(v4, v6, null, _cts.Token).ConfigureAwait(false);
+                (Ipv4Cidr, Ipv6Cidr) = (v4, v6);
+            }
+            catch (Exception e) when (e is IpamException or IOException or Grpc.Core.RpcException)
+            {
+                _log(BgpLogLevel.Warning, $"etcd {Keys.Node(NodeName)}: cannot publish the reloaded address: {e.Message}; the node uses it, the other nodes do not see it yet");
+            }
+        }
     }
 
     /// <summary>Desired against actual, on the speaker's loop: pools, peers, announced prefixes.</summary>
@@ -492,15 +560,20 @@ public sealed class Daemon : IAsyncDisposable
         _appliedImport = _file.Import;
         bool localChanged = _local.Update(blocks, _borrowed);
         mayAcceptMore |= localChanged && _local.Released;
+        var problems = new List<ResourceProblem>(c.Problems);
+        List<(Prefix Prefix, string Kind)> serviceRanges = ServiceRanges(c, problems);
+        bool servicesChanged = !serviceRanges.SequenceEqual(_serviceRanges);
+        mayAcceptMore |= _serviceRanges.Select(r => r.Prefix).Except(serviceRanges.Select(r => r.Prefix)).Any();
+        _serviceRanges = serviceRanges;
         // Each changes what the import policy accepts: what the peers sent is judged again.
-        if (localChanged | poolsChanged | importChanged)
+        if (localChanged | poolsChanged | importChanged | servicesChanged)
         {
             foreach (BgpPeer p in Speaker.Peers)
             {
                 Speaker.Rib.Reimport(p, mayAcceptMore);
             }
         }
-        var problems = new List<ResourceProblem>(c.Problems);
+        ApplyAddresses(c, problems, starting: false);
         ApplyIdentity(c, problems);
         List<PeerConfig> desired = DesiredPeers(c, problems);
         ApplyPeers(desired);
@@ -522,6 +595,23 @@ public sealed class Daemon : IAsyncDisposable
             }
         }
         _ownBlocks = blocks;
+        // Calico's service advertisement: every node announces the configured ranges (the fabric spreads the traffic
+        // over the nodes, ECMP), except a node labelled to be left out of external load balancers.
+        NodeInfo? me = c.Nodes.FirstOrDefault(n => n.Name == NodeName);
+        bool excluded = me?.Labels.GetValueOrDefault(ExcludeLabel) == "true";
+        List<(Prefix Prefix, string Kind)> advertised = excluded ? [] : [.. serviceRanges.Where(r => !originate.Contains(r.Prefix)).DistinctBy(r => r.Prefix)];
+        if (excluded != _excludedLogged)
+        {
+            _log(BgpLogLevel.Info, excluded ? $"node {NodeName} is labelled {ExcludeLabel}=true: it advertises no service range"
+                : $"node {NodeName}: no longer labelled {ExcludeLabel}=true");
+            _excludedLogged = excluded;
+        }
+        _serviceAdvertised = [.. advertised.Select(r => r.Prefix)];
+        ServiceAdvertised = advertised;
+        foreach ((Prefix p, string _) in advertised)
+        {
+            originate.Add(p);
+        }
         foreach (Prefix gone in _originated.Keys.Where(p => !originate.Contains(p)).ToList())
         {
             Speaker.Rib.WithdrawLocal(gone);
@@ -538,7 +628,9 @@ public sealed class Daemon : IAsyncDisposable
                 continue;
             }
             Speaker.Rib.Originate(p, attrs);
-            string what = blocks.Contains(p) ? " (block affine to this node)" : p.Length is 32 or 128 ? " (borrowed address)" : "";
+            string what = blocks.Contains(p) ? " (block affine to this node)"
+                : advertised.FirstOrDefault(r => r.Prefix == p).Kind is { } kind ? $" (service range, {kind})"
+                : p.Length is 32 or 128 ? " (borrowed address)" : "";
             string with = attrs is null ? "" : $" with {CommunityRule.Describe(attrs)}";
             _log(BgpLogLevel.Info, known ? $"announcing {p}{what} again{(attrs is null ? " without communities" : with)}" : $"announcing {p}{what}{with}");
         }
@@ -547,17 +639,128 @@ public sealed class Daemon : IAsyncDisposable
 
     private IPEndPoint _listenWanted = new(IPAddress.IPv6Any, 179);
 
+    /// <summary>Kubernetes' well-known label: a node carrying it with "true" advertises no service range (as Calico).</summary>
+    public const string ExcludeLabel = "node.kubernetes.io/exclude-from-external-load-balancers";
+
+    private bool _excludedLogged;
+
+    /// <summary>The service ranges of the default bgpconfiguration and of the config file, checked: an entry that is not
+    /// a CIDR is reported and left out, the others apply. In the order given, each prefix once.</summary>
+    private List<(Prefix Prefix, string Kind)> ServiceRanges(ClusterSnapshot c, List<ResourceProblem> problems)
+    {
+        var result = new List<(Prefix, string)>();
+        IEnumerable<ServiceRange> fromFile = _file.ServiceClusterIPs.Select(e => new ServiceRange("serviceClusterIPs", e.Cidr))
+            .Concat(_file.ServiceExternalIPs.Select(e => new ServiceRange("serviceExternalIPs", e.Cidr)))
+            .Concat(_file.ServiceLoadBalancerIPs.Select(e => new ServiceRange("serviceLoadBalancerIPs", e.Cidr)));
+        foreach (ServiceRange r in c.ServiceRanges.Concat(fromFile))
+        {
+            // As Calico: a CIDR with its length, host bits zero (a single address is written /32 or /128).
+            if (IpNet.TryParse(r.Cidr, true, out IpNet net, out string error))
+            {
+                Prefix p = Prefix.Parse(net.ToString());
+                if (!result.Any(x => x.Item1 == p))
+                {
+                    result.Add((p, r.Kind));
+                }
+            }
+            else
+            {
+                problems.Add(new ResourceProblem(EtcdClusterSource.BgpConfigurations + "default", $"{r.Kind}: {error}; left out"));
+            }
+        }
+        return result;
+    }
+
     private IPEndPoint WantedListen(ClusterSnapshot c) =>
         new(DaemonConfig.ParseAddress(_file.ListenAddress, "listenAddress") ?? IPAddress.IPv6Any, _file.ListenPort ?? c.ListenPort ?? 179);
 
     private static string Dotted(uint id) => $"{id >> 24}.{(id >> 16) & 255}.{(id >> 8) & 255}.{id & 255}";
+
+    private string? _overrideNoted;
+
+    /// <summary>
+    /// This node's BGP addresses: per family the flag, else the config file, else the node record's
+    /// <c>spec.bgp.ipv4Address</c> / <c>ipv6Address</c> (Calico's "10.0.0.5/24", or a bare address). A change is
+    /// logged and applied here; what it touches follows in the same pass: the router id (when it is the IPv4 address)
+    /// resets every session, a new source address resets the sessions bound to it (see <see cref="Key"/>), the mesh's
+    /// active/passive sides are chosen again. An address in use is never dropped live: a record whose address
+    /// becomes unreadable, empty or missing (or has no bgp section) is reported and the last address stays until
+    /// one is given again or bgpd restarts.
+    /// </summary>
+    private void ApplyAddresses(ClusterSnapshot c, List<ResourceProblem> problems, bool starting)
+    {
+        NodeInfo? me = c.Nodes.FirstOrDefault(n => n.Name == NodeName);
+        string key = Keys.Node(NodeName);
+        var overrides = new List<string>();
+        (IPAddress? address, string? source) Resolve(bool v4, IPAddress? current, string? currentSource)
+        {
+            AddressFamily family = v4 ? AddressFamily.InterNetwork : AddressFamily.InterNetworkV6;
+            string field = v4 ? "ipv4Address" : "ipv6Address";
+            string? recordText = v4 ? me?.Ipv4Text : me?.Ipv6Text;
+            IPAddress? record = null;
+            string? recordProblem = null;
+            try
+            {
+                record = DaemonConfig.ParseNodeAddress(recordText, family, $"spec.bgp.{field}");
+            }
+            catch (ConfigException e)
+            {
+                recordProblem = e.Message;
+            }
+            (IPAddress? given, string? givenSource) = (v4 ? _options.Ipv4Address : _options.Ipv6Address) is { } flag && NonEmpty(flag) is not null
+                ? (DaemonConfig.ParseNodeAddress(flag, family, "--" + (v4 ? "ipv4" : "ipv6") + "-address"), "--" + (v4 ? "ipv4" : "ipv6") + "-address")
+                : (DaemonConfig.ParseNodeAddress(v4 ? _file.Ipv4Address : _file.Ipv6Address, family, field), $"the config file's {field}");
+            if (given is not null)
+            {
+                if (record is not null && !record.Equals(given))
+                {
+                    overrides.Add($"spec.bgp.{field} {recordText} is not used: {givenSource} ({given}) wins");
+                }
+                return (given, givenSource);
+            }
+            string recordSource = $"etcd {key} spec.bgp.{field}";
+            if (record is not null)
+            {
+                return (record, recordSource);
+            }
+            if (recordProblem is not null)
+            {
+                problems.Add(new ResourceProblem(key, current is null ? $"{recordProblem}; this node has no BGP {(v4 ? "IPv4" : "IPv6")} address"
+                    : $"{recordProblem}; keeping {current} until it is fixed"));
+            }
+            else if (current is not null && !starting)
+            {
+                string how = me is null ? "the node record is gone" : recordText is null ? $"spec.bgp.{field} is missing" : $"spec.bgp.{field} is empty";
+                problems.Add(new ResourceProblem(key, $"{how}: keeping this node's {(v4 ? "IPv4" : "IPv6")} address {current} (was from {currentSource}) until one is given or bgpd restarts"));
+            }
+            return (current, current is null ? null : currentSource);
+        }
+        (IPAddress? v4, string? v4Source) = Resolve(true, Ipv4, Ipv4Source);
+        (IPAddress? v6, string? v6Source) = Resolve(false, Ipv6, Ipv6Source);
+        string noted = string.Join("; ", overrides);
+        if (noted != (_overrideNoted ?? "") && noted.Length > 0)
+        {
+            _log(BgpLogLevel.Warning, $"node {NodeName}: {noted}");
+        }
+        _overrideNoted = noted;
+        foreach ((IPAddress? was, IPAddress? now, string? from, string what) in new[] { (Ipv4, v4, v4Source, "IPv4"), (Ipv6, v6, v6Source, "IPv6") })
+        {
+            if (!Equals(was, now) && now is not null)
+            {
+                _log(BgpLogLevel.Info, starting || was is null
+                    ? $"node {NodeName}: BGP {what} address {now} (from {from})"
+                    : $"node {NodeName}: BGP {what} address {was} -> {now} (from {from}); sessions that use it are reset");
+            }
+        }
+        (Ipv4, Ipv4Source, Ipv6, Ipv6Source) = (v4, v4Source, v6, v6Source);
+    }
 
     /// <summary>The router id (the file's routerId, else the node's IPv4 address) and route reflector cluster id (the
     /// file's, else this node's record) as configured now. The file's are the operator's own and checked when it is
     /// read; a bad cluster id in the node record is returned as a problem and ignored.</summary>
     private (uint RouterId, uint? ClusterId, string? Problem) Identity(ClusterSnapshot c)
     {
-        string rid = _file.RouterId ?? Ipv4?.ToString() ?? throw new ConfigException("no router id: give an IPv4 address (--ipv4-address, ipv4Address) or routerId");
+        string rid = _file.RouterId ?? Ipv4?.ToString() ?? throw new ConfigException("no router id: give an IPv4 address (--ipv4-address, ipv4Address, the node record's spec.bgp.ipv4Address) or routerId");
         uint routerId = ParseId(rid, "routerId");
         if (_file.RouteReflectorClusterId is { } fileCluster)
         {
@@ -901,7 +1104,7 @@ public sealed class Daemon : IAsyncDisposable
 
     /// <summary>What a session is made with: a change resets it.</summary>
     private static string Key(PeerConfig p) =>
-        $"{p.Address}|{p.Port}|{p.RemoteAs}|{p.LocalAddress}|{p.HoldTime}|{p.KeepaliveTime}|{p.Passive}|{p.MaxPrefixes}|{p.GracefulRestart}|{SocketOptions.Describe(p)}";
+        $"{p.Address}|{p.Port}|{p.RemoteAs}|{p.LocalAddress}|{p.LocalAddressOtherFamily}|{p.HoldTime}|{p.KeepaliveTime}|{p.Passive}|{p.MaxPrefixes}|{p.GracefulRestart}|{SocketOptions.Describe(p)}";
 
     /// <summary>What applies to a running session (<see cref="BgpSpeaker.UpdatePeer"/>).</summary>
     private static string SoftKey(PeerConfig p) =>
@@ -932,6 +1135,14 @@ public sealed class Daemon : IAsyncDisposable
         if (_local.Refuse(peer, prefix))
         {
             return PolicyResult.Reject;
+        }
+        foreach ((Prefix range, string _) in _serviceRanges)
+        {
+            if (peer is not null && range.Contains(prefix))
+            {
+                ServiceRoutesRefused++;
+                return PolicyResult.Reject;
+            }
         }
         if (_file.Import == "all")
         {
@@ -970,6 +1181,12 @@ public sealed class Daemon : IAsyncDisposable
         }
         if (best.IsLocal)
         {
+            // A service range is only advertised: kube-proxy's rules take its traffic before routing, and a blackhole
+            // would break the node's own connections to addresses of the range.
+            if (_serviceAdvertised.Contains(e.Prefix))
+            {
+                return null;
+            }
             return e.Prefix.Length == e.Prefix.MaxLength ? null : KernelRoute.Drop;
         }
         var hops = new List<IPAddress>();
@@ -1069,6 +1286,11 @@ public sealed class Daemon : IAsyncDisposable
         // Closing the sessions takes the peers' paths out of the RIB; the kernel keeps its routes (see above).
         await Speaker.InvokeAsync(() => { Speaker.Rib.BestChanged -= OnBestChanged; Bfd?.Stop(); }).ConfigureAwait(false);
         await Speaker.StopAsync(reason, TimeSpan.FromMilliseconds(300), restarting).ConfigureAwait(false);
+        // natOutgoing: a restart keeps the table (pods keep reaching the outside meanwhile); stopping for good removes it.
+        if (!restarting)
+        {
+            _nat?.Remove();
+        }
     }
 
     public async ValueTask DisposeAsync()

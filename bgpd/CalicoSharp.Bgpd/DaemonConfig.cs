@@ -57,6 +57,18 @@ public sealed class DaemonConfig
     /// <see cref="PeerSpec.MaxPrefixes"/>.</summary>
     public int? PeerMaxPrefixes { get; set; }
 
+    /// <summary>bgpconfigurations serviceClusterIPs: ranges every node advertises (added to etcd's).</summary>
+    [JsonPropertyName("serviceClusterIPs")]
+    public List<CidrEntry> ServiceClusterIPs { get; set; } = [];
+
+    /// <summary>bgpconfigurations serviceExternalIPs.</summary>
+    [JsonPropertyName("serviceExternalIPs")]
+    public List<CidrEntry> ServiceExternalIPs { get; set; } = [];
+
+    /// <summary>bgpconfigurations serviceLoadBalancerIPs.</summary>
+    [JsonPropertyName("serviceLoadBalancerIPs")]
+    public List<CidrEntry> ServiceLoadBalancerIPs { get; set; } = [];
+
     public static DaemonConfig Load(string path)
     {
         string text;
@@ -166,8 +178,35 @@ public sealed class DaemonConfig
         return IPAddress.TryParse(a, out IPAddress? ip) ? ip : throw new ConfigException($"{what}: '{text}' is not an IP address");
     }
 
+    /// <summary>A node's BGP address as Calico writes it (nodes <c>spec.bgp.ipv4Address</c> / <c>ipv6Address</c>: the
+    /// address with its subnet's length, "10.0.0.5/24"), or a bare address; null when absent, empty or blank. Anything
+    /// else, an address of the other family or a length out of range, is refused with the text.</summary>
+    public static IPAddress? ParseNodeAddress(string? text, System.Net.Sockets.AddressFamily family, string what)
+    {
+        if (string.IsNullOrWhiteSpace(text))
+        {
+            return null;
+        }
+        bool v4 = family == System.Net.Sockets.AddressFamily.InterNetwork;
+        string t = text.Trim();
+        int slash = t.IndexOf('/', StringComparison.Ordinal);
+        string address = slash < 0 ? t : t[..slash];
+        bool lengthOk = slash < 0 || (int.TryParse(t.AsSpan(slash + 1), NumberStyles.None, CultureInfo.InvariantCulture, out int len) && len <= (v4 ? 32 : 128));
+        if (!lengthOk || !IPAddress.TryParse(address, out IPAddress? ip) || ip.AddressFamily != family || (!v4 && address.Contains('%', StringComparison.Ordinal)))
+        {
+            throw new ConfigException($"{what}: '{text}' is not an {(v4 ? "IPv4" : "IPv6")} address (Calico writes it with its subnet's length, e.g. {(v4 ? "10.0.0.5/24" : "fd00::5/64")})");
+        }
+        return ip;
+    }
+
     internal static Prefix ParsePrefix(string text, string what) =>
         Prefix.TryParse(text, out Prefix p) ? p : throw new ConfigException($"{what}: '{text}' is not a CIDR");
+}
+
+/// <summary>Calico's <c>{cidr: "10.96.0.0/12"}</c> list entry.</summary>
+public sealed class CidrEntry
+{
+    public string Cidr { get; set; } = "";
 }
 
 /// <summary>A bgppeers entry (Calico's field names).</summary>

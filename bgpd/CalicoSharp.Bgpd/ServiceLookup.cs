@@ -11,11 +11,14 @@ using Grpc.Core;
 namespace CalicoSharp.Bgpd;
 
 /// <summary>
-/// Reads the NAT rules kube-proxy programmed on this node — iptables-save (its nat and filter tables; ip6tables-save for
-/// IPv6), nft -j list table ip|ip6 kube-proxy — and evaluates them for one connection. bgpd never writes them.
+/// Reads the NAT rules kube-proxy programmed on this node — iptables' nat and filter tables chain by chain as the packet
+/// enters them (iptables -t nat -S CHAIN; ip6tables for IPv6), nft -j list table ip|ip6 kube-proxy — and evaluates them
+/// for one connection. bgpd never writes them.
 /// </summary>
 public static class ServiceLookup
 {
+    private static readonly string[] IptablesTables = ["nat", "filter"];
+
     /// <summary>Runs a command and returns (exit code, stdout, stderr); null when the command is not installed.</summary>
     public delegate (int Exit, string Out, string Err)? CommandRunner(string file, params string[] args);
 
@@ -40,40 +43,34 @@ public static class ServiceLookup
         }
     }
 
-    /// <summary>The node's rule sets for one address family, with what was read and what could not be.</summary>
-    public static (List<NatTable> Tables, List<string> Sources, List<string> Notes) Read(AddressFamily family, CommandRunner run)
+    /// <summary>The node's rule sets for one address family, with what was read and what could not be. iptables tables are
+    /// read chain by chain as the evaluation enters them (see <see cref="IptablesChainReader"/>): <paramref name="readers"/>
+    /// say afterwards what they read.</summary>
+    public static (List<NatTable> Tables, List<string> Sources, List<string> Notes) Read(AddressFamily family, CommandRunner run, out List<IptablesChainReader> readers)
     {
         ArgumentNullException.ThrowIfNull(run);
         var tables = new List<NatTable>();
         var sources = new List<string>();
         var notes = new List<string>();
-        string save = family == AddressFamily.InterNetworkV6 ? "ip6tables-save" : "iptables-save";
-        // One dump of every table: iptables-nft fetches the whole ruleset from the kernel for each call, so
-        // "-t nat" and "-t filter" separately cost twice.
-        var sw = Stopwatch.StartNew();
-        (int Exit, string Out, string Err)? r = run(save);
-        double dumpMs = sw.Elapsed.TotalMilliseconds;
-        if (r is null)
+        string iptables = family == AddressFamily.InterNetworkV6 ? "ip6tables" : "iptables";
+        readers = [];
+        // Both tables' built-in chains are listed at once, in parallel.
+        List<IptablesChainReader> opened = [.. IptablesTables.Select(t =>
+            IptablesChainReader.Open(iptables, t, family, (table, chain) => run(iptables, "-t", table, "-S", chain)))];
+        foreach (IptablesChainReader reader in opened)
         {
-            notes.Add($"{save} is not installed (Debian package iptables): iptables rules not read");
-        }
-        else if (r.Value.Exit != 0)
-        {
-            notes.Add($"{save} failed: {r.Value.Err.Trim()}");
-        }
-        else
-        {
-            sw.Restart();
-            IReadOnlyList<NatTable> read = IptablesParser.Parse(r.Value.Out, family, deferRules: true);
-            double readMs = sw.Elapsed.TotalMilliseconds;
-            foreach (NatTable table in read.Where(t => t.Name is "iptables nat" or "iptables filter" && t.RuleCount > 0))
+            if (reader.ReadBuiltins() is { } error)
             {
-                tables.Add(table);
-                sources.Add($"{table.Name} ({table.RuleCount} rules)");
+                string note = reader.Installed ? $"{reader.Table.Name}: {error}" : error;
+                if (!notes.Contains(note))
+                {
+                    notes.Add(note);
+                }
             }
-            if (tables.Count > 0)
+            else if (reader.Table.RuleCount > 0)
             {
-                sources.Add($"{save}: {Format(dumpMs)} ms to dump, {Format(readMs)} ms to read");
+                tables.Add(reader.Table);
+                readers.Add(reader);
             }
         }
         string fam = family == AddressFamily.InterNetworkV6 ? "ip6" : "ip";
@@ -130,9 +127,10 @@ public static class ServiceLookup
         var sw = Stopwatch.StartNew();
         List<NatTable> tables;
         List<string> sources, notes;
+        List<IptablesChainReader> readers;
         try
         {
-            (tables, sources, notes) = Read(address.AddressFamily, run);
+            (tables, sources, notes) = Read(address.AddressFamily, run, out readers);
         }
         catch (NatParseException e)
         {
@@ -163,6 +161,9 @@ public static class ServiceLookup
             // A chain's rules are read when the packet first enters it.
             throw new RpcException(new Status(StatusCode.FailedPrecondition, $"{nodeName}'s NAT rules could not be read: {e.Message}"));
         }
+        // What the chain-by-chain reads cost, now that the evaluation has entered every chain it needed.
+        sources.InsertRange(0, readers.Select(r => string.Create(CultureInfo.InvariantCulture,
+            $"{r.Table.Name} ({r.ChainsRead} chains read with {r.Command} CHAIN, {r.Table.RuleCount} rules; {Format(r.WaitMs)} ms waiting for them)")));
         ServiceAnswer answer = ServiceView.Interpret(outcomes, packet, nodeName);
         var reply = new ServiceLookupReply
         {

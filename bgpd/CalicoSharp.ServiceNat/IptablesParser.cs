@@ -24,6 +24,12 @@ public static class IptablesParser
         [("filter", "OUTPUT")] = (NatHook.Output, 0),
     };
 
+    /// <summary>Targets of iptables extensions (not chains): those this reader evaluates and common ones it names as unknown.</summary>
+    internal static readonly HashSet<string> TargetExtensions = new(StringComparer.Ordinal)
+    {
+        "ACCEPT", "DROP", "RETURN", "REJECT", "MASQUERADE", "DNAT", "SNAT", "MARK", "LOG", "CONNMARK", "CT", "NOTRACK", "TPROXY",
+    };
+
     /// <summary>Reads every rule now (a malformed line anywhere is refused with its number).</summary>
     public static IReadOnlyList<NatTable> Parse(string text, AddressFamily family)
     {
@@ -76,60 +82,7 @@ public static class IptablesParser
                     table = null;
                     continue;
                 }
-                if (line[0] == ':')
-                {
-                    string[] parts = line[1..].Split(' ', StringSplitOptions.RemoveEmptyEntries);
-                    if (parts.Length < 2)
-                    {
-                        throw new NatParseException($"chain line '{line}' has no policy");
-                    }
-                    string name = parts[0];
-                    table.Chains.TryAdd(name, new NatChain(name));
-                    if (Builtins.TryGetValue((tableName, name), out (NatHook Hook, int Priority) b))
-                    {
-                        table.BaseChains.RemoveAll(x => x.Chain == name);
-                        table.BaseChains.Add(new NatBaseChain(name, b.Hook, b.Priority, tableName == "nat", parts[1] == "DROP"));
-                    }
-                    else if (parts[1] != "-")
-                    {
-                        throw new NatParseException($"chain {name} is not a built-in chain of table {tableName} but has policy {parts[1]}");
-                    }
-                    continue;
-                }
-                if (deferRules && line.StartsWith("-A ", StringComparison.Ordinal))
-                {
-                    int end = line.IndexOf(' ', 3);
-                    string chainName = end < 0 ? line[3..] : line[3..end];
-                    if (!table.Chains.TryGetValue(chainName, out NatChain? chain))
-                    {
-                        throw new NatParseException($"rule for chain {chainName}, which is not declared");
-                    }
-                    NatTable owner = table;
-                    chain.Defer(lineNo, line, (c, lines) => ReadDeferred(owner, c, lines));
-                    continue;
-                }
-                List<string> tokens = Tokenize(line);
-                switch (tokens[0])
-                {
-                    case "-A" or "--append" or "-I" or "--insert":
-                        AddRule(table, tokens, line);
-                        break;
-                    case "-N" or "--new-chain":
-                        string n = Arg(tokens, 1, tokens[0]);
-                        table.Chains.TryAdd(n, new NatChain(n));
-                        break;
-                    case "-X" or "--delete-chain":
-                        table.Chains.Remove(Arg(tokens, 1, tokens[0]));
-                        break;
-                    case "-F" or "--flush":
-                        if (table.Chains.TryGetValue(Arg(tokens, 1, tokens[0]), out NatChain? f))
-                        {
-                            f.Rules.Clear();
-                        }
-                        break;
-                    default:
-                        throw new NatParseException($"'{tokens[0]}' is not a command iptables-save or -restore writes");
-                }
+                ReadLine(table, tableName, line, lineNo, deferRules, "");
             }
             catch (NatParseException e)
             {
@@ -139,7 +92,102 @@ public static class IptablesParser
         return tables;
     }
 
-    private static void ReadDeferred(NatTable table, NatChain chain, List<(int Line, string Text)> lines)
+    /// <summary>Reads what <c>iptables -t <paramref name="tableName"/> -S <i>chain</i></c> printed (<c>-P</c> or <c>-N</c>,
+    /// then the chain's <c>-A</c> lines) into <paramref name="table"/>; the rules are read when the chain is first entered.</summary>
+    public static void ParseListing(NatTable table, string tableName, string text, string source)
+    {
+        ArgumentNullException.ThrowIfNull(table);
+        ArgumentNullException.ThrowIfNull(text);
+        int lineNo = 0;
+        foreach (string raw in text.Split('\n'))
+        {
+            lineNo++;
+            string line = raw.TrimEnd('\r').Trim();
+            if (line.Length == 0 || line[0] == '#')
+            {
+                continue;
+            }
+            try
+            {
+                ReadLine(table, tableName, line, lineNo, deferRules: true, source + ", ");
+            }
+            catch (NatParseException e)
+            {
+                throw new NatParseException($"{source}, line {lineNo}: {e.Message}");
+            }
+        }
+    }
+
+    /// <summary>One line of a table: a chain declaration (<c>:CHAIN POLICY</c>, <c>-P</c>, <c>-N</c>) or a command.</summary>
+    private static void ReadLine(NatTable table, string tableName, string line, int lineNo, bool deferRules, string where)
+    {
+        if (line[0] == ':')
+        {
+            string[] parts = line[1..].Split(' ', StringSplitOptions.RemoveEmptyEntries);
+            if (parts.Length < 2)
+            {
+                throw new NatParseException($"chain line '{line}' has no policy");
+            }
+            Declare(table, tableName, parts[0], parts[1]);
+            return;
+        }
+        if (deferRules && line.StartsWith("-A ", StringComparison.Ordinal))
+        {
+            int end = line.IndexOf(' ', 3);
+            string chainName = end < 0 ? line[3..] : line[3..end];
+            if (!table.Chains.TryGetValue(chainName, out NatChain? chain))
+            {
+                throw new NatParseException($"rule for chain {chainName}, which is not declared");
+            }
+            chain.Defer(lineNo, line, (c, lines) => ReadDeferred(table, c, lines, where));
+            return;
+        }
+        List<string> tokens = Tokenize(line);
+        switch (tokens[0])
+        {
+            case "-A" or "--append" or "-I" or "--insert":
+                AddRule(table, tokens, line);
+                break;
+            case "-P" or "--policy":
+                Declare(table, tableName, Arg(tokens, 1, tokens[0]), Arg(tokens, 2, tokens[0]));
+                break;
+            case "-N" or "--new-chain":
+                string n = Arg(tokens, 1, tokens[0]);
+                table.Chains.TryAdd(n, new NatChain(n));
+                break;
+            case "-X" or "--delete-chain":
+                table.Chains.Remove(Arg(tokens, 1, tokens[0]));
+                break;
+            case "-F" or "--flush":
+                if (table.Chains.TryGetValue(Arg(tokens, 1, tokens[0]), out NatChain? f))
+                {
+                    f.Rules.Clear();
+                }
+                break;
+            default:
+                throw new NatParseException($"'{tokens[0]}' is not a command iptables-save or -restore writes");
+        }
+    }
+
+    /// <summary>A chain with its policy: a built-in chain of the table becomes a base chain at its hook.</summary>
+    private static void Declare(NatTable table, string tableName, string name, string policy)
+    {
+        table.Chains.TryAdd(name, new NatChain(name));
+        if (Builtins.TryGetValue((tableName, name), out (NatHook Hook, int Priority) b))
+        {
+            table.BaseChains.RemoveAll(x => x.Chain == name);
+            table.BaseChains.Add(new NatBaseChain(name, b.Hook, b.Priority, tableName == "nat", policy == "DROP"));
+        }
+        else if (policy != "-")
+        {
+            throw new NatParseException($"chain {name} is not a built-in chain of table {tableName} but has policy {policy}");
+        }
+    }
+
+    /// <summary>The built-in chains of an iptables table (nat, filter) this reader evaluates.</summary>
+    public static IEnumerable<string> BuiltinChains(string tableName) => Builtins.Keys.Where(k => k.Table == tableName).Select(k => k.Chain);
+
+    private static void ReadDeferred(NatTable table, NatChain chain, List<(int Line, string Text)> lines, string where)
     {
         foreach ((int n, string text) in lines)
         {
@@ -149,7 +197,7 @@ public static class IptablesParser
             }
             catch (NatParseException e)
             {
-                throw new NatParseException($"line {n}: {e.Message}");
+                throw new NatParseException($"{where}line {n}: {e.Message}");
             }
         }
     }
@@ -269,7 +317,7 @@ public static class IptablesParser
                         "REJECT" => new VerdictAction(NatVerdictKind.Reject, "icmp-port-unreachable"),
                         "MASQUERADE" => new MasqueradeAction(),
                         "DNAT" or "MARK" => new NoAction(),
-                        _ when table.Chains.ContainsKey(target) => new JumpAction(target, o is "-g" or "--goto"),
+                        _ when !TargetExtensions.Contains(target) && table.MayHaveChain(target) => new JumpAction(target, o is "-g" or "--goto"),
                         _ => new UnknownAction($"-j {target}"),
                     };
                     break;

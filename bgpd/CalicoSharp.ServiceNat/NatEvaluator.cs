@@ -143,9 +143,9 @@ public static class NatEvaluator
 
     private static void RunChain(NatTable table, string name, Branch b, int depth, List<(Branch, Result)> results, List<NatOutcome> done, INatContext ctx)
     {
-        if (!table.Chains.TryGetValue(name, out NatChain? chain))
+        if (table.Chain(name, out string missing) is not { } chain)
         {
-            done.Add(b.End(NatFate.Unchecked, null, $"chain {name} does not exist in {table.Name}"));
+            done.Add(b.End(NatFate.Unchecked, null, missing));
             results.Add((b, Result.Ended));
             return;
         }

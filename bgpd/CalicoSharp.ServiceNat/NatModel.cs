@@ -63,6 +63,39 @@ public sealed class NatTable(string name, AddressFamily family)
     public Dictionary<string, HashSet<string>> Sets { get; } = new(StringComparer.Ordinal);
 
     public int RuleCount => Chains.Values.Sum(c => c.Count);
+
+    /// <summary>For a table read chain by chain: reads a chain not read yet into <see cref="Chains"/>, or says why it does
+    /// not exist. Null for a table read whole (then a chain not in <see cref="Chains"/> does not exist).</summary>
+    public Func<string, string?>? ChainSource { get; init; }
+
+    private Dictionary<string, string>? _missing;
+
+    /// <summary>Whether <paramref name="name"/> may be a chain of this table (a jump target): it was read, or the table is
+    /// read chain by chain and will look for it when a packet jumps there.</summary>
+    public bool MayHaveChain(string name) => Chains.ContainsKey(name) || (ChainSource is not null && _missing?.ContainsKey(name) != true);
+
+    /// <summary>The chain, read now if the table is read chain by chain; else null with why it is not there.</summary>
+    public NatChain? Chain(string name, out string missing)
+    {
+        missing = "";
+        if (Chains.TryGetValue(name, out NatChain? chain))
+        {
+            return chain;
+        }
+        if (_missing?.TryGetValue(name, out string? why) == true)
+        {
+            missing = why;
+            return null;
+        }
+        string? error = ChainSource?.Invoke(name);
+        if (Chains.TryGetValue(name, out chain))
+        {
+            return chain;
+        }
+        missing = error ?? $"chain {name} does not exist in {Name}";
+        (_missing ??= new(StringComparer.Ordinal))[name] = missing;
+        return null;
+    }
 }
 
 /// <summary>A chain. Rules read from text may be kept as lines until the chain is first entered (a node with thousands

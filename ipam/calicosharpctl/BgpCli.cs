@@ -80,6 +80,33 @@ internal static class BgpCli
                     }
                     w.WriteEndArray();
                     w.WriteNumber("applyErrors", s.ApplyErrors);
+                    if (s.NatOutgoing is { } nat)
+                    {
+                        w.WriteStartObject("natOutgoing");
+                        w.WriteString("table", nat.Table);
+                        w.WriteBoolean("programmed", nat.Programmed);
+                        w.WriteStartArray("masqueradePools");
+                        foreach (string c in nat.MasqueradePools)
+                        {
+                            w.WriteStringValue(c);
+                        }
+                        w.WriteEndArray();
+                        w.WriteString("error", nat.Error);
+                        w.WriteNumber("updates", nat.Updates);
+                        w.WriteNumber("errors", nat.Errors);
+                        w.WriteNumber("lastProgramMs", nat.LastProgramMs);
+                        w.WriteEndObject();
+                    }
+                    w.WriteStartArray("serviceRanges");
+                    foreach (ServiceRangeStatus r in s.ServiceRanges)
+                    {
+                        w.WriteStartObject();
+                        w.WriteString("cidr", r.Cidr);
+                        w.WriteString("kind", r.Kind);
+                        w.WriteEndObject();
+                    }
+                    w.WriteEndArray();
+                    w.WriteNumber("serviceRoutesRefused", s.ServiceRoutesRefused);
                     w.WriteStartArray("peers");
                     foreach (Peer x in peers.Peers)
                     {
@@ -134,6 +161,16 @@ internal static class BgpCli
             foreach (SkippedResource r in s.Skipped)
             {
                 o.WriteLine($"skipped: {r.Key}: {r.Reason}");
+            }
+            if (s.NatOutgoing is { } nat)
+            {
+                o.WriteLine(nat.Error.Length > 0 ? $"natOutgoing: ERROR {nat.Error}"
+                    : nat.Programmed ? $"natOutgoing: masquerading {string.Join(", ", nat.MasqueradePools)} toward addresses outside every pool (nftables table {nat.Table}, last update {nat.LastProgramMs.ToString("0.#", CultureInfo.InvariantCulture)} ms)"
+                    : "natOutgoing: no pool has it");
+            }
+            if (s.ServiceRanges.Count > 0 || s.ServiceRoutesRefused > 0)
+            {
+                o.WriteLine($"service ranges advertised: {(s.ServiceRanges.Count == 0 ? "none" : string.Join(", ", s.ServiceRanges.Select(r => $"{r.Cidr} ({r.Kind})")))}; {s.ServiceRoutesRefused} routes from peers inside them refused");
             }
             o.WriteLine();
             Output.Table(o, ["PEER ADDRESS", "PEER TYPE", "AS", "STATE", "SINCE", "PREFIXES (RX/REF/ACC/ADV)", "INFO"],

@@ -129,6 +129,16 @@ internal sealed class Tracer(IpamClient ipam, NodeApis apis, CancellationToken c
         // 1. IPAM: pool, block, node, allocation.
         IReadOnlyList<IpPool> pools = await ipam.ListPoolsAsync(ct).ConfigureAwait(false);
         IpPool? pool = pools.FirstOrDefault(p => p.Cidr.Contains(address));
+        if (pool is null && sourcePod is not null)
+        {
+            // From a pod to an address outside every pool: it leaves the cluster, masqueraded when its pool says natOutgoing.
+            await FromPodAsync(sourcePod, sourceNode!).ConfigureAwait(false);
+            if (_hops[^1].Status != HopStatus.Broken)
+            {
+                await NatOutgoingAsync(address, sourcePod, sourceNode!, pools).ConfigureAwait(false);
+            }
+            return Result(text, fromText, null);
+        }
         if (pool is null)
         {
             Hop("ipam", "etcd", HopStatus.Broken, $"{text} is in no IP pool ({(pools.Count == 0 ? "there are none" : string.Join(", ", pools.Select(p => p.Cidr)))}): CalicoSharp neither allocates nor routes it");
@@ -192,6 +202,48 @@ internal sealed class Tracer(IpamClient ipam, NodeApis apis, CancellationToken c
     }
 
     private TraceResult Result(string address, string from, string? dest) => new(address, from, dest, _hops);
+
+    /// <summary>The source side of a packet from a pod to an address outside every pool: the pool's natOutgoing, and
+    /// whether the source node's bgpd has its nftables table programmed.</summary>
+    private async Task NatOutgoingAsync(IPAddress address, IpLookup pod, string node, IReadOnlyList<IpPool> pools)
+    {
+        string text = address.ToString();
+        IpPool? own = pools.FirstOrDefault(p => p.Cidr.Contains(pod.Address));
+        bool wanted = own?.Resource.Spec.NatOutgoing == true;
+        string poolText = own is null ? "no pool" : $"pool {own.Name} ({own.Cidr})";
+        NodeStatus? status = await apis.CallAsync(node, (c, o) => c.GetStatusAsync(new StatusRequest(), o).ResponseAsync).ConfigureAwait(false);
+        string source = $"bgpd on {node}";
+        var facts = new List<(string, string)> { ("pool", own?.Name ?? ""), ("natOutgoing", wanted ? "true" : "false"), ("destination", text) };
+        if (status is null)
+        {
+            Hop("nat-outgoing", source, HopStatus.Unchecked, $"{text} is outside every pool; {poolText} {(wanted ? "has" : "has no")} natOutgoing, but {apis.Describe(node)}", [.. facts]);
+            return;
+        }
+        if (status.NatOutgoing is not { } nat)
+        {
+            Hop("nat-outgoing", source, wanted ? HopStatus.Broken : HopStatus.Warning, $"{text} is outside every pool; bgpd on {node} does not program the dataplane (no natOutgoing table), so the packet leaves with {pod.Address}", [.. facts]);
+            return;
+        }
+        facts.Add(("table", nat.Table));
+        bool covered = own is not null && nat.Programmed && nat.MasqueradePools.Contains(own.Cidr.ToString());
+        if (wanted && covered && nat.Error.Length == 0)
+        {
+            facts.Add(("masquerade", "true"));
+            Hop("nat-outgoing", source, HopStatus.Ok,
+                $"{text} is outside every pool and {poolText} has natOutgoing: {node} masquerades the packet (nftables table {nat.Table}), it leaves with {node}'s address, not {pod.Address}", [.. facts]);
+        }
+        else if (wanted)
+        {
+            Hop("nat-outgoing", source, HopStatus.Broken,
+                $"{poolText} has natOutgoing but {node}'s nftables table {nat.Table} does not cover it{(nat.Error.Length > 0 ? $": {nat.Error}" : " (yet)")}; the packet leaves with {pod.Address}", [.. facts]);
+        }
+        else
+        {
+            facts.Add(("masquerade", "false"));
+            Hop("nat-outgoing", source, HopStatus.Warning,
+                $"{text} is outside every pool and {poolText} has no natOutgoing: the packet leaves with the pod's address {pod.Address}, so {text} needs a route back to {own?.Cidr.ToString() ?? "it"}", [.. facts]);
+        }
+    }
 
     /// <summary>"/32" or "/128": a single address's prefix length.</summary>
     private static string HostLength(IPAddress a) => a.AddressFamily == System.Net.Sockets.AddressFamily.InterNetworkV6 ? "/128" : "/32";
@@ -520,7 +572,7 @@ internal sealed class Tracer(IpamClient ipam, NodeApis apis, CancellationToken c
         {
             o.WriteLine($"{indent}{i++,2}. {h.Name,-18} {Mark(h.Status),-7} [{h.Source}] {h.Summary}");
         }
-        o.WriteLine(indent + (r.BrokenAt is { } b ? $"the path breaks at: {b}" : r.Hops.Any(h => h.Status == HopStatus.Unchecked) ? "no break found in the hops that could be checked" : "the packet reaches the pod"));
+        o.WriteLine(indent + (r.BrokenAt is { } b ? $"the path breaks at: {b}" : r.Hops.Any(h => h.Status == HopStatus.Unchecked) ? "no break found in the hops that could be checked" : r.Hops.Count > 0 && r.Hops[^1].Name == "nat-outgoing" ? "the packet leaves the cluster" : "the packet reaches the pod"));
     }
 
     internal static string Mark(HopStatus s) => s switch { HopStatus.Ok => "ok", HopStatus.Warning => "warn", HopStatus.Broken => "BROKEN", _ => "?" };

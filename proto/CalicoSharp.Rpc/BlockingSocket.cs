@@ -22,7 +22,6 @@ internal sealed unsafe partial class BlockingSocket : Stream
     private const int SolSocket = 1, SoError = 4, SoRcvtimeo = 20, IpprotoTcp = 6, TcpNodelay = 1;
     private const int MsgNosignal = 0x4000;
     private const int FGetfl = 3, FSetfl = 4, ONonblock = 0x800;
-    private const short PollOut = 4;
     private const int EIntr = 4, EAgain = 11, EInProgress = 115;
 
     private int fd;
@@ -101,8 +100,8 @@ internal sealed unsafe partial class BlockingSocket : Stream
                 throw Error(errno);
             }
 
-            var pfd = new PollFd { Fd = fd, Events = PollOut };
-            int ready = poll(&pfd, 1, (int)Math.Clamp(Math.Ceiling(timeout.TotalMilliseconds), 0, int.MaxValue));
+            var pfd = new Posix.PollFd { Fd = fd, Events = Posix.PollOut };
+            int ready = Posix.poll(&pfd, 1, (int)Math.Clamp(Math.Ceiling(timeout.TotalMilliseconds), 0, int.MaxValue));
             if (ready == 0)
             {
                 throw new TimeoutException("connect timed out");
@@ -262,7 +261,7 @@ internal sealed unsafe partial class BlockingSocket : Stream
     {
         if (fd >= 0)
         {
-            _ = close(fd);
+            _ = Posix.close(fd);
             fd = -1;
         }
 
@@ -285,14 +284,6 @@ internal sealed unsafe partial class BlockingSocket : Stream
     }));
 
     [StructLayout(LayoutKind.Sequential)]
-    private struct PollFd
-    {
-        public int Fd;
-        public short Events;
-        public short Revents;
-    }
-
-    [StructLayout(LayoutKind.Sequential)]
     private struct TimeVal
     {
         public long Seconds;
@@ -304,9 +295,6 @@ internal sealed unsafe partial class BlockingSocket : Stream
 
     [LibraryImport(LibC, SetLastError = true)]
     private static partial int connect(int fd, byte* address, uint length);
-
-    [LibraryImport(LibC, SetLastError = true)]
-    private static partial int poll(PollFd* fds, nuint count, int timeout);
 
     [LibraryImport(LibC, SetLastError = true)]
     private static partial int getsockopt(int fd, int level, int name, void* value, uint* length);
@@ -322,7 +310,4 @@ internal sealed unsafe partial class BlockingSocket : Stream
 
     [LibraryImport(LibC, SetLastError = true)]
     private static partial nint send(int fd, byte* buffer, nuint length, int flags);
-
-    [LibraryImport(LibC, SetLastError = true)]
-    private static partial int close(int fd);
 }

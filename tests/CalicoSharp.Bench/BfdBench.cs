@@ -11,7 +11,7 @@ namespace CalicoSharp.Bench;
 /// the ToR's end of node1's link) to the routes leaving the kernels on both far sides — the ToR's routes leaving
 /// node1's kernel (bgpd detected it) and node1's block leaving node2's kernel (BIRD detected it and withdrew it) — at
 /// 300 ms × 3 and 100 ms × 3, against the hold timer at the lab's settings (9 s, no BFD) in the same run; and the CPU
-/// bgpd spends on 100 BFD sessions at 100 ms.
+/// bgpd and BIRD each spend on 100 BFD sessions at 100 ms between them.
 /// </summary>
 internal static class BfdBench
 {
@@ -103,43 +103,45 @@ internal static class BfdBench
     }
 
     /// <summary>
-    /// Two bgpd with <paramref name="sessions"/> BFD sessions between them at <paramref name="ms"/> ms: node1 and the
-    /// ToR's namespace each get that many more addresses on their link; each bgpd has a file peer with
-    /// <c>bfd: true</c> for each of the other's addresses, from its own address of the same index (BFDConfiguration
-    /// from etcd for node1's bgpd, the file's default timers — 100 ms send — for the other). CPU of each over 20 s
-    /// once every session is Up.
+    /// bgpd and BIRD 2 with <paramref name="sessions"/> BFD sessions between them at <paramref name="ms"/> ms × 3, in
+    /// the same run: node1 and the ToR each get one more address per session, pair <c>i</c> on its own /24
+    /// (10.99.i.1 on node1, 10.99.i.2 on the ToR) so that each side sends from the address the other expects; each
+    /// side has a BGP session with <c>bfd on</c> per pair (bgpd: file peers with <c>"bfd": true</c> and the
+    /// BFDConfiguration's timers; BIRD: <c>protocol bgp … bfd on</c> and <c>protocol bfd</c> at the same intervals).
+    /// CPU of each over 20 s once every session is Up on both sides.
     /// </summary>
     private static async Task CpuAsync(TextWriter o, int sessions, int ms, string[]? command)
     {
+        const int multiplier = 3;
+        uint asn = 0;
+        string BirdPeers(uint nodeAs) => string.Concat(Enumerable.Range(1, sessions).Select(i => string.Create(CultureInfo.InvariantCulture,
+            $"protocol bgp bfd{i} {{ local as {BgpLab.TorAsPerCompute}; neighbor 10.99.{i}.1 as {nodeAs}; source address 10.99.{i}.2; hold time 9; keepalive time 3; connect retry time 1; error wait time 1, 2; ipv4 {{ import none; export none; }}; bfd on; }}\n")));
         await using BgpLab lab = await BgpLab.StartAsync(TorModel.AsPerComputeServer, 1, l =>
         {
             if (command is not null)
             {
                 l.BgpdCommand = command;
             }
+            l.TorExtra = BfdLab.BirdBfd(ms, multiplier);
+            l.TorPeerExtra = _ => "bfd on;";
         }, startBgpd: false).ConfigureAwait(false);
         LabNode n1 = lab.Nodes[0];
+        asn = n1.As;
         string torIf = $"{lab.Prefix}t1", nodeIf = $"{lab.Prefix}n1";
         for (int i = 1; i <= sessions; i++)
         {
-            TestNetns.Ip("-n", n1.Netns.Name, "addr", "add", $"10.99.1.{i}/16", "dev", nodeIf);
-            TestNetns.Ip("-n", lab.Tor.Name, "addr", "add", $"10.99.2.{i}/16", "dev", torIf);
+            TestNetns.Ip("-n", n1.Netns.Name, "addr", "add", $"10.99.{i}.1/24", "dev", nodeIf);
+            TestNetns.Ip("-n", lab.Tor.Name, "addr", "add", $"10.99.{i}.2/24", "dev", torIf);
         }
-        await lab.PutAsync(BfdLab.ConfigurationKey, BfdLab.Configuration(ms)).ConfigureAwait(false);
-        // The far bgpd shares the ToR's namespace with BIRD, which holds port 179.
-        string Peers(string to, string from, uint asn) => (to == "10.99.1" ? "{\"listenPort\":1179," : "{") + "\"peers\":[" + string.Join(",", Enumerable.Range(1, sessions).Select(i =>
-            $$"""{"name":"bfd{{i}}","peerIP":"{{to}}.{{i}}","asNumber":{{asn}},"sourceAddress":"{{from}}.{{i}}","bfd":true}""")) + "]}";
-        string config1 = Path.Combine(lab.Directory, "bgpd-bfd1.json"), config2 = Path.Combine(lab.Directory, "bgpd-bfd2.json");
-        await File.WriteAllTextAsync(config1, Peers("10.99.2", "10.99.1", 65100)).ConfigureAwait(false);
-        await File.WriteAllTextAsync(config2, Peers("10.99.1", "10.99.2", n1.As)).ConfigureAwait(false);
-        lab.StartBgpd(n1, "--config", config1);
-        string socket2 = Path.Combine(lab.Directory, "bgpd-far.sock");
-        using BgpdProcess far = BgpdProcess.Start(["ip", "netns", "exec", lab.Tor.Name, .. (command ?? ["dotnet", RepoPaths.ProjectDll("bgpd/calicosharp-bgpd", "calicosharp-bgpd")])],
-            ["--node-name", "far", "--ipv4-address", "10.99.2.1/16", "--as", "65100", "--config", config2, "--no-kernel", "--api-socket", socket2,
-             "--state-dir", Path.Combine(lab.Directory, "state-far"), "--log-level", "warning"], socket2);
-        async Task<int> UpAsync(string socket)
+        lab.Bird!.Reconfigure(lab.TorConfig() + BirdPeers(asn));
+        await lab.PutAsync(BfdLab.ConfigurationKey, BfdLab.Configuration(ms, multiplier)).ConfigureAwait(false);
+        string config = Path.Combine(lab.Directory, "bgpd-bfd.json");
+        await File.WriteAllTextAsync(config, "{\"peers\":[" + string.Join(",", Enumerable.Range(1, sessions).Select(i =>
+            $$"""{"name":"bfd{{i}}","peerIP":"10.99.{{i}}.2","asNumber":{{BgpLab.TorAsPerCompute}},"sourceAddress":"10.99.{{i}}.1","bfd":true}""")) + "]}").ConfigureAwait(false);
+        lab.StartBgpd(n1, "--config", config, "--log-level", "warning");
+        async Task<int> BgpdUpAsync()
         {
-            ProcessResult r = await BgpLab.CtlAsync("node", "status", "--bgpd-socket", socket, "-o", "json").ConfigureAwait(false);
+            ProcessResult r = await BgpLab.CtlAsync("node", "status", "--bgpd-socket", n1.ApiSocket, "-o", "json").ConfigureAwait(false);
             if (r.ExitCode != 0)
             {
                 return 0;
@@ -147,28 +149,29 @@ internal static class BfdBench
             using var d = System.Text.Json.JsonDocument.Parse(r.Stdout);
             return d.RootElement.GetProperty("peers").EnumerateArray().Count(p => p.TryGetProperty("bfd", out var b) && b.GetProperty("state").GetString() == "Up");
         }
+        int BirdUp() => lab.Bird.Birdc("show bfd sessions").Split('\n').Count(l => l.StartsWith("10.99.", StringComparison.Ordinal) && l.Contains(" Up ", StringComparison.Ordinal));
         var wait = Stopwatch.StartNew();
-        while (await UpAsync(n1.ApiSocket).ConfigureAwait(false) < sessions || await UpAsync(socket2).ConfigureAwait(false) < sessions)
+        while (await BgpdUpAsync().ConfigureAwait(false) < sessions || BirdUp() < sessions)
         {
-            if (wait.Elapsed > TimeSpan.FromSeconds(90))
+            if (wait.Elapsed > TimeSpan.FromSeconds(120))
             {
-                throw new TimeoutException($"BFD sessions Up after 90 s: node1 {await UpAsync(n1.ApiSocket).ConfigureAwait(false)}, far {await UpAsync(socket2).ConfigureAwait(false)} of {sessions}\n{lab.Diagnostics()}");
+                throw new TimeoutException($"BFD sessions Up after 120 s: bgpd {await BgpdUpAsync().ConfigureAwait(false)}, BIRD {BirdUp()} of {sessions}\n{lab.Bird.Birdc("show bfd sessions")}\n{lab.Diagnostics()}");
             }
             await Task.Delay(500).ConfigureAwait(false);
         }
         await Task.Delay(3000).ConfigureAwait(false);
-        int bgpd = n1.Bgpd!.Id;
-        int farPid = int.Parse(TestNetns.Ip("netns", "pids", lab.Tor.Name).Split('\n', StringSplitOptions.RemoveEmptyEntries)
-            .First(p => File.ReadAllText($"/proc/{p.Trim()}/cmdline").Contains("far", StringComparison.Ordinal)).Trim(), CultureInfo.InvariantCulture);
-        double c0 = BfdLab.CpuSeconds(bgpd), f0 = BfdLab.CpuSeconds(farPid);
+        int bgpd = n1.Bgpd!.Id, bird = lab.Bird.Pid;
+        double c0 = BfdLab.CpuSeconds(bgpd), b0 = BfdLab.CpuSeconds(bird);
         var sw = Stopwatch.StartNew();
         await Task.Delay(TimeSpan.FromSeconds(20)).ConfigureAwait(false);
         double secs = sw.Elapsed.TotalSeconds;
-        double c = (BfdLab.CpuSeconds(bgpd) - c0) / secs, f = (BfdLab.CpuSeconds(farPid) - f0) / secs;
-        int stillUp = await UpAsync(n1.ApiSocket).ConfigureAwait(false);
+        double c = (BfdLab.CpuSeconds(bgpd) - c0) / secs, b = (BfdLab.CpuSeconds(bird) - b0) / secs;
+        int bgpdUp = await BgpdUpAsync().ConfigureAwait(false), birdUp = BirdUp();
         o.WriteLine(string.Create(CultureInfo.InvariantCulture,
-            $"CPU with {sessions} BFD sessions at {ms} ms between two bgpd ({stillUp} Up after {secs:0} s; {sessions * 1000 / ms} packets/s each way): node1's bgpd {c * 100:0.0} % of one core, the other {f * 100:0.0} %"));
+            $"CPU with {sessions} BFD sessions at {ms} ms x {multiplier} between bgpd (node1) and BIRD 2 (the ToR), each pair on its own /24, 20 s once all are Up ({sessions * 1000 / ms} packets/s each way; Up at the end: bgpd {bgpdUp}, BIRD {birdUp}):"));
+        o.WriteLine(string.Create(CultureInfo.InvariantCulture,
+            $"  bgpd {c * 100:0.0} % of one core, BIRD {b * 100:0.0} % (bgpd/BIRD {(b > 0 ? c / b : double.NaN):0.00}x); load average {File.ReadAllText("/proc/loadavg").Split(' ')[0]}"));
         string status = File.ReadAllText($"/proc/{bgpd}/status");
-        o.WriteLine($"  node1's bgpd: threads {status.Split('\n').First(l => l.StartsWith("Threads:", StringComparison.Ordinal)).Split(':')[1].Trim()}, {status.Split('\n').First(l => l.StartsWith("VmRSS:", StringComparison.Ordinal)).Trim()}");
+        o.WriteLine($"  bgpd: threads {status.Split('\n').First(l => l.StartsWith("Threads:", StringComparison.Ordinal)).Split(':')[1].Trim()}, {status.Split('\n').First(l => l.StartsWith("VmRSS:", StringComparison.Ordinal)).Trim()}");
     }
 }

@@ -24,10 +24,10 @@ if (only is "all" or "cni")
 
 if (only is "all" or "bgp")
 {
-    int n = args.Length > 1 ? int.Parse(args[1], CultureInfo.InvariantCulture) : 1_000_000;
-    await BgpBench.RunAsync(Console.Out, n).ConfigureAwait(false);
-    // Footprint with two peers and 1,000 routes, beside BIRD's.
-    await BgpBench.RunAsync(Console.Out, 1000).ConfigureAwait(false);
+    // bgp [prefixes [rounds]]: the relay of that many routes, then the footprint at rest with 1,000, beside BIRD's.
+    int n = args.Length > 1 && only == "bgp" ? int.Parse(args[1], CultureInfo.InvariantCulture) : 1_000_000;
+    int rounds = args.Length > 2 && only == "bgp" ? int.Parse(args[2], CultureInfo.InvariantCulture) : 2;
+    await BgpBench.RunAsync(Console.Out, n, rounds).ConfigureAwait(false);
 }
 
 if (only is "all" or "bgp" or "peer-memory")

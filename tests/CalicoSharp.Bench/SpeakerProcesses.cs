@@ -42,8 +42,9 @@ internal static class SpeakerProcesses
     }
 
     /// <summary>calicosharp-bgpd from its config file; kernel route programming only when asked; the control API and
-    /// metrics (on <paramref name="metricsAddress"/>) only when asked, as the throughput runs measure the speaker.</summary>
-    public static IRunning StartBgpd(string ns, string bin, string configJson, bool kernel = false, string? metricsAddress = null)
+    /// metrics (on <paramref name="metricsAddress"/>) only when asked; <paramref name="environment"/> added to its own.</summary>
+    public static IRunning StartBgpd(string ns, string bin, string configJson, bool kernel = false, string? metricsAddress = null,
+        IReadOnlyDictionary<string, string>? environment = null)
     {
         string dir = Directory.CreateTempSubdirectory("calicosharp-bench-").FullName;
         string cfg = Path.Combine(dir, "bgpd.json");
@@ -54,6 +55,10 @@ internal static class SpeakerProcesses
             .Concat(kernel ? [] : ["--no-kernel"]).Concat(metricsAddress is null ? [] : ["--metrics-address", metricsAddress]))
         {
             psi.ArgumentList.Add(a);
+        }
+        foreach ((string name, string value) in environment ?? new Dictionary<string, string>())
+        {
+            psi.Environment[name] = value;
         }
         return new Bgpd(Process.Start(psi)!, dir, api);
     }

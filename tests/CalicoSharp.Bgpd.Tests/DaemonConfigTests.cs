@@ -59,13 +59,14 @@ public sealed class DaemonConfigTests : IAsyncLifetime
 
     /// <summary>Starts node1's daemon; with <paramref name="table"/>, it programs that kernel table (else none), on
     /// <paramref name="time"/> (else the system clock).</summary>
-    private async Task<Daemon> StartAsync(string? configFile = null, int? peerMaxPrefixes = null, string configExtra = "", IRouteTable? table = null, TimeProvider? time = null)
+    private async Task<Daemon> StartAsync(string? configFile = null, int? peerMaxPrefixes = null, string configExtra = "", IRouteTable? table = null, TimeProvider? time = null,
+        string? ipv4 = "127.0.0.1/8", TimeSpan? reconcile = null)
     {
         PutConfig(configExtra);
         daemon = new Daemon(new DaemonOptions
         {
             NodeName = "node1",
-            Ipv4Address = "127.0.0.1/8",
+            Ipv4Address = ipv4,
             Store = store,
             Kernel = table is not null,
             RouteTable = table,
@@ -73,6 +74,7 @@ public sealed class DaemonConfigTests : IAsyncLifetime
             ConfigFile = configFile,
             PeerMaxPrefixes = peerMaxPrefixes,
             PollInterval = TimeSpan.FromMilliseconds(50),
+            ReconcileInterval = reconcile ?? TimeSpan.FromSeconds(10),
             StateDirectory = dir,
         }, (level, line) =>
         {
@@ -501,5 +503,228 @@ public sealed class DaemonConfigTests : IAsyncLifetime
     {
         var e = Assert.Throws<ConfigException>(() => DaemonConfig.ParsePeerAddress(text, "peerIP"));
         Assert.Contains($"'{text}'", e.Message, StringComparison.Ordinal);
+    }
+
+    private const string Node1 = "/calico/resources/v3/projectcalico.org/nodes/node1";
+
+    /// <summary>node1's nodes record; <paramref name="bgp"/> is the bgp section's members (JSON with ' for "), null:
+    /// no bgp section at all.</summary>
+    private void PutNode(string? bgp) =>
+        Put(Node1, "{\"kind\":\"Node\",\"apiVersion\":\"projectcalico.org/v3\",\"metadata\":{\"name\":\"node1\"},\"spec\":{"
+            + (bgp is null ? "" : "\"bgp\":{" + bgp.Replace('\'', '"') + "}") + "}}");
+
+    private Task<IPAddress?> NodeAddressAsync() => daemon!.Speaker.InvokeAsync(() => daemon.Ipv4);
+
+    [Fact]
+    public async Task Without_a_flag_the_node_address_comes_from_the_node_record_and_a_change_moves_the_sessions()
+    {
+        PutNode("'ipv4Address':'127.0.0.1/8'");
+        PutPeer("tor", "'peerIP':'127.0.0.10','asNumber':65010");
+        await StartAsync(ipv4: null);
+        Assert.Equal(IPAddress.Parse("127.0.0.1"), daemon!.Ipv4);
+        Assert.Equal($"etcd {Node1} spec.bgp.ipv4Address", daemon.Ipv4Source);
+        Assert.Equal(SpeakerConfig.ParseRouterId("127.0.0.1"), daemon.Speaker.Config.RouterId);
+        Assert.Equal(IPAddress.Parse("127.0.0.1"), (await PeerAsync("127.0.0.10"))!.LocalAddress);
+        await using BgpTester tor = await BgpTester.ConnectAsync(new IPEndPoint(IPAddress.Loopback, daemon.ListenEndpoint!.Port), IPAddress.Parse("127.0.0.10"), 65010);
+
+        // The record changes: router id and the session's source address follow, the session is reset (its OPEN
+        // carries the router id), and the log says what and why.
+        PutNode("'ipv4Address':'127.0.0.2/8'");
+        await Until(async () => Equals(await NodeAddressAsync(), IPAddress.Parse("127.0.0.2")), "the new address from the record");
+        await Until(() => Task.FromResult(tor.Closed), "the session reset by the new address");
+        Assert.Equal(SpeakerConfig.ParseRouterId("127.0.0.2"), daemon.Speaker.Config.RouterId);
+        Assert.Equal(IPAddress.Parse("127.0.0.2"), (await PeerAsync("127.0.0.10"))!.LocalAddress);
+        Assert.True(Logged("BGP IPv4 address 127.0.0.1 -> 127.0.0.2 (from etcd"));
+        Assert.True(Logged("router id 127.0.0.1 -> 127.0.0.2: resetting 1 sessions (tor)"));
+
+        // A bare address (no prefix length) is taken as it is.
+        PutNode("'ipv4Address':'127.0.0.3'");
+        await Until(async () => Equals(await NodeAddressAsync(), IPAddress.Parse("127.0.0.3")), "the bare address");
+
+        // Unreadable, empty, missing, no bgp section: the address in use stays, the record is reported by its key.
+        foreach ((string? bgp, string reason) in new[]
+        {
+            ("'ipv4Address':'banana/24'", "spec.bgp.ipv4Address: 'banana/24' is not an IPv4 address"),
+            ("'ipv4Address':'fd00::3/64'", "spec.bgp.ipv4Address: 'fd00::3/64' is not an IPv4 address"),
+            ("'ipv4Address':'127.0.0.4/33'", "spec.bgp.ipv4Address: '127.0.0.4/33' is not an IPv4 address"),
+            ("'ipv4Address':''", "spec.bgp.ipv4Address is empty: keeping this node's IPv4 address 127.0.0.3"),
+            ("'asNumber':64512", "spec.bgp.ipv4Address is missing: keeping this node's IPv4 address 127.0.0.3"),
+            (null, "spec.bgp.ipv4Address is missing: keeping this node's IPv4 address 127.0.0.3"),
+        })
+        {
+            PutNode(bgp);
+            await Until(async () => (await ProblemsAsync()).Any(p => p.Key == Node1 && p.Reason.Contains(reason, StringComparison.Ordinal)), "the record reported: " + reason);
+            Assert.Equal(IPAddress.Parse("127.0.0.3"), await NodeAddressAsync());
+        }
+        PutNode("'ipv4Address':'127.0.0.3/8'");
+        await Until(async () => !(await ProblemsAsync()).Any(p => p.Key == Node1), "the record no longer reported");
+        Assert.True(Logged($"etcd {Node1}: no longer skipped"));
+    }
+
+    [Fact]
+    public async Task Another_nodes_unreadable_address_is_reported_under_its_key_and_gets_no_session()
+    {
+        PutPeer("all-nodes", "'peerSelector':'all()'");
+        Put("/calico/resources/v3/projectcalico.org/nodes/node2",
+            """{"kind":"Node","apiVersion":"projectcalico.org/v3","metadata":{"name":"node2"},"spec":{"bgp":{"ipv4Address":"banana"}}}""");
+        await StartAsync();
+        await Until(async () => (await ProblemsAsync()).Any(p => p.Key.EndsWith("/nodes/node2", StringComparison.Ordinal)
+            && p.Reason == "spec.bgp.ipv4Address: 'banana' is not an IPv4 address (Calico writes it with its subnet's length, e.g. 10.0.0.5/24); no session to node node2 over IPv4 until it is fixed"),
+            "node2's record reported");
+        Assert.Empty(await daemon!.Speaker.InvokeAsync(() => daemon.Speaker.Peers.ToList()));
+        Put("/calico/resources/v3/projectcalico.org/nodes/node2",
+            """{"kind":"Node","apiVersion":"projectcalico.org/v3","metadata":{"name":"node2"},"spec":{"bgp":{"ipv4Address":"127.0.0.22/8"}}}""");
+        await Until(async () => await PeerAsync("127.0.0.22") is not null, "the session to node2 once its address is fixed");
+    }
+
+    [Fact]
+    public async Task A_flag_wins_over_the_config_file_which_wins_over_the_node_record()
+    {
+        PutNode("'ipv4Address':'127.0.0.6/8','ipv6Address':'fd00::6/64','asNumber':64999");
+        string file = Path.Combine(dir, "bgpd.json");
+        File.WriteAllText(file, """{"ipv4Address":"127.0.0.5/8"}""");
+        await StartAsync(file, ipv4: "127.0.0.1/8");
+        Assert.Equal(IPAddress.Parse("127.0.0.1"), daemon!.Ipv4);
+        Assert.Equal("--ipv4-address", daemon.Ipv4Source);
+        // Published for the mesh and the CLI; what the flag does not give (IPv6 address, AS) stays in the record.
+        string record = Encoding.UTF8.GetString((await store.GetAsync(Node1, default))!.Value);
+        Assert.Contains("\"ipv4Address\":\"127.0.0.1/8\"", record, StringComparison.Ordinal);
+        Assert.Contains("\"ipv6Address\":\"fd00::6/64\"", record, StringComparison.Ordinal);
+        Assert.Contains("\"asNumber\":64999", record, StringComparison.Ordinal);
+        Assert.Equal(IPAddress.Parse("fd00::6"), daemon.Ipv6);
+        // A record changed under a flag: said once, not followed.
+        PutNode("'ipv4Address':'127.0.0.7/8'");
+        await Until(() => Task.FromResult(Logged("spec.bgp.ipv4Address 127.0.0.7/8 is not used: --ipv4-address (127.0.0.1) wins")), "the override noted");
+        Assert.Equal(IPAddress.Parse("127.0.0.1"), await NodeAddressAsync());
+        await daemon.DisposeAsync();
+
+        // Without the flag, the file's wins over the record.
+        daemon = null;
+        await StartAsync(file, ipv4: null);
+        Assert.Equal(IPAddress.Parse("127.0.0.5"), daemon!.Ipv4);
+        Assert.Equal("the config file's ipv4Address", daemon.Ipv4Source);
+        // A reload with another address uses it and publishes it in the record, as at start.
+        File.WriteAllText(file, """{"ipv4Address":"127.0.0.8/8"}""");
+        await daemon.ReloadAsync();
+        Assert.Equal(IPAddress.Parse("127.0.0.8"), await NodeAddressAsync());
+        Assert.Contains("\"ipv4Address\":\"127.0.0.8/8\"", Encoding.UTF8.GetString((await store.GetAsync(Node1, default))!.Value), StringComparison.Ordinal);
+    }
+
+    [Theory]
+    [InlineData(null, "has no spec.bgp.ipv4Address")]
+    [InlineData("", "has no spec.bgp.ipv4Address")]
+    [InlineData("'ipv6Address':'fd00::1/64'", "has no spec.bgp.ipv4Address")]
+    [InlineData("'ipv4Address':''", "has no spec.bgp.ipv4Address")]
+    [InlineData("'ipv4Address':'10.0.0.5/abc'", "spec.bgp.ipv4Address: '10.0.0.5/abc' is not an IPv4 address (Calico writes it with its subnet's length, e.g. 10.0.0.5/24)")]
+    public async Task Without_any_IPv4_address_bgpd_does_not_start_and_says_where_to_give_one(string? bgp, string reason)
+    {
+        if (bgp is not null)
+        {
+            PutNode(bgp.Length == 0 ? null : bgp);
+        }
+        ConfigException e = await Assert.ThrowsAsync<ConfigException>(() => StartAsync(ipv4: null));
+        Assert.Contains("node node1 has no BGP IPv4 address (its router id)", e.Message, StringComparison.Ordinal);
+        Assert.Contains(reason, e.Message, StringComparison.Ordinal);
+        Assert.Contains($"give --ipv4-address, ipv4Address in the config file, spec.bgp.ipv4Address in etcd {Node1}, or routerId", e.Message, StringComparison.Ordinal);
+    }
+
+    [Theory]
+    [InlineData("10.0.0.5/24", true, "10.0.0.5")]
+    [InlineData("10.0.0.5", true, "10.0.0.5")]
+    [InlineData(" 10.0.0.5/32 ", true, "10.0.0.5")]
+    [InlineData("fd00::5/64", false, "fd00::5")]
+    [InlineData("fd00::5", false, "fd00::5")]
+    [InlineData("", true, null)]
+    [InlineData(null, false, null)]
+    public void Node_address_forms_Calico_writes(string? text, bool v4, string? address)
+    {
+        IPAddress? a = DaemonConfig.ParseNodeAddress(text, v4 ? System.Net.Sockets.AddressFamily.InterNetwork : System.Net.Sockets.AddressFamily.InterNetworkV6, "ipv4Address");
+        Assert.Equal(address is null ? null : IPAddress.Parse(address), a);
+    }
+
+    [Theory]
+    [InlineData("10.0.0.5/33", true)]
+    [InlineData("10.0.0.5/", true)]
+    [InlineData("10.0.0.5/-1", true)]
+    [InlineData("fd00::5/64", true)]
+    [InlineData("10.0.0.5/24", false)]
+    [InlineData("fd00::5/129", false)]
+    [InlineData("fe80::1%eth0/64", false)]
+    [InlineData("node1.example", true)]
+    public void Bad_node_addresses_are_refused_with_the_text(string text, bool v4)
+    {
+        var e = Assert.Throws<ConfigException>(() => DaemonConfig.ParseNodeAddress(text, v4 ? System.Net.Sockets.AddressFamily.InterNetwork : System.Net.Sockets.AddressFamily.InterNetworkV6, "ipv4Address"));
+        Assert.Contains($"'{text}'", e.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task A_netlink_error_during_the_reconcile_is_logged_and_the_daemon_keeps_following_etcd()
+    {
+        var table = new FakeRouteTable();
+        await StartAsync(table: table, reconcile: TimeSpan.FromMilliseconds(100));
+        table.Broken = true;
+        await Until(() => Task.FromResult(Logged("kernel routes failed: NetlinkException")), "the reconcile's failure logged");
+        long errors = await daemon!.Speaker.InvokeAsync(() => daemon.ApplyErrors);
+        Assert.True(errors > 0);
+        // The loop lives on: a bgppeer put into etcd now is still applied.
+        PutPeer("late", "'peerIP':'127.0.0.16','asNumber':65016");
+        await Until(async () => await PeerAsync("127.0.0.16") is not null, "the bgppeer put while the kernel fails");
+        table.Broken = false;
+        await Until(() => Task.FromResult(Logged("kernel routes: working again")), "the reconcile working again");
+        lock (logLines)
+        {
+            Assert.Single(logLines, l => l.Contains("kernel routes failed", StringComparison.Ordinal));
+        }
+    }
+
+    [Fact]
+    public async Task Service_ranges_are_advertised_never_blackholed_refused_from_peers_checked_and_applied_live()
+    {
+        PutPool("default", "10.244.0.0/16");
+        PutPeer("tor", "'peerIP':'127.0.0.10','asNumber':65010");
+        var table = new FakeRouteTable();
+        const string ranges = "'serviceClusterIPs':[{'cidr':'10.96.0.0/16'}],'serviceLoadBalancerIPs':[{'cidr':'fd00:96::/112'}]";
+        await StartAsync(configExtra: ranges + ",'serviceExternalIPs':[{'cidr':'172.30.250.0/24'},{'cidr':'10.0.0.1/8'},{'ip':'x'}]", table: table);
+        Assert.Equal([("10.96.0.0/16", "serviceClusterIPs"), ("172.30.250.0/24", "serviceExternalIPs"), ("fd00:96::/112", "serviceLoadBalancerIPs")],
+            daemon!.ServiceAdvertised.Select(r => (r.Prefix.ToString(), r.Kind)));
+        IReadOnlyList<ResourceProblem> problems = await ProblemsAsync();
+        Assert.Contains(problems, p => p.Reason.Contains("serviceExternalIPs", StringComparison.Ordinal) && p.Reason.Contains("10.0.0.1/8", StringComparison.Ordinal));
+        Assert.True(await daemon.Speaker.InvokeAsync(() => daemon.Speaker.Rib.Find(Prefix.Parse("10.96.0.0/16"))?.Best is { IsLocal: true }));
+        lock (table.Routes)
+        {
+            // Advertised only: kube-proxy's rules take the traffic before routing; a blackhole would break the node's own connections.
+            Assert.DoesNotContain(table.Routes.Keys, k => k.StartsWith("10.96.", StringComparison.Ordinal) || k.StartsWith("172.30.250.", StringComparison.Ordinal));
+        }
+        await using BgpTester tor = await BgpTester.ConnectAsync(new IPEndPoint(IPAddress.Loopback, daemon.ListenEndpoint!.Port), IPAddress.Parse("127.0.0.10"), 65010);
+        await Until(() => Task.FromResult(tor.Announced >= 2), "the IPv4 service ranges at the peer");
+
+        // Another node's advertisement of a service range, passed on by the fabric: refused and counted, even inside a pool.
+        await tor.SendAsync(BgpTester.PrepareAnnouncements(65010, IPAddress.Parse("127.0.0.10"), (10u << 24) | (96u << 16) | (1u << 8), 1, 1));
+        await Until(() => Task.FromResult(daemon.ServiceRoutesRefused >= 1), "the refusal");
+        Assert.Null(await daemon.Speaker.InvokeAsync(() => daemon.Speaker.Rib.Find(Prefix.Parse("10.96.1.0/24"))?.Best));
+
+        // Live: the external range goes, the session stays.
+        PutConfig(ranges);
+        await Until(() => Task.FromResult(daemon.ServiceAdvertised.Count == 2 && tor.Withdrawn >= 1), "the external range withdrawn");
+        Assert.False(tor.Closed);
+
+        // A node labelled to stay out of external load balancers advertises no range.
+        Put("/calico/resources/v3/projectcalico.org/nodes/node1",
+            """{"kind":"Node","apiVersion":"projectcalico.org/v3","metadata":{"name":"node1","labels":{"node.kubernetes.io/exclude-from-external-load-balancers":"true"}},"spec":{"bgp":{"ipv4Address":"127.0.0.1/8"}}}""");
+        await Until(() => Task.FromResult(daemon.ServiceAdvertised.Count == 0 && tor.Withdrawn >= 2), "every range withdrawn");
+        lock (logLines)
+        {
+            Assert.Contains(logLines, l => l.Contains("exclude-from-external-load-balancers=true: it advertises no service range", StringComparison.Ordinal));
+        }
+    }
+
+    [Fact]
+    public void A_config_file_with_a_bad_service_range_is_refused()
+    {
+        string file = Path.Combine(dir, "bad-service.json");
+        File.WriteAllText(file, """{"nodeName":"node1","ipv4Address":"127.0.0.1","serviceClusterIPs":[{"cidr":"10.96.0.1/12"}]}""");
+        var e = Assert.Throws<ConfigException>(() => new Daemon(new DaemonOptions { ConfigFile = file, Kernel = false }, (_, _) => { }));
+        Assert.Contains("serviceClusterIPs", e.Message, StringComparison.Ordinal);
+        Assert.Contains("10.96.0.1/12", e.Message, StringComparison.Ordinal);
     }
 }

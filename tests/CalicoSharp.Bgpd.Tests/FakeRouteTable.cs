@@ -13,8 +13,20 @@ internal sealed class FakeRouteTable : IRouteTable
 
     public List<int> Batches { get; } = [];
 
+    /// <summary>While set, every call fails as a netlink socket in trouble would (ENOBUFS).</summary>
+    public bool Broken { get; set; }
+
+    private void ThrowIfBroken()
+    {
+        if (Broken)
+        {
+            throw new NetlinkException("dumping routes", 105);
+        }
+    }
+
     public IReadOnlyList<Route> List(byte protocol)
     {
+        ThrowIfBroken();
         lock (Routes)
         {
             return [.. Routes.Values.Where(r => r.Protocol == protocol)];
@@ -23,6 +35,7 @@ internal sealed class FakeRouteTable : IRouteTable
 
     public IReadOnlyList<Route> ListAll()
     {
+        ThrowIfBroken();
         lock (Routes)
         {
             return [.. Routes.Values];
@@ -31,6 +44,7 @@ internal sealed class FakeRouteTable : IRouteTable
 
     public NetlinkException?[] Apply(IReadOnlyList<(Route Route, RouteChange Change)> changes)
     {
+        ThrowIfBroken();
         lock (Routes)
         {
             Batches.Add(changes.Count);

@@ -108,7 +108,9 @@ public sealed class BgpLab : IAsyncDisposable
     public const uint TorAsPerCompute = 65100;
     public const uint RackAs = 64512;
 
-    private readonly List<LabPod> _pods = [];
+    /// <summary>Every pod namespace the lab made, registered the moment it exists (also those of pods whose ADD failed
+    /// midway): DisposeAsync removes each.</summary>
+    private readonly List<TestNetns> _podNetns = [];
 
     private BgpLab(string prefix, TorModel model)
     {
@@ -296,6 +298,14 @@ public sealed class BgpLab : IAsyncDisposable
             {
                 lab.Bird2 = BirdProcess.Start(lab.Tor2.Name, lab.TorConfig(2));
             }
+            if (!lab.AddressFlag)
+            {
+                // What calico/node's start-up writes: each node's record with its BGP address (the subnet's length).
+                foreach (LabNode n in lab.Nodes)
+                {
+                    await lab.PutNodeAddressAsync(n, $"{n.Address}/{n.PrefixLength}").ConfigureAwait(false);
+                }
+            }
             if (startBgpd)
             {
                 foreach (LabNode n in lab.Nodes)
@@ -409,12 +419,24 @@ public sealed class BgpLab : IAsyncDisposable
         }
     }
 
+    /// <summary>Start bgpd with <c>--ipv4-address</c> (the default); false: without, so it takes its address from its
+    /// nodes record, which the lab writes as calico/node would (<see cref="PutNodeAddressAsync"/> changes it).</summary>
+    public bool AddressFlag { get; set; } = true;
+
+    /// <summary>Writes the node's nodes record with this <c>spec.bgp.ipv4Address</c> (the ToR models' AS per node too).</summary>
+    public Task PutNodeAddressAsync(LabNode n, string ipv4Address) =>
+        PutAsync(Keys.Node(n.Name), "{\"kind\":\"Node\",\"apiVersion\":\"projectcalico.org/v3\",\"metadata\":{\"name\":\"" + n.Name
+            + "\"},\"spec\":{\"bgp\":{\"ipv4Address\":\"" + ipv4Address + "\"}}}");
+
+    /// <summary>The node's link toward the ToR or the segment (its BGP address is on it).</summary>
+    public string NodeInterface(LabNode n) => $"{Prefix}n{n.Index}";
+
     public void StartBgpd(LabNode n, params string[] extra)
     {
         var psi = new ProcessStartInfo("ip") { UseShellExecute = false, RedirectStandardError = true, RedirectStandardOutput = true };
         foreach (string a in new[] { "netns", "exec", n.Netns.Name }.Concat(BgpdCommand).Concat(
         [
-            "--node-name", n.Name, "--ipv4-address", $"{n.Address}/{n.PrefixLength}", "--etcd-endpoints", Etcd.UnixEndpoint, "--log-level", "debug",
+            "--node-name", n.Name, .. AddressFlag ? ["--ipv4-address", $"{n.Address}/{n.PrefixLength}"] : Array.Empty<string>(), "--etcd-endpoints", Etcd.UnixEndpoint, "--log-level", "debug",
             "--api-socket", n.ApiSocket, "--metrics-address", LabNode.MetricsAddress, "--secrets-dir", SecretsDirectory, "--state-dir", n.StateDir,
         ]).Concat(Model == TorModel.AsPerComputeServer ? ["--as", n.As.ToString(CultureInfo.InvariantCulture)] : [])
             .Concat(Ipv6 ? ["--ipv6-address", n.Address6 + "/64"] : []).Concat(extra))
@@ -471,35 +493,56 @@ public sealed class BgpLab : IAsyncDisposable
         }
     }
 
-    /// <summary>Runs CNI ADD for a new pod on the node (the plugin process inside the node namespace).</summary>
+    /// <summary>Runs CNI ADD for a new pod on the node (the plugin process inside the node namespace). The pod's
+    /// namespace is registered for the lab's cleanup as soon as it exists; an ADD that fails or times out midway is
+    /// followed by a CNI DEL (the plugin removes its veth and releases the address) and the namespace goes at once.</summary>
     public async Task<LabPod> AddPodAsync(LabNode node, string name)
     {
         TestNetns ns = TestNetns.Create($"{Prefix}-{name}");
-        var env = new Dictionary<string, string?>
-        {
-            ["CNI_COMMAND"] = "ADD",
-            ["CNI_CONTAINERID"] = $"{Prefix}-{name}",
-            ["CNI_NETNS"] = ns.Path,
-            ["CNI_IFNAME"] = "eth0",
-            ["CNI_PATH"] = "/usr/lib/cni",
-            ["CNI_ARGS"] = $"IgnoreUnknown=1;K8S_POD_NAMESPACE=lab;K8S_POD_NAME={name}",
-            ["CALICOSHARP_STATE_DIR"] = node.StateDir,
-        };
+        // Before anything else can fail: whatever happens from here, DisposeAsync removes the namespace.
+        _podNetns.Add(ns);
         string conf = $$$"""{"cniVersion":"1.0.0","name":"k8s-pod-network","type":"calicosharp","mtu":1400,"etcd_endpoints":"{{{Etcd.UnixEndpoint}}}","nodename":"{{{node.Name}}}","bgpd_socket":"{{{node.ApiSocket}}}","ipam":{"type":"calicosharp-ipam"{{{(Ipv6 ? ",\"assign_ipv6\":\"true\"" : "")}}}}}""";
-        ProcessResult r = await ProcessRunner.RunAsync("ip", new[] { "netns", "exec", node.Netns.Name }.Concat(CniCommand), TimeSpan.FromSeconds(60), env, conf).ConfigureAwait(false);
-        if (r.ExitCode != 0)
+        Task<ProcessResult> Cni(string command) => ProcessRunner.RunAsync("ip", new[] { "netns", "exec", node.Netns.Name }.Concat(CniCommand), TimeSpan.FromSeconds(60),
+            new Dictionary<string, string?>
+            {
+                ["CNI_COMMAND"] = command,
+                ["CNI_CONTAINERID"] = $"{Prefix}-{name}",
+                ["CNI_NETNS"] = ns.Path,
+                ["CNI_IFNAME"] = "eth0",
+                ["CNI_PATH"] = "/usr/lib/cni",
+                ["CNI_ARGS"] = $"IgnoreUnknown=1;K8S_POD_NAMESPACE=lab;K8S_POD_NAME={name}",
+                ["CALICOSHARP_STATE_DIR"] = node.StateDir,
+            }, conf);
+        try
         {
-            ns.Dispose();
-            throw new InvalidOperationException($"CNI ADD for {name} on {node.Name} failed: {r.Stdout} {r.Stderr}");
+            ProcessResult r = await Cni("ADD").ConfigureAwait(false);
+            if (r.ExitCode != 0)
+            {
+                throw new InvalidOperationException($"CNI ADD for {name} on {node.Name} failed: {r.Stdout} {r.Stderr}");
+            }
+            using JsonDocument d = JsonDocument.Parse(r.Stdout);
+            string[] ips = [.. d.RootElement.GetProperty("ips").EnumerateArray().Select(e => e.GetProperty("address").GetString()!.Split('/')[0])];
+            var pod = new LabPod(name, node, ns, ips.First(a => !a.Contains(':', StringComparison.Ordinal)))
+            {
+                Address6 = ips.FirstOrDefault(a => a.Contains(':', StringComparison.Ordinal)) ?? "",
+            };
+            return pod;
         }
-        using JsonDocument d = JsonDocument.Parse(r.Stdout);
-        string[] ips = [.. d.RootElement.GetProperty("ips").EnumerateArray().Select(e => e.GetProperty("address").GetString()!.Split('/')[0])];
-        var pod = new LabPod(name, node, ns, ips.First(a => !a.Contains(':', StringComparison.Ordinal)))
+        catch
         {
-            Address6 = ips.FirstOrDefault(a => a.Contains(':', StringComparison.Ordinal)) ?? "",
-        };
-        _pods.Add(pod);
-        return pod;
+            // What the ADD may have done before it failed (a veth in the node, an address in IPAM) is undone by DEL,
+            // best effort; the namespace goes whatever DEL says.
+            try
+            {
+                await Cni("DEL").ConfigureAwait(false);
+            }
+            catch (Exception e) when (e is InvalidOperationException or TimeoutException or System.ComponentModel.Win32Exception)
+            {
+            }
+            ns.Dispose();
+            _podNetns.Remove(ns);
+            throw;
+        }
     }
 
     /// <summary>A TCP exchange from one pod to another (nc), through the nodes and the ToR; with
@@ -591,7 +634,7 @@ public sealed class BgpLab : IAsyncDisposable
             n.Bgpd?.Dispose();
         }
         var steps = new List<Action>();
-        steps.AddRange(_pods.Select(p => (Action)p.Netns.Dispose));
+        steps.AddRange(_podNetns.Select(ns => (Action)ns.Dispose));
         steps.Add(() => Bird?.Dispose());
         steps.Add(() => Bird2?.Dispose());
         steps.AddRange(Nodes.Select(n => (Action)n.Netns.Dispose));

@@ -114,7 +114,16 @@ public sealed class EtcdServer : IDisposable
         };
         process.BeginOutputReadLine();
         process.BeginErrorReadLine();
+        if (PidFile is { } pidFile)
+        {
+            File.WriteAllText(pidFile, process.Id.ToString(CultureInfo.InvariantCulture) + "\n");
+        }
     }
+
+    /// <summary>Where this etcd's process id is kept while it runs: a file in the folder CALICOSHARP_TEST_PID_DIR names
+    /// (make test sets it), so that an etcd a crashed test run left behind is stopped by its id alone; null without it.</summary>
+    private string? PidFile => Environment.GetEnvironmentVariable("CALICOSHARP_TEST_PID_DIR") is { Length: > 0 } dir && Directory.Exists(dir)
+        ? Path.Combine(dir, name + ".pid") : null;
 
     /// <summary>Waits until /health says true (for a member of a cluster: it has a leader).</summary>
     internal void WaitReady(TimeSpan timeout)
@@ -164,6 +173,10 @@ public sealed class EtcdServer : IDisposable
 
         process?.Dispose();
         process = null;
+        if (PidFile is { } pidFile)
+        {
+            File.Delete(pidFile);
+        }
     }
 
     public void Freeze() => Signal("STOP");

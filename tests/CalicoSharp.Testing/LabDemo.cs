@@ -226,7 +226,7 @@ public sealed class LabDemo(DemoTools tools, TextWriter output)
         Check("a pod reaches the Service by its cluster IP", viaCluster.Keys.All(k => k == a.Name || k == b.Name), string.Join(", ", viaCluster.Select(x => $"{x.Key} {x.Value}")));
 
         Title($"The whole journey of the outside client's packet: calicosharpctl trace {externalIp}:{port} --from external");
-        Explain("node1 owns the external IP, so the fabric delivers the packet there; node1's bgpd reads node1's rules (iptables-save) and evaluates them.");
+        Explain("node1 owns the external IP, so the fabric delivers the packet there; node1's bgpd reads node1's rules (iptables -S, chain by chain as the packet enters them) and evaluates them.");
         await CtlAsync(["trace", $"{externalIp}:{port}", "--from", "external", "--bgpd-socket", socket], ct, allowFailure: true).ConfigureAwait(false);
         ProcessResult r = await RunCtlAsync(["trace", $"{externalIp}:{port}", "--from", "external", "--bgpd-socket", socket, "-o", "json"], ct).ConfigureAwait(false);
         using JsonDocument d = JsonDocument.Parse(r.Stdout);

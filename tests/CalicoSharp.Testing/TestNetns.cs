@@ -19,7 +19,16 @@ public sealed class TestNetns : IDisposable
     {
         Ip("netns", "add", name);
         var ns = new TestNetns(name);
-        Ip("-n", name, "link", "set", "lo", "up");
+        try
+        {
+            Ip("-n", name, "link", "set", "lo", "up");
+        }
+        catch
+        {
+            // Not handed out, so nobody else would delete it.
+            ns.Dispose();
+            throw;
+        }
         return ns;
     }
 

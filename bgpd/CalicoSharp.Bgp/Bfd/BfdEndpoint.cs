@@ -15,9 +15,31 @@ public interface IBfdTransport
 }
 
 /// <summary>
+/// A loop that runs an endpoint's deadlines itself (bgpd's BFD thread): it waits until
+/// <see cref="BfdEndpoint.NextDeadline"/>, then calls <see cref="BfdEndpoint.RunDue"/>, and is told when a new
+/// deadline is earlier than the one it may be waiting for.
+/// </summary>
+public interface IBfdDeadlineLoop : IEventLoop
+{
+    /// <summary>The earliest deadline moved earlier; called on whatever thread scheduled it.</summary>
+    void DeadlineAdvanced();
+}
+
+/// <summary>The deadlines a session keeps (RFC 5880 §6.8.7 transmit, §6.8.4 detection) and the end of its AdminDown linger.</summary>
+internal enum BfdDeadline
+{
+    Transmit,
+    Detect,
+    Close,
+}
+
+/// <summary>
 /// This system's BFD sessions, one per peer address: demultiplexes received packets (RFC 5880 §6.8.6, RFC 5881 §3
-/// and §5), counts what it discards and why, and reports state changes. Runs on one event loop, usually the BGP
-/// speaker's, so a state change reaches the BGP session in the same turn of the loop.
+/// and §5), counts what it discards and why, and reports state changes. Every session's timers are entries of one
+/// deadline queue (earliest first); all of it runs on one event loop. On an <see cref="IBfdDeadlineLoop"/> (bgpd's
+/// BFD thread) that loop waits for the earliest deadline; on any other loop (the tests' manual loop and fake clock)
+/// the endpoint keeps one timer of its <see cref="TimeProvider"/> armed for it. Either way a session costs no timer
+/// and no thread.
 /// </summary>
 public sealed class BfdEndpoint
 {
@@ -25,6 +47,14 @@ public sealed class BfdEndpoint
     private readonly Dictionary<IPAddress, BfdSession> _byPeer = [];
     private readonly long[] _discards = new long[Enum.GetValues<BfdDiscard>().Length];
     private readonly IBfdTransport _transport;
+    private readonly PriorityQueue<Entry, (long At, long Sequence)> _deadlines = new();
+    private readonly IBfdDeadlineLoop? _driver;
+    private long _sequence;
+    private ITimer? _timer;
+    private long _timerDue = long.MaxValue;
+    private bool _running;
+
+    private readonly record struct Entry(BfdSession Session, BfdDeadline Kind, long Generation);
 
     public BfdEndpoint(TimeProvider time, IEventLoop loop, IBfdTransport transport, Random? random = null)
     {
@@ -32,6 +62,7 @@ public sealed class BfdEndpoint
         Loop = loop ?? throw new ArgumentNullException(nameof(loop));
         _transport = transport ?? throw new ArgumentNullException(nameof(transport));
         Random = random ?? new Random();
+        _driver = loop as IBfdDeadlineLoop;
     }
 
     public TimeProvider Time { get; }
@@ -105,6 +136,105 @@ public sealed class BfdEndpoint
         {
             Forget(s);
         }
+        _deadlines.Clear();
+        _timer?.Dispose();
+        _timer = null;
+        _timerDue = long.MaxValue;
+    }
+
+    /// <summary>Deadlines queued, those of ended or re-armed timers included until they come up (tests).</summary>
+    public int QueuedDeadlines => _deadlines.Count;
+
+    /// <summary>The earliest deadline of any session, in <see cref="TimeProvider.GetTimestamp"/> units;
+    /// <see cref="long.MaxValue"/> when there is none.</summary>
+    public long NextDeadline
+    {
+        get
+        {
+            while (_deadlines.TryPeek(out Entry e, out (long At, long Sequence) p))
+            {
+                if (e.Session.IsCurrent(e.Kind, e.Generation))
+                {
+                    return p.At;
+                }
+                _deadlines.Dequeue();
+            }
+            return long.MaxValue;
+        }
+    }
+
+    /// <summary>Runs every deadline that is due, earliest first (equal ones in the order they were set), and returns how
+    /// many ran. A deadline set while they run waits for the next call, even when already due.</summary>
+    public int RunDue()
+    {
+        long now = Time.GetTimestamp();
+        int ran = 0;
+        _running = true;
+        try
+        {
+            long last = _sequence;
+            while (_deadlines.TryPeek(out Entry e, out (long At, long Sequence) p) && p.At <= now && p.Sequence <= last)
+            {
+                _deadlines.Dequeue();
+                if (e.Session.IsCurrent(e.Kind, e.Generation))
+                {
+                    ran++;
+                    e.Session.OnDeadline(e.Kind);
+                }
+            }
+        }
+        finally
+        {
+            _running = false;
+        }
+        if (_driver is null)
+        {
+            ArmTimer(NextDeadline);
+        }
+        return ran;
+    }
+
+    /// <summary>A session's deadline at <paramref name="at"/> (timestamp units); the entry counts while the session's
+    /// generation of that deadline is still <paramref name="generation"/>.</summary>
+    internal void Schedule(BfdSession session, BfdDeadline kind, long generation, long at)
+    {
+        long before = _deadlines.TryPeek(out _, out (long At, long Sequence) head) ? head.At : long.MaxValue;
+        _deadlines.Enqueue(new Entry(session, kind, generation), (at, ++_sequence));
+        if (at >= before)
+        {
+            return;
+        }
+        if (_driver is not null)
+        {
+            _driver.DeadlineAdvanced();
+        }
+        else if (!_running)
+        {
+            ArmTimer(at);
+        }
+    }
+
+    /// <summary>The timestamp <paramref name="after"/> from now.</summary>
+    internal long Deadline(TimeSpan after)
+    {
+        long f = Time.TimestampFrequency;
+        long delta = f == TimeSpan.TicksPerSecond ? after.Ticks : (long)(after.Ticks * ((double)f / TimeSpan.TicksPerSecond));
+        return Time.GetTimestamp() + delta;
+    }
+
+    private void ArmTimer(long at)
+    {
+        if (at == _timerDue)
+        {
+            return;
+        }
+        _timerDue = at;
+        _timer ??= Time.CreateTimer(_ => Loop.Post(() =>
+        {
+            _timerDue = long.MaxValue;
+            RunDue();
+        }), null, Timeout.InfiniteTimeSpan, Timeout.InfiniteTimeSpan);
+        _timer.Change(at == long.MaxValue ? Timeout.InfiniteTimeSpan : Time.GetElapsedTime(Time.GetTimestamp(), Math.Max(at, Time.GetTimestamp())), Timeout.InfiniteTimeSpan);
     }
 
     /// <summary>§6.8.1: a nonzero local discriminator unique on this system, chosen at random.</summary>

@@ -4,15 +4,17 @@ namespace CalicoSharp.Bgp.Bfd;
 
 /// <summary>
 /// One single-hop BFD session in asynchronous mode, active role (RFC 5880 §6.1, §6.8). Every method runs on the
-/// endpoint's event loop; its two timers (transmit, detection) come from the endpoint's <see cref="TimeProvider"/>
-/// and post to that loop, so a session costs no thread.
+/// endpoint's event loop; its timers (transmit, detection, the end of the AdminDown linger) are deadlines in the
+/// endpoint's queue, so a session costs no timer and no thread. A deadline is re-armed by bumping its generation:
+/// the queue's older entry for it no longer counts.
 /// </summary>
 public sealed class BfdSession
 {
     private readonly BfdEndpoint _endpoint;
-    private ITimer? _txTimer;
-    private ITimer? _detectTimer;
+    private readonly long[] _generation = new long[3];
+    private bool _started;
     private bool _closed;
+    private Action? _onClosed;
 
     // RFC 5880 §6.8.1 state variables; intervals in microseconds as on the wire.
     private uint _desiredMinTx;
@@ -109,9 +111,31 @@ public sealed class BfdSession
 
     internal void Start()
     {
-        _txTimer = _endpoint.Time.CreateTimer(_ => _endpoint.Loop.Post(OnTransmitTimer), null, Timeout.InfiniteTimeSpan, Timeout.InfiniteTimeSpan);
-        _detectTimer = _endpoint.Time.CreateTimer(_ => _endpoint.Loop.Post(OnDetectTimer), null, Timeout.InfiniteTimeSpan, Timeout.InfiniteTimeSpan);
+        _started = true;
         Transmit(final: false);
+    }
+
+    /// <summary>Whether a queued deadline is still the one in force.</summary>
+    internal bool IsCurrent(BfdDeadline kind, long generation) => !_closed && _generation[(int)kind] == generation;
+
+    private void Arm(BfdDeadline kind, long at) => _endpoint.Schedule(this, kind, ++_generation[(int)kind], at);
+
+    internal void OnDeadline(BfdDeadline kind)
+    {
+        switch (kind)
+        {
+            case BfdDeadline.Transmit:
+                Transmit(final: false);
+                break;
+            case BfdDeadline.Detect:
+                OnDetectionDeadline();
+                break;
+            case BfdDeadline.Close:
+                Action? closed = _onClosed;
+                Dispose();
+                closed?.Invoke();
+                break;
+        }
     }
 
     /// <summary>New timers from the configuration, applied to the running session: a changed interval starts a Poll
@@ -242,7 +266,7 @@ public sealed class BfdSession
 
     private void ArmDetection()
     {
-        if (_remoteMultiplier == 0 || _detectTimer is null)
+        if (_remoteMultiplier == 0 || !_started)
         {
             return;
         }
@@ -250,15 +274,16 @@ public sealed class BfdSession
         _detectDeadline = _lastReceived + (long)(detect.TotalSeconds * _endpoint.Time.TimestampFrequency);
         if (!_detectArmed || _detectDeadline < _detectDue)
         {
-            // Each packet only moves the deadline later; the timer, when it fires early, re-arms itself for what is
-            // left (one timer change per detection time, not per packet). A shorter detection time re-arms it now.
+            // Each packet only moves the deadline later; the queued deadline, when it comes up early, re-arms itself
+            // for what is left (one queue entry per detection time, not per packet). A shorter detection time re-arms
+            // it now.
             _detectArmed = true;
             _detectDue = _detectDeadline;
-            _detectTimer.Change(detect, Timeout.InfiniteTimeSpan);
+            Arm(BfdDeadline.Detect, _detectDue);
         }
     }
 
-    private void OnDetectTimer()
+    private void OnDetectionDeadline()
     {
         if (_closed || !_detectArmed)
         {
@@ -268,7 +293,7 @@ public sealed class BfdSession
         if (now < _detectDeadline)
         {
             _detectDue = _detectDeadline;
-            _detectTimer!.Change(TimeSpan.FromSeconds((double)(_detectDeadline - now) / _endpoint.Time.TimestampFrequency), Timeout.InfiniteTimeSpan);
+            Arm(BfdDeadline.Detect, _detectDue);
             return;
         }
         _detectArmed = false;
@@ -284,15 +309,6 @@ public sealed class BfdSession
         {
             SetState(BfdState.Down, BfdDiagnostic.ControlDetectionTimeExpired);
         }
-    }
-
-    private void OnTransmitTimer()
-    {
-        if (_closed)
-        {
-            return;
-        }
-        Transmit(final: false);
     }
 
     /// <summary>Sends one Control packet (§6.8.7) and schedules the next, jittered.</summary>
@@ -328,7 +344,7 @@ public sealed class BfdSession
         }
         if (!final)
         {
-            _txTimer?.Change(Jittered(TransmitInterval), Timeout.InfiniteTimeSpan);
+            Arm(BfdDeadline.Transmit, _endpoint.Deadline(Jittered(TransmitInterval)));
         }
     }
 
@@ -364,19 +380,14 @@ public sealed class BfdSession
             // Nobody listening, or too slow to wait for: one AdminDown packet is all the remote gets.
             linger = TimeSpan.Zero;
         }
-        ITimer? t = null;
-        t = _endpoint.Time.CreateTimer(_ => _endpoint.Loop.Post(() =>
-        {
-            t?.Dispose();
-            Dispose();
-            closed();
-        }), null, linger, Timeout.InfiniteTimeSpan);
+        _onClosed = closed;
+        Arm(BfdDeadline.Close, _endpoint.Deadline(linger));
     }
 
+    /// <summary>The session ends: its queued deadlines no longer count.</summary>
     internal void Dispose()
     {
         _closed = true;
-        _txTimer?.Dispose();
-        _detectTimer?.Dispose();
+        _onClosed = null;
     }
 }
