@@ -56,6 +56,16 @@ public sealed class EtcdKvStore : IKvStore
     private const string TxnMethod = "/etcdserverpb.KV/Txn";
     private const string WatchMethod = "/etcdserverpb.Watch/Watch";
 
+    /// <summary>etcd's leader-required call (clientv3's WithRequireLeader): a member without a leader refuses at
+    /// once with "etcdserver: no leader" instead of holding the call until its deadline, so a lost quorum is
+    /// told apart from a slow member, and a member cut off from the rest sends the client on to another.</summary>
+    private static readonly Metadata LeaderRequired = new() { { "hasleader", "true" } };
+
+    /// <summary>Pause between rounds over the members while none answers (an election takes about a second).</summary>
+    internal static readonly TimeSpan RoundPause = TimeSpan.FromMilliseconds(100);
+
+    private const string NoAnswer = "no answer";
+
     private readonly EtcdOptions options;
     private readonly GrpcClient[] clients;
     private int current;
@@ -87,7 +97,7 @@ public sealed class EtcdKvStore : IKvStore
             var range = ToRange(reads[0]);
             return CallAsync(async (client, deadline, token) =>
             {
-                var response = await client.UnaryAsync(RangeMethod, range, RangeResponse.Parser, deadline, token).ConfigureAwait(false);
+                var response = await client.UnaryAsync(RangeMethod, range, RangeResponse.Parser, deadline, token, metadata: LeaderRequired).ConfigureAwait(false);
                 return (IReadOnlyList<IReadOnlyList<KvEntry>>)[ToEntries(response)];
             }, "read", ct);
         }
@@ -101,7 +111,7 @@ public sealed class EtcdKvStore : IKvStore
 
         return CallAsync(async (client, deadline, token) =>
         {
-            var response = await client.UnaryAsync(TxnMethod, txn, TxnResponse.Parser, deadline, token).ConfigureAwait(false);
+            var response = await client.UnaryAsync(TxnMethod, txn, TxnResponse.Parser, deadline, token, metadata: LeaderRequired).ConfigureAwait(false);
             return (IReadOnlyList<IReadOnlyList<KvEntry>>)[.. response.Responses.Select(r => ToEntries(r.ResponseRange))];
         }, "read", ct);
     }
@@ -137,7 +147,7 @@ public sealed class EtcdKvStore : IKvStore
 
         return CallAsync(async (client, deadline, token) =>
         {
-            var response = await client.UnaryAsync(TxnMethod, txn, TxnResponse.Parser, deadline, token).ConfigureAwait(false);
+            var response = await client.UnaryAsync(TxnMethod, txn, TxnResponse.Parser, deadline, token, metadata: LeaderRequired).ConfigureAwait(false);
             return new KvTxnResult(response.Succeeded, response.Header.Revision,
                 response.Succeeded || otherwise.Count == 0 ? null : [.. response.Responses.Select(r => ToEntries(r.ResponseRange))]);
         }, "transaction", ct);
@@ -201,42 +211,99 @@ public sealed class EtcdKvStore : IKvStore
         }
     }
 
+    /// <summary>
+    /// One call, failed over across the members: a member that cannot be reached, has no leader, or (in a
+    /// cluster) does not answer within half the bound is skipped; half, because a follower whose leader just
+    /// died holds a forwarded call until etcd's own request timeout (7 s), while the election is over in a
+    /// second or two. While some member is leaderless or silent, rounds over all of them repeat (paused by
+    /// <see cref="RoundPause"/>) until one serves the call or the bound runs out, so a leader's death costs a
+    /// wait and not an error, and a lost quorum is reported as such at the bound. When no member can be
+    /// reached at all, that is reported at once. (A transaction cut off after etcd applied it and sent again
+    /// finds its compares failed and is re-read like any lost race.)
+    /// </summary>
     private async Task<T> CallAsync<T>(Func<GrpcClient, DateTime, CancellationToken, Task<T>> call, string what, CancellationToken ct)
     {
         var deadline = DateTime.UtcNow + options.Timeout;
-        var errors = new List<string>();
+        var attemptBound = clients.Length > 1 ? options.Timeout / 2 : options.Timeout;
+        var errors = new Dictionary<int, string>();
         int start = Volatile.Read(ref current);
-        for (int i = 0; i < clients.Length; i++)
+        while (true)
         {
-            int index = (start + i) % clients.Length;
+            bool retry = false;
+            for (int i = 0; i < clients.Length; i++)
+            {
+                int index = (start + i) % clients.Length;
+                var attemptDeadline = DateTime.UtcNow + attemptBound;
+                try
+                {
+                    var result = await call(clients[index], attemptDeadline < deadline ? attemptDeadline : deadline, ct).ConfigureAwait(false);
+                    Volatile.Write(ref current, index);
+                    return result;
+                }
+                catch (RpcException e) when (e.StatusCode == StatusCode.Unavailable && DateTime.UtcNow < deadline && !ct.IsCancellationRequested)
+                {
+                    // Not reached (refused, reset, going away) or without a leader: the next member may answer.
+                    errors[index] = e.Status.Detail;
+                    retry |= IsLeaderless(e.Status.Detail);
+                }
+                catch (RpcException e) when (e.StatusCode == StatusCode.DeadlineExceeded && attemptDeadline < deadline && !ct.IsCancellationRequested)
+                {
+                    errors[index] = $"{NoAnswer} within {attemptBound.TotalSeconds:0.###} s";
+                    retry = true;
+                }
+                catch (RpcException e) when (e.StatusCode is StatusCode.DeadlineExceeded or StatusCode.Cancelled || ct.IsCancellationRequested)
+                {
+                    throw Unanswered(what, index, errors, e);
+                }
+                catch (RpcException e)
+                {
+                    throw new IpamException(IpamErrorKind.DatastoreUnavailable, $"etcd {what} failed at {options.Endpoints[index]}: {e.StatusCode}: {e.Status.Detail}", e);
+                }
+                catch (OperationCanceledException e)
+                {
+                    throw Unanswered(what, index, errors, e);
+                }
+            }
+
+            var pause = deadline - DateTime.UtcNow;
+            if (pause <= TimeSpan.Zero || !retry)
+            {
+                throw Failure(what, errors, null);
+            }
+
             try
             {
-                var result = await call(clients[index], deadline, ct).ConfigureAwait(false);
-                Volatile.Write(ref current, index);
-                return result;
-            }
-            catch (RpcException e) when (e.StatusCode == StatusCode.Unavailable && DateTime.UtcNow < deadline && !ct.IsCancellationRequested)
-            {
-                // Not reached (refused, reset, going away, no leader): the next member may answer.
-                errors.Add($"{options.Endpoints[index]}: {e.Status.Detail}");
-            }
-            catch (RpcException e) when (e.StatusCode is StatusCode.DeadlineExceeded or StatusCode.Cancelled || ct.IsCancellationRequested)
-            {
-                throw new IpamException(IpamErrorKind.DatastoreUnavailable,
-                    $"etcd did not answer the {what} within {options.Timeout.TotalSeconds:0.###} s (endpoint {options.Endpoints[index]}); is it running and does it have quorum?", e);
-            }
-            catch (RpcException e)
-            {
-                throw new IpamException(IpamErrorKind.DatastoreUnavailable, $"etcd {what} failed at {options.Endpoints[index]}: {e.StatusCode}: {e.Status.Detail}", e);
+                await Task.Delay(pause < RoundPause ? pause : RoundPause, ct).ConfigureAwait(false);
             }
             catch (OperationCanceledException e)
             {
-                throw new IpamException(IpamErrorKind.DatastoreUnavailable,
-                    $"etcd did not answer the {what} in time (endpoint {options.Endpoints[index]})", e);
+                throw Failure(what, errors, e);
             }
         }
+    }
 
-        throw new IpamException(IpamErrorKind.DatastoreUnavailable, $"etcd is unreachable: {string.Join("; ", errors)}");
+    /// <summary>A call that timed out or was cancelled: after members without a leader, that is a lost quorum.</summary>
+    private IpamException Unanswered(string what, int index, Dictionary<int, string> errors, Exception e) =>
+        errors.Count > 0 ? Failure(what, errors, e) : new IpamException(IpamErrorKind.DatastoreUnavailable,
+            $"etcd did not answer the {what} within {options.Timeout.TotalSeconds:0.###} s (endpoint {options.Endpoints[index]}); is it running and does it have quorum?", e);
+
+    private IpamException Failure(string what, Dictionary<int, string> errors, Exception? inner)
+    {
+        var detail = string.Join("; ", errors.OrderBy(e => e.Key).Select(e => $"{options.Endpoints[e.Key]}: {e.Value}"));
+        return new IpamException(IpamErrorKind.DatastoreUnavailable, DescribeFailure(what, errors.Values, options.Timeout, detail), inner);
+    }
+
+    /// <summary>etcd's answers of a member that cannot serve for want of a leader (rpctypes ErrNoLeader, ErrLeaderChanged).</summary>
+    internal static bool IsLeaderless(string error) =>
+        error.Contains("no leader", StringComparison.Ordinal) || error.Contains("leader changed", StringComparison.Ordinal);
+
+    /// <summary>What a call that no member served says, from the members' last errors.</summary>
+    internal static string DescribeFailure(string what, IEnumerable<string> errors, TimeSpan bound, string detail)
+    {
+        string seconds = bound.TotalSeconds.ToString("0.###", System.Globalization.CultureInfo.InvariantCulture);
+        return errors.Any(IsLeaderless) ? $"the etcd datastore has no quorum: no member with a leader served the {what} within {seconds} s ({detail})"
+            : errors.Any(e => e.StartsWith(NoAnswer, StringComparison.Ordinal)) ? $"etcd did not answer the {what} within {seconds} s ({detail}); is it running and does it have quorum?"
+            : $"etcd is unreachable: no member answered the {what} within {seconds} s ({detail})";
     }
 
     private static RangeRequest ToRange(KvRead read)

@@ -90,8 +90,8 @@ public sealed class GrpcClient : IAsyncDisposable, IDisposable
     /// <summary>A unary call: one request message, one response message. <paramref name="whileWaiting"/>, if
     /// given, runs once, after the request has been sent and before the answer is read — in blocking mode
     /// the caller's own work done while the server does its part. If it throws, the answer is still read
-    /// (the call has happened), then its exception is thrown.</summary>
-    public async Task<T> UnaryAsync<T>(string method, IMessage request, MessageParser<T> parser, DateTime? deadline, CancellationToken ct, Action? whileWaiting = null)
+    /// (the call has happened), then its exception is thrown. <paramref name="metadata"/>: custom request headers.</summary>
+    public async Task<T> UnaryAsync<T>(string method, IMessage request, MessageParser<T> parser, DateTime? deadline, CancellationToken ct, Action? whileWaiting = null, Metadata? metadata = null)
         where T : IMessage<T>
     {
         ArgumentNullException.ThrowIfNull(parser);
@@ -99,7 +99,7 @@ public sealed class GrpcClient : IAsyncDisposable, IDisposable
         byte[] response;
         try
         {
-            response = await UnaryAsync(method, GrpcWire.Frame(request), deadline, null, ct, meanwhile).ConfigureAwait(false);
+            response = await UnaryAsync(method, GrpcWire.Frame(request), deadline, metadata, ct, meanwhile).ConfigureAwait(false);
         }
         finally
         {

@@ -16,6 +16,7 @@ public sealed class EtcdServer : IDisposable
     private readonly int peerPort;
     private readonly string name;
     private readonly List<string> log = [];
+    private string initialCluster;
     private Process? process;
 
     private EtcdServer()
@@ -27,7 +28,16 @@ public sealed class EtcdServer : IDisposable
         clientPort = FreePort();
         peerPort = FreePort();
         name = $"{NamePrefix}-{clientPort.ToString(CultureInfo.InvariantCulture)}";
+        initialCluster = PeerSpec;
     }
+
+    /// <summary>A member of <see cref="EtcdCluster"/>: not started; <see cref="JoinCluster"/> names its peers.</summary>
+    internal static EtcdServer NewMember() => new();
+
+    /// <summary>"name=peer URL", as etcd's --initial-cluster lists members.</summary>
+    internal string PeerSpec => $"{name}=http://127.0.0.1:{peerPort.ToString(CultureInfo.InvariantCulture)}";
+
+    internal void JoinCluster(string members) => initialCluster = members;
 
     public string Endpoint => $"http://127.0.0.1:{clientPort.ToString(CultureInfo.InvariantCulture)}";
 
@@ -62,6 +72,13 @@ public sealed class EtcdServer : IDisposable
 
     public void Launch()
     {
+        Spawn();
+        WaitReady(TimeSpan.FromSeconds(20));
+    }
+
+    /// <summary>Starts the process without waiting for it to serve (a cluster member serves once a quorum has met).</summary>
+    internal void Spawn()
+    {
         // A killed etcd leaves its unix socket behind; a new one cannot bind over it.
         File.Delete(Path.Combine(dataDir, "etcd.sock:0"));
         var psi = new ProcessStartInfo(Binary)
@@ -76,7 +93,7 @@ public sealed class EtcdServer : IDisposable
             "--name", name, "--data-dir", dataDir,
             "--listen-client-urls", $"{Endpoint},unix://etcd.sock:0", "--advertise-client-urls", Endpoint,
             "--listen-peer-urls", $"http://127.0.0.1:{peerPort}", "--initial-advertise-peer-urls", $"http://127.0.0.1:{peerPort}",
-            "--initial-cluster", $"{name}=http://127.0.0.1:{peerPort}",
+            "--initial-cluster", initialCluster,
             "--log-level", "error", "--logger", "zap",
         })
         {
@@ -101,7 +118,6 @@ public sealed class EtcdServer : IDisposable
         {
             File.WriteAllText(pidFile, process.Id.ToString(CultureInfo.InvariantCulture) + "\n");
         }
-        WaitReady(TimeSpan.FromSeconds(20));
     }
 
     /// <summary>Where this etcd's process id is kept while it runs: a file in the folder CALICOSHARP_TEST_PID_DIR names
@@ -109,7 +125,8 @@ public sealed class EtcdServer : IDisposable
     private string? PidFile => Environment.GetEnvironmentVariable("CALICOSHARP_TEST_PID_DIR") is { Length: > 0 } dir && Directory.Exists(dir)
         ? Path.Combine(dir, name + ".pid") : null;
 
-    private void WaitReady(TimeSpan timeout)
+    /// <summary>Waits until /health says true (for a member of a cluster: it has a leader).</summary>
+    internal void WaitReady(TimeSpan timeout)
     {
         var sw = Stopwatch.StartNew();
         using var http = new HttpClient { Timeout = TimeSpan.FromSeconds(1) };
