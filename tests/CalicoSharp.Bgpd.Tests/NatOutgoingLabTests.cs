@@ -20,7 +20,7 @@ public sealed class NatOutgoingLabTests
     private static Process ServePeerAddress(TestNetns ns, string address)
     {
         var psi = new ProcessStartInfo("ip") { UseShellExecute = false, RedirectStandardOutput = true, RedirectStandardError = true };
-        foreach (string a in new[] { "netns", "exec", ns.Name, "socat", $"TCP-LISTEN:{Port.ToString(CultureInfo.InvariantCulture)},bind={address},fork,reuseaddr", "SYSTEM:echo $SOCAT_PEERADDR" })
+        foreach (string a in new[] { "netns", "exec", ns.Name, "socat", "-t3", $"TCP-LISTEN:{Port.ToString(CultureInfo.InvariantCulture)},bind={address},fork,reuseaddr", "SYSTEM:echo $SOCAT_PEERADDR" })
         {
             psi.ArgumentList.Add(a);
         }

@@ -61,7 +61,9 @@ public sealed class ServiceLab : IAsyncDisposable
     {
         ArgumentNullException.ThrowIfNull(pod);
         var psi = new ProcessStartInfo("ip") { UseShellExecute = false, RedirectStandardOutput = true, RedirectStandardError = true };
-        foreach (string a in new[] { "netns", "exec", pod.Netns.Name, "socat", $"TCP-LISTEN:{port.ToString(CultureInfo.InvariantCulture)},fork,reuseaddr", $"SYSTEM:echo {pod.Name}" })
+        // -t3: the client sends nothing, so the closing phase starts as soon as it connects; socat's default half
+        // second would end the forked shell before it answers on a loaded machine.
+        foreach (string a in new[] { "netns", "exec", pod.Netns.Name, "socat", "-t3", $"TCP-LISTEN:{port.ToString(CultureInfo.InvariantCulture)},fork,reuseaddr", $"SYSTEM:echo {pod.Name}" })
         {
             psi.ArgumentList.Add(a);
         }
@@ -73,7 +75,9 @@ public sealed class ServiceLab : IAsyncDisposable
     {
         ArgumentNullException.ThrowIfNull(from);
         string target = address.Contains(':', StringComparison.Ordinal) ? $"[{address}]" : address;
-        ProcessResult r = await ProcessRunner.RunAsync("ip", ["netns", "exec", from.Name, "socat", "-T3", "-", $"TCP:{target}:{port.ToString(CultureInfo.InvariantCulture)},connect-timeout=3"],
+        // -t3: stdin is empty, so the closing phase starts at once; socat's default half-second wait for the answer
+        // lost it when the server's shell took longer (a loaded machine). The server waits as long (Serve).
+        ProcessResult r = await ProcessRunner.RunAsync("ip", ["netns", "exec", from.Name, "socat", "-t3", "-T3", "-", $"TCP:{target}:{port.ToString(CultureInfo.InvariantCulture)},connect-timeout=3"],
             TimeSpan.FromSeconds(10), null, "").ConfigureAwait(false);
         return r.Stdout.Trim();
     }
