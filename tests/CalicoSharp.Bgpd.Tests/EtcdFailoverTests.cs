@@ -7,7 +7,7 @@ using CalicoSharp.Testing;
 namespace CalicoSharp.Bgpd.Tests;
 
 /// <summary>bgpd given every member of a real three-member etcd cluster: when the member its watch is on dies,
-/// the watch moves to a live member and resumes from its revision, with no flap towards the peers. The daemon has
+/// or the leader dies, the watch moves to a live member and resumes from its revision, with no flap towards the peers. The daemon has
 /// no kernel; its peer is a BGP tester on loopback (nothing leaves this machine).</summary>
 [Trait("Category", "Etcd")]
 [System.Diagnostics.CodeAnalysis.SuppressMessage("Reliability", "CA1001", Justification = "xunit disposes the fields through IAsyncLifetime.DisposeAsync")]
@@ -49,7 +49,7 @@ public sealed class EtcdFailoverTests : IAsyncLifetime
     }
 
     [Fact]
-    public async Task The_watch_moves_to_a_live_member_when_its_member_dies_and_no_route_flaps()
+    public async Task The_watch_moves_to_a_live_member_when_its_member_or_the_leader_dies_and_no_route_flaps()
     {
         await PutAsync("/calico/resources/v3/projectcalico.org/bgpconfigurations/default",
             """{"kind":"BGPConfiguration","apiVersion":"projectcalico.org/v3","metadata":{"name":"default"},"spec":{"asNumber":64512,"nodeToNodeMeshEnabled":false,"listenPort":0}}""");
@@ -78,8 +78,18 @@ public sealed class EtcdFailoverTests : IAsyncLifetime
         await PutBlockAsync("10.244.2.0/26");
         await Until(() => tor.Announced >= 2, "the block claimed after the failover announced");
         await Until(() => daemon.WatchUp, "the watch up again");
+        Assert.True(daemon.WatchRestarts >= 1);
         Assert.Equal(0, tor.Withdrawn);
         Assert.Equal(1, tor.Updates - updates);
+
+        // Then the leader dies (the member back first, so a quorum stays): an election, the same again.
+        cluster.Restart(0);
+        cluster.Kill(cluster.Leader(TimeSpan.FromSeconds(10)));
+        await PutBlockAsync("10.244.3.0/26");
+        await Until(() => tor.Announced >= 3, "the block claimed after the leader's death announced");
+        await Until(() => daemon.WatchUp, "the watch up after the election");
+        Assert.Equal(0, tor.Withdrawn);
+        Assert.Equal(2, tor.Updates - updates);
         Assert.False(tor.Closed);
     }
 }
