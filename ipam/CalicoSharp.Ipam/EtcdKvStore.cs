@@ -155,8 +155,8 @@ public sealed class EtcdKvStore : IKvStore
 
     /// <summary>
     /// Watches every key under <paramref name="prefixes"/> (etcd's Watch stream, one watcher per prefix) from
-    /// <paramref name="fromRevision"/> (0: from now) and calls <paramref name="changed"/> with the store revision
-    /// of each batch of events, so a caller that watches again after a break resumes where it was (from the last
+    /// <paramref name="fromRevision"/> (0: from now) and calls <paramref name="changed"/> with the revision of
+    /// the last event of each batch, so a caller that watches again after a break resumes where it was (from the last
     /// revision it was told, plus one) and misses nothing. Runs until <paramref name="ct"/> is cancelled; throws
     /// <see cref="IpamException"/> when the stream breaks. The watch is leader-required, like every call: a member
     /// that dies, or loses its leader, breaks it, and the next watch goes to the next member (the one a call
@@ -203,7 +203,9 @@ public sealed class EtcdKvStore : IKvStore
 
                 if (r.Events.Count > 0)
                 {
-                    changed(r.Header.Revision);
+                    // The batch's last event, not the header's revision: a watch catching up gets the store's
+                    // current revision in its header while more events may follow in the next batch.
+                    changed(r.Events[^1].Kv.ModRevision);
                 }
             }
 
