@@ -275,6 +275,9 @@ public sealed class Daemon : IAsyncDisposable
 
     public long WatchRestarts { get; private set; }
 
+    /// <summary>The etcd revision the watch has reached (the start read's, then each batch's): a new watch resumes after it.</summary>
+    private long _watchRevision;
+
     public string? LastEtcdError { get; private set; }
 
     public DateTimeOffset? LastEtcdRead { get; private set; }
@@ -310,6 +313,7 @@ public sealed class Daemon : IAsyncDisposable
             }
             Cluster = await _cluster.ReadAsync(_cts.Token).ConfigureAwait(false);
             LastEtcdRead = _time.GetUtcNow();
+            _watchRevision = Cluster.Revision;
         }
         var addressProblems = new List<ResourceProblem>();
         ApplyAddresses(Cluster, addressProblems, starting: true);
@@ -360,7 +364,13 @@ public sealed class Daemon : IAsyncDisposable
         {
             try
             {
-                await _etcd!.WatchAsync(_cluster!.WatchedPrefixes, _ => Wake(), () =>
+                // After a break (its member died, lost its leader), the watch resumes on the next member from the
+                // revision it had reached: the changes made meanwhile arrive as events, with no reset of anything.
+                await _etcd!.WatchAsync(_cluster!.WatchedPrefixes, _watchRevision == 0 ? 0 : _watchRevision + 1, revision =>
+                {
+                    _watchRevision = Math.Max(_watchRevision, revision);
+                    Wake();
+                }, () =>
                 {
                     WatchUp = true;
                     Wake();

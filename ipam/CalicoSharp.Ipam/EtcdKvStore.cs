@@ -154,24 +154,29 @@ public sealed class EtcdKvStore : IKvStore
     }
 
     /// <summary>
-    /// Watches every key under <paramref name="prefixes"/> (etcd's Watch stream, one watcher per prefix) and
-    /// calls <paramref name="changed"/> with the store revision of each batch of events. Runs until
-    /// <paramref name="ct"/> is cancelled; throws <see cref="IpamException"/> when the stream breaks (the caller
-    /// re-reads and watches again).
+    /// Watches every key under <paramref name="prefixes"/> (etcd's Watch stream, one watcher per prefix) from
+    /// <paramref name="fromRevision"/> (0: from now) and calls <paramref name="changed"/> with the revision of
+    /// the last event of each batch, so a caller that watches again after a break resumes where it was (from the last
+    /// revision it was told, plus one) and misses nothing. Runs until <paramref name="ct"/> is cancelled; throws
+    /// <see cref="IpamException"/> when the stream breaks. The watch is leader-required, like every call: a member
+    /// that dies, or loses its leader, breaks it, and the next watch goes to the next member (the one a call
+    /// reached last, when that is another), so the caller's watch moves to a live member.
+    /// When <paramref name="fromRevision"/> was compacted away, <paramref name="changed"/> is told the revision
+    /// before the oldest one etcd keeps (a change the caller must re-read for), and the stream is ended.
     /// </summary>
-    public async Task WatchAsync(IReadOnlyList<string> prefixes, Action<long> changed, Action? started, CancellationToken ct)
+    public async Task WatchAsync(IReadOnlyList<string> prefixes, long fromRevision, Action<long> changed, Action? started, CancellationToken ct)
     {
         ArgumentNullException.ThrowIfNull(prefixes);
         ArgumentNullException.ThrowIfNull(changed);
-        GrpcClient client = clients[Volatile.Read(ref current)];
+        int index = Volatile.Read(ref current);
         try
         {
-            await using var call = await client.StartStreamingAsync(WatchMethod, ct).ConfigureAwait(false);
+            await using var call = await clients[index].StartStreamingAsync(WatchMethod, ct, LeaderRequired).ConfigureAwait(false);
             foreach (string prefix in prefixes)
             {
                 await call.WriteAsync(new WatchRequest
                 {
-                    CreateRequest = new WatchCreateRequest { Key = ByteString.CopyFromUtf8(prefix), RangeEnd = PrefixEnd(prefix) },
+                    CreateRequest = new WatchCreateRequest { Key = ByteString.CopyFromUtf8(prefix), RangeEnd = PrefixEnd(prefix), StartRevision = fromRevision },
                 }, ct).ConfigureAwait(false);
             }
 
@@ -184,22 +189,38 @@ public sealed class EtcdKvStore : IKvStore
                     started?.Invoke();
                 }
 
+                if (r.Canceled && r.CompactRevision > 0)
+                {
+                    changed(r.CompactRevision - 1);
+                    throw new IpamException(IpamErrorKind.DatastoreUnavailable,
+                        $"etcd compacted revision {fromRevision} away (oldest kept: {r.CompactRevision}); re-reading");
+                }
+
                 if (r.Canceled)
                 {
-                    throw new IpamException(IpamErrorKind.DatastoreUnavailable, $"etcd cancelled the watch: {r.CancelReason}");
+                    throw new IpamException(IpamErrorKind.DatastoreUnavailable, $"etcd cancelled the watch at {options.Endpoints[index]}: {r.CancelReason}");
                 }
 
                 if (r.Events.Count > 0)
                 {
-                    changed(r.Header.Revision);
+                    // The batch's last event, not the header's revision: a watch catching up gets the store's
+                    // current revision in its header while more events may follow in the next batch.
+                    changed(r.Events[^1].Kv.ModRevision);
                 }
             }
 
-            throw new IpamException(IpamErrorKind.DatastoreUnavailable, "etcd closed the watch stream");
+            throw new IpamException(IpamErrorKind.DatastoreUnavailable, $"etcd {options.Endpoints[index]} closed the watch stream");
         }
-        catch (RpcException e) when (!ct.IsCancellationRequested)
+        catch (Exception e) when (!ct.IsCancellationRequested && e is IpamException or RpcException or IOException or InvalidOperationException or System.Net.Sockets.SocketException)
         {
-            throw new IpamException(IpamErrorKind.DatastoreUnavailable, $"etcd watch: {e.Status.Detail}");
+            // The next watch goes to the next member, unless a call has moved on to another meanwhile.
+            Interlocked.CompareExchange(ref current, (index + 1) % clients.Length, index);
+            if (e is IpamException)
+            {
+                throw;
+            }
+
+            throw new IpamException(IpamErrorKind.DatastoreUnavailable, $"etcd watch at {options.Endpoints[index]}: {(e is RpcException re ? re.Status.Detail : e.Message)}", e);
         }
     }
 

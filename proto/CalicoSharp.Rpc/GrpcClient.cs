@@ -221,8 +221,8 @@ public sealed class GrpcClient : IAsyncDisposable, IDisposable
         }
     }
 
-    /// <summary>Starts a bidirectional streaming call (etcd's Watch): request headers go out at once.</summary>
-    public async Task<GrpcStreamingCall> StartStreamingAsync(string method, CancellationToken ct)
+    /// <summary>Starts a bidirectional streaming call (etcd's Watch): request headers, with <paramref name="metadata"/>, go out at once.</summary>
+    public async Task<GrpcStreamingCall> StartStreamingAsync(string method, CancellationToken ct, Metadata? metadata = null)
     {
         if (options.Blocking)
         {
@@ -234,7 +234,7 @@ public sealed class GrpcClient : IAsyncDisposable, IDisposable
         Http2Stream s = conn.NewStream();
         try
         {
-            await conn.SendRequestAsync(s, RequestHeaders(method, null, null, conn.PeerMaxHeaderListSize), ReadOnlyMemory<byte>.Empty, endStream: false, call.Token).ConfigureAwait(false);
+            await conn.SendRequestAsync(s, RequestHeaders(method, null, metadata, conn.PeerMaxHeaderListSize), ReadOnlyMemory<byte>.Empty, endStream: false, call.Token).ConfigureAwait(false);
         }
         catch (OperationCanceledException) when (call.Token.IsCancellationRequested)
         {
