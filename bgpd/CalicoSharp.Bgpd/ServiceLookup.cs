@@ -32,10 +32,14 @@ public static class ServiceLookup
         try
         {
             using Process p = Process.Start(psi)!;
-            Task<string> err = p.StandardError.ReadToEndAsync();
+            // stderr on a thread of its own: an async read would complete on the thread pool, which a trace keeps busy.
+            string err = "";
+            var errors = new Thread(() => err = p.StandardError.ReadToEnd()) { IsBackground = true, Name = "stderr" };
+            errors.Start();
             string output = p.StandardOutput.ReadToEnd();
             p.WaitForExit();
-            return (p.ExitCode, output, err.GetAwaiter().GetResult());
+            errors.Join();
+            return (p.ExitCode, output, err);
         }
         catch (Win32Exception)
         {
@@ -54,6 +58,12 @@ public static class ServiceLookup
         var notes = new List<string>();
         string iptables = family == AddressFamily.InterNetworkV6 ? "ip6tables" : "iptables";
         readers = [];
+        string fam = family == AddressFamily.InterNetworkV6 ? "ip6" : "ip";
+        // The nftables table is listed while iptables' built-in chains are (nft fills its cache from the whole ruleset,
+        // iptables-nft's tables included, even when kube-proxy's table is not there).
+        var nftWall = Stopwatch.StartNew();
+        Task<(int Exit, string Out, string Err)?> nftables = Task.Factory.StartNew(() => run("nft", "-j", "list", "table", fam, "kube-proxy"),
+            CancellationToken.None, TaskCreationOptions.LongRunning, TaskScheduler.Default);
         // Both tables' built-in chains are listed at once, in parallel.
         List<IptablesChainReader> opened = [.. IptablesTables.Select(t =>
             IptablesChainReader.Open(iptables, t, family, (table, chain) => run(iptables, "-t", table, "-S", chain)))];
@@ -73,17 +83,15 @@ public static class ServiceLookup
                 readers.Add(reader);
             }
         }
-        string fam = family == AddressFamily.InterNetworkV6 ? "ip6" : "ip";
-        var nsw = Stopwatch.StartNew();
-        (int Exit, string Out, string Err)? n = run("nft", "-j", "list", "table", fam, "kube-proxy");
-        double nftMs = nsw.Elapsed.TotalMilliseconds;
+        (int Exit, string Out, string Err)? n = nftables.GetAwaiter().GetResult();
+        double nftMs = nftWall.Elapsed.TotalMilliseconds;
         if (n is null)
         {
             notes.Add("nft is not installed (Debian package nftables): nftables rules not read");
         }
         else if (n.Value.Exit == 0)
         {
-            nsw.Restart();
+            var nsw = Stopwatch.StartNew();
             NatTable table = NftParser.Parse(n.Value.Out);
             tables.Add(table);
             sources.Add($"{table.Name} ({table.RuleCount} rules; nft -j list table {fam} kube-proxy {Format(nftMs)} ms, read {Format(nsw.Elapsed.TotalMilliseconds)} ms)");

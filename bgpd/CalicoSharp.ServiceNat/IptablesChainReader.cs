@@ -84,9 +84,11 @@ public sealed class IptablesChainReader
         return read > 0 ? null : error;
     }
 
-    private Task<(int Exit, string Out, string Err)?> Fetch(string chain) => _fetches.GetOrAdd(chain, c => Task.Run(async () =>
+    // Each listing waits on its own thread, not the thread pool's: the evaluation blocks a pool thread while it waits,
+    // and a pool short of threads (2 cores) would add its injection delay to every listing.
+    private Task<(int Exit, string Out, string Err)?> Fetch(string chain) => _fetches.GetOrAdd(chain, c => Task.Factory.StartNew(() =>
     {
-        await Gate.WaitAsync().ConfigureAwait(false);
+        Gate.Wait();
         try
         {
             return _list(_tableName, c);
@@ -95,7 +97,7 @@ public sealed class IptablesChainReader
         {
             Gate.Release();
         }
-    }));
+    }, CancellationToken.None, TaskCreationOptions.LongRunning, TaskScheduler.Default));
 
     /// <summary>Lists and reads one chain into <see cref="Table"/>; null when read, else why it is not there.</summary>
     private string? Read(string chain)
