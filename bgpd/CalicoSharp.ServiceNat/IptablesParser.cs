@@ -51,15 +51,8 @@ public static class IptablesParser
         var tables = new List<NatTable>();
         NatTable? table = null;
         string tableName = "";
-        int lineNo = 0;
-        foreach (string raw in text.Split('\n'))
+        foreach ((int lineNo, string line) in Lines(text))
         {
-            lineNo++;
-            string line = raw.TrimEnd('\r').Trim();
-            if (line.Length == 0 || line[0] == '#')
-            {
-                continue;
-            }
             try
             {
                 if (line[0] == '*')
@@ -92,21 +85,29 @@ public static class IptablesParser
         return tables;
     }
 
+    /// <summary>The lines that say something (not empty, not a comment), trimmed, with their numbers.</summary>
+    private static IEnumerable<(int LineNo, string Line)> Lines(string text)
+    {
+        int lineNo = 0;
+        foreach (string raw in text.Split('\n'))
+        {
+            lineNo++;
+            string line = raw.TrimEnd('\r').Trim();
+            if (line.Length > 0 && line[0] != '#')
+            {
+                yield return (lineNo, line);
+            }
+        }
+    }
+
     /// <summary>Reads what <c>iptables -t <paramref name="tableName"/> -S <i>chain</i></c> printed (<c>-P</c> or <c>-N</c>,
     /// then the chain's <c>-A</c> lines) into <paramref name="table"/>; the rules are read when the chain is first entered.</summary>
     public static void ParseListing(NatTable table, string tableName, string text, string source)
     {
         ArgumentNullException.ThrowIfNull(table);
         ArgumentNullException.ThrowIfNull(text);
-        int lineNo = 0;
-        foreach (string raw in text.Split('\n'))
+        foreach ((int lineNo, string line) in Lines(text))
         {
-            lineNo++;
-            string line = raw.TrimEnd('\r').Trim();
-            if (line.Length == 0 || line[0] == '#')
-            {
-                continue;
-            }
             try
             {
                 ReadLine(table, tableName, line, lineNo, deferRules: true, source + ", ");
