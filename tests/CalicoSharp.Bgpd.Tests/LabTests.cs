@@ -189,7 +189,11 @@ public class LabFailureTests
         Assert.True(r.TcpUnbroken, $"{r}\n{lab.Diagnostics()}");
         if (signal == "TERM")
         {
-            Assert.Contains("closing without a NOTIFICATION", File.ReadAllText(n1.LogFile), StringComparison.Ordinal);
+            string log = File.ReadAllText(n1.LogFile);
+            Assert.True(log.Contains("closing without a NOTIFICATION", StringComparison.Ordinal),
+                "no 'closing without a NOTIFICATION' in node1's log; its session lines:\n" + string.Join('\n', log.Split('\n').Where(l =>
+                    l.Contains("closing", StringComparison.Ordinal) || l.Contains("NOTIFICATION", StringComparison.Ordinal) || l.Contains("stablished", StringComparison.Ordinal)
+                    || l.Contains("signal", StringComparison.OrdinalIgnoreCase) || l.Contains("stopping", StringComparison.OrdinalIgnoreCase))));
         }
     }
 

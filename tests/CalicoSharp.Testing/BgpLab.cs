@@ -490,6 +490,9 @@ public sealed class BgpLab : IAsyncDisposable
             {
                 p.Kill(true);
             }
+            // WaitForExit(timeout) does not wait for the redirected output: without this, the last lines (how the
+            // sessions were closed) could reach the log after the next bgpd opened it at the old end, and be overwritten.
+            p.WaitForExit();
         }
     }
 
