@@ -25,7 +25,9 @@ public class NodeAddressLabTests
         await BgpLab.WaitAsync(() => BgpLab.KernelRoutes(n1).Contains($"{b.Block} via {moved}", StringComparison.Ordinal), "node2's block on node1 via the new address", 60, lab.Diagnostics);
         Assert.Contains($"BGP IPv4 address {n2.Address} -> {moved}", await File.ReadAllTextAsync(n2.LogFile), StringComparison.Ordinal);
         // The session itself now runs between node1 and the new address, and the old address is no longer needed.
-        Assert.Contains($"{moved}:179", await EstablishedAsync(n1), StringComparison.Ordinal);
+        // (The route can arrive before the reset session is back: wait for it rather than look once.)
+        await BgpLab.WaitAsync(() => EstablishedAsync(n1).GetAwaiter().GetResult().Contains($"{moved}:179", StringComparison.Ordinal),
+            "the session between node1 and node2's new address", 60, lab.Diagnostics);
         // Same subnet: the new address is a secondary one, which the kernel deletes with the primary unless promoted.
         await ProcessRunner.RunAsync("ip", ["netns", "exec", n2.Netns.Name, "sysctl", "-q", "-w", $"net.ipv4.conf.{lab.NodeInterface(n2)}.promote_secondaries=1"], TimeSpan.FromSeconds(10));
         TestNetns.Ip("-n", n2.Netns.Name, "addr", "del", $"{n2.Address}/{n2.PrefixLength}", "dev", lab.NodeInterface(n2));
