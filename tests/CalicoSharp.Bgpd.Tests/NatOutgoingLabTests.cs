@@ -64,13 +64,7 @@ public sealed class NatOutgoingLabTests
     public async Task A_pod_reaches_an_outside_address_only_with_natOutgoing_and_arrives_with_its_node_address()
     {
         await using BgpLab lab = await BgpLab.StartAsync(TorModel.AsPerComputeServer, 2, l => l.FabricRoute = true);
-        using TestNetns outside = TestNetns.Create(lab.Prefix + "-far");
-        string torIf = $"{lab.Prefix}tf", outIf = $"{lab.Prefix}of";
-        TestNetns.Ip("link", "add", torIf, "netns", lab.Tor.Name, "type", "veth", "peer", "name", outIf, "netns", outside.Name);
-        TestNetns.Ip("-n", lab.Tor.Name, "addr", "add", OutsideGateway + "/30", "dev", torIf);
-        TestNetns.Ip("-n", outside.Name, "addr", "add", OutsideAddress + "/30", "dev", outIf);
-        TestNetns.Ip("-n", lab.Tor.Name, "link", "set", torIf, "up");
-        TestNetns.Ip("-n", outside.Name, "link", "set", outIf, "up");
+        using TestNetns outside = lab.AddOutsideHost("far", 'f', OutsideGateway, OutsideAddress);
         // The outside host knows the node addresses only: no route back to the pool.
         TestNetns.Ip("-n", outside.Name, "route", "add", "172.30.0.0/16", "via", OutsideGateway);
         LabNode node1 = lab.Nodes[0], node2 = lab.Nodes[1];

@@ -479,6 +479,30 @@ public sealed class BgpLab : IAsyncDisposable
         n.Bgpd = p;
     }
 
+    /// <summary>A host outside the cluster, behind the ToR: a namespace of its own (named <paramref name="name"/> after
+    /// the lab's prefix) with a /30 veth to the ToR — the ToR's end <paramref name="gateway"/>, the host's
+    /// <paramref name="address"/> — both ends up. <paramref name="tag"/> (one letter) tells its interfaces apart; the
+    /// caller adds the host's routes.</summary>
+    public TestNetns AddOutsideHost(string name, char tag, string gateway, string address)
+    {
+        TestNetns host = TestNetns.Create($"{Prefix}-{name}");
+        try
+        {
+            string torIf = $"{Prefix}t{tag}", hostIf = $"{Prefix}h{tag}";
+            TestNetns.Ip("link", "add", torIf, "netns", Tor.Name, "type", "veth", "peer", "name", hostIf, "netns", host.Name);
+            TestNetns.Ip("-n", Tor.Name, "addr", "add", gateway + "/30", "dev", torIf);
+            TestNetns.Ip("-n", host.Name, "addr", "add", address + "/30", "dev", hostIf);
+            TestNetns.Ip("-n", Tor.Name, "link", "set", torIf, "up");
+            TestNetns.Ip("-n", host.Name, "link", "set", hostIf, "up");
+            return host;
+        }
+        catch
+        {
+            host.Dispose();
+            throw;
+        }
+    }
+
     /// <summary>Sends a signal to the node's bgpd and waits for it to exit (SIGKILL: a crash; SIGTERM: a planned stop).</summary>
     public static void StopBgpd(LabNode n, string signal = "TERM")
     {

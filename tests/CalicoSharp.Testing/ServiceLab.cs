@@ -29,15 +29,9 @@ public sealed class ServiceLab : IAsyncDisposable
     public static ServiceLab Start(BgpLab lab)
     {
         ArgumentNullException.ThrowIfNull(lab);
-        TestNetns client = TestNetns.Create(lab.Prefix + "-outside");
+        TestNetns client = lab.AddOutsideHost("outside", 'c', ClientGateway, ClientAddress);
         try
         {
-            string torIf = $"{lab.Prefix}tc", clientIf = $"{lab.Prefix}cl";
-            TestNetns.Ip("link", "add", torIf, "netns", lab.Tor.Name, "type", "veth", "peer", "name", clientIf, "netns", client.Name);
-            TestNetns.Ip("-n", lab.Tor.Name, "addr", "add", ClientGateway + "/30", "dev", torIf);
-            TestNetns.Ip("-n", client.Name, "addr", "add", ClientAddress + "/30", "dev", clientIf);
-            TestNetns.Ip("-n", lab.Tor.Name, "link", "set", torIf, "up");
-            TestNetns.Ip("-n", client.Name, "link", "set", clientIf, "up");
             TestNetns.Ip("-n", client.Name, "route", "add", "default", "via", ClientGateway);
             return new ServiceLab(lab, client);
         }
