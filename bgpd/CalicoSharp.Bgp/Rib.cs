@@ -25,6 +25,9 @@ public sealed class Rib
     private BgpPeer[] _established = [];
     private readonly AttributeInterner _interner = new();
     private readonly List<int> _changed = [];
+
+    // End-of-RIBs received since the last flush, told to listeners after the best-path changes of the routes before them.
+    private readonly List<(BgpPeer Peer, Afi Family)> _endOfRibDue = [];
     private readonly HashSet<BgpPeer> _exportDue = [];
     private bool _flushScheduled;
 
@@ -40,7 +43,8 @@ public sealed class Rib
     /// <summary>Raised (on the loop) after a batch of changes, once per changed prefix: the best path(s) may differ.</summary>
     public event Action<IReadOnlyList<RouteEntry>>? BestChanged;
 
-    /// <summary>Raised (on the loop) when a peer sent End-of-RIB for a family.</summary>
+    /// <summary>Raised (on the loop) when a peer sent End-of-RIB for a family, after <see cref="BestChanged"/> has told
+    /// the changes of every route received before it (a listener may remove what the peer did not send again).</summary>
     public event Action<BgpPeer, Afi>? EndOfRibReceived;
 
     public RouteEntry? Find(Prefix prefix) => _s.Find(prefix) is var i and >= 0 ? new RouteEntry(_s, i) : null;
@@ -179,7 +183,11 @@ public sealed class Rib
             {
                 FlushStale(peer, eor);
             }
-            EndOfRibReceived?.Invoke(peer, eor);
+            if (EndOfRibReceived is not null)
+            {
+                _endOfRibDue.Add((peer, eor));
+                ScheduleFlush();
+            }
         }
         if (u.Nlri.Count > 0)
         {
@@ -427,6 +435,15 @@ public sealed class Rib
             foreach (RouteEntry e in changed)
             {
                 _emptied.Add(e.Index);
+            }
+        }
+        if (_endOfRibDue.Count > 0)
+        {
+            (BgpPeer Peer, Afi Family)[] due = [.. _endOfRibDue];
+            _endOfRibDue.Clear();
+            foreach ((BgpPeer peer, Afi family) in due)
+            {
+                EndOfRibReceived?.Invoke(peer, family);
             }
         }
         FlushEmpty();

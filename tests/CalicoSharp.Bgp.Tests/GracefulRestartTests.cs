@@ -40,6 +40,24 @@ public sealed class GracefulRestartTests
         return a;
     }
 
+    /// <summary>A listener that acts on End-of-RIB (bgpd releases the kernel routes no peer sent again) must already
+    /// have seen the routes sent before it, even when the UPDATE and the End-of-RIB arrive in one read (issue 16: the
+    /// restarted bgpd deleted a route the ToR had just sent again and added it back 3 ms later, losing a ping).</summary>
+    [Fact]
+    public async Task End_of_rib_is_reported_after_the_best_paths_of_the_routes_sent_before_it()
+    {
+        await using var h = new Harness();
+        var seen = new List<string>();
+        h.Speaker.Rib.BestChanged += changed => seen.AddRange(changed.Select(e => $"best {e.Prefix}"));
+        h.Speaker.Rib.EndOfRibReceived += (_, family) => seen.Add($"End-of-RIB {family}");
+        BgpPeer a = h.AddPeer("10.0.0.1", 65001);
+        ScriptedPeer s = h.Establish(a, "10.0.0.1");
+        s.Send([.. s.AnnouncementOf(Attrs("10.0.0.1"), "10.1.0.0/24"), .. UpdateEncoder.EndOfRib(Afi.IPv4)]);
+        h.Until(() => seen.Contains("End-of-RIB IPv4"), "End-of-RIB");
+        h.Pump();
+        Assert.Equal(["best 10.1.0.0/24", "End-of-RIB IPv4"], seen);
+    }
+
     [Fact]
     public async Task Families_missing_from_the_peers_capability_are_not_kept()
     {

@@ -120,7 +120,10 @@ internal sealed class ScriptedPeer : IDisposable
         }));
 
     /// <summary>Announces the prefixes in as many UPDATEs as they need.</summary>
-    public void Announce(PathAttributes attributes, params string[] prefixes)
+    public void Announce(PathAttributes attributes, params string[] prefixes) => Send(AnnouncementOf(attributes, prefixes));
+
+    /// <summary>The UPDATEs that announce the prefixes, to send together with other messages in one write.</summary>
+    public byte[] AnnouncementOf(PathAttributes attributes, params string[] prefixes)
     {
         var w = new System.Buffers.ArrayBufferWriter<byte>();
         var encoder = new UpdateEncoder(Options);
@@ -129,7 +132,7 @@ internal sealed class ScriptedPeer : IDisposable
         {
             left = left[encoder.WriteAnnounce(w, attributes, left)..];
         }
-        Send(w.WrittenSpan.ToArray());
+        return w.WrittenSpan.ToArray();
     }
 
     public void Withdraw(params string[] prefixes)

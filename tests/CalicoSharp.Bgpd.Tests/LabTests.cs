@@ -185,11 +185,7 @@ public class LabFailureTests
             && BgpLab.KernelRoutes(n1).Contains($"{b.Block} via", StringComparison.Ordinal), "both blocks on both nodes", 60, lab.Diagnostics);
         RestartTrafficResult r = await RestartTraffic.RunAsync(lab, b, a, signal);
         Assert.True(r.PingsSent == 2000, $"{r}");
-        // KNOWN DEFECT (issue 16, open, 2026-12-06): since this day's merges one ping of 2,000 is lost at the restart in
-        // about half the runs (both signals; TCP unbroken). The aim is 0 and stays in the issue; one is tolerated here
-        // until the cause is found, so that the rest of this test (TCP, the session back, stale routes released)
-        // keeps guarding. More than one is a failure.
-        Assert.True(r.PingsLost <= 1, $"{r}\n{lab.Diagnostics()}");
+        Assert.True(r.PingsLost == 0, $"{r}\n{lab.Diagnostics()}");
         Assert.True(r.TcpUnbroken, $"{r}\n{lab.Diagnostics()}");
         if (signal == "TERM")
         {
