@@ -29,6 +29,18 @@ public static class MessageEncoder
         return m;
     }
 
+    /// <summary>The data of a Cease "Maximum Number of Prefixes Reached" NOTIFICATION (RFC 4486 §4): AFI (2 octets),
+    /// SAFI (1) and the upper bound (4).</summary>
+    public static byte[] MaximumPrefixesData(Afi afi, Safi safi, uint limit)
+    {
+        byte[] data = new byte[7];
+        var w = new SpanWriter(data);
+        w.UInt16((ushort)afi);
+        w.Byte((byte)safi);
+        w.UInt32(limit);
+        return data;
+    }
+
     public static byte[] RouteRefresh(RouteRefreshMessage r)
     {
         ArgumentNullException.ThrowIfNull(r);

@@ -34,6 +34,7 @@ public sealed class Rib
     internal Rib(BgpSpeaker speaker)
     {
         _speaker = speaker;
+        _s.MaxPaths = speaker.Config.MaxPaths;
     }
 
     public int Count => _s.EntryCount;
@@ -116,30 +117,6 @@ public sealed class Rib
         return null;
     }
 
-    /// <summary>The paths to install: the best and those equal to it up to the tie-breakers (ECMP).</summary>
-    public IReadOnlyList<RoutePath> Multipath(RouteEntry entry)
-    {
-        var result = new List<RoutePath>(1);
-        if (entry.Best is not { } best)
-        {
-            return result;
-        }
-        result.Add(best);
-        for (int i = 1; i < entry.PathCount && result.Count < _speaker.Config.MaxPaths; i++)
-        {
-            RoutePath p = entry.PathAt(i);
-            if (Decision.Compare(best, p, multipath: true).Result != 0)
-            {
-                break;
-            }
-            if (!result.Exists(r => r.Attributes.NextHop == p.Attributes.NextHop))
-            {
-                result.Add(p);
-            }
-        }
-        return result;
-    }
-
     // ---- local routes ----
 
     /// <summary>Announces a prefix from this speaker (next hop self toward every peer).</summary>
@@ -204,10 +181,7 @@ public sealed class Rib
         {
             _speaker.Log(BgpLogLevel.Warning, $"peer {peer.Config.DisplayName}: {peer.PrefixesAccepted} prefixes accepted, more than the limit of {limit}: closing the session");
             // RFC 4486 §4: Cease, "Maximum Number of Prefixes Reached"; the data MAY carry AFI, SAFI and the upper bound.
-            byte[] data = new byte[7];
-            System.Buffers.Binary.BinaryPrimitives.WriteUInt16BigEndian(data, (ushort)(u.MpReach.Count > 0 ? u.MpReachAfi : Afi.IPv4));
-            data[2] = 1;
-            System.Buffers.Binary.BinaryPrimitives.WriteUInt32BigEndian(data.AsSpan(3), (uint)limit);
+            byte[] data = MessageEncoder.MaximumPrefixesData(u.MpReach.Count > 0 ? u.MpReachAfi : Afi.IPv4, Safi.Unicast, (uint)limit);
             peer.Shutdown(new BgpProtocolException(ErrorCode.Cease, Subcode.Cease.MaximumPrefixesReached, $"more than {limit} prefixes", data));
         }
         ScheduleFlush();

@@ -70,6 +70,34 @@ public readonly struct RouteEntry : IEquatable<RouteEntry>
     /// <summary>The best path, or null when no path is usable.</summary>
     public RoutePath? Best => _store.HasBest(Index) ? _store.PathAt(Index, 0) : null;
 
+    /// <summary>The paths to install: the best and those equal to it up to the tie-breakers (ECMP), at most the
+    /// speaker's MaxPaths, one per next hop. What the kernel needs comes with the best-path event.</summary>
+    public IReadOnlyList<RoutePath> Multipath
+    {
+        get
+        {
+            var result = new List<RoutePath>(1);
+            if (Best is not { } best)
+            {
+                return result;
+            }
+            result.Add(best);
+            for (int i = 1; i < PathCount && result.Count < _store.MaxPaths; i++)
+            {
+                RoutePath p = PathAt(i);
+                if (Decision.Compare(best, p, multipath: true).Result != 0)
+                {
+                    break;
+                }
+                if (!result.Exists(r => r.Attributes.NextHop == p.Attributes.NextHop))
+                {
+                    result.Add(p);
+                }
+            }
+            return result;
+        }
+    }
+
     public IEnumerable<RoutePath> Paths
     {
         get
@@ -132,6 +160,9 @@ internal sealed class RouteStore
     private int _shift = 60;
 
     public int EntryCount { get; private set; }
+
+    /// <summary>The most paths one prefix installs (the speaker's MaxPaths).</summary>
+    public int MaxPaths { get; set; } = 16;
 
     private static NativeArray<int> NewIndex(int n)
     {

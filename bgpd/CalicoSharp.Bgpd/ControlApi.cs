@@ -221,7 +221,7 @@ internal sealed class BgpdService : Proto.Bgpd.BgpdBase
             Reason = Decision.Describe(entry.Reason),
             Kernel = d.KernelRouteFor(entry)?.ToString() ?? "",
         };
-        IReadOnlyList<RoutePath> multipath = d.Speaker.Rib.Multipath(entry);
+        IReadOnlyList<RoutePath> multipath = entry.Multipath;
         for (int i = 0; i < entry.PathCount; i++)
         {
             RoutePath p = entry.PathAt(i);

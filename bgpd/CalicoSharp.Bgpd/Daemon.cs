@@ -1201,7 +1201,7 @@ public sealed class Daemon : IAsyncDisposable
             return e.Prefix.Length == e.Prefix.MaxLength ? null : KernelRoute.Drop;
         }
         var hops = new List<IPAddress>();
-        foreach (RoutePath p in Speaker.Rib.Multipath(e))
+        foreach (RoutePath p in e.Multipath)
         {
             Prefix nh = p.Attributes.NextHop;
             if (nh.Family == e.Prefix.Family && !nh.Address.Equals(Ipv4) && !nh.Address.Equals(Ipv6) && !hops.Contains(nh.Address))

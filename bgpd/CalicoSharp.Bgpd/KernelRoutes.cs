@@ -17,10 +17,12 @@ public sealed record KernelRoute(bool Blackhole, IReadOnlyList<IPAddress> NextHo
 /// <summary>The kernel's routing table as the reconciler needs it (a fake in unit tests).</summary>
 public interface IRouteTable
 {
-    /// <summary>Routes carrying <paramref name="protocol"/> in the main table, both families.</summary>
+    /// <summary>Routes carrying <paramref name="protocol"/> in the main table, both families (the start-up read, on
+    /// the speaker's loop).</summary>
     IReadOnlyList<Route> List(byte protocol);
 
-    /// <summary>Every route of the main table, both families, whatever program installed it.</summary>
+    /// <summary>Every route of the main table, both families, whatever program installed it (the reconcile's read,
+    /// on the writer thread).</summary>
     IReadOnlyList<Route> ListAll();
 
     /// <summary>Writes each route as its <see cref="RouteChange"/> says; per change null or its error. Deleting a
@@ -40,19 +42,21 @@ public interface IRouteTable
 /// <summary>The real table over rtnetlink, in the daemon's network namespace.</summary>
 public sealed class NetlinkRouteTable : IRouteTable, IDisposable
 {
+    // The speaker loop's socket: the start-up read and the pods' host routes.
     private readonly RtNetlink _nl = RtNetlink.Open();
 
-    // Writes come from the kernel writer thread, reads from the speaker's loop: a socket each.
+    // The kernel writer thread's socket: writes, next-hop resolution and the reconcile's read.
     private readonly RtNetlink _writer = RtNetlink.Open();
 
-    public IReadOnlyList<Route> List(byte protocol) => [.. ListAll().Where(r => r.Protocol == protocol)];
+    public IReadOnlyList<Route> List(byte protocol) => [.. All(_nl).Where(r => r.Protocol == protocol)];
 
-    public IReadOnlyList<Route> ListAll() =>
-        [.. _nl.ListRoutes(AddressFamily.InterNetwork).Concat(_nl.ListRoutes(AddressFamily.InterNetworkV6))];
+    public IReadOnlyList<Route> ListAll() => All(_writer);
+
+    private static Route[] All(RtNetlink nl) => [.. nl.ListRoutes(AddressFamily.InterNetwork).Concat(nl.ListRoutes(AddressFamily.InterNetworkV6))];
 
     public NetlinkException?[] Apply(IReadOnlyList<(Route Route, RouteChange Change)> changes) => _writer.ApplyRoutes(changes);
 
-    public IPAddress? Gateway(IPAddress nextHop, byte protocol) => _nl.GetRoute(nextHop) switch
+    public IPAddress? Gateway(IPAddress nextHop, byte protocol) => _writer.GetRoute(nextHop) switch
     {
         null => null,
         { Protocol: var p } when p == protocol => null,
@@ -82,7 +86,9 @@ public sealed class NetlinkRouteTable : IRouteTable, IDisposable
 /// <summary>
 /// Keeps the kernel's routes of bgpd's protocol equal to the desired set: changes are queued by <see cref="Set"/>,
 /// handed over by <see cref="Flush"/> and written in order by a writer thread in batches (many requests per system
-/// call), so the speaker's loop goes on with BGP while the kernel works; a periodic reconcile repairs drift. After a
+/// call), so the speaker's loop goes on with BGP while the kernel works. The writer thread is the one that talks to
+/// the kernel: it resolves next hops to gateways (RTM_GETROUTE) and runs the periodic reconcile that repairs drift,
+/// against a copy of the desired set taken when the reconcile was asked for, in order with the changes. After a
 /// restart, routes left by the previous run are kept (graceful restart), family by family, until
 /// <see cref="ReleaseStale"/> is called for the family, then its stale ones go.
 /// <para>
@@ -102,10 +108,19 @@ public sealed class KernelRouteSync : IDisposable
     private readonly IRouteTable _table;
     private readonly Action<BgpLogLevel, string> _log;
     private readonly Dictionary<Prefix, KernelRoute> _desired = [];
-    private readonly BlockingCollection<List<(Route Route, bool Delete)>> _queue = [];
+    private readonly BlockingCollection<Work> _queue = [];
     private readonly Thread _writer;
-    private List<(Route Route, bool Delete)> _pending = [];
+    private List<(Prefix Prefix, KernelRoute? Route)> _pending = [];
+
+    // The writer thread's: next hops resolved to gateways since the last reconcile.
     private readonly Dictionary<IPAddress, IPAddress?> _gateways = [];
+
+    /// <summary>What the writer thread is handed: desired changes in order (null: remove), or a reconcile.</summary>
+    private abstract record Work;
+
+    private sealed record Changes(List<(Prefix Prefix, KernelRoute? Route)> Items) : Work;
+
+    private sealed record ReconcileRun(Dictionary<Prefix, KernelRoute> Desired, HashSet<Afi> Stale, TaskCompletionSource<(int Added, int Removed)> Done) : Work;
 
     // Shared by the writer thread and the reconcile (the speaker's loop), under _gate: the places whose kernel route
     // is bgpd's, and the places where another program's route was found (said once each).
@@ -189,9 +204,9 @@ public sealed class KernelRouteSync : IDisposable
     {
         if (route is null)
         {
-            if (_desired.Remove(prefix, out KernelRoute? old) && !_staleFamilies.Contains(prefix.Family))
+            if (_desired.Remove(prefix) && !_staleFamilies.Contains(prefix.Family))
             {
-                _pending.Add((ToRoute(prefix, old, resolve: false)!, true));
+                _pending.Add((prefix, null));
             }
             return;
         }
@@ -200,21 +215,7 @@ public sealed class KernelRouteSync : IDisposable
             return;
         }
         _desired[prefix] = route;
-        Write(prefix, route);
-    }
-
-    /// <summary>Queues the kernel form of a desired route; with no reachable next hop, queues its removal.</summary>
-    private void Write(Prefix prefix, KernelRoute route)
-    {
-        if (ToRoute(prefix, route, resolve: true) is { } r)
-        {
-            _pending.Add((r, false));
-        }
-        else
-        {
-            _log(BgpLogLevel.Warning, $"kernel: {prefix} {route}: no next hop is reachable (no route to it); not installed");
-            _pending.Add((ToRoute(prefix, route, resolve: false)!, true));
-        }
+        _pending.Add((prefix, route));
     }
 
     /// <summary>Hands the queued changes to the writer thread; a failed write is logged and counted (the reconcile
@@ -225,34 +226,87 @@ public sealed class KernelRouteSync : IDisposable
         {
             return;
         }
-        _queue.Add(_pending);
+        _queue.Add(new Changes(_pending));
         _pending = [];
     }
 
     private void WriteLoop()
     {
-        foreach (List<(Route Route, bool Delete)> batch in _queue.GetConsumingEnumerable())
+        foreach (Work work in _queue.GetConsumingEnumerable())
         {
-            List<(Route Route, RouteChange Change)> changes = Decide(batch);
-            if (changes.Count == 0)
-            {
-                continue;
-            }
             try
             {
-                NetlinkException?[] errors = _table.Apply(changes);
-                for (int i = 0; i < changes.Count; i++)
+                switch (work)
                 {
-                    Record(changes[i].Route, changes[i].Change, errors[i]);
+                    case Changes c:
+                        Write(Decide(Resolve(c.Items)));
+                        break;
+                    case ReconcileRun r:
+                        r.Done.SetResult(RunReconcile(r.Desired, r.Stale));
+                        break;
                 }
             }
             catch (Exception e) when (e is NetlinkException or ObjectDisposedException)
             {
-                Interlocked.Increment(ref _errors);
-                _log(BgpLogLevel.Warning, $"kernel: writing {changes.Count} routes: {e.Message}");
+                if (work is ReconcileRun r)
+                {
+                    // The caller (the daemon's guard) says it and counts it.
+                    r.Done.TrySetException(e);
+                }
+                else
+                {
+                    // Resolving a next hop failed: counted and said; the next reconcile writes what is still wrong.
+                    Interlocked.Increment(ref _errors);
+                    _log(BgpLogLevel.Warning, $"kernel: {e.Message}");
+                }
             }
-            Interlocked.Add(ref _operations, changes.Count);
         }
+    }
+
+    /// <summary>The kernel form of each desired change: a removal, or the route via the gateways its next hops
+    /// resolve to; with no reachable next hop, its removal (said in the log).</summary>
+    private List<(Route Route, bool Delete)> Resolve(List<(Prefix Prefix, KernelRoute? Route)> items)
+    {
+        var batch = new List<(Route Route, bool Delete)>(items.Count);
+        foreach ((Prefix prefix, KernelRoute? route) in items)
+        {
+            if (route is null)
+            {
+                batch.Add((Unresolved(prefix), true));
+            }
+            else if (ToRoute(prefix, route) is { } r)
+            {
+                batch.Add((r, false));
+            }
+            else
+            {
+                _log(BgpLogLevel.Warning, $"kernel: {prefix} {route}: no next hop is reachable (no route to it); not installed");
+                batch.Add((Unresolved(prefix), true));
+            }
+        }
+        return batch;
+    }
+
+    private void Write(List<(Route Route, RouteChange Change)> changes)
+    {
+        if (changes.Count == 0)
+        {
+            return;
+        }
+        try
+        {
+            NetlinkException?[] errors = _table.Apply(changes);
+            for (int i = 0; i < changes.Count; i++)
+            {
+                Record(changes[i].Route, changes[i].Change, errors[i]);
+            }
+        }
+        catch (Exception e) when (e is NetlinkException or ObjectDisposedException)
+        {
+            Interlocked.Increment(ref _errors);
+            _log(BgpLogLevel.Warning, $"kernel: writing {changes.Count} routes: {e.Message}");
+        }
+        Interlocked.Add(ref _operations, changes.Count);
     }
 
     /// <summary>
@@ -329,6 +383,9 @@ public sealed class KernelRouteSync : IDisposable
         }
     }
 
+    /// <summary>The route of a place with no gateway: enough to delete it.</summary>
+    private static Route Unresolved(Prefix p) => new() { Destination = p.Address, PrefixLength = p.Length, Protocol = Protocol };
+
     private static Prefix PrefixOf(Route r) => Prefix.FromAddress(r.Destination, r.PrefixLength);
 
     /// <summary>The metric the kernel gives a route without one: 0 for IPv4, 1024 for IPv6 (IP6_RT_PRIO_USER).
@@ -346,9 +403,19 @@ public sealed class KernelRouteSync : IDisposable
         _queue.Dispose();
     }
 
-    /// <summary>Desired against actual: add what is missing, fix what differs, remove what is not wanted; a place
-    /// where another program's route is, is left to it (the protocol of every route is read here).</summary>
+    /// <summary>Desired against actual, run by the writer thread after the changes queued before it: add what is
+    /// missing, fix what differs, remove what is not wanted; a place where another program's route is, is left to it
+    /// (the protocol of every route is read here). Waits for it; a failure to read or resolve is thrown here.</summary>
     public (int Added, int Removed) Reconcile()
+    {
+        Flush();
+        var run = new ReconcileRun(new Dictionary<Prefix, KernelRoute>(_desired), [.. _staleFamilies],
+            new TaskCompletionSource<(int Added, int Removed)>(TaskCreationOptions.RunContinuationsAsynchronously));
+        _queue.Add(run);
+        return run.Done.Task.GetAwaiter().GetResult();
+    }
+
+    private (int Added, int Removed) RunReconcile(Dictionary<Prefix, KernelRoute> desired, HashSet<Afi> stale)
     {
         int added = 0, removed = 0;
         _gateways.Clear(); // next hops are resolved afresh: the routes to them may have changed
@@ -376,50 +443,51 @@ public sealed class KernelRouteSync : IDisposable
                 if (!actual.ContainsKey(p))
                 {
                     _ours.Remove(p);
-                    if (_desired.ContainsKey(p) && _foreign.Add(p))
+                    if (desired.ContainsKey(p) && _foreign.Add(p))
                     {
                         newlyForeign.Add((p, r));
                     }
                 }
             }
-            _foreign.RemoveWhere(p => !foreign.ContainsKey(p) || !_desired.ContainsKey(p));
+            _foreign.RemoveWhere(p => !foreign.ContainsKey(p) || !desired.ContainsKey(p));
         }
         foreach ((Prefix p, Route r) in newlyForeign)
         {
-            _log(BgpLogLevel.Warning, $"kernel: {p} already has a route bgpd did not install ({r}); leaving it as it is (not replacing it with {_desired[p]})");
+            _log(BgpLogLevel.Warning, $"kernel: {p} already has a route bgpd did not install ({r}); leaving it as it is (not replacing it with {desired[p]})");
         }
-        foreach ((Prefix p, KernelRoute want) in _desired)
+        var batch = new List<(Route Route, bool Delete)>();
+        foreach ((Prefix p, KernelRoute want) in desired)
         {
             bool present = actual.Remove(p, out Route? have);
             if (!present && foreign.ContainsKey(p))
             {
                 continue; // another program's route: not bgpd's to replace
             }
-            Route? route = ToRoute(p, want, resolve: true);
+            Route? route = ToRoute(p, want);
             if (route is null)
             {
                 // No next hop is reachable (Set said so): nothing to install, and nothing stale may stay.
                 if (present)
                 {
-                    _pending.Add((have!, true));
+                    batch.Add((have!, true));
                     removed++;
                 }
             }
             else if (!present || !Matches(have!, route))
             {
-                _pending.Add((route, false));
+                batch.Add((route, false));
                 added++;
             }
         }
         foreach ((Prefix p, Route r) in actual)
         {
-            if (!_staleFamilies.Contains(p.Family))
+            if (!stale.Contains(p.Family))
             {
-                _pending.Add((r, true));
+                batch.Add((r, true));
                 removed++;
             }
         }
-        Flush();
+        Write(Decide(batch));
         if (added + removed > 0)
         {
             _log(BgpLogLevel.Info, $"kernel reconcile: {added} added or repaired, {removed} removed");
@@ -442,18 +510,13 @@ public sealed class KernelRouteSync : IDisposable
         return Gateways(have).SequenceEqual(Gateways(want));
     }
 
-    /// <summary>The kernel route for a desired one. With <paramref name="resolve"/>, each BGP next hop becomes the
-    /// gateway the kernel reaches it by (null when none is reachable); without, the route has no gateway (enough
-    /// to delete it).</summary>
-    private Route? ToRoute(Prefix p, KernelRoute r, bool resolve)
+    /// <summary>The kernel route for a desired one, each BGP next hop as the gateway the kernel reaches it by (null
+    /// when none is reachable). On the writer thread.</summary>
+    private Route? ToRoute(Prefix p, KernelRoute r)
     {
         if (r.Blackhole)
         {
             return new Route { Destination = p.Address, PrefixLength = p.Length, Protocol = Protocol, Type = Rt.RTN_BLACKHOLE };
-        }
-        if (!resolve)
-        {
-            return new Route { Destination = p.Address, PrefixLength = p.Length, Protocol = Protocol };
         }
         var gateways = new List<IPAddress>(r.NextHops.Count);
         foreach (IPAddress nh in r.NextHops)

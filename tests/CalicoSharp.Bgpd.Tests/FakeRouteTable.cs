@@ -13,6 +13,9 @@ internal sealed class FakeRouteTable : IRouteTable
 
     public List<int> Batches { get; } = [];
 
+    /// <summary>The managed threads that resolved a next hop or read every route (the reconcile).</summary>
+    public System.Collections.Concurrent.ConcurrentDictionary<int, bool> KernelReaders { get; } = new();
+
     /// <summary>While set, every call fails as a netlink socket in trouble would (ENOBUFS).</summary>
     public bool Broken { get; set; }
 
@@ -35,6 +38,7 @@ internal sealed class FakeRouteTable : IRouteTable
 
     public IReadOnlyList<Route> ListAll()
     {
+        KernelReaders[Environment.CurrentManagedThreadId] = true;
         ThrowIfBroken();
         lock (Routes)
         {
@@ -75,6 +79,7 @@ internal sealed class FakeRouteTable : IRouteTable
 
     public IPAddress? Gateway(IPAddress nextHop, byte protocol)
     {
+        KernelReaders[Environment.CurrentManagedThreadId] = true;
         byte[] b = nextHop.GetAddressBytes();
         return (b[0], b[1], b[2]) switch
         {

@@ -127,6 +127,21 @@ public sealed class KernelRouteSyncTests
         Assert.Equal(["10.244.1.0/26", "10.244.2.0/26", "10.244.3.0/26", "10.244.5.0/26"], table.Routes.Keys.Order());
     }
 
+    /// <summary>The speaker's loop only hands over what it wants: next hops are resolved (RTM_GETROUTE) and the
+    /// reconcile reads the table on the writer thread, in order with the writes (issue 15).</summary>
+    [Fact]
+    public void Next_hops_are_resolved_and_the_table_read_on_the_writer_thread_not_the_callers()
+    {
+        var table = new FakeRouteTable();
+        using var sync = new KernelRouteSync(table, (_, _) => { });
+        sync.Set(Prefix.Parse("10.244.2.0/26"), Via("10.9.3.4"));
+        sync.Flush();
+        Assert.Equal((0, 0), sync.Reconcile());
+        Assert.Equal(IPAddress.Parse("10.0.0.1"), table.Routes["10.244.2.0/26"].Gateway);
+        Assert.NotEmpty(table.KernelReaders);
+        Assert.DoesNotContain(Environment.CurrentManagedThreadId, table.KernelReaders.Keys);
+    }
+
     [Fact]
     public void After_a_restart_each_familys_old_routes_stay_until_that_family_is_released()
     {
