@@ -61,56 +61,36 @@ internal static class BgpCli
                     w.WriteNumber("asNumber", s.AsNumber);
                     w.WriteString("started", DateTimeOffset.FromUnixTimeMilliseconds(s.StartedUnixMs).ToString("o", CultureInfo.InvariantCulture));
                     w.WriteNumber("routes", s.Routes);
-                    w.WriteStartArray("ownBlocks");
-                    foreach (string b in s.OwnBlocks)
-                    {
-                        w.WriteStringValue(b);
-                    }
-                    w.WriteEndArray();
+                    w.WriteStringArray("ownBlocks", s.OwnBlocks);
                     w.WriteString("etcdError", s.EtcdError);
                     w.WriteNumber("kernelOperations", s.KernelOperations);
                     w.WriteNumber("kernelErrors", s.KernelErrors);
-                    w.WriteStartArray("skipped");
-                    foreach (SkippedResource r in s.Skipped)
+                    w.WriteObjectArray("skipped", s.Skipped, static (w, r) =>
                     {
-                        w.WriteStartObject();
                         w.WriteString("key", r.Key);
                         w.WriteString("reason", r.Reason);
-                        w.WriteEndObject();
-                    }
-                    w.WriteEndArray();
+                    });
                     w.WriteNumber("applyErrors", s.ApplyErrors);
                     if (s.NatOutgoing is { } nat)
                     {
                         w.WriteStartObject("natOutgoing");
                         w.WriteString("table", nat.Table);
                         w.WriteBoolean("programmed", nat.Programmed);
-                        w.WriteStartArray("masqueradePools");
-                        foreach (string c in nat.MasqueradePools)
-                        {
-                            w.WriteStringValue(c);
-                        }
-                        w.WriteEndArray();
+                        w.WriteStringArray("masqueradePools", nat.MasqueradePools);
                         w.WriteString("error", nat.Error);
                         w.WriteNumber("updates", nat.Updates);
                         w.WriteNumber("errors", nat.Errors);
                         w.WriteNumber("lastProgramMs", nat.LastProgramMs);
                         w.WriteEndObject();
                     }
-                    w.WriteStartArray("serviceRanges");
-                    foreach (ServiceRangeStatus r in s.ServiceRanges)
+                    w.WriteObjectArray("serviceRanges", s.ServiceRanges, static (w, r) =>
                     {
-                        w.WriteStartObject();
                         w.WriteString("cidr", r.Cidr);
                         w.WriteString("kind", r.Kind);
-                        w.WriteEndObject();
-                    }
-                    w.WriteEndArray();
+                    });
                     w.WriteNumber("serviceRoutesRefused", s.ServiceRoutesRefused);
-                    w.WriteStartArray("peers");
-                    foreach (Peer x in peers.Peers)
+                    w.WriteObjectArray("peers", peers.Peers, static (w, x) =>
                     {
-                        w.WriteStartObject();
                         w.WriteString("name", x.Name);
                         w.WriteString("address", x.Address);
                         w.WriteNumber("asNumber", x.AsNumber);
@@ -144,9 +124,7 @@ internal static class BgpCli
                             w.WriteString("source", b.Source);
                             w.WriteEndObject();
                         }
-                        w.WriteEndObject();
-                    }
-                    w.WriteEndArray();
+                    });
                     w.WriteEndObject();
                 });
                 return Cli.ExitOk;
@@ -216,10 +194,8 @@ internal static class BgpCli
                     w.WriteString("prefix", x.Prefix);
                     w.WriteString("reason", x.Reason);
                     w.WriteString("kernel", x.Kernel);
-                    w.WriteStartArray("paths");
-                    foreach (Proto.Path path in x.Paths)
+                    w.WriteObjectArray("paths", x.Paths, static (w, path) =>
                     {
-                        w.WriteStartObject();
                         w.WriteString("peer", path.Peer);
                         w.WriteString("peerAddress", path.PeerAddress);
                         w.WriteString("asPath", path.AsPath);
@@ -233,9 +209,7 @@ internal static class BgpCli
                         w.WriteBoolean("best", path.Best);
                         w.WriteBoolean("multipath", path.Multipath);
                         w.WriteBoolean("stale", path.Stale);
-                        w.WriteEndObject();
-                    }
-                    w.WriteEndArray();
+                    });
                 });
                 return Cli.ExitOk;
             }

@@ -526,13 +526,7 @@ internal static class Cli
             {
                 w.WriteStartObject();
                 w.WriteNumber(verb, count);
-                w.WriteStartArray("items");
-                foreach (var i in items)
-                {
-                    w.WriteStringValue(i);
-                }
-
-                w.WriteEndArray();
+                w.WriteStringArray("items", items);
                 w.WriteEndObject();
             });
             return;

@@ -48,17 +48,35 @@ internal static class Output
     public static void JsonList<T>(TextWriter w, string name, IEnumerable<T> items, Action<Utf8JsonWriter, T> fields) => Json(w, jw =>
     {
         jw.WriteStartObject();
-        jw.WriteStartArray(name);
-        foreach (var item in items)
-        {
-            jw.WriteStartObject();
-            fields(jw, item);
-            jw.WriteEndObject();
-        }
-
-        jw.WriteEndArray();
+        jw.WriteObjectArray(name, items, fields);
         jw.WriteEndObject();
     });
+
+    /// <summary>Writes "name":["a","b",...].</summary>
+    public static void WriteStringArray(this Utf8JsonWriter w, string name, IEnumerable<string> items)
+    {
+        w.WriteStartArray(name);
+        foreach (string item in items)
+        {
+            w.WriteStringValue(item);
+        }
+
+        w.WriteEndArray();
+    }
+
+    /// <summary>Writes "name":[{...},...]: one object per item, its fields written by <paramref name="fields"/>.</summary>
+    public static void WriteObjectArray<T>(this Utf8JsonWriter w, string name, IEnumerable<T> items, Action<Utf8JsonWriter, T> fields)
+    {
+        w.WriteStartArray(name);
+        foreach (T item in items)
+        {
+            w.WriteStartObject();
+            fields(w, item);
+            w.WriteEndObject();
+        }
+
+        w.WriteEndArray();
+    }
 
     /// <summary>Writes an unsigned 128-bit count as a JSON number.</summary>
     public static void WriteNumber(this Utf8JsonWriter w, string name, UInt128 value)
